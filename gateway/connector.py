@@ -1,0 +1,100 @@
+"""PUBLIC plugin API for connectors: the only gateway module a connector may import.
+
+A connector carries a signed envelope to a provider and brings back the provider's answer, or a
+typed failure. It is found through the ``gateway.connectors`` entry-point group and built once
+per service from that service's ``[services.connector]`` settings table. Keep this surface small
+and stable: third parties build against it (``tests/test_connector_api.py`` pins ``__all__``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "Connector",
+    "ConnectorContext",
+    "ConnectorError",
+    "ConnectorFactory",
+    "DeliveryFailed",
+    "DeliveryResult",
+    "DeliveryTimeout",
+    "OutboundMessage",
+    "SettingsError",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """What the gateway hands a connector for one exchange.
+
+    ``envelope`` is the gateway-signed JWS (JSON serialization, as a dict) whose payload carries
+    the sender's payload, and ``envelope_bytes`` its serialized form, ready to send as-is.
+    ``payload`` is the sender's parsed payload, for connectors that speak to a provider which
+    does not understand envelopes (the demo provider, a legacy REST system).
+    """
+
+    exchange_id: str
+    service: str
+    sender: str
+    provider: str
+    payload: Any
+    envelope: Mapping[str, Any]
+    envelope_bytes: bytes
+    idempotency_key: str | None = None
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """The provider's answer: a JSON value, plus transport metadata for the audit record."""
+
+    response: Any
+    status: int = 200
+    attempts: int = 1
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class ConnectorError(Exception):
+    """Base of connector failures; the message must not contain payload data."""
+
+
+class DeliveryFailed(ConnectorError):
+    """The provider refused, failed, or answered something that is not JSON (-> 502)."""
+
+
+class DeliveryTimeout(ConnectorError):
+    """The provider did not answer in time (-> 504)."""
+
+
+class SettingsError(ConnectorError):
+    """The connector's settings in the config are wrong; raised at start-up (fail closed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorContext:
+    """What a connector may know of the deployment when it is built."""
+
+    service: str
+    provider: str
+    config_dir: str
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """A built connector. ``start`` opens resources (sessions, pools); ``close`` releases them."""
+
+    async def start(self) -> None: ...
+
+    async def deliver(self, message: OutboundMessage) -> DeliveryResult: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class ConnectorFactory(Protocol):
+    """The entry point's target: called with the settings table and the context."""
+
+    def __call__(self, settings: Mapping[str, Any], context: ConnectorContext) -> Connector: ...
