@@ -1,0 +1,416 @@
+"""Certificate paths to the deployment's trust anchors, and who a certificate speaks for.
+
+Choice of validator: path building, signature checks of each link, name chaining, validity,
+basicConstraints/pathLen, keyUsage keyCertSign on issuers, name constraints and DER strictness come
+from ``cryptography.x509.verification`` (``PolicyBuilder``, RFC 5280 + CA/B web PKI profile) and are
+not re-implemented here. Its stock end-entity profile is a TLS one (it requires a SAN and checks
+the EKU of the verifier type), which is wrong for a JWS signing certificate, so the end-entity
+profile is ``webpki_defaults_ee()`` with three rules replaced: SAN may be absent, keyUsage must
+carry digitalSignature (required for signing, checked when present otherwise), and the
+extendedKeyUsage rule follows ``purpose`` (clientAuth / serverAuth when present, none for signing).
+The CA profile is ``webpki_defaults_ca()`` with its EKU rule following ``purpose`` too, so a
+``client_auth`` verifier does not refuse a serverAuth-only intermediate on a ``server_auth`` check.
+``build_client_verifier`` is used for every purpose: with custom extension policies its only
+client-specific behaviour (EKU) is the one replaced; host names are TLS's business, not ours.
+
+Before the library runs, cheap explicit checks (validity of every presented certificate at
+``now``, chain order, CA-as-leaf, key size, key and extended key usage, an issuer among the anchors)
+produce the precise reasons people read; the library remains the authority. Known limit of the
+library profile: issuing CAs with Ed25519 keys are refused (leaf Ed25519 keys are fine).
+
+Pure: no I/O, no clock (``now`` is a parameter and must be timezone-aware), no logging. Revocation
+is not checked here yet.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Literal, NamedTuple, TypeAlias, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    Policy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from gateway.crypto.keys import (
+    MIN_RSA_BITS,
+    CryptoError,
+    KeyInvalid,
+    PublicKey,
+    describe_key,
+    jwk_thumbprint,
+)
+
+__all__ = [
+    "MAX_CHAIN_LENGTH",
+    "PARTICIPANT_ID_RE",
+    "PARTICIPANT_URI_PREFIX",
+    "CacheInfo",
+    "ChainInvalid",
+    "Purpose",
+    "TrustAnchors",
+    "ValidatedChain",
+    "decode_x5c",
+    "fingerprint_sha256",
+    "participant_id",
+    "verify_chain",
+]
+
+Purpose: TypeAlias = Literal["signing", "client_auth", "server_auth"]
+#: Certificates in one presented chain (leaf, intermediates, optionally the root).
+MAX_CHAIN_LENGTH: Final = 8
+PARTICIPANT_URI_PREFIX: Final = "urn:gateway:participant:"
+#: Lowercase dotted labels (``hcm.quan-1``, ``central.dan-cu``); compared exactly, never folded.
+PARTICIPANT_ID_RE: Final = re.compile(
+    r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)*"
+)
+_PURPOSE_LIST: Final[tuple[Purpose, ...]] = ("signing", "client_auth", "server_auth")
+_EKU: Final[dict[str, tuple[x509.ObjectIdentifier, str]]] = {
+    "client_auth": (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"),
+    "server_auth": (ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth"),
+}
+_T = TypeVar("_T", bound=x509.ExtensionType)
+
+
+class ChainInvalid(CryptoError):
+    """A chain does not lead to a trust anchor for the asked purpose; ``reason`` says why."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ValidatedChain:
+    """A chain that passed validation: what was presented, the path built, and when it holds.
+
+    ``not_before``/``not_after`` bound the validity of every certificate of ``path`` (anchor
+    included), so a cached result is re-checked against any ``now`` in O(1).
+    """
+
+    chain: tuple[x509.Certificate, ...]
+    path: tuple[x509.Certificate, ...]
+    leaf_key: PublicKey
+    kid: str
+    not_before: datetime
+    not_after: datetime
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+
+class CacheInfo(NamedTuple):
+    hits: int
+    misses: int
+    currsize: int
+    maxsize: int
+
+
+def _name(cert: x509.Certificate) -> str:
+    """The subject for a reason text, cut short: certificates come from untrusted senders."""
+    text = cert.subject.rfc4514_string() or "(empty subject)"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _require_aware(now: datetime) -> None:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be a timezone-aware datetime (UTC)")
+
+
+def _eku_rule(
+    purpose: Purpose, who: str
+) -> Callable[[Policy, x509.Certificate, x509.ExtendedKeyUsage | None], None]:
+    wanted = _EKU.get(purpose)
+
+    def check(_policy: Policy, _cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None) -> None:
+        if wanted is None or eku is None or wanted[0] in eku:
+            return
+        if who == "issuer" and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku:
+            return
+        raise ValueError(f"{who} extendedKeyUsage does not allow {wanted[1]}")
+
+    return check
+
+
+def _ku_rule(_policy: Policy, _cert: x509.Certificate, ku: x509.KeyUsage | None) -> None:
+    if ku is not None and (not ku.digital_signature or ku.key_cert_sign):
+        raise ValueError("leaf keyUsage must include digitalSignature and not keyCertSign")
+
+
+def _policies(purpose: Purpose) -> tuple[ExtensionPolicy, ExtensionPolicy]:
+    """(CA policy, end-entity policy) for a purpose; see the module docstring for why."""
+    ca = ExtensionPolicy.webpki_defaults_ca().may_be_present(
+        x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _eku_rule(purpose, "issuer")
+    )
+    ee = (
+        ExtensionPolicy.webpki_defaults_ee()
+        .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+        .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _eku_rule(purpose, "leaf"))
+    )
+    if purpose == "signing":
+        ee = ee.require_present(x509.KeyUsage, Criticality.AGNOSTIC, _ku_rule)
+    else:
+        ee = ee.may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, _ku_rule)
+    return ca, ee
+
+
+def _check_window(cert: x509.Certificate, position: int, now: datetime) -> None:
+    if now < cert.not_valid_before_utc:
+        raise ChainInvalid(
+            f"certificate {position} ({_name(cert)}) is not yet valid: notBefore "
+            f"{cert.not_valid_before_utc.isoformat()} is after {now.isoformat()}"
+        )
+    if now > cert.not_valid_after_utc:
+        raise ChainInvalid(
+            f"certificate {position} ({_name(cert)}) has expired: notAfter "
+            f"{cert.not_valid_after_utc.isoformat()} is before {now.isoformat()}"
+        )
+
+
+def _extension(cert: x509.Certificate, kind: type[_T]) -> _T | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError as exc:  # malformed or duplicated extensions
+        raise ChainInvalid(f"certificate {_name(cert)} has malformed extensions: {exc}") from exc
+
+
+def _check_leaf_key(leaf: x509.Certificate) -> PublicKey:
+    key = leaf.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise ChainInvalid(
+            f"leaf {_name(leaf)} holds an RSA key of {key.key_size} bits: "
+            f"at least {MIN_RSA_BITS} bits required"
+        )
+    if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
+        raise ChainInvalid(f"leaf {_name(leaf)} holds an unsupported {describe_key(key)} key")
+    return key
+
+
+def _check_leaf(leaf: x509.Certificate, purpose: Purpose) -> None:
+    bc = _extension(leaf, x509.BasicConstraints)
+    if bc is not None and bc.ca:
+        raise ChainInvalid(
+            f"certificate 0 ({_name(leaf)}) is a CA certificate (basicConstraints CA=true) "
+            "and cannot be used as a leaf"
+        )
+    ku = _extension(leaf, x509.KeyUsage)
+    if ku is None and purpose == "signing":
+        raise ChainInvalid(f"leaf {_name(leaf)} has no keyUsage: signing needs digitalSignature")
+    if ku is not None and not ku.digital_signature:
+        raise ChainInvalid(f"leaf {_name(leaf)} keyUsage does not include digitalSignature")
+    wanted = _EKU.get(purpose)
+    eku = _extension(leaf, x509.ExtendedKeyUsage)
+    if wanted is not None and eku is not None and wanted[0] not in eku:
+        raise ChainInvalid(f"leaf {_name(leaf)} extendedKeyUsage does not include {wanted[1]}")
+
+
+class TrustAnchors:
+    """The deployment's root (or pinned intermediate) CA certificates, and a cache of good chains.
+
+    Why a cache here: every signed request carries the same few chains; validating one costs
+    tens of microseconds to milliseconds, a dictionary lookup costs nothing. Entries are keyed by
+    purpose and the SHA-256 of the exact ``x5c`` strings, live in a bounded LRU, hold only
+    successes, and are re-checked against ``now`` on every hit (a miss re-validates fully and so
+    reports the precise reason). Thread-safe: verification may run in executor threads.
+    """
+
+    def __init__(self, certs: Sequence[x509.Certificate], *, cache_size: int = 1024) -> None:
+        if not certs:
+            raise KeyInvalid("at least one trust anchor certificate is required")
+        for cert in certs:
+            bc = _extension(cert, x509.BasicConstraints)
+            if bc is None or not bc.ca:
+                raise KeyInvalid(f"trust anchor {_name(cert)} is not a CA certificate")
+        self._certs = tuple(certs)
+        self._subjects = frozenset(cert.subject for cert in certs)
+        store = Store(list(certs))
+        self._builders: dict[str, PolicyBuilder] = {}
+        for purpose in _PURPOSE_LIST:
+            ca, ee = _policies(purpose)
+            self._builders[purpose] = (
+                PolicyBuilder()
+                .store(store)
+                .max_chain_depth(MAX_CHAIN_LENGTH)
+                .extension_policies(ca_policy=ca, ee_policy=ee)
+            )
+        self._cache: OrderedDict[tuple[str, bytes], ValidatedChain] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+
+    @property
+    def certs(self) -> tuple[x509.Certificate, ...]:
+        return self._certs
+
+    def cache_info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self._hits, self._misses, len(self._cache), self._cache_size)
+
+    def validate(
+        self, chain: Sequence[x509.Certificate], *, now: datetime, purpose: Purpose
+    ) -> ValidatedChain:
+        """Validate ``chain`` (leaf first) at ``now`` for ``purpose``, uncached; or ChainInvalid."""
+        _require_aware(now)
+        if purpose not in self._builders:
+            raise ValueError(f"unknown purpose {purpose!r}")
+        chain = tuple(chain)
+        _precheck(chain, now, purpose, self._subjects, self._certs)
+        leaf_key = _check_leaf_key(chain[0])
+        verifier = self._builders[purpose].time(now).build_client_verifier()
+        try:
+            path = tuple(verifier.verify(chain[0], list(chain[1:])).chain)
+        except VerificationError as exc:
+            raise ChainInvalid(
+                f"the chain of {_name(chain[0])} was refused by path validation against the "
+                f"trust anchors: {exc}"
+            ) from exc
+        return ValidatedChain(
+            chain=chain,
+            path=path,
+            leaf_key=leaf_key,
+            kid=jwk_thumbprint(leaf_key),
+            not_before=max(cert.not_valid_before_utc for cert in path),
+            not_after=min(cert.not_valid_after_utc for cert in path),
+        )
+
+    def validate_x5c(self, x5c: object, *, now: datetime, purpose: Purpose) -> ValidatedChain:
+        """Decode and validate a JWS ``x5c`` header value, using and filling the cache."""
+        _require_aware(now)
+        key = (purpose, _x5c_digest(x5c))
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+        if hit is not None and hit.not_before <= now <= hit.not_after:
+            with self._lock:
+                self._hits += 1
+            return hit
+        result = self.validate(decode_x5c(x5c), now=now, purpose=purpose)
+        with self._lock:
+            self._misses += 1
+            self._cache[key] = result
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+
+def _precheck(
+    chain: tuple[x509.Certificate, ...],
+    now: datetime,
+    purpose: Purpose,
+    anchor_subjects: frozenset[x509.Name],
+    anchors: tuple[x509.Certificate, ...],
+) -> None:
+    """Explicit checks that name the failing certificate before the library runs."""
+    if not chain:
+        raise ChainInvalid("the certificate chain is empty")
+    if len(chain) > MAX_CHAIN_LENGTH:
+        raise ChainInvalid(f"the chain has {len(chain)} certificates; at most {MAX_CHAIN_LENGTH}")
+    for position, cert in enumerate(chain):
+        _check_window(cert, position, now)
+    for position in range(len(chain) - 1):
+        if chain[position].issuer != chain[position + 1].subject:
+            raise ChainInvalid(
+                f"the chain is out of order: certificate {position + 1} "
+                f"({_name(chain[position + 1])}) is not the issuer of certificate {position} "
+                f"(issued by {chain[position].issuer.rfc4514_string()})"
+            )
+    _check_leaf(chain[0], purpose)
+    if not any(cert in anchors or cert.issuer in anchor_subjects for cert in chain):
+        last = chain[-1]
+        raise ChainInvalid(
+            f"the chain ends at {_name(last)}, issued by {last.issuer.rfc4514_string()}, "
+            "which is not one of the trust anchors"
+        )
+
+
+def _x5c_digest(x5c: object) -> bytes:
+    if not isinstance(x5c, list) or not all(isinstance(item, str) for item in x5c):
+        raise ChainInvalid("x5c must be a list of base64 strings")
+    digest = hashlib.sha256()
+    for item in x5c:  # length-prefixed: no two different lists share a digest input
+        data = item.encode("utf-8")
+        digest.update(len(data).to_bytes(4, "big"))
+        digest.update(data)
+    return digest.digest()
+
+
+def decode_x5c(x5c: object) -> tuple[x509.Certificate, ...]:
+    """Parse an RFC 7515 ``x5c`` value: a non-empty list of standard-base64 DER certificates."""
+    if not isinstance(x5c, list) or not x5c:
+        raise ChainInvalid("x5c must be a non-empty list of base64 DER certificates")
+    if len(x5c) > MAX_CHAIN_LENGTH:
+        raise ChainInvalid(f"x5c has {len(x5c)} certificates; at most {MAX_CHAIN_LENGTH}")
+    chain = []
+    for position, item in enumerate(x5c):
+        if not isinstance(item, str):
+            raise ChainInvalid(f"x5c[{position}] is not a string")
+        try:
+            der = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ChainInvalid(f"x5c[{position}] is not standard base64: {exc}") from exc
+        try:
+            chain.append(x509.load_der_x509_certificate(der))
+        except ValueError as exc:
+            raise ChainInvalid(f"x5c[{position}] is not a DER X.509 certificate: {exc}") from exc
+    return tuple(chain)
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate], anchors: TrustAnchors, *, now: datetime, purpose: Purpose
+) -> x509.Certificate:
+    """The leaf of ``chain`` (leaf first) if it leads to an anchor, else ChainInvalid."""
+    return anchors.validate(chain, now=now, purpose=purpose).leaf
+
+
+def participant_id(cert: x509.Certificate) -> str | None:
+    """The participant a certificate speaks for: its subject CN, if that is a participant id.
+
+    A SAN URI ``urn:gateway:participant:<id>``, when present, must name the same participant;
+    a disagreement (or two different URIs, or two CNs) raises ChainInvalid, because a certificate
+    that names two identities must not authenticate either. None: the certificate names no
+    participant (a CA, for instance).
+    """
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) > 1:
+        raise ChainInvalid(f"certificate {_name(cert)} has several common names")
+    cn = cns[0].value if cns else None
+    cn_id = cn if isinstance(cn, str) and PARTICIPANT_ID_RE.fullmatch(cn) else None
+    san = _extension(cert, x509.SubjectAlternativeName)
+    uris: set[str] = set()
+    if san is not None:
+        uris = {
+            uri[len(PARTICIPANT_URI_PREFIX) :]
+            for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
+            if uri.startswith(PARTICIPANT_URI_PREFIX)
+        }
+    if len(uris) > 1:
+        raise ChainInvalid(f"certificate {_name(cert)} names several participants: {sorted(uris)}")
+    if uris and (uri_id := uris.pop()) != cn_id:
+        raise ChainInvalid(
+            f"certificate {_name(cert)}: SAN {PARTICIPANT_URI_PREFIX}{uri_id} disagrees with "
+            f"the subject CN {cn!r}"
+        )
+    return cn_id
+
+
+def fingerprint_sha256(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER certificate, lowercase hex (as openssl -fingerprint, no colons)."""
+    return cert.fingerprint(hashes.SHA256()).hex()

@@ -1,0 +1,568 @@
+"""Chain validation, participant binding and the development PKI (gateway.crypto.pki, devpki).
+
+Independent checks: ``openssl verify -x509_strict`` must accept the dev PKI and refuse a foreign
+CA; ``openssl x509 -fingerprint`` must agree with ``fingerprint_sha256``; Python's ssl module must
+complete an mTLS handshake on 127.0.0.1 with the dev certificates.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+import subprocess
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.crypto import devpki
+from gateway.crypto.keys import KeyInvalid, encode_x5c
+from gateway.crypto.pki import (
+    ChainInvalid,
+    TrustAnchors,
+    decode_x5c,
+    fingerprint_sha256,
+    participant_id,
+    verify_chain,
+)
+
+NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def pki() -> SimpleNamespace:
+    root_key, root = devpki.make_ca("hcm", now=NOW)
+    inter_key, inter = devpki.make_ca(
+        "hcm issuing", now=NOW, issuer=(root_key, root), path_length=0
+    )
+    leaf_key, leaf = devpki.issue(inter_key, inter, "hcm.quan-1", now=NOW)
+    other_key, other = devpki.make_ca("elsewhere", now=NOW)
+    return SimpleNamespace(
+        root=root,
+        root_key=root_key,
+        inter=inter,
+        inter_key=inter_key,
+        leaf=leaf,
+        leaf_key=leaf_key,
+        other=other,
+        other_key=other_key,
+    )
+
+
+def _custom_leaf(
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate,
+    *,
+    key: object | None = None,
+    key_usage: x509.KeyUsage | None = None,
+    eku: list[x509.ObjectIdentifier] | None = None,
+    cn: str = "hcm.quan-1",
+    san_uris: tuple[str, ...] = (),
+) -> x509.Certificate:
+    """A leaf built by hand: what devpki refuses to make (no digitalSignature, RSA-1024...)."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())  # type: ignore[attr-defined]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
+    )
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    if eku:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    if san_uris:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in san_uris]),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _ku(*, digital_signature: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=not digital_signature,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _write(path: Path, *certs: x509.Certificate) -> Path:
+    path.write_bytes(b"".join(devpki.pem_certificate(c) for c in certs))
+    return path
+
+
+def _openssl_verify(
+    tmp_path: Path,
+    ca: x509.Certificate,
+    inter: x509.Certificate,
+    leaf: x509.Certificate,
+    *extra: str,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-x509_strict",
+            "-attime",
+            str(int(NOW.timestamp())),
+            *extra,
+            "-CAfile",
+            str(_write(tmp_path / "ca.pem", ca)),
+            "-untrusted",
+            str(_write(tmp_path / "inter.pem", inter)),
+            str(_write(tmp_path / "leaf.pem", leaf)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+
+
+# --- development PKI, checked by openssl -------------------------------------------------------
+
+
+@pytest.mark.parametrize("key_type", ["ec", "ed25519", "rsa"])
+def test_openssl_verifies_devpki_chain(tmp_path: Path, pki: SimpleNamespace, key_type: str) -> None:
+    """root -> intermediate -> leaf from devpki passes `openssl verify -x509_strict`."""
+    _, leaf = devpki.issue(pki.inter_key, pki.inter, "hcm.quan-1", now=NOW, key_type=key_type)  # type: ignore[arg-type]
+    result = _openssl_verify(tmp_path, pki.root, pki.inter, leaf, "-purpose", "sslclient")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "leaf.pem: OK" in result.stdout
+
+
+def test_openssl_verifies_devpki_server_cert(tmp_path: Path, pki: SimpleNamespace) -> None:
+    _, leaf = devpki.issue(
+        pki.inter_key,
+        pki.inter,
+        "hcm.ttcds",
+        now=NOW,
+        purposes=("server_auth",),
+        dns_names=("localhost",),
+        ip_addresses=("127.0.0.1",),
+    )
+    result = _openssl_verify(
+        tmp_path, pki.root, pki.inter, leaf, "-purpose", "sslserver", "-verify_ip", "127.0.0.1"
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_openssl_refuses_cert_from_another_ca(tmp_path: Path, pki: SimpleNamespace) -> None:
+    _, foreign = devpki.issue(pki.other_key, pki.other, "hcm.quan-1", now=NOW)
+    result = _openssl_verify(tmp_path, pki.root, pki.inter, foreign)
+    assert result.returncode != 0
+
+
+def test_fingerprint_matches_openssl(tmp_path: Path, pki: SimpleNamespace) -> None:
+    out = subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+            "-in",
+            str(_write(tmp_path / "l.pem", pki.leaf)),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    assert out.strip().split("=", 1)[1].replace(":", "").lower() == fingerprint_sha256(pki.leaf)
+
+
+def test_dev_ca_is_marked_and_constrained(pki: SimpleNamespace) -> None:
+    cn = pki.root.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert cn == "hcm DEVELOPMENT CA (not for production)"
+    bc = pki.root.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca
+    ku = pki.root.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.key_cert_sign and ku.crl_sign and not ku.digital_signature
+    assert isinstance(pki.root.public_key(), ec.EllipticCurvePublicKey)
+    inter_aki = pki.inter.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    root_ski = pki.root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert inter_aki.key_identifier == root_ski.digest
+
+
+def test_issued_cert_carries_identity_and_usages(pki: SimpleNamespace) -> None:
+    _, cert = devpki.issue(
+        pki.inter_key,
+        pki.inter,
+        "hcm.ttcds",
+        now=NOW,
+        purposes=("signing", "server_auth"),
+        dns_names=("localhost",),
+        ip_addresses=("127.0.0.1",),
+        days=100_000,
+    )
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "urn:gateway:participant:hcm.ttcds"
+    ]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert cert.not_valid_after_utc <= pki.inter.not_valid_after_utc  # never outlives its CA
+    assert participant_id(cert) == "hcm.ttcds"
+
+
+def test_signing_only_cert_has_no_eku(pki: SimpleNamespace) -> None:
+    _, cert = devpki.issue(pki.inter_key, pki.inter, "hcm.so-tc", now=NOW, purposes=("signing",))
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+
+
+def test_devpki_refuses_bad_inputs(pki: SimpleNamespace) -> None:
+    with pytest.raises(ValueError, match="participant id"):
+        devpki.issue(pki.inter_key, pki.inter, "HCM Quan 1", now=NOW)
+    with pytest.raises(ValueError, match="purposes"):
+        devpki.issue(pki.inter_key, pki.inter, "hcm.quan-1", now=NOW, purposes=())
+    with pytest.raises(ValueError, match="timezone"):
+        devpki.make_ca("x", now=NOW.replace(tzinfo=None))
+
+
+def test_pem_round_trip_with_password(pki: SimpleNamespace) -> None:
+    pem = devpki.pem_private_key(pki.leaf_key, b"secret")
+    assert b"ENCRYPTED" in pem
+    loaded = serialization.load_pem_private_key(pem, password=b"secret")
+    assert loaded.public_key() == pki.leaf_key.public_key()
+
+
+# --- verify_chain ------------------------------------------------------------------------------
+
+
+def test_chain_with_intermediate_is_valid_for_signing_and_client_auth(pki: SimpleNamespace) -> None:
+    anchors = TrustAnchors([pki.root])
+    for purpose in ("signing", "client_auth"):
+        assert verify_chain([pki.leaf, pki.inter], anchors, now=NOW, purpose=purpose) == pki.leaf  # type: ignore[arg-type]
+
+
+def test_chain_may_include_the_root(pki: SimpleNamespace) -> None:
+    result = TrustAnchors([pki.root]).validate(
+        [pki.leaf, pki.inter, pki.root], now=NOW, purpose="signing"
+    )
+    assert result.path[-1] == pki.root
+
+
+def test_server_cert_valid_for_server_auth_only(pki: SimpleNamespace) -> None:
+    _, server = devpki.issue(
+        pki.inter_key,
+        pki.inter,
+        "hcm.ttcds",
+        now=NOW,
+        purposes=("server_auth",),
+        ip_addresses=("127.0.0.1",),
+    )
+    anchors = TrustAnchors([pki.root])
+    verify_chain([server, pki.inter], anchors, now=NOW, purpose="server_auth")
+    with pytest.raises(ChainInvalid, match="extendedKeyUsage does not include clientAuth"):
+        verify_chain([server, pki.inter], anchors, now=NOW, purpose="client_auth")
+
+
+def test_client_cert_refused_for_server_auth(pki: SimpleNamespace) -> None:
+    with pytest.raises(ChainInvalid, match="serverAuth"):
+        verify_chain(
+            [pki.leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="server_auth"
+        )
+
+
+def test_expired_leaf_is_refused(pki: SimpleNamespace) -> None:
+    later = pki.leaf.not_valid_after_utc + timedelta(seconds=1)
+    with pytest.raises(ChainInvalid, match=r"certificate 0 .*has expired"):
+        verify_chain([pki.leaf, pki.inter], TrustAnchors([pki.root]), now=later, purpose="signing")
+
+
+def test_not_yet_valid_leaf_is_refused(pki: SimpleNamespace) -> None:
+    earlier = pki.leaf.not_valid_before_utc - timedelta(seconds=1)
+    with pytest.raises(ChainInvalid, match="not yet valid"):
+        verify_chain(
+            [pki.leaf, pki.inter], TrustAnchors([pki.root]), now=earlier, purpose="signing"
+        )
+
+
+def test_expired_intermediate_is_refused(pki: SimpleNamespace) -> None:
+    _, short_inter = devpki.make_ca("short", now=NOW, days=2, issuer=(pki.root_key, pki.root))
+    later = NOW + timedelta(days=3)
+    with pytest.raises(ChainInvalid, match=r"certificate 1 .*has expired"):
+        verify_chain(
+            [pki.leaf, short_inter], TrustAnchors([pki.root]), now=later, purpose="signing"
+        )
+
+
+def test_chain_to_another_anchor_is_refused(pki: SimpleNamespace) -> None:
+    with pytest.raises(ChainInvalid, match="not one of the trust anchors"):
+        verify_chain([pki.leaf, pki.inter], TrustAnchors([pki.other]), now=NOW, purpose="signing")
+
+
+def test_missing_intermediate_is_refused(pki: SimpleNamespace) -> None:
+    with pytest.raises(ChainInvalid, match="trust anchors"):
+        verify_chain([pki.leaf], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+
+
+def test_impostor_ca_with_the_anchor_name_is_refused(pki: SimpleNamespace) -> None:
+    """Same subject name as the anchor, different key: only the path validator can tell."""
+    impostor_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = _custom_leaf(impostor_key, pki.inter, key_usage=_ku(digital_signature=True))
+    with pytest.raises(ChainInvalid, match="path validation against the trust anchors"):
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+
+
+def test_out_of_order_chain_is_refused(pki: SimpleNamespace) -> None:
+    with pytest.raises(ChainInvalid, match="out of order"):
+        verify_chain(
+            [pki.leaf, pki.root, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing"
+        )
+
+
+def test_empty_chain_is_refused(pki: SimpleNamespace) -> None:
+    with pytest.raises(ChainInvalid, match="empty"):
+        verify_chain([], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+
+
+def test_leaf_without_digital_signature_is_refused(pki: SimpleNamespace) -> None:
+    leaf = _custom_leaf(pki.inter_key, pki.inter, key_usage=_ku(digital_signature=False))
+    with pytest.raises(ChainInvalid, match="digitalSignature"):
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="client_auth")
+
+
+def test_signing_leaf_without_key_usage_is_refused(pki: SimpleNamespace) -> None:
+    leaf = _custom_leaf(pki.inter_key, pki.inter, key_usage=None)
+    with pytest.raises(ChainInvalid, match="no keyUsage"):
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+
+
+def test_ca_certificate_as_leaf_is_refused(pki: SimpleNamespace) -> None:
+    with pytest.raises(ChainInvalid, match="is a CA certificate"):
+        verify_chain([pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+
+
+def test_rsa_1024_leaf_is_refused(pki: SimpleNamespace) -> None:
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    leaf = _custom_leaf(pki.inter_key, pki.inter, key=weak, key_usage=_ku(digital_signature=True))
+    with pytest.raises(ChainInvalid, match=r"1024 bits.*2048"):
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+
+
+def test_naive_now_is_a_programming_error(pki: SimpleNamespace) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        verify_chain(
+            [pki.leaf, pki.inter],
+            TrustAnchors([pki.root]),
+            now=NOW.replace(tzinfo=None),
+            purpose="signing",
+        )
+
+
+def test_trust_anchors_must_be_ca_certificates(pki: SimpleNamespace) -> None:
+    with pytest.raises(KeyInvalid, match="not a CA"):
+        TrustAnchors([pki.leaf])
+    with pytest.raises(KeyInvalid, match="at least one"):
+        TrustAnchors([])
+
+
+def test_pinned_intermediate_can_be_the_anchor(pki: SimpleNamespace) -> None:
+    assert (
+        verify_chain([pki.leaf], TrustAnchors([pki.inter]), now=NOW, purpose="signing") == pki.leaf
+    )
+
+
+# --- x5c decoding and the cache -----------------------------------------------------------------
+
+
+def test_decode_x5c_round_trip_and_errors(pki: SimpleNamespace) -> None:
+    assert decode_x5c(encode_x5c([pki.leaf, pki.inter])) == (pki.leaf, pki.inter)
+    with pytest.raises(ChainInvalid, match="non-empty list"):
+        decode_x5c("abc")
+    with pytest.raises(ChainInvalid, match=r"x5c\[0\] is not standard base64"):
+        decode_x5c(["-_-_"])
+    with pytest.raises(ChainInvalid, match=r"x5c\[1\] is not a DER"):
+        decode_x5c([encode_x5c([pki.leaf])[0], base64.b64encode(b"junk").decode()])
+
+
+def test_cache_hits_and_is_bounded(pki: SimpleNamespace) -> None:
+    anchors = TrustAnchors([pki.root], cache_size=2)
+    x5c = encode_x5c([pki.leaf, pki.inter])
+    first = anchors.validate_x5c(x5c, now=NOW, purpose="signing")
+    assert anchors.validate_x5c(x5c, now=NOW, purpose="signing") is first
+    assert anchors.cache_info()[:3] == (1, 1, 1)
+    for name in ("hcm.quan-2", "hcm.quan-3"):
+        _, other = devpki.issue(pki.inter_key, pki.inter, name, now=NOW)
+        anchors.validate_x5c(encode_x5c([other, pki.inter]), now=NOW, purpose="signing")
+    assert anchors.cache_info().currsize == 2
+
+
+def test_cached_chain_is_refused_after_it_expires(pki: SimpleNamespace) -> None:
+    anchors = TrustAnchors([pki.root])
+    x5c = encode_x5c([pki.leaf, pki.inter])
+    anchors.validate_x5c(x5c, now=NOW, purpose="signing")
+    later = pki.leaf.not_valid_after_utc + timedelta(seconds=1)
+    with pytest.raises(ChainInvalid, match="has expired"):
+        anchors.validate_x5c(x5c, now=later, purpose="signing")
+    # The cached success still serves a time inside the window (old receipts verify).
+    anchors.validate_x5c(x5c, now=NOW, purpose="signing")
+    assert anchors.cache_info().hits == 1
+
+
+def test_cache_is_per_purpose(pki: SimpleNamespace) -> None:
+    anchors = TrustAnchors([pki.root])
+    x5c = encode_x5c([pki.leaf, pki.inter])
+    anchors.validate_x5c(x5c, now=NOW, purpose="signing")
+    with pytest.raises(ChainInvalid, match="serverAuth"):
+        anchors.validate_x5c(x5c, now=NOW, purpose="server_auth")
+
+
+# --- participant binding ------------------------------------------------------------------------
+
+
+def test_participant_id_from_cn_and_san(pki: SimpleNamespace) -> None:
+    assert participant_id(pki.leaf) == "hcm.quan-1"
+    cn_only = _custom_leaf(pki.inter_key, pki.inter, cn="central.dan-cu")
+    assert participant_id(cn_only) == "central.dan-cu"
+
+
+def test_participant_id_none_for_a_ca(pki: SimpleNamespace) -> None:
+    assert participant_id(pki.root) is None
+
+
+def test_participant_id_refuses_disagreeing_san(pki: SimpleNamespace) -> None:
+    cert = _custom_leaf(
+        pki.inter_key, pki.inter, cn="hcm.quan-1", san_uris=("urn:gateway:participant:hcm.quan-2",)
+    )
+    with pytest.raises(ChainInvalid, match="disagrees"):
+        participant_id(cert)
+
+
+def test_participant_id_refuses_two_san_participants(pki: SimpleNamespace) -> None:
+    cert = _custom_leaf(
+        pki.inter_key,
+        pki.inter,
+        san_uris=("urn:gateway:participant:hcm.quan-1", "urn:gateway:participant:hcm.quan-2"),
+    )
+    with pytest.raises(ChainInvalid, match="several participants"):
+        participant_id(cert)
+
+
+def test_participant_id_is_not_case_folded(pki: SimpleNamespace) -> None:
+    assert participant_id(_custom_leaf(pki.inter_key, pki.inter, cn="HCM.QUAN-1")) is None
+
+
+# --- mTLS on loopback with the dev certificates -------------------------------------------------
+
+
+def test_devpki_certificates_complete_an_mtls_handshake(tmp_path: Path) -> None:
+    """Python's ssl accepts the dev server cert for 127.0.0.1 and localhost, and the client cert."""
+    now = datetime.now(UTC)  # the TLS stack checks validity against the real clock
+    ca_key, ca = devpki.make_ca("mtls", now=now)
+    server_key, server = devpki.issue(
+        ca_key,
+        ca,
+        "hcm.ttcds",
+        now=now,
+        purposes=("server_auth",),
+        dns_names=("localhost",),
+        ip_addresses=("127.0.0.1",),
+    )
+    client_key, client = devpki.issue(ca_key, ca, "hcm.quan-1", now=now)
+    _write(tmp_path / "ca.pem", ca)
+    for name, key, cert in (("server", server_key, server), ("client", client_key, client)):
+        _write(tmp_path / f"{name}.pem", cert)
+        (tmp_path / f"{name}.key").write_bytes(devpki.pem_private_key(key))
+
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    server_ctx.load_verify_locations(tmp_path / "ca.pem")
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(tmp_path / "ca.pem")
+    client_ctx.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
+
+    seen: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            for _ in range(2):
+                conn, _addr = listener.accept()
+                with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                    seen.append(tls.getpeercert(binary_form=True) or b"")
+                    tls.sendall(b"ok")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        for host in ("127.0.0.1", "localhost"):
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                client_ctx.wrap_socket(raw, server_hostname=host) as tls,
+            ):
+                assert tls.recv(2) == b"ok"
+        thread.join(timeout=10)
+
+    peer = x509.load_der_x509_certificate(seen[0])
+    assert participant_id(peer) == "hcm.quan-1"
+    verify_chain([peer], TrustAnchors([ca]), now=now, purpose="client_auth")
+
+
+def _ca_with_eku(
+    pki: SimpleNamespace, eku: list[x509.ObjectIdentifier]
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "TLS servers CA")]))
+        .issuer_name(pki.root.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.root_key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+        .sign(pki.root_key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def test_issuer_eku_constrains_the_purpose(pki: SimpleNamespace) -> None:
+    """A serverAuth-only intermediate is fine for server_auth, refused for client_auth."""
+    ca_key, ca = _ca_with_eku(pki, [ExtendedKeyUsageOID.SERVER_AUTH])
+    _, both = devpki.issue(
+        ca_key, ca, "hcm.ttcds", now=NOW, purposes=("client_auth", "server_auth")
+    )
+    anchors = TrustAnchors([pki.root])
+    assert verify_chain([both, ca], anchors, now=NOW, purpose="server_auth") == both
+    with pytest.raises(ChainInvalid, match="issuer extendedKeyUsage does not allow clientAuth"):
+        verify_chain([both, ca], anchors, now=NOW, purpose="client_auth")
