@@ -1,0 +1,260 @@
+"""The embedded, default audit store: one SQLite file shared by every gateway worker process.
+
+Why it looks like this:
+
+* WAL journal + ``synchronous=FULL``: a commit is fsync'd to the WAL before ``append_batch``
+  returns, which is what lets the gateway acknowledge an exchange only once its audit record is
+  durable; readers never block the writer.
+* Several processes (``gateway serve --workers N``) append to the same file. Each batch is one
+  ``BEGIN IMMEDIATE`` transaction that takes the database's single write lock first, then reads
+  the current size and frontier, so indexes stay consecutive and gap-free across processes. Nothing
+  about the tree is cached between transactions: another process may have appended meanwhile.
+  Waiting for the lock is bounded by the busy timeout (10 s by default), after which the batch
+  fails and the caller reports the audit log as unavailable.
+* Every table is prefixed ``audit_`` and nothing file-global (``PRAGMA user_version``) is used, so
+  other components (idempotency keys, replay cache, queue) can keep their tables in the same file.
+
+Schema::
+
+    audit_records(idx INTEGER PRIMARY KEY, leaf_hash BLOB, record BLOB)
+        One row per leaf. idx is the leaf index (0-based, the rowid, so rows are appended at the
+        end of the B-tree); record is the exact bytes given; leaf_hash = merkle.leaf_hash(record).
+    audit_nodes(level, idx, hash) PRIMARY KEY (level, idx), WITHOUT ROWID
+        Every perfect subtree of height >= 1 that is complete: node (level, idx) covers leaves
+        [idx * 2**level, (idx + 1) * 2**level). Level 0 is not duplicated here: it is
+        audit_records.leaf_hash. Rows are written in the same transaction as the leaf that
+        completes them (:meth:`Frontier.append` reports them), so at any committed size every
+        perfect subtree inside the tree is stored. An RFC 9162 inclusion or consistency proof is
+        a list of such perfect subtrees plus, on the right border, hashes of imperfect subtrees
+        that are folded from a few perfect ones, so proofs need O(log n) lookups, no leaf rehash.
+    audit_head(id = 0, size, root, frontier)
+        One row: the tree head after the last commit and the serialized merkle.Frontier that the
+        next batch extends. Read and rewritten inside every append transaction.
+
+The store is blocking and is meant to be driven from one worker thread (AuditLog's writer); a lock
+makes it safe to share between threads anyway. The connection is opened lazily on first use, so
+constructing a store does no I/O and may happen on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from gateway.audit import merkle
+from gateway.audit.store import StoredRecord
+
+__all__ = ["SqliteAuditStore", "StoreCorrupted"]
+
+_MAX_INDEX: Final = 2**63
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS audit_records (
+        idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+        leaf_hash BLOB NOT NULL CHECK (length(leaf_hash) = 32),
+        record BLOB NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS audit_nodes (
+        level INTEGER NOT NULL CHECK (level >= 1),
+        idx INTEGER NOT NULL CHECK (idx >= 0),
+        hash BLOB NOT NULL CHECK (length(hash) = 32),
+        PRIMARY KEY (level, idx)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        size INTEGER NOT NULL,
+        root BLOB NOT NULL,
+        frontier BLOB NOT NULL
+    )""",
+)
+
+
+class StoreCorrupted(sqlite3.DatabaseError):
+    """The stored tree state contradicts the stored leaves; appending would extend a lie."""
+
+
+class SqliteAuditStore:
+    """:class:`gateway.audit.store.AuditStore` on one SQLite file. Blocking; see module doc."""
+
+    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
+        """Remember where the database lives; the file is opened on first use, not here.
+
+        ``path`` must be a file (WAL and multi-process sharing need one). ``busy_timeout`` (s)
+        bounds how long a batch waits for another process's write transaction.
+        """
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, opening it (and creating the schema) on first use. Hold _lock."""
+        if self._closed:
+            raise sqlite3.ProgrammingError("audit store is closed")
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions, we issue BEGIN IMMEDIATE ourselves.
+        conn = sqlite3.connect(
+            self._path,
+            timeout=self._busy_timeout,  # Sets SQLite's busy timeout.
+            isolation_level=None,
+            check_same_thread=False,  # Serialized by self._lock instead.
+        )
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.NotSupportedError(f"{self._path}: WAL unavailable (mode {mode!r})")
+            conn.execute("PRAGMA synchronous = FULL")
+            with _immediate(conn):  # Several processes may create the schema at once.
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT OR IGNORE INTO audit_head (id, size, root, frontier)"
+                    " VALUES (0, 0, ?, ?)",
+                    (merkle.EMPTY_ROOT, merkle.Frontier().to_bytes()),
+                )
+                _check_head(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def append_batch(self, records: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        """Append ``records`` as leaves size, size+1, ... in one durable transaction.
+
+        Leaf hashes are computed before taking the write lock (they do not depend on position)
+        so the lock is held only for the frontier update and the inserts.
+        """
+        if not records:
+            return []
+        hashes = [merkle.leaf_hash(r) for r in records]
+        with self._lock:
+            conn = self._connection()
+            with _immediate(conn):
+                first, frontier = _read_frontier(conn)
+                completed: list[merkle.SubtreeHash] = []
+                for h in hashes:
+                    completed.extend(frontier.append(h))
+                indexes = range(first, first + len(records))
+                conn.executemany(
+                    "INSERT INTO audit_records (idx, leaf_hash, record) VALUES (?, ?, ?)",
+                    zip(indexes, hashes, records, strict=True),
+                )
+                conn.executemany(
+                    "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)",
+                    ((n.level, n.index, n.hash) for n in completed),
+                )
+                conn.execute(
+                    "UPDATE audit_head SET size = ?, root = ?, frontier = ? WHERE id = 0",
+                    (frontier.size, frontier.root(), frontier.to_bytes()),
+                )
+        return list(zip(indexes, hashes, strict=True))
+
+    def size(self) -> int:
+        """Committed size, read from the head row (no COUNT over the table)."""
+        return self.tree_head()[0]
+
+    def get(self, index: int) -> StoredRecord | None:
+        """The record at ``index`` or None."""
+        if not 0 <= index < _MAX_INDEX:  # SQLite integers are 64-bit: no OverflowError here.
+            return None
+        with self._lock:
+            row = (
+                self._connection()
+                .execute("SELECT leaf_hash, record FROM audit_records WHERE idx = ?", (index,))
+                .fetchone()
+            )
+        if row is None:
+            return None
+        return StoredRecord(index=index, leaf_hash=bytes(row[0]), record=bytes(row[1]))
+
+    def tree_head(self) -> tuple[int, bytes]:
+        """(size, root) from the head row: one row, so always a consistent pair."""
+        with self._lock:
+            size, root = self._connection().execute("SELECT size, root FROM audit_head").fetchone()
+        return int(size), bytes(root)
+
+    def subtree_hashes(self, ids: Iterable[tuple[int, int]]) -> list[bytes]:
+        """Hashes of the perfect subtrees ``(level, index)``, in the order asked.
+
+        The building blocks of proofs (see the module doc): level 0 comes from audit_records,
+        higher levels from audit_nodes. Raises KeyError for a subtree not (yet) complete.
+        Callers wanting a consistent view across several calls should ask for ids inside one
+        committed tree size; nodes are never rewritten, so a stale size is still consistent.
+        """
+        out: list[bytes] = []
+        with self._lock:
+            conn = self._connection()
+            for level, index in ids:
+                if level == 0:
+                    cur = conn.execute("SELECT leaf_hash FROM audit_records WHERE idx=?", (index,))
+                else:
+                    cur = conn.execute(
+                        "SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", (level, index)
+                    )
+                row = cur.fetchone()
+                if row is None:
+                    raise KeyError((level, index))
+                out.append(bytes(row[0]))
+        return out
+
+    def close(self) -> None:
+        """Close the connection; later calls raise sqlite3.ProgrammingError. Idempotent."""
+        with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class _immediate:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception.
+
+    IMMEDIATE takes the write lock up front, so the size read at the start of the transaction is
+    still the size when it commits (a deferred transaction could read, then lose the race).
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            try:
+                self._conn.execute("COMMIT")
+                return
+            except BaseException:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+
+def _read_frontier(conn: sqlite3.Connection) -> tuple[int, merkle.Frontier]:
+    size, blob = conn.execute("SELECT size, frontier FROM audit_head WHERE id = 0").fetchone()
+    frontier = merkle.Frontier.from_bytes(bytes(blob))
+    if frontier.size != size:
+        raise StoreCorrupted(f"audit_head size {size} but frontier size {frontier.size}")
+    return int(size), frontier
+
+
+def _check_head(conn: sqlite3.Connection) -> None:
+    """Refuse a file whose head disagrees with its leaves (truncated, or rows added by hand)."""
+    size, frontier = _read_frontier(conn)
+    (root,) = conn.execute("SELECT root FROM audit_head WHERE id = 0").fetchone()
+    if bytes(root) != frontier.root():
+        raise StoreCorrupted("audit_head root does not match its frontier")
+    (last,) = conn.execute("SELECT max(idx) FROM audit_records").fetchone()
+    if (-1 if last is None else last) != size - 1:
+        raise StoreCorrupted(f"audit_head says {size} records, audit_records ends at {last}")

@@ -1,0 +1,325 @@
+"""SQLite audit store: the AuditStore contract, crash-safe transactions, and multi-process appends.
+
+The contract tests take a ``make_store`` fixture so a PostgreSQL store can be added as a second
+parameter and pass the same tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.audit import merkle
+from gateway.audit.sqlite import SqliteAuditStore, StoreCorrupted
+from gateway.audit.store import AuditStore, StoredRecord
+
+REPO = Path(__file__).resolve().parents[1]
+MakeStore = Callable[[], AuditStore]
+
+
+@pytest.fixture(params=["sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
+    """Opens stores on one shared database; every store opened is closed after the test."""
+    opened: list[AuditStore] = []
+
+    def make() -> AuditStore:
+        store = SqliteAuditStore(str(tmp_path / "audit.db"))
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def _all_leaf_hashes(store: AuditStore) -> list[bytes]:
+    out = []
+    for i in range(store.size()):
+        rec = store.get(i)
+        assert rec is not None
+        out.append(rec.leaf_hash)
+    return out
+
+
+# -- the contract --------------------------------------------------------------------------
+
+
+def test_empty_store_has_the_empty_tree_head(make_store: MakeStore) -> None:
+    store = make_store()
+    assert store.tree_head() == (0, merkle.EMPTY_ROOT)
+    assert store.size() == 0
+    assert store.get(0) is None
+    assert store.append_batch([]) == []
+
+
+def test_batches_get_consecutive_indexes_and_leaf_hashes_of_the_bytes(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
+    first = store.append_batch([b"a", b"b", b"c"])
+    second = store.append_batch([b"d"])
+    third = store.append_batch([b"e", b"f"])
+    assert [i for i, _ in first + second + third] == list(range(6))
+    expected = [merkle.leaf_hash(r) for r in [b"a", b"b", b"c", b"d", b"e", b"f"]]
+    assert [h for _, h in first + second + third] == expected
+    assert store.size() == 6
+
+
+def test_tree_head_root_equals_reference_root_after_every_batch(make_store: MakeStore) -> None:
+    store = make_store()
+    hashes: list[bytes] = []
+    for n in [1, 2, 3, 1, 8, 5, 16, 1]:
+        batch = [f"record {len(hashes) + i}".encode() for i in range(n)]
+        hashes += [h for _, h in store.append_batch(batch)]
+        assert store.tree_head() == (len(hashes), merkle.root(hashes))
+
+
+def test_records_come_back_exactly_as_given(make_store: MakeStore) -> None:
+    """Leaf hashes are over these bytes, so no decoding or re-serialization may happen."""
+    records = [b"", b"\x00\xff\xfe", '{"name":"Nguyễn"}'.encode(), b"x" * 100_000]
+    store = make_store()
+    store.append_batch(records)
+    for i, r in enumerate(records):
+        assert store.get(i) == StoredRecord(i, merkle.leaf_hash(r), r)
+    assert store.get(len(records)) is None
+    assert store.get(-1) is None
+    assert store.get(2**64) is None
+
+
+def test_reopening_keeps_records_and_head_and_appends_continue(make_store: MakeStore) -> None:
+    store = make_store()
+    store.append_batch([b"one", b"two", b"three"])
+    head = store.tree_head()
+    store.close()
+    store.close()  # Idempotent.
+
+    again = make_store()
+    assert again.tree_head() == head
+    assert again.get(1) == StoredRecord(1, merkle.leaf_hash(b"two"), b"two")
+    assert again.append_batch([b"four"]) == [(3, merkle.leaf_hash(b"four"))]
+    assert again.tree_head() == (4, merkle.root(_all_leaf_hashes(again)))
+
+
+def test_a_closed_store_refuses_work(make_store: MakeStore) -> None:
+    store = make_store()
+    store.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        store.append_batch([b"late"])
+
+
+# -- SQLite specifics ----------------------------------------------------------------------
+
+
+def test_constructing_does_no_io_and_the_file_is_wal(tmp_path: Path) -> None:
+    """Lazy open: AuditLog may build the store on the loop and open it on its writer thread."""
+    path = tmp_path / "audit.db"
+    store = SqliteAuditStore(str(path))
+    assert not path.exists()
+    store.size()
+    assert path.exists()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # synchronous is per connection, so only the store's own connection can show it (FULL = 2):
+    # in WAL mode, NORMAL would acknowledge commits that a power cut can still lose.
+    assert store._connection().execute("PRAGMA synchronous").fetchone()[0] == 2
+    store.close()
+
+
+def test_nodes_table_holds_every_perfect_subtree_of_the_vector_tree(tmp_path: Path) -> None:
+    """Proofs (issue 3) are assembled from stored subtrees: they must be there and be right."""
+    from tests.test_merkle import LEAVES, NH
+
+    store = SqliteAuditStore(str(tmp_path / "audit.db"))
+    store.append_batch(LEAVES[:3])
+    with pytest.raises(KeyError):
+        store.subtree_hashes([(1, 1)])  # Leaves 2..3: not complete at size 3.
+    store.append_batch(LEAVES[3:])
+    ids = [(level, i) for level, hashes in enumerate(NH) for i in range(len(hashes))]
+    assert store.subtree_hashes(ids) == [NH[level][i] for level, i in ids]
+    store.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 20), min_size=1, max_size=8))
+def test_stored_nodes_and_head_match_the_reference_for_any_batching(sizes: list[int]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteAuditStore(os.path.join(tmp, "audit.db"))
+        hashes: list[bytes] = []
+        for n in sizes:
+            hashes += [
+                h for _, h in store.append_batch([b"%d" % (len(hashes) + i) for i in range(n)])
+            ]
+        assert store.tree_head() == (len(hashes), merkle.root(hashes))
+        ids = [
+            (level, i)
+            for level in range(1, len(hashes).bit_length())
+            for i in range(len(hashes) >> level)
+        ]
+        expected = [merkle.root(hashes[i << lvl : (i + 1) << lvl]) for lvl, i in ids]
+        assert store.subtree_hashes(ids) == expected
+        store.close()
+
+
+def test_a_failing_batch_writes_nothing_and_the_store_stays_usable(tmp_path: Path) -> None:
+    """A row in the way (here planted by hand) aborts the whole batch: no partial tree."""
+    path = str(tmp_path / "audit.db")
+    store = SqliteAuditStore(path)
+    store.append_batch([b"a", b"b"])
+    head = store.tree_head()
+    with sqlite3.connect(path) as other:
+        other.execute("INSERT INTO audit_records VALUES (3, zeroblob(32), x'00')")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.append_batch([b"c", b"d"])
+    assert store.tree_head() == head
+    with pytest.raises(KeyError):
+        store.subtree_hashes([(1, 1)])
+    with sqlite3.connect(path) as other:
+        other.execute("DELETE FROM audit_records WHERE idx = 3")
+    assert [i for i, _ in store.append_batch([b"c", b"d"])] == [2, 3]
+    store.close()
+
+
+def test_a_batch_waits_for_the_write_lock_then_fails_cleanly(tmp_path: Path) -> None:
+    """Another process holding the write lock past busy_timeout fails the batch, not the store."""
+    path = str(tmp_path / "audit.db")
+    store = SqliteAuditStore(path, busy_timeout=0.2)
+    store.append_batch([b"a"])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    start = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.append_batch([b"b"])
+    assert time.monotonic() - start >= 0.15
+    other.execute("ROLLBACK")
+    other.close()
+    assert store.append_batch([b"b"]) == [(1, merkle.leaf_hash(b"b"))]
+    store.close()
+
+
+def test_a_head_that_disagrees_with_the_records_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "audit.db")
+    store = SqliteAuditStore(path)
+    store.append_batch([b"a", b"b", b"c"])
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM audit_records WHERE idx = 2")  # Truncated log.
+    with pytest.raises(StoreCorrupted):
+        SqliteAuditStore(path).size()
+
+
+def test_other_tables_can_share_the_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE idempotency (key TEXT PRIMARY KEY, body_sha256 BLOB)")
+        conn.execute("INSERT INTO idempotency VALUES ('k', x'01')")
+    store = SqliteAuditStore(path)
+    store.append_batch([b"a"])
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM idempotency").fetchone() == (1,)
+
+
+# -- several processes, one file -----------------------------------------------------------
+
+WORKER = r"""
+import asyncio, json, sys
+from gateway.audit.log import AuditLog
+from gateway.audit.sqlite import SqliteAuditStore
+
+async def main(path, worker, count, wave):
+    log = await AuditLog.open(SqliteAuditStore(path))
+    print("ready", flush=True)
+    sys.stdin.readline()  # Start together.
+    indexes = []
+    for start in range(0, count, wave):
+        stop = min(start + wave, count)
+        results = await asyncio.gather(
+            *(log.append(b'{"i":%d,"w":%d}' % (i, worker)) for i in range(start, stop))
+        )
+        indexes += [r.index for r in results]
+    await log.aclose()
+    print(json.dumps({"indexes": indexes, "batches": log.stats.batches}), flush=True)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+"""
+
+
+def _readline(proc: subprocess.Popen[str], deadline: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+    if not ready:
+        raise TimeoutError("worker did not answer in time")
+    return proc.stdout.readline()
+
+
+@pytest.mark.slow
+def test_four_processes_appending_concurrently_get_gap_free_unique_indexes(
+    tmp_path: Path,
+) -> None:
+    """4 x 500 records from 4 processes: exactly 0..1999, each record where its writer was told."""
+    path = str(tmp_path / "audit.db")
+    workers, count = 4, 500
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, path, str(w), str(count), "25"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for w in range(workers)
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        for p in procs:
+            assert _readline(p, deadline).strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outputs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0] * workers
+
+    told = {
+        index: b'{"i":%d,"w":%d}' % (i, w)
+        for w, out in enumerate(outputs)
+        for i, index in enumerate(out["indexes"])
+    }
+    assert sorted(told) == list(range(workers * count))  # No gap, no duplicate.
+
+    store = SqliteAuditStore(path)
+    try:
+        assert store.size() == workers * count
+        records = [store.get(i) for i in range(workers * count)]
+        assert [r.record for r in records if r] == [told[i] for i in range(workers * count)]
+        assert store.tree_head()[1] == merkle.root(
+            [merkle.leaf_hash(told[i]) for i in sorted(told)]
+        )
+        with sqlite3.connect(path) as conn:
+            assert conn.execute(
+                "SELECT count(*), min(idx), max(idx) FROM audit_records"
+            ).fetchone() == (
+                2000,
+                0,
+                1999,
+            )
+    finally:
+        store.close()
