@@ -1,0 +1,156 @@
+"""Stage (1): who is sending. mTLS client certificate, signed request, or development token.
+
+Every authentication failure gets the same public answer (``Unauthenticated``); the real cause
+goes to the log only, so the endpoint is no oracle for probing keys, clocks or ids. A replayed
+signed request is the exception: the sender proved who it is, so it may learn that the id was
+used (409), which is what a well-behaved client needs to recover.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from cryptography import x509
+
+from gateway.crypto import jws, pki
+from gateway.crypto.jws import CryptoError
+from gateway.errors import BadRequest, MalformedJson, Replay, Unauthenticated
+from gateway.models import RawRequest, Sender
+from gateway.strictjson import JsonError, loads
+
+REQUEST_TYP = "request+jws"
+SIGNED_MEDIA_TYPE = "application/jose+json"
+_REQUEST_MEMBERS = frozenset({"id", "sender", "service", "created", "payload"})
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantAuth:
+    """What authentication needs to know of one participant."""
+
+    id: str
+    methods: frozenset[str]
+    pinned_sha256: str | None = None
+    token_sha256: str | None = None
+
+
+class ReplayGuard(Protocol):
+    async def claim_request_id(self, sender: str, request_id: str, ttl: float) -> bool: ...
+
+
+def parse_created(value: str) -> datetime:
+    """RFC 3339 UTC (``Z`` or ``+00:00``) to an aware datetime; ValueError otherwise."""
+    if not (value.endswith("Z") or value.endswith("+00:00")):
+        raise ValueError("created must be UTC (end in Z)")
+    t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        raise ValueError("created has no time zone")
+    return t.astimezone(UTC)
+
+
+class Authenticator:
+    def __init__(
+        self,
+        participants: Mapping[str, ParticipantAuth],
+        anchors: pki.TrustAnchors,
+        *,
+        replay: ReplayGuard,
+        skew_seconds: int,
+        max_depth: int,
+        development: bool,
+    ):
+        self._participants = participants
+        self._anchors = anchors
+        self._replay = replay
+        self._skew = timedelta(seconds=skew_seconds)
+        self._max_depth = max_depth
+        self._tokens = {
+            p.token_sha256: p for p in participants.values() if p.token_sha256 and development
+        }
+        self._cert_cache: dict[bytes, str] = {}
+
+    async def authenticate(self, raw: RawRequest, parsed: Any, now: datetime) -> tuple[Sender, Any]:
+        """Return the sender and the business payload, or raise."""
+        if raw.content_type == SIGNED_MEDIA_TYPE:
+            return await self._signed(raw, parsed, now)
+        if raw.peer_cert_der is not None:
+            return Sender(self._mtls(raw.peer_cert_der, now), "mtls"), parsed
+        if raw.authorization is not None:
+            return Sender(self._token(raw.authorization), "token"), parsed
+        raise Unauthenticated("no credentials: no client certificate, signature or token")
+
+    def _participant(self, pid: str | None, method: str) -> ParticipantAuth:
+        p = self._participants.get(pid or "")
+        if p is None:
+            raise Unauthenticated(f"{pid!r} is not a registered participant")
+        if method not in p.methods:
+            raise Unauthenticated(f"{p.id} may not authenticate by {method}")
+        return p
+
+    def _bind(self, leaf: x509.Certificate, method: str) -> str:
+        p = self._participant(pki.participant_id(leaf), method)
+        if p.pinned_sha256 and pki.fingerprint_sha256(leaf) != p.pinned_sha256:
+            raise Unauthenticated(f"certificate of {p.id} is not the one registered")
+        return p.id
+
+    def _mtls(self, der: bytes, now: datetime) -> str:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            leaf = pki.verify_chain([cert], self._anchors, now=now, purpose="client_auth")
+        except (CryptoError, ValueError) as e:
+            raise Unauthenticated(f"client certificate refused: {e}") from None
+        return self._bind(leaf, "mtls")
+
+    def _token(self, authorization: str) -> str:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("Authorization header is not a bearer token")
+        p = self._tokens.get(hashlib.sha256(token.strip().encode()).hexdigest())
+        if p is None:
+            raise Unauthenticated("unknown bearer token (or tokens disabled: not development)")
+        return self._participant(p.id, "token").id
+
+    async def _signed(self, raw: RawRequest, parsed: Any, now: datetime) -> tuple[Sender, Any]:
+        if not isinstance(parsed, dict):
+            raise MalformedJson("a signed request is a JWS JSON object (flattened serialization)")
+        try:
+            verified = jws.verify(parsed, self._anchors, now=now, expected_typ=REQUEST_TYP)
+        except CryptoError as e:
+            raise Unauthenticated(f"signed request refused: {e}") from None
+        try:
+            req = loads(verified.payload, max_depth=self._max_depth)
+        except JsonError as e:
+            raise MalformedJson(f"signed payload is not valid JSON: {e}") from None
+        if not isinstance(req, dict) or set(req) != _REQUEST_MEMBERS:
+            raise BadRequest(
+                "the signed payload must be an object with exactly the members "
+                "id, sender, service, created, payload"
+            )
+        rid, sender, service, created = req["id"], req["sender"], req["service"], req["created"]
+        if not (isinstance(rid, str) and 1 <= len(rid) <= 128 and rid.isprintable()):
+            raise BadRequest("signed request 'id' must be a printable string of 1 to 128 chars")
+        if not isinstance(sender, str) or not isinstance(service, str):
+            raise BadRequest("signed request 'sender' and 'service' must be strings")
+        if service != raw.service:
+            raise BadRequest(
+                f"the request was signed for service {service!r} but sent to {raw.service!r}"
+            )
+        try:
+            created_at = parse_created(created) if isinstance(created, str) else None
+        except ValueError:
+            created_at = None
+        if created_at is None:
+            raise BadRequest("signed request 'created' must be an RFC 3339 UTC time")
+        if abs(now - created_at) > self._skew:
+            raise Unauthenticated(f"signed request created {created} is outside the skew window")
+        if self._bind(verified.leaf, "signed") != sender:
+            raise Unauthenticated("signer certificate is not bound to the declared sender")
+        ttl = 2 * self._skew.total_seconds() + 60
+        if not await self._replay.claim_request_id(sender, rid, ttl):
+            raise Replay(
+                f"request id {rid!r} was already used by {sender}; sign each request with a new id"
+            )
+        return Sender(sender, "signed", signed_request=parsed, request_id=rid), req["payload"]

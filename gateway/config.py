@@ -1,0 +1,308 @@
+"""The deployment's configuration: TOML parsed once into frozen pydantic models.
+
+Why frozen and ``extra="forbid"``: a typo in a production config (``acess`` for ``access``) must
+stop start-up with a message naming the file and the field, not silently open or close a
+service. This is also the only module that reads files or environment variables: it loads the
+keys, certificates and schema documents the config names, so the rest of the gateway works on
+values and stays testable without a disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.errors import ConfigError
+
+PARTICIPANT_ID = r"^[a-z0-9]+(?:-[a-z0-9]+)*(?:\.[a-z0-9]+(?:-[a-z0-9]+)*)+$"
+SERVICE_ID = r"^[a-z0-9]+(?:-[a-z0-9]+)*\.v[0-9]+$"
+CONFIG_ENV = "GATEWAY_CONFIG"
+DEFAULT_CONFIG_NAME = "gateway.toml"
+
+AuthMethod = Literal["mtls", "signed", "token"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TlsConfig(_Model):
+    """Server TLS; with ``client_auth`` the gateway asks for client certificates (mTLS)."""
+
+    certificate: str
+    key: str
+    client_auth: Literal["none", "optional", "required"] = "optional"
+
+
+class GatewaySection(_Model):
+    id: str = Field(pattern=PARTICIPANT_ID)
+    key: str
+    certificate: str
+    trust_anchors: list[str] = Field(min_length=1)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    public_url: str | None = None
+    tls: TlsConfig | None = None
+    development: bool = False
+
+
+class Limits(_Model):
+    """Safe defaults for every limit; each can be tightened per deployment."""
+
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_json_depth: int = Field(default=64, ge=2, le=512)
+    clock_skew_seconds: int = Field(default=300, ge=1, le=3600)
+    delivery_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    idempotency_ttl_seconds: int = Field(default=86400, ge=60)
+    rate_per_second: float = Field(default=200.0, gt=0)
+    rate_burst: int = Field(default=400, ge=1)
+
+
+class AuditConfig(_Model):
+    store: Literal["sqlite"] = "sqlite"
+    path: str = "audit.db"
+    state_path: str = "state.db"
+    max_batch: int = Field(default=512, ge=1, le=10000)
+
+
+class LoggingConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Participant(_Model):
+    id: str = Field(pattern=PARTICIPANT_ID)
+    tier: Literal["unit", "city", "central"]
+    name: str = ""
+    auth: list[AuthMethod] = Field(default_factory=lambda: list[AuthMethod](["mtls", "signed"]))
+    certificate: str | None = None
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _token_needs_hash(self) -> Participant:
+        if "token" in self.auth and not self.token_sha256:
+            raise ValueError("auth allows 'token' but token_sha256 is not set")
+        return self
+
+
+class Grant(_Model):
+    """One entry of a service's access list: who, for what purpose, under which legal basis."""
+
+    participant: str = Field(pattern=PARTICIPANT_ID)
+    purpose: str = Field(min_length=1)
+    legal_basis: str = Field(min_length=1)
+
+
+class Service(_Model):
+    id: str = Field(pattern=SERVICE_ID)
+    provider: str = Field(pattern=PARTICIPANT_ID)
+    description: str = ""
+    connector: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    connector_settings: dict[str, Any] = Field(default_factory=dict)
+    request_schema: str
+    response_schema: str
+    mode: Literal["sync", "async"] = "sync"
+    access: list[Grant] = Field(min_length=1)
+
+    @field_validator("mode")
+    @classmethod
+    def _sync_only(cls, v: str) -> str:
+        if v == "async":
+            raise ValueError("mode 'async' needs the queue connector, which is not built yet")
+        return v
+
+
+class Config(_Model):
+    gateway: GatewaySection
+    limits: Limits = Limits()
+    audit: AuditConfig = AuditConfig()
+    logging: LoggingConfig = LoggingConfig()
+    participants: list[Participant] = Field(min_length=1)
+    services: list[Service] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Config:
+        ids = [p.id for p in self.participants]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"participant ids repeated: {sorted(dup)}")
+        sids = [s.id for s in self.services]
+        sdup = {i for i in sids if sids.count(i) > 1}
+        if sdup:
+            raise ValueError(f"service ids repeated: {sorted(sdup)}")
+        known = set(ids)
+        if not self.gateway.development:
+            for p in self.participants:
+                if "token" in p.auth:
+                    raise ValueError(
+                        f"participant {p.id} allows bearer tokens, which are for development "
+                        "only: set gateway.development = true or remove 'token' from auth"
+                    )
+        for s in self.services:
+            if s.provider not in known:
+                raise ValueError(f"service {s.id}: provider {s.provider!r} is not a participant")
+            for g in s.access:
+                if g.participant not in known:
+                    raise ValueError(
+                        f"service {s.id}: access grant names unknown participant {g.participant!r}"
+                    )
+        return self
+
+    def participant(self, pid: str) -> Participant | None:
+        for p in self.participants:
+            if p.id == pid:
+                return p
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedService:
+    """A service with its schema documents read (still unchecked: validation.py compiles)."""
+
+    spec: Service
+    request_schema: dict[str, Any]
+    response_schema: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """Everything start-up needs, read from disk once."""
+
+    path: Path
+    config: Config
+    key_pem: bytes
+    certificate_pem: bytes
+    trust_anchor_pems: tuple[bytes, ...]
+    participant_cert_pems: Mapping[str, bytes]
+    services: Mapping[str, LoadedService]
+    tls_cert_pem: bytes | None
+    tls_key_pem: bytes | None
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, rel: str) -> Path:
+        return _resolve(self.path, rel)
+
+    def audit_path(self) -> Path:
+        return self.resolve(self.config.audit.path)
+
+    def state_path(self) -> Path:
+        return self.resolve(self.config.audit.state_path)
+
+
+def _resolve(config_path: Path, rel: str) -> Path:
+    p = Path(rel)
+    return p if p.is_absolute() else (config_path.parent / p)
+
+
+def find_config(explicit: str | None) -> Path:
+    """``--config`` wins, then ``$GATEWAY_CONFIG``, then ``./gateway.toml``."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return Path.cwd() / DEFAULT_CONFIG_NAME
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_config(text: str, *, source: str) -> Config:
+    """TOML text -> Config, or ConfigError naming the file, the field and the problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, "(syntax)", str(e)) from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        extra = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        raise ConfigError(source, _loc(tuple(err["loc"])), msg + extra) from None
+
+
+def _read(config_path: Path, field: str, rel: str) -> bytes:
+    path = _resolve(config_path, rel)
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(str(config_path), field, f"cannot read {path}: {e.strerror}") from None
+
+
+def _read_json(config_path: Path, field: str, rel: str) -> dict[str, Any]:
+    raw = _read(config_path, field, rel)
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ConfigError(str(config_path), field, f"{rel} is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(str(config_path), field, f"{rel} is not a JSON object")
+    return doc
+
+
+def load(path: Path) -> Deployment:
+    """Read the config and every file it names. Raises ConfigError; never half-loads."""
+    path = path.resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(path), "(file)", f"cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "(file)", "not UTF-8 text") from None
+    cfg = parse_config(text, source=str(path))
+    g = cfg.gateway
+    key = _read(path, "gateway.key", g.key)
+    cert = _read(path, "gateway.certificate", g.certificate)
+    anchors = tuple(
+        _read(path, f"gateway.trust_anchors[{i}]", a) for i, a in enumerate(g.trust_anchors)
+    )
+    pcerts = {
+        p.id: _read(path, f"participants[{i}].certificate", p.certificate)
+        for i, p in enumerate(cfg.participants)
+        if p.certificate
+    }
+    services: dict[str, LoadedService] = {}
+    for i, s in enumerate(cfg.services):
+        services[s.id] = LoadedService(
+            spec=s,
+            request_schema=_read_json(path, f"services[{i}].request_schema", s.request_schema),
+            response_schema=_read_json(path, f"services[{i}].response_schema", s.response_schema),
+        )
+    tls_cert = tls_key = None
+    if g.tls:
+        tls_cert = _read(path, "gateway.tls.certificate", g.tls.certificate)
+        tls_key = _read(path, "gateway.tls.key", g.tls.key)
+    return Deployment(
+        path=path,
+        config=cfg,
+        key_pem=key,
+        certificate_pem=cert,
+        trust_anchor_pems=anchors,
+        participant_cert_pems=pcerts,
+        services=services,
+        tls_cert_pem=tls_cert,
+        tls_key_pem=tls_key,
+    )
+
+
+def token_hash(token: str) -> str:
+    """How bearer tokens are stored in the config: hex SHA-256, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,201 @@
+"""``gateway init DIR``: a complete development deployment modelled on Ho Chi Minh City.
+
+Everything written here is for development: the CA says so in its name, the bearer tokens are
+stored beside the keys, and ``development = true`` is set in the config. A production
+deployment brings its own PKI and leaves tokens off.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+from gateway.config import token_hash
+from gateway.crypto import devpki
+
+GATEWAY_ID = "hcm.ttcds.gw"
+
+
+@dataclass(frozen=True)
+class DemoParticipant:
+    id: str
+    tier: str
+    name: str
+
+
+PARTICIPANTS = (
+    DemoParticipant("hcm.quan-1", "unit", "Ủy ban nhân dân Quận 1"),
+    DemoParticipant("hcm.thu-duc", "unit", "Ủy ban nhân dân thành phố Thủ Đức"),
+    DemoParticipant("hcm.so-tc", "city", "Sở Tài chính TP.HCM"),
+    DemoParticipant("hcm.ca-tp", "city", "Công an Thành phố Hồ Chí Minh"),
+    DemoParticipant("hcm.ttcds", "city", "Trung tâm Chuyển đổi số TP.HCM"),
+    DemoParticipant("central.dan-cu", "central", "Cơ sở dữ liệu quốc gia về dân cư"),
+)
+
+SERVICES = (
+    {
+        "id": "citizen-lookup.v1",
+        "provider": "central.dan-cu",
+        "description": "Tra cứu thông tin công dân theo số định danh cá nhân (12 chữ số)",
+        "access": [
+            (
+                "hcm.quan-1",
+                "Xác minh thông tin công dân khi giải quyết thủ tục hành chính",
+                "Nghị định 47/2020/NĐ-CP, Điều 14; Luật Căn cước 2023, Điều 10",
+            ),
+            (
+                "hcm.thu-duc",
+                "Xác minh thông tin công dân khi giải quyết thủ tục hành chính",
+                "Nghị định 47/2020/NĐ-CP, Điều 14; Luật Căn cước 2023, Điều 10",
+            ),
+            (
+                "hcm.ca-tp",
+                "Quản lý cư trú theo Đề án 06",
+                "Quyết định 06/QĐ-TTg ngày 06/01/2022; Luật Cư trú 2020, Điều 37",
+            ),
+        ],
+    },
+    {
+        "id": "pilot-progress-report.v1",
+        "provider": "hcm.ca-tp",
+        "description": "Báo cáo tiến độ các mô hình thí điểm Đề án 06 gửi Công an Thành phố",
+        "access": [
+            (
+                p,
+                "Báo cáo định kỳ tiến độ mô hình thí điểm Đề án 06",
+                "Quyết định 06/QĐ-TTg ngày 06/01/2022, Mục IV",
+            )
+            for p in ("hcm.quan-1", "hcm.thu-duc", "hcm.so-tc", "hcm.ttcds")
+        ],
+    },
+    {
+        "id": "budget-proposal.v1",
+        "provider": "hcm.so-tc",
+        "description": "Đề xuất dự toán ngân sách gửi Sở Tài chính",
+        "access": [
+            (p, "Lập và gửi dự toán ngân sách năm", "Luật Ngân sách nhà nước 2015, Điều 44")
+            for p in ("hcm.quan-1", "hcm.thu-duc", "hcm.ca-tp", "hcm.ttcds")
+        ],
+    },
+)
+
+
+def schemas_dir() -> Path:
+    """The service schemas: shipped in the wheel as gateway/_schemas, or the repo's schemas/."""
+    shipped = Path(str(resources.files("gateway"))) / "_schemas"
+    if shipped.is_dir():
+        return shipped
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+def _write(path: Path, data: bytes, *, private: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if private:
+        path.chmod(0o600)
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def init_deployment(target: Path, *, port: int = 8080, now: datetime | None = None) -> list[str]:
+    """Write the deployment into ``target`` (must be empty or absent); return its tokens' owners."""
+    now = now or datetime.now(UTC)
+    if target.exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target} is not empty; choose a new directory")
+    target.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = devpki.make_ca("HCM DTC", now=now)
+    _write(target / "pki/ca.crt", devpki.pem_certificate(ca_cert))
+    _write(target / "pki/ca.key", devpki.pem_private_key(ca_key), private=True)
+    gw_key, gw_cert = devpki.issue(ca_key, ca_cert, GATEWAY_ID, now=now, purposes=("signing",))
+    _write(target / "pki/gateway.crt", devpki.pem_certificate(gw_cert))
+    _write(target / "pki/gateway.key", devpki.pem_private_key(gw_key), private=True)
+    tls_key, tls_cert = devpki.issue(
+        ca_key,
+        ca_cert,
+        GATEWAY_ID,
+        now=now,
+        purposes=("server_auth",),
+        dns_names=("localhost",),
+        ip_addresses=("127.0.0.1",),
+    )
+    _write(target / "pki/tls.crt", devpki.pem_certificate(tls_cert))
+    _write(target / "pki/tls.key", devpki.pem_private_key(tls_key), private=True)
+
+    participants_toml = []
+    for p in PARTICIPANTS:
+        key, cert = devpki.issue(
+            ca_key, ca_cert, p.id, now=now, purposes=("signing", "client_auth")
+        )
+        d = target / "participants" / p.id
+        _write(d / "cert.pem", devpki.pem_certificate(cert))
+        _write(d / "key.pem", devpki.pem_private_key(key), private=True)
+        token = "dev-" + secrets.token_urlsafe(24)
+        _write(d / "token", token.encode() + b"\n", private=True)
+        participants_toml.append(
+            "[[participants]]\n"
+            f"id = {_toml_str(p.id)}\n"
+            f"tier = {_toml_str(p.tier)}\n"
+            f"name = {_toml_str(p.name)}\n"
+            'auth = ["mtls", "signed", "token"]\n'
+            f'certificate = "participants/{p.id}/cert.pem"\n'
+            f"token_sha256 = {_toml_str(token_hash(token))}\n"
+        )
+
+    src = schemas_dir()
+    shutil.copytree(src, target / "schemas", ignore=shutil.ignore_patterns("examples"))
+    services_toml = []
+    for s in SERVICES:
+        sid = str(s["id"])
+        example = src / "examples" / f"{sid}.json"
+        _write(target / "examples" / f"{sid}.json", example.read_bytes())
+        grants = "".join(
+            f"[[services.access]]\nparticipant = {_toml_str(p)}\n"
+            f"purpose = {_toml_str(purpose)}\nlegal_basis = {_toml_str(basis)}\n"
+            for p, purpose, basis in s["access"]
+        )
+        services_toml.append(
+            "[[services]]\n"
+            f"id = {_toml_str(sid)}\n"
+            f"provider = {_toml_str(str(s['provider']))}\n"
+            f"description = {_toml_str(str(s['description']))}\n"
+            'connector = "demo"\n'
+            f'request_schema = "schemas/{sid}.request.json"\n'
+            f'response_schema = "schemas/{sid}.response.json"\n'
+            'mode = "sync"\n'
+            f"{grants}"
+        )
+    config = (
+        "# DEVELOPMENT deployment written by `gateway init`: development CA, bearer tokens on.\n"
+        "# Do not use these keys or tokens anywhere else.\n\n"
+        "[gateway]\n"
+        f'id = "{GATEWAY_ID}"\n'
+        'key = "pki/gateway.key"\n'
+        'certificate = "pki/gateway.crt"\n'
+        'trust_anchors = ["pki/ca.crt"]\n'
+        'host = "127.0.0.1"\n'
+        f"port = {port}\n"
+        "workers = 1\n"
+        "development = true\n"
+        "# For mTLS, uncomment (clients then use https and the CA in pki/ca.crt):\n"
+        '# tls = { certificate = "pki/tls.crt", key = "pki/tls.key", client_auth = "optional" }\n\n'
+        "[limits]\n"
+        "max_body_bytes = 1048576\n"
+        "max_json_depth = 64\n"
+        "clock_skew_seconds = 300\n"
+        "delivery_timeout_seconds = 10\n\n"
+        "[audit]\n"
+        'store = "sqlite"\n'
+        'path = "audit.db"\n'
+        'state_path = "state.db"\n\n'
+        + "\n".join(participants_toml)
+        + "\n"
+        + "\n".join(services_toml)
+    )
+    _write(target / "gateway.toml", config.encode())
+    return [p.id for p in PARTICIPANTS]

@@ -1,0 +1,231 @@
+"""The composition root: builds every stage from a loaded Deployment and wires the routes.
+
+Each resource (audit log, state store, connectors) is opened and closed by exactly one
+cleanup_ctx, so a failed start-up closes what it had opened and a stop flushes the audit log.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway import plugins
+from gateway.acl import AccessList, Grant
+from gateway.audit.log import AuditLog
+from gateway.audit.sqlite import SqliteAuditStore
+from gateway.authn import Authenticator, ParticipantAuth
+from gateway.config import Deployment
+from gateway.connector import Connector, ConnectorContext
+from gateway.crypto import jws, pki
+from gateway.crypto.keys import (
+    CryptoError,
+    Keyring,
+    SigningKey,
+    load_certificates,
+    load_private_key,
+)
+from gateway.errors import ConfigError
+from gateway.pipeline import Limits, Pipeline, ServiceRuntime
+from gateway.state import StateStore
+from gateway.validation import CompiledSchema, compile_schema
+
+DEPLOYMENT = web.AppKey("deployment", Deployment)
+KEYRING = web.AppKey("keyring", Keyring)
+AUDIT = web.AppKey("audit", AuditLog)
+STATE = web.AppKey("state", StateStore)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+CONNECTORS = web.AppKey("connectors", dict[str, Connector])
+
+
+@dataclass(frozen=True, slots=True)
+class KeyringSigner:
+    """The gateway's signature over an artifact, with the current key and its chain."""
+
+    keyring: Keyring
+
+    def sign(self, obj: Any, *, typ: str) -> dict[str, Any]:
+        return jws.sign(obj, self.keyring.current, self.keyring.chain, typ=typ)
+
+
+def build_keyring(dep: Deployment) -> Keyring:
+    try:
+        key: SigningKey = load_private_key(dep.key_pem)
+    except CryptoError as e:
+        raise ConfigError(str(dep.path), "gateway.key", f"not a usable private key: {e}") from None
+    try:
+        chain = load_certificates(dep.certificate_pem)
+        return Keyring(key, chain)
+    except CryptoError as e:
+        raise ConfigError(str(dep.path), "gateway.certificate", str(e)) from None
+
+
+def build_anchors(dep: Deployment) -> pki.TrustAnchors:
+    certs = []
+    for i, pem in enumerate(dep.trust_anchor_pems):
+        try:
+            certs.extend(load_certificates(pem))
+        except CryptoError as e:
+            raise ConfigError(str(dep.path), f"gateway.trust_anchors[{i}]", str(e)) from None
+    return pki.TrustAnchors(certs)
+
+
+def build_participants(dep: Deployment) -> dict[str, ParticipantAuth]:
+    out: dict[str, ParticipantAuth] = {}
+    for i, p in enumerate(dep.config.participants):
+        pinned = None
+        if p.id in dep.participant_cert_pems:
+            try:
+                pinned = pki.fingerprint_sha256(
+                    load_certificates(dep.participant_cert_pems[p.id])[0]
+                )
+            except (CryptoError, IndexError):
+                raise ConfigError(
+                    str(dep.path), f"participants[{i}].certificate", "not a PEM certificate"
+                ) from None
+        out[p.id] = ParticipantAuth(p.id, frozenset(p.auth), pinned, p.token_sha256)
+    return out
+
+
+def build_schemas(dep: Deployment) -> dict[str, tuple[CompiledSchema, CompiledSchema]]:
+    out = {}
+    for i, (sid, loaded) in enumerate(dep.services.items()):
+        out[sid] = (
+            compile_schema(
+                loaded.request_schema,
+                source=f"{dep.path}: services[{i}].request_schema ({loaded.spec.request_schema})",
+            ),
+            compile_schema(
+                loaded.response_schema,
+                source=f"{dep.path}: services[{i}].response_schema ({loaded.spec.response_schema})",
+            ),
+        )
+    return out
+
+
+def build_connectors(dep: Deployment) -> dict[str, Connector]:
+    factories = plugins.available()
+    out = {}
+    for i, (sid, loaded) in enumerate(dep.services.items()):
+        spec = loaded.spec
+        ctx = ConnectorContext(service=sid, provider=spec.provider, config_dir=str(dep.base_dir))
+        out[sid] = plugins.build(
+            spec.connector,
+            spec.connector_settings,
+            ctx,
+            source=str(dep.path),
+            field=f"services[{i}].connector",
+            factories=factories,
+        )
+    return out
+
+
+def prepare_stores(dep: Deployment) -> None:
+    """Create the database files and switch them to WAL once, before workers open them."""
+    store = SqliteAuditStore(str(dep.audit_path()))
+    try:
+        store.size()
+    finally:
+        store.close()
+    StateStore(dep.state_path()).close()
+
+
+def server_ssl_context(dep: Deployment) -> ssl.SSLContext | None:
+    """TLS for the listener; with client_auth the trust anchors verify client certificates."""
+    tls = dep.config.gateway.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(dep.resolve(tls.certificate), dep.resolve(tls.key))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(
+            str(dep.path), "gateway.tls", f"cannot load certificate/key: {e}"
+        ) from None
+    if tls.client_auth != "none":
+        for pem in dep.trust_anchor_pems:
+            ctx.load_verify_locations(cadata=pem.decode("ascii"))
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.client_auth == "required" else ssl.CERT_OPTIONAL
+    return ctx
+
+
+def create_app(dep: Deployment, *, clock: Callable[[], datetime] | None = None) -> web.Application:
+    """Build the application; everything that can be checked before serving is checked here."""
+    from gateway.http import handlers, middlewares
+
+    now = clock or (lambda: datetime.now(UTC))
+    cfg = dep.config
+    keyring = build_keyring(dep)
+    anchors = build_anchors(dep)
+    participants = build_participants(dep)
+    schemas = build_schemas(dep)
+    connectors = build_connectors(dep)
+    access = AccessList(
+        {
+            sid: [Grant(g.participant, g.purpose, g.legal_basis) for g in s.spec.access]
+            for sid, s in dep.services.items()
+        }
+    )
+    app = web.Application(
+        middlewares=[middlewares.problems],
+        client_max_size=cfg.limits.max_body_bytes + 1,
+    )
+    app[DEPLOYMENT] = dep
+    app[KEYRING] = keyring
+    app[CONNECTORS] = connectors
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        audit = await AuditLog.open(
+            SqliteAuditStore(str(dep.audit_path())), max_batch=cfg.audit.max_batch
+        )
+        state = StateStore(dep.state_path())
+        started: list[Connector] = []
+        try:
+            for c in connectors.values():
+                await c.start()
+                started.append(c)
+            app[AUDIT] = audit
+            app[STATE] = state
+            app[PIPELINE] = Pipeline(
+                authenticator=Authenticator(
+                    participants,
+                    anchors,
+                    replay=state,
+                    skew_seconds=cfg.limits.clock_skew_seconds,
+                    max_depth=cfg.limits.max_json_depth,
+                    development=cfg.gateway.development,
+                ),
+                access=access,
+                services={
+                    sid: ServiceRuntime(
+                        sid, s.spec.provider, schemas[sid][0], schemas[sid][1], connectors[sid]
+                    )
+                    for sid, s in dep.services.items()
+                },
+                signer=KeyringSigner(keyring),
+                audit=audit,
+                idempotency=state,
+                limits=Limits(
+                    max_body_bytes=cfg.limits.max_body_bytes,
+                    max_depth=cfg.limits.max_json_depth,
+                    delivery_timeout=cfg.limits.delivery_timeout_seconds,
+                    idempotency_ttl=cfg.limits.idempotency_ttl_seconds,
+                ),
+                clock=now,
+                gateway_id=cfg.gateway.id,
+            )
+            yield
+        finally:
+            for c in started:
+                await c.close()
+            await audit.aclose()
+            state.close()
+
+    app.cleanup_ctx.append(resources)
+    handlers.add_routes(app, clock=now)
+    return app

@@ -1,0 +1,127 @@
+"""Thin handlers: turn an aiohttp request into a RawRequest, and a result into a response."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.audit.log import AuditUnavailable
+from gateway.errors import NotReady
+from gateway.http import app as keys
+from gateway.http.middlewares import problem_response
+from gateway.http.openapi import openapi_document
+from gateway.models import RawRequest
+from gateway.state import StateUnavailable
+
+log = structlog.get_logger("gateway.exchange")
+
+_JSON = "application/json"
+
+
+def _peer_cert(request: web.Request) -> bytes | None:
+    transport = request.transport
+    ssl_obj = transport.get_extra_info("ssl_object") if transport else None
+    if ssl_obj is None:
+        return None
+    der = ssl_obj.getpeercert(binary_form=True)
+    return der or None
+
+
+async def _read_body(request: web.Request, limit: int) -> tuple[bytes, int | None]:
+    """The body, or b"" with the declared size when it is over the limit (never read whole)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return b"", declared
+    try:
+        return await request.read(), declared
+    except web.HTTPRequestEntityTooLarge:
+        return b"", max(declared or 0, limit + 1)
+
+
+def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
+    limit = app[keys.DEPLOYMENT].config.limits.max_body_bytes
+
+    async def exchange(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        received_at = clock()
+        body, declared = await _read_body(request, limit)
+        raw = RawRequest(
+            service=request.match_info["service"],
+            body=body,
+            content_type=request.content_type,
+            received_at=received_at,
+            peer_cert_der=_peer_cert(request),
+            authorization=request.headers.get("Authorization"),
+            idempotency_key=request.headers.get("Idempotency-Key"),
+            remote=request.remote,
+            declared_length=declared,
+        )
+        try:
+            result = await request.app[keys.PIPELINE].process(raw)
+        except (AuditUnavailable, StateUnavailable) as e:
+            log.error("exchange.unavailable", error=str(e))
+            return problem_response(NotReady("the audit or state store is unavailable; retry"))
+        headers = dict(result.headers)
+        if result.exchange_id:
+            headers["X-Exchange-Id"] = result.exchange_id
+        fields: dict[str, Any] = {k: v for k, v in result.log.items() if k != "event"}
+        fields.update(
+            exchange_id=result.exchange_id,
+            status=result.status,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        log.info(result.log.get("event", "exchange"), **fields)
+        return web.Response(
+            status=result.status,
+            body=result.body,
+            content_type=result.content_type,
+            headers=headers,
+        )
+
+    async def jwks(request: web.Request) -> web.Response:
+        return _json_response(request.app[keys.KEYRING].jwks())
+
+    async def healthz(request: web.Request) -> web.Response:
+        return _json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        checks: dict[str, str] = {}
+        try:
+            request.app[keys.STATE].ping()
+            checks["state"] = "ok"
+        except Exception as e:
+            checks["state"] = f"failed: {e}"
+        try:
+            await request.app[keys.AUDIT].tree_head()
+            checks["audit"] = "ok"
+        except Exception as e:
+            checks["audit"] = f"failed: {type(e).__name__}"
+        checks["keys"] = "ok"
+        for sid, c in request.app[keys.CONNECTORS].items():
+            try:
+                checks[f"connector:{sid}"] = "ok" if await c.ready() else "not ready"
+            except Exception as e:
+                checks[f"connector:{sid}"] = f"failed: {type(e).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return _json_response(
+            {"status": "ok" if ok else "not ready", "checks": checks}, 200 if ok else 503
+        )
+
+    async def openapi(request: web.Request) -> web.Response:
+        return _json_response(openapi_document(request.app[keys.DEPLOYMENT]))
+
+    app.router.add_post("/v1/exchange/{service}", exchange)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/openapi.json", openapi)
+
+
+def _json_response(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(doc), content_type=_JSON)

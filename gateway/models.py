@@ -1,0 +1,71 @@
+"""Runtime data of one exchange: what comes in, what is signed, what is audited.
+
+Plain frozen dataclasses (not pydantic): they are built on the hot path thousands of times a
+second and never parsed from untrusted input (the strict parser and the schemas do that).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+AuthMethod = Literal["mtls", "signed", "token"]
+
+
+def uuid7(unix_ms: int | None = None, rand: bytes | None = None) -> str:
+    """RFC 9562 UUIDv7: 48-bit Unix milliseconds, then random bits; sorts by creation time."""
+    ms = int(time.time() * 1000) if unix_ms is None else unix_ms
+    r = os.urandom(10) if rand is None else rand
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version
+    value |= (int.from_bytes(r[:2], "big") & 0x0FFF) << 64  # rand_a
+    value |= 0b10 << 62  # variant
+    value |= int.from_bytes(r[2:], "big") & ((1 << 62) - 1)  # rand_b
+    return str(uuid.UUID(int=value))
+
+
+def rfc3339(t: datetime) -> str:
+    """UTC time as RFC 3339 with millisecond precision and a Z, e.g. 2026-11-28T09:00:00.123Z."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class RawRequest:
+    """One HTTP request as the pipeline sees it: bytes and facts, no aiohttp objects."""
+
+    service: str
+    body: bytes
+    content_type: str
+    received_at: datetime
+    peer_cert_der: bytes | None = None
+    authorization: str | None = None
+    idempotency_key: str | None = None
+    remote: str | None = None
+    declared_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """An authenticated sender: who, how, and (for signed requests) the original JWS."""
+
+    id: str
+    method: AuthMethod
+    signed_request: Mapping[str, Any] | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeResult:
+    """What the HTTP layer sends back: status, JSON body bytes, extra headers."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    exchange_id: str | None = None
+    log: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,452 @@
+"""One exchange, as a straight line (the numbering of ARCHITECTURE.md).
+
+    (0) parse          strict JSON or JWS                         -> 400/413/415
+    (1) authenticate   mTLS | signed request | dev token          -> 401 (409 replay)
+    (2) authorize      service lookup, access list                -> 404/403
+    (3) validate       request schema                             -> 422
+    (4) sign           envelope signed by the gateway
+    (5) audit          "accepted" record, durable before delivery
+    (6) deliver        connector under a timeout                  -> 502/504
+    (7) validate       response schema                            -> 502
+    (8) receipt        gateway signature binding both sides and the audit index
+    (9) audit          outcome record, durable before the response leaves
+
+Every rejection in (0)-(3) is audited (digest of the body and the cause) before it is answered.
+Stages are injected, so this module knows nothing of aiohttp, SQLite or files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.acl import AccessList, Grant
+from gateway.authn import SIGNED_MEDIA_TYPE, Authenticator
+from gateway.connector import (
+    Connector,
+    DeliveryFailed,
+    DeliveryTimeout,
+    OutboundMessage,
+)
+from gateway.crypto.canonical import canonicalize
+from gateway.errors import (
+    GatewayError,
+    IdempotencyConflict,
+    MalformedJson,
+    NotReady,
+    PayloadTooLarge,
+    ProviderContractBroken,
+    ProviderFailed,
+    ProviderTimeout,
+    SchemaInvalid,
+    UnknownService,
+    UnsupportedMediaType,
+)
+from gateway.models import ExchangeResult, RawRequest, Sender, rfc3339, uuid7
+from gateway.strictjson import JsonError, loads
+from gateway.validation import CompiledSchema
+
+ENVELOPE_TYP = "envelope+jws"
+RECEIPT_TYP = "receipt+jws"
+_SERVICE_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*\.v[0-9]+$")
+_MEDIA_TYPES = ("application/json", SIGNED_MEDIA_TYPE)
+
+
+class AppendResult(Protocol):
+    index: int
+    leaf_hash: bytes
+
+
+class AuditAppender(Protocol):
+    async def append(self, record: bytes) -> Any: ...
+
+
+class Signer(Protocol):
+    def sign(self, obj: Any, *, typ: str) -> dict[str, Any]: ...
+
+
+class IdempotencyStore(Protocol):
+    async def idempotency_begin(
+        self, sender: str, service: str, key: str, request_sha256: str, ttl: float
+    ) -> Any: ...
+
+    async def idempotency_finish(
+        self, sender: str, service: str, key: str, status: int | None, body: bytes | None
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRuntime:
+    """A service ready to serve: compiled schemas and a started connector."""
+
+    id: str
+    provider: str
+    request_schema: CompiledSchema
+    response_schema: CompiledSchema
+    connector: Connector
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int
+    max_depth: int
+    delivery_timeout: float
+    idempotency_ttl: float
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        access: AccessList,
+        services: Mapping[str, ServiceRuntime],
+        signer: Signer,
+        audit: AuditAppender,
+        idempotency: IdempotencyStore,
+        limits: Limits,
+        clock: Callable[[], datetime],
+        gateway_id: str,
+    ):
+        self._authn = authenticator
+        self._acl = access
+        self._services = services
+        self._signer = signer
+        self._audit = audit
+        self._idem = idempotency
+        self._limits = limits
+        self._clock = clock
+        self._gateway_id = gateway_id
+
+    async def process(self, raw: RawRequest) -> ExchangeResult:
+        """Run one exchange; every outcome, good or bad, is audited before it is returned."""
+        xid = uuid7()
+        sender: Sender | None = None
+        try:
+            payload_in = self._parse(raw)  # (0)
+            sender, payload = await self._authn.authenticate(raw, payload_in, raw.received_at)
+            svc = self._service(raw.service)  # (2)
+            grant = self._acl.decide(svc.id, sender.id)
+            svc.request_schema.validate(payload)  # (3)
+        except GatewayError as e:
+            return await self._reject(raw, xid, sender, e)
+        request_sha = sha256_hex(canonicalize(payload))
+        if raw.idempotency_key is not None:
+            stored = await self._idempotency_begin(raw, xid, sender, svc, request_sha)
+            if stored is not None:
+                return stored
+        try:
+            result = await self._exchange(raw, xid, sender, svc, grant, payload, request_sha)
+        except BaseException:
+            if raw.idempotency_key is not None:
+                await self._idem.idempotency_finish(
+                    sender.id, svc.id, raw.idempotency_key, None, None
+                )
+            raise
+        if raw.idempotency_key is not None:
+            await self._idem.idempotency_finish(
+                sender.id,
+                svc.id,
+                raw.idempotency_key,
+                result.status if result.status < 500 else None,
+                result.body if result.status < 500 else None,
+            )
+        return result
+
+    # (0)
+    def _parse(self, raw: RawRequest) -> Any:
+        declared = raw.declared_length or 0
+        if len(raw.body) > self._limits.max_body_bytes or declared > self._limits.max_body_bytes:
+            raise PayloadTooLarge(
+                f"the body exceeds the limit of {self._limits.max_body_bytes} bytes"
+            )
+        if raw.content_type not in _MEDIA_TYPES:
+            raise UnsupportedMediaType(
+                f"send application/json (mTLS or bearer) or {SIGNED_MEDIA_TYPE} (signed request),"
+                f" not {raw.content_type[:80]!r}"
+            )
+        try:
+            return loads(raw.body, max_depth=self._limits.max_depth)
+        except JsonError as e:
+            raise MalformedJson(f"the body is not valid JSON: {e}") from None
+
+    # (2)
+    def _service(self, service_id: str) -> ServiceRuntime:
+        svc = self._services.get(service_id)
+        if svc is None:
+            shown = service_id if _SERVICE_RE.match(service_id) else "(malformed name)"
+            raise UnknownService(f"no service {shown} on this gateway; see GET /v1/openapi.json")
+        return svc
+
+    async def _idempotency_begin(
+        self, raw: RawRequest, xid: str, sender: Sender, svc: ServiceRuntime, request_sha: str
+    ) -> ExchangeResult | None:
+        key = raw.idempotency_key or ""
+        try:
+            entry = await self._idem.idempotency_begin(
+                sender.id, svc.id, key, request_sha, self._limits.idempotency_ttl
+            )
+        except Exception as e:
+            return await self._reject(raw, xid, sender, NotReady(f"state store unavailable: {e}"))
+        if entry is None:
+            return None
+        if entry.request_sha256 != request_sha:
+            return await self._reject(
+                raw,
+                xid,
+                sender,
+                IdempotencyConflict(
+                    "this Idempotency-Key was used with another body; use a new key for a new "
+                    "request"
+                ),
+            )
+        if entry.state != "done":
+            return await self._reject(
+                raw,
+                xid,
+                sender,
+                IdempotencyConflict(
+                    "an exchange with this Idempotency-Key is still in progress; retry later",
+                    slug="idempotency-in-progress",
+                ),
+            )
+        prior = orjson.loads(entry.body) if entry.body else {}
+        return ExchangeResult(
+            status=entry.status or 200,
+            body=entry.body or b"{}",
+            headers={"Idempotent-Replayed": "true"},
+            exchange_id=prior.get("exchange_id"),
+            log={"event": "exchange.idempotent_replay", "sender": sender.id, "service": svc.id},
+        )
+
+    async def _exchange(
+        self,
+        raw: RawRequest,
+        xid: str,
+        sender: Sender,
+        svc: ServiceRuntime,
+        grant: Grant,
+        payload: Any,
+        request_sha: str,
+    ) -> ExchangeResult:
+        envelope = self._signer.sign(  # (4)
+            {
+                "exchange_id": xid,
+                "service": svc.id,
+                "sender": sender.id,
+                "provider": svc.provider,
+                "gateway": self._gateway_id,
+                "received_at": rfc3339(raw.received_at),
+                "purpose": grant.purpose,
+                "legal_basis": grant.legal_basis,
+                "request_sha256": request_sha,
+                "payload": payload,
+                "sender_signature": sender.signed_request,
+            },
+            typ=ENVELOPE_TYP,
+        )
+        envelope_bytes = _json(envelope)
+        accepted = await self._audit.append(  # (5)
+            canonicalize(
+                {
+                    "v": 1,
+                    "event": "exchange.accepted",
+                    "exchange_id": xid,
+                    "at": rfc3339(raw.received_at),
+                    "service": svc.id,
+                    "sender": sender.id,
+                    "provider": svc.provider,
+                    "auth": sender.method,
+                    "purpose": grant.purpose,
+                    "legal_basis": grant.legal_basis,
+                    "request_sha256": request_sha,
+                    "envelope_sha256": sha256_hex(envelope_bytes),
+                    "request_schema": {
+                        "id": svc.request_schema.schema_id,
+                        "sha256": svc.request_schema.sha256,
+                    },
+                    "idempotency_key_sha256": (
+                        sha256_hex(raw.idempotency_key.encode()) if raw.idempotency_key else None
+                    ),
+                }
+            )
+        )
+        message = OutboundMessage(
+            exchange_id=xid,
+            service=svc.id,
+            sender=sender.id,
+            provider=svc.provider,
+            payload=payload,
+            envelope=envelope,
+            envelope_bytes=envelope_bytes,
+            idempotency_key=raw.idempotency_key,
+            timeout=self._limits.delivery_timeout,
+        )
+        try:
+            response, attempts = await self._deliver(svc, message)  # (6)
+            svc.response_schema.validate(response)  # (7)
+        except SchemaInvalid as e:
+            err: GatewayError = ProviderContractBroken(
+                f"the provider {svc.provider} answered outside the response schema of {svc.id}",
+                e.errors,
+            )
+            return await self._failed(raw, xid, sender, svc, accepted, err)
+        except GatewayError as e:
+            return await self._failed(raw, xid, sender, svc, accepted, e)
+        completed_at = self._clock()
+        response_sha = sha256_hex(canonicalize(response))
+        receipt = self._signer.sign(  # (8)
+            {
+                "exchange_id": xid,
+                "service": svc.id,
+                "sender": sender.id,
+                "provider": svc.provider,
+                "gateway": self._gateway_id,
+                "request_sha256": request_sha,
+                "response_sha256": response_sha,
+                "schemas": {
+                    "request": {
+                        "id": svc.request_schema.schema_id,
+                        "sha256": svc.request_schema.sha256,
+                    },
+                    "response": {
+                        "id": svc.response_schema.schema_id,
+                        "sha256": svc.response_schema.sha256,
+                    },
+                },
+                "status": "delivered",
+                "received_at": rfc3339(raw.received_at),
+                "completed_at": rfc3339(completed_at),
+                "audit": {"index": accepted.index, "leaf_hash": accepted.leaf_hash.hex()},
+            },
+            typ=RECEIPT_TYP,
+        )
+        body = _json(
+            {"exchange_id": xid, "status": "delivered", "response": response, "receipt": receipt}
+        )
+        outcome = await self._audit.append(  # (9)
+            canonicalize(
+                {
+                    "v": 1,
+                    "event": "exchange.delivered",
+                    "exchange_id": xid,
+                    "at": rfc3339(completed_at),
+                    "service": svc.id,
+                    "sender": sender.id,
+                    "provider": svc.provider,
+                    "status": 200,
+                    "attempts": attempts,
+                    "accepted_index": accepted.index,
+                    "response_sha256": response_sha,
+                    "receipt_sha256": sha256_hex(_json(receipt)),
+                }
+            )
+        )
+        return ExchangeResult(
+            status=200,
+            body=body,
+            exchange_id=xid,
+            log={
+                "event": "exchange.delivered",
+                "sender": sender.id,
+                "service": svc.id,
+                "auth": sender.method,
+                "audit_index": outcome.index,
+            },
+        )
+
+    async def _deliver(self, svc: ServiceRuntime, message: OutboundMessage) -> tuple[Any, int]:
+        try:
+            async with asyncio.timeout(self._limits.delivery_timeout):
+                result = await svc.connector.deliver(message)
+        except (TimeoutError, DeliveryTimeout):
+            raise ProviderTimeout(
+                f"{svc.provider} did not answer within {self._limits.delivery_timeout:g} s"
+            ) from None
+        except DeliveryFailed as e:
+            raise ProviderFailed(f"{svc.provider} could not be reached or failed: {e}") from None
+        return result.response, result.attempts
+
+    async def _failed(
+        self,
+        raw: RawRequest,
+        xid: str,
+        sender: Sender,
+        svc: ServiceRuntime,
+        accepted: Any,
+        err: GatewayError,
+    ) -> ExchangeResult:
+        await self._audit.append(
+            canonicalize(
+                {
+                    "v": 1,
+                    "event": "exchange.failed",
+                    "exchange_id": xid,
+                    "at": rfc3339(self._clock()),
+                    "service": svc.id,
+                    "sender": sender.id,
+                    "provider": svc.provider,
+                    "status": err.status,
+                    "cause": err.slug,
+                    "accepted_index": accepted.index,
+                }
+            )
+        )
+        return self._problem(err, xid, "exchange.failed", sender.id, svc.id)
+
+    async def _reject(
+        self, raw: RawRequest, xid: str, sender: Sender | None, err: GatewayError
+    ) -> ExchangeResult:
+        service = raw.service if raw.service in self._services else None
+        await self._audit.append(
+            canonicalize(
+                {
+                    "v": 1,
+                    "event": "exchange.rejected",
+                    "exchange_id": xid,
+                    "at": rfc3339(raw.received_at),
+                    "service": service,
+                    "sender": sender.id if sender else None,
+                    "status": err.status,
+                    "cause": err.slug,
+                    "body_sha256": sha256_hex(raw.body),
+                    "body_size": max(len(raw.body), raw.declared_length or 0),
+                }
+            )
+        )
+        return self._problem(err, xid, "exchange.rejected", sender.id if sender else None, service)
+
+    @staticmethod
+    def _problem(
+        err: GatewayError, xid: str, event: str, sender: str | None, service: str | None
+    ) -> ExchangeResult:
+        return ExchangeResult(
+            status=err.status,
+            body=_json(err.problem(exchange_id=xid)),
+            content_type="application/problem+json",
+            headers=dict(err.extra_headers()),
+            exchange_id=xid,
+            log={
+                "event": event,
+                "sender": sender,
+                "service": service,
+                "cause": err.slug,
+                "status": err.status,
+                "reason": err.log_detail,
+            },
+        )

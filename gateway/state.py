@@ -1,0 +1,248 @@
+"""Durable exchange state shared by every worker process: replay ids and idempotency results.
+
+Why SQLite with group commit: a replayed signed request must be refused with 409 "also after a
+restart" and across the ``--workers`` processes, so the seen ids live on disk under a unique
+key; an idempotent retry must get the stored answer even from another worker. Writes from
+concurrent exchanges are batched by one writer thread into one transaction (one fsync), as the
+audit log does, because a thread hop plus an fsync per request would cap throughput.
+
+Each operation runs inside its own SAVEPOINT of the shared transaction, so one operation that
+fails (a constraint, say) does not undo the others in its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS request_ids (
+    sender TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (sender, request_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    sender TEXT NOT NULL,
+    service TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_sha256 TEXT NOT NULL,
+    state TEXT NOT NULL,
+    status INTEGER,
+    body BLOB,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (sender, service, key)
+) WITHOUT ROWID;
+"""
+
+_STOP = object()
+
+
+class StateUnavailable(Exception):
+    """The state database could not be written; the exchange must not proceed."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open with the durability settings every writer of this file must share.
+
+    Switching to WAL takes a lock that the busy handler does not always wait for when several
+    worker processes open the file at once, so that step is retried for a while.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA busy_timeout=30000")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+class BatchWriter:
+    """One thread, one connection; everything pending runs in one transaction.
+
+    ``submit`` returns an asyncio future resolved after COMMIT (durable), with a single
+    ``call_soon_threadsafe`` per batch to wake the loop.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 512):
+        self._conn = conn
+        self._max = max_batch
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
+        self._thread.start()
+        self.batches = 0
+
+    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._q.put((op, fut, loop))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is _STOP:
+                return
+            items = [item]
+            stop = False
+            while len(items) < self._max:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                items.append(nxt)
+            self._write(items)
+            if stop:
+                return
+
+    def _write(self, items: list[Any]) -> None:
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for op, fut, _ in items:
+                self._conn.execute("SAVEPOINT op")
+                try:
+                    value = op(self._conn)
+                except Exception as e:
+                    self._conn.execute("ROLLBACK TO op")
+                    results.append((fut, False, e))
+                else:
+                    results.append((fut, True, value))
+                self._conn.execute("RELEASE op")
+            self._conn.execute("COMMIT")
+            self.batches += 1
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            err = StateUnavailable(f"state database write failed: {e}")
+            results = [(fut, False, err) for _, fut, _ in items]
+        loop = items[0][2]
+        loop.call_soon_threadsafe(_settle, results)
+
+    def close(self) -> None:
+        self._q.put(_STOP)
+        self._thread.join(timeout=30)
+
+
+def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in results:
+        if fut.cancelled():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyEntry:
+    request_sha256: str
+    state: str  # "pending" | "done"
+    status: int | None
+    body: bytes | None
+
+
+class StateStore:
+    """Replay ids and idempotency records, durable and shared across processes."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
+        self._path = path
+        self._clock = clock
+        conn = connect(path)
+        conn.executescript(_SCHEMA)
+        self._reader = connect(path)
+        self._writer = BatchWriter(conn)
+        self._last_purge = 0.0
+
+    async def claim_request_id(self, sender: str, request_id: str, ttl: float) -> bool:
+        """True when this (sender, id) is new and is now recorded; False for a replay."""
+        now = self._clock()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO request_ids VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (sender, request_id, now + ttl),
+            )
+            return cur.rowcount == 1
+
+        return await self._writer.submit(op)
+
+    async def idempotency_begin(
+        self, sender: str, service: str, key: str, request_sha256: str, ttl: float
+    ) -> IdempotencyEntry | None:
+        """Claim the key; None when claimed now, else the existing entry (any state)."""
+        now = self._clock()
+
+        def op(conn: sqlite3.Connection) -> IdempotencyEntry | None:
+            row = conn.execute(
+                "SELECT request_sha256, state, status, body, expires_at FROM idempotency "
+                "WHERE sender=? AND service=? AND key=?",
+                (sender, service, key),
+            ).fetchone()
+            if row is not None and row[4] > now:
+                return IdempotencyEntry(row[0], row[1], row[2], row[3])
+            conn.execute(
+                "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, 'pending', NULL, NULL, ?)",
+                (sender, service, key, request_sha256, now + ttl),
+            )
+            return None
+
+        return await self._writer.submit(op)
+
+    async def idempotency_finish(
+        self, sender: str, service: str, key: str, status: int | None, body: bytes | None
+    ) -> None:
+        """Store the final answer (status None: release the key so a retry may go through)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            if status is None:
+                conn.execute(
+                    "DELETE FROM idempotency WHERE sender=? AND service=? AND key=?",
+                    (sender, service, key),
+                )
+            else:
+                conn.execute(
+                    "UPDATE idempotency SET state='done', status=?, body=? "
+                    "WHERE sender=? AND service=? AND key=?",
+                    (status, body, sender, service, key),
+                )
+
+        await self._writer.submit(op)
+
+    async def purge_expired(self) -> None:
+        now = self._clock()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM request_ids WHERE expires_at < ?", (now,))
+            conn.execute("DELETE FROM idempotency WHERE expires_at < ?", (now,))
+
+        await self._writer.submit(op)
+
+    def ping(self) -> None:
+        self._reader.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        self._writer.close()
+        self._reader.close()
+
+
+__all__ = ["BatchWriter", "IdempotencyEntry", "StateStore", "StateUnavailable"]

@@ -1,0 +1,294 @@
+"""Test kit for end-to-end tests: a development deployment, a real provider, a real gateway.
+
+Everything runs on 127.0.0.1 with real sockets. The deployment is the one `gateway init`
+writes, with the demo connector swapped for the `http` connector pointing at a local provider
+server that counts what reaches it, so a test can assert that a rejection delivered nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from connectors.demo import DemoConnector
+from gateway.config import load
+from gateway.connector import ConnectorContext, OutboundMessage
+from gateway.crypto import jws
+from gateway.crypto.keys import load_certificates, load_private_key
+from gateway.devinit import init_deployment
+from gateway.http.app import create_app, server_ssl_context
+from gateway.models import rfc3339
+
+SERVICES = ("citizen-lookup.v1", "pilot-progress-report.v1", "budget-proposal.v1")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Provider:
+    """A real HTTP provider on 127.0.0.1 answering like the demo providers; counts requests."""
+
+    mode: str = "ok"  # ok | fail | slow | bad | notjson
+    received: list[dict[str, Any]] = field(default_factory=list)
+    port: int = 0
+    delay: float = 0.0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        service = request.match_info["service"]
+        body = await request.read()
+        envelope = orjson.loads(body)
+        self.received.append(
+            {"service": service, "envelope": envelope, "headers": dict(request.headers)}
+        )
+        if self.mode == "fail":
+            return web.Response(status=500, text="provider broke")
+        if self.mode == "slow":
+            await asyncio.sleep(self.delay or 5)
+        if self.mode == "notjson":
+            return web.Response(status=200, text="<html>oops</html>", content_type="text/html")
+        if self.mode == "bad":
+            return web.json_response({"unexpected": True})
+        payload = _payload_of(envelope)
+        demo = DemoConnector({}, ConnectorContext(service=service, provider="x", config_dir="."))
+        result = await demo.deliver(
+            OutboundMessage(
+                exchange_id=str(uuid.uuid4()),
+                service=service,
+                sender="test",
+                provider="x",
+                payload=payload,
+                envelope=envelope,
+                envelope_bytes=body,
+            )
+        )
+        return web.json_response(result.response)
+
+
+def _payload_of(envelope: dict[str, Any]) -> Any:
+    import base64
+
+    raw = envelope["payload"]
+    return orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))["payload"]
+
+
+@asynccontextmanager
+async def running_provider(provider: Provider) -> AsyncIterator[Provider]:
+    app = web.Application()
+    app.router.add_post("/{service}", provider.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    provider.port = runner.addresses[0][1]
+    try:
+        yield provider
+    finally:
+        await runner.cleanup()
+
+
+def make_deployment(
+    target: Path,
+    *,
+    provider_port: int | None = None,
+    tls: str | None = None,
+    timeout: float = 10,
+    extra_gateway: str = "",
+) -> Path:
+    """`gateway init` into target; with provider_port, services use the http connector."""
+    init_deployment(target)
+    cfg = target / "gateway.toml"
+    text = cfg.read_text()
+    if provider_port is not None:
+        for sid in SERVICES:
+            text = text.replace(
+                f'id = "{sid}"\n',
+                f'id = "{sid}"\nconnector_settings = {{ '
+                f'url = "http://127.0.0.1:{provider_port}/{sid}", '
+                f'send = "envelope", timeout_seconds = {timeout} }}\n',
+                1,
+            )
+        text = text.replace('connector = "demo"', 'connector = "http"')
+    if tls:
+        text = text.replace(
+            "development = true\n",
+            "development = true\n"
+            f'tls = {{ certificate = "pki/tls.crt", key = "pki/tls.key", '
+            f'client_auth = "{tls}" }}\n',
+        )
+    if extra_gateway:
+        text = text.replace("development = true\n", "development = true\n" + extra_gateway)
+    text = text.replace("delivery_timeout_seconds = 10", f"delivery_timeout_seconds = {timeout}")
+    cfg.write_text(text)
+    return cfg
+
+
+@dataclass
+class Gateway:
+    url: str
+    config: Path
+    app: web.Application
+
+    @property
+    def dir(self) -> Path:
+        return self.config.parent
+
+    def token(self, participant: str) -> str:
+        return (self.dir / "participants" / participant / "token").read_text().strip()
+
+    def client_ssl(self, participant: str | None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.dir / "pki/ca.crt"))
+        if participant:
+            d = self.dir / "participants" / participant
+            ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+        return ctx
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every audit record, in index order (read straight from the SQLite file)."""
+        conn = sqlite3.connect(self.dir / "audit.db")
+        try:
+            rows = conn.execute("SELECT record FROM audit_records ORDER BY idx").fetchall()
+        finally:
+            conn.close()
+        return [orjson.loads(r[0]) for r in rows]
+
+
+@asynccontextmanager
+async def running_gateway(
+    config: Path, *, clock: Callable[[], datetime] | None = None
+) -> AsyncIterator[Gateway]:
+    dep = load(config)
+    app = create_app(dep, clock=clock)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    ctx = server_ssl_context(dep)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = runner.addresses[0][1]
+    scheme = "https" if ctx else "http"
+    try:
+        yield Gateway(f"{scheme}://127.0.0.1:{port}", config, app)
+    finally:
+        await runner.cleanup()
+
+
+def signed_request(
+    deployment_dir: Path,
+    participant: str,
+    service: str,
+    payload: Any,
+    *,
+    sender: str | None = None,
+    request_id: str | None = None,
+    created: datetime | None = None,
+    typ: str = "request+jws",
+    key_owner: str | None = None,
+) -> bytes:
+    """The JWS body a unit system sends (signed with `key_owner`'s key, default participant)."""
+    d = deployment_dir / "participants" / (key_owner or participant)
+    key = load_private_key((d / "key.pem").read_bytes())
+    chain = load_certificates((d / "cert.pem").read_bytes())
+    req = {
+        "id": request_id or str(uuid.uuid4()),
+        "sender": sender or participant,
+        "service": service,
+        "created": rfc3339(created or datetime.now(UTC)),
+        "payload": payload,
+    }
+    return jws.serialize(jws.sign(req, key, chain, typ=typ))
+
+
+def example(service: str) -> Any:
+    return orjson.loads((REPO / "schemas" / "examples" / f"{service}.json").read_bytes())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`gateway serve` as a real process (own process group, so kill -9 takes its workers too)."""
+
+    def __init__(self, config: Path, *, workers: int = 1, port: int | None = None):
+        import subprocess
+        import sys
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stderr_path = config.parent / f"serve-{self.port}.log"
+        self._stderr = self.stderr_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            start_new_session=True,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.stderr_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("gateway did not become ready")
+
+    def kill9(self) -> None:
+        import os
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._stderr.close()
+
+    def stop(self) -> str:
+        import os
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except Exception:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        out = ""
+        if self.proc.stdout:
+            out = self.proc.stdout.read().decode()
+            self.proc.stdout.close()
+        self._stderr.close()
+        return out + self.stderr_path.read_text()

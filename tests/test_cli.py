@@ -1,0 +1,162 @@
+"""The `gateway` command as a person uses it: init, serve, send, verify; and openssl agrees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import SERVICES, ServerProcess
+
+GW = [sys.executable, "-m", "gateway.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GW, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli") / "demo"
+    r = run("init", str(d))
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def test_init_writes_a_complete_deployment(deployment: Path) -> None:
+    for rel in ["gateway.toml", "pki/ca.crt", "pki/gateway.key", "pki/gateway.crt", "pki/tls.crt"]:
+        assert (deployment / rel).is_file(), rel
+    for pid in [
+        "hcm.quan-1",
+        "hcm.thu-duc",
+        "hcm.so-tc",
+        "hcm.ca-tp",
+        "hcm.ttcds",
+        "central.dan-cu",
+    ]:
+        assert (deployment / "participants" / pid / "cert.pem").is_file()
+        assert (deployment / "participants" / pid / "key.pem").stat().st_mode & 0o077 == 0
+    for sid in SERVICES:
+        assert (deployment / "examples" / f"{sid}.json").is_file()
+    assert "DEVELOPMENT" in (deployment / "gateway.toml").read_text()
+    assert run("init", str(deployment)).returncode == 2  # refuses to overwrite
+
+
+def test_openssl_verifies_every_certificate_against_the_development_ca(deployment: Path) -> None:
+    ca = deployment / "pki/ca.crt"
+    certs = [
+        deployment / "pki/gateway.crt",
+        deployment / "pki/tls.crt",
+        *sorted((deployment / "participants").glob("*/cert.pem")),
+    ]
+    for cert in certs:
+        r = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(ca), str(cert)], capture_output=True, text=True
+        )
+        assert r.returncode == 0 and ": OK" in r.stdout, (cert, r.stdout, r.stderr)
+
+
+def test_openssl_refuses_a_certificate_of_another_ca(deployment: Path, tmp_path: Path) -> None:
+    assert run("init", str(tmp_path / "other")).returncode == 0
+    r = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            str(deployment / "pki/ca.crt"),
+            str(tmp_path / "other/participants/hcm.quan-1/cert.pem"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0
+
+
+def test_send_then_verify_the_receipt_offline(deployment: Path, tmp_path: Path) -> None:
+    server = ServerProcess(deployment / "gateway.toml")
+    try:
+        for sid in SERVICES:
+            receipt = tmp_path / f"{sid}.receipt.json"
+            r = run(
+                "send",
+                sid,
+                str(deployment / "examples" / f"{sid}.json"),
+                "--url",
+                server.url,
+                "--receipt",
+                str(receipt),
+                cwd=deployment,
+            )
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)["status"] == "delivered"
+            v = run(
+                "verify",
+                str(receipt),
+                "--request",
+                str(deployment / "examples" / f"{sid}.json"),
+                cwd=deployment,
+            )
+            assert v.returncode == 0, v.stdout + v.stderr
+            assert "OK    request payload matches" in v.stdout
+        # A refused exchange exits non-zero and prints the problem.
+        r = run(
+            "send",
+            "budget-proposal.v1",
+            str(deployment / "examples/budget-proposal.v1.json"),
+            "--as",
+            "central.dan-cu",
+            "--url",
+            server.url,
+            cwd=deployment,
+        )
+        assert r.returncode == 1 and "403" in r.stderr
+    finally:
+        server.stop()
+
+
+def test_verify_fails_on_a_tampered_receipt_and_on_the_wrong_payload(
+    deployment: Path, tmp_path: Path
+) -> None:
+    server = ServerProcess(deployment / "gateway.toml")
+    try:
+        receipt = tmp_path / "r.json"
+        sid = "citizen-lookup.v1"
+        assert (
+            run(
+                "send",
+                sid,
+                str(deployment / f"examples/{sid}.json"),
+                "--url",
+                server.url,
+                "--receipt",
+                str(receipt),
+                cwd=deployment,
+            ).returncode
+            == 0
+        )
+    finally:
+        server.stop()
+    other = tmp_path / "other.json"
+    doc = json.loads((deployment / f"examples/{sid}.json").read_text())
+    doc["citizen_id"] = "079203009999"
+    other.write_text(json.dumps(doc))
+    v = run("verify", str(receipt), "--request", str(other), cwd=deployment)
+    assert v.returncode == 1 and "FAIL  request payload does not match" in v.stdout
+    tampered = json.loads(receipt.read_text())
+    tampered["signature"] = tampered["signature"][:-4] + (
+        "AAAA" if not tampered["signature"].endswith("AAAA") else "BBBB"
+    )
+    receipt.write_text(json.dumps(tampered))
+    v = run("verify", str(receipt), cwd=deployment)
+    assert v.returncode == 1 and "FAIL" in v.stdout
+
+
+def test_config_error_exits_2_with_file_and_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text("[gateway]\nid = 'x'\n")
+    r = run("serve", "--config", str(cfg))
+    assert r.returncode == 2
+    assert "gateway.toml" in r.stderr and "gateway.id" in r.stderr

@@ -1,0 +1,376 @@
+"""The exchange pipeline end to end, on real sockets: one test per outcome and rejection cause.
+
+Each rejection test checks three things: the RFC 9457 problem (status and stable type), that
+nothing reached the provider, and that the rejection is in the audit log with its cause.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from cryptography import x509
+from jwcrypto import jwk
+from jwcrypto import jws as jwcrypto_jws
+
+from tests.support import (
+    Gateway,
+    Provider,
+    example,
+    make_deployment,
+    running_gateway,
+    running_provider,
+    signed_request,
+)
+
+CITIZEN = "citizen-lookup.v1"
+JOSE = {"Content-Type": "application/jose+json"}
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[Provider]:
+    async with running_provider(Provider()) as p:
+        yield p
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, provider: Provider) -> AsyncIterator[Gateway]:
+    cfg = make_deployment(tmp_path / "dep", provider_port=provider.port, timeout=1)
+    async with running_gateway(cfg) as g:
+        yield g
+
+
+async def post(
+    gw: Gateway, service: str, body: Any, headers: dict[str, str] | None = None, **kw: Any
+) -> tuple[int, dict[str, Any], Any]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gw.url}/v1/exchange/{service}", data=body, headers=headers or {}, **kw) as r,
+    ):
+        raw = await r.read()
+        return r.status, dict(r.headers), orjson.loads(raw) if raw else None
+
+
+def verify_with_jwcrypto(token: dict[str, Any], anchor: Path) -> dict[str, Any]:
+    """Verify a gateway JWS with an independent JOSE library and return its payload."""
+    header = json.loads(base64.urlsafe_b64decode(token["protected"] + "=="))
+    leaf = x509.load_der_x509_certificate(base64.b64decode(header["x5c"][0]))
+    key = jwk.JWK.from_pyca(leaf.public_key())
+    obj = jwcrypto_jws.JWS()
+    obj.deserialize(json.dumps(token))
+    obj.verify(key)
+    return json.loads(obj.payload)
+
+
+def assert_rejected(
+    gw: Gateway, provider: Provider, status: int, doc: Any, slug: str, code: int
+) -> dict[str, Any]:
+    assert status == code, doc
+    assert doc["type"].endswith(":" + slug), doc
+    assert doc["status"] == code and doc["title"] and doc["detail"]
+    assert provider.received == [], "a rejected request reached the provider"
+    rec = gw.records()[-1]
+    assert rec["event"] == "exchange.rejected" and rec["cause"] == slug and rec["status"] == code
+    assert rec["exchange_id"] == doc["exchange_id"]
+    return rec
+
+
+# ------------------------------------------------------------------ accepted exchanges
+async def test_signed_request_is_delivered_with_a_receipt_verifiable_by_another_jose_library(
+    gw: Gateway, provider: Provider
+) -> None:
+    payload = example(CITIZEN)
+    status, headers, doc = await post(
+        gw, CITIZEN, signed_request(gw.dir, "hcm.quan-1", CITIZEN, payload), JOSE
+    )
+    assert status == 200, doc
+    assert doc["status"] == "delivered" and doc["response"]["citizen_id"] == payload["citizen_id"]
+    receipt = verify_with_jwcrypto(doc["receipt"], gw.dir / "pki/ca.crt")
+    assert receipt["exchange_id"] == doc["exchange_id"] == headers["X-Exchange-Id"]
+    assert receipt["sender"] == "hcm.quan-1" and receipt["provider"] == "central.dan-cu"
+    assert (
+        receipt["schemas"]["request"]["id"] and len(receipt["schemas"]["response"]["sha256"]) == 64
+    )
+    records = gw.records()
+    assert [r["event"] for r in records] == ["exchange.accepted", "exchange.delivered"]
+    assert receipt["audit"]["index"] == 0
+    # The provider got one envelope signed by the gateway, carrying the sender's signature.
+    assert len(provider.received) == 1
+    envelope = verify_with_jwcrypto(provider.received[0]["envelope"], gw.dir / "pki/ca.crt")
+    assert envelope["payload"] == payload and envelope["sender"] == "hcm.quan-1"
+    assert envelope["sender_signature"]["signature"]
+    assert envelope["purpose"] and envelope["legal_basis"]
+
+
+async def test_bearer_token_is_accepted_in_development(gw: Gateway, provider: Provider) -> None:
+    status, _, doc = await post(
+        gw,
+        "budget-proposal.v1",
+        orjson.dumps(example("budget-proposal.v1")),
+        {"Authorization": f"Bearer {gw.token('hcm.thu-duc')}", "Content-Type": "application/json"},
+    )
+    assert status == 200, doc
+    assert verify_with_jwcrypto(doc["receipt"], gw.dir / "pki/ca.crt")["sender"] == "hcm.thu-duc"
+
+
+async def test_mtls_client_certificate_authenticates(tmp_path: Path, provider: Provider) -> None:
+    cfg = make_deployment(tmp_path / "dep", provider_port=provider.port, tls="optional")
+    async with running_gateway(cfg) as gw:
+        status, _, doc = await post(
+            gw,
+            "pilot-progress-report.v1",
+            orjson.dumps(example("pilot-progress-report.v1")),
+            {"Content-Type": "application/json"},
+            ssl=gw.client_ssl("hcm.thu-duc"),
+        )
+        assert status == 200, doc
+        assert (
+            verify_with_jwcrypto(doc["receipt"], gw.dir / "pki/ca.crt")["sender"] == "hcm.thu-duc"
+        )
+        # Same listener, no client certificate, no other credential: 401.
+        status, _, doc = await post(
+            gw,
+            "pilot-progress-report.v1",
+            orjson.dumps(example("pilot-progress-report.v1")),
+            {"Content-Type": "application/json"},
+            ssl=gw.client_ssl(None),
+        )
+        assert status == 401
+
+
+# ------------------------------------------------------------------ (0) parse
+async def test_body_over_the_size_cap_is_413(gw: Gateway, provider: Provider) -> None:
+    body = b'{"x": "' + b"a" * (1024 * 1024 + 10) + b'"}'
+    status, _, doc = await post(gw, CITIZEN, io.BytesIO(body), {"Content-Type": "application/json"})
+    assert_rejected(gw, provider, status, doc, "payload-too-large", 413)
+
+
+async def test_unsupported_media_type_is_415(gw: Gateway, provider: Provider) -> None:
+    status, _, doc = await post(gw, CITIZEN, b"<x/>", {"Content-Type": "application/xml"})
+    assert_rejected(gw, provider, status, doc, "unsupported-media-type", 415)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"citizen_id": "079203001234", "citizen_id": "079203001235"}',
+        b'{"a": NaN}',
+        b'{"a": Infinity}',
+        b"[" * 65 + b"]" * 65,
+        b'{"a": "\xff\xfe"}',
+        b'\xef\xbb\xbf{"a": 1}',
+        b'{"a": 1',
+        b"",
+    ],
+    ids=[
+        "duplicate-key",
+        "nan",
+        "infinity",
+        "depth-65",
+        "invalid-utf8",
+        "bom",
+        "truncated",
+        "empty",
+    ],
+)
+async def test_malformed_json_is_400(gw: Gateway, provider: Provider, body: bytes) -> None:
+    status, _, doc = await post(
+        gw,
+        CITIZEN,
+        body,
+        {"Authorization": f"Bearer {gw.token('hcm.quan-1')}", "Content-Type": "application/json"},
+    )
+    assert_rejected(gw, provider, status, doc, "malformed-json", 400)
+
+
+# ------------------------------------------------------------------ (1) authenticate
+async def test_no_credentials_is_401(gw: Gateway, provider: Provider) -> None:
+    status, headers, doc = await post(
+        gw, CITIZEN, orjson.dumps(example(CITIZEN)), {"Content-Type": "application/json"}
+    )
+    assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
+    assert "WWW-Authenticate" in headers
+
+
+async def test_unknown_bearer_token_is_401(gw: Gateway, provider: Provider) -> None:
+    status, _, doc = await post(
+        gw,
+        CITIZEN,
+        orjson.dumps(example(CITIZEN)),
+        {"Authorization": "Bearer dev-not-a-token", "Content-Type": "application/json"},
+    )
+    assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
+
+
+async def test_tampered_signed_request_is_401(gw: Gateway, provider: Provider) -> None:
+    token = orjson.loads(signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN)))
+    other = orjson.loads(
+        signed_request(
+            gw.dir, "hcm.quan-1", CITIZEN, {**example(CITIZEN), "citizen_id": "079203009999"}
+        )
+    )
+    token["payload"] = other["payload"]
+    status, _, doc = await post(gw, CITIZEN, orjson.dumps(token), JOSE)
+    assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
+
+
+async def test_stale_signed_request_is_401(gw: Gateway, provider: Provider) -> None:
+    old = datetime.now(UTC) - timedelta(minutes=30)
+    body = signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN), created=old)
+    status, _, doc = await post(gw, CITIZEN, body, JOSE)
+    assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
+
+
+async def test_signature_by_another_participant_than_the_sender_is_401(
+    gw: Gateway, provider: Provider
+) -> None:
+    body = signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN), key_owner="hcm.thu-duc")
+    status, _, doc = await post(gw, CITIZEN, body, JOSE)
+    assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
+
+
+async def test_signer_outside_the_trust_anchors_is_401(
+    tmp_path: Path, gw: Gateway, provider: Provider
+) -> None:
+    from gateway.devinit import init_deployment
+
+    init_deployment(tmp_path / "foreign")  # same participant ids, another development CA
+    body = signed_request(tmp_path / "foreign", "hcm.quan-1", CITIZEN, example(CITIZEN))
+    status, _, doc = await post(gw, CITIZEN, body, JOSE)
+    assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
+
+
+async def test_wrong_artifact_type_is_401(gw: Gateway, provider: Provider) -> None:
+    body = signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN), typ="receipt+jws")
+    status, _, doc = await post(gw, CITIZEN, body, JOSE)
+    assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
+
+
+async def test_replayed_signed_request_is_409_even_after_a_restart(
+    tmp_path: Path, provider: Provider
+) -> None:
+    cfg = make_deployment(tmp_path / "dep", provider_port=provider.port)
+    body = signed_request(cfg.parent, "hcm.quan-1", CITIZEN, example(CITIZEN))
+    async with running_gateway(cfg) as gw:
+        status, _, doc = await post(gw, CITIZEN, body, JOSE)
+        assert status == 200
+        status, _, doc = await post(gw, CITIZEN, body, JOSE)
+        assert status == 409 and doc["type"].endswith(":replay")
+    async with running_gateway(cfg) as gw:
+        status, _, doc = await post(gw, CITIZEN, body, JOSE)
+        assert status == 409 and doc["type"].endswith(":replay")
+        assert len(provider.received) == 1
+        assert gw.records()[-1]["cause"] == "replay"
+
+
+async def test_request_signed_for_another_service_is_400(gw: Gateway, provider: Provider) -> None:
+    body = signed_request(gw.dir, "hcm.quan-1", "budget-proposal.v1", example(CITIZEN))
+    status, _, doc = await post(gw, CITIZEN, body, JOSE)
+    assert_rejected(gw, provider, status, doc, "bad-request", 400)
+
+
+# ------------------------------------------------------------------ (2) authorize
+async def test_unknown_service_is_404(gw: Gateway, provider: Provider) -> None:
+    body = signed_request(gw.dir, "hcm.quan-1", "no-such-service.v1", {})
+    status, _, doc = await post(gw, "no-such-service.v1", body, JOSE)
+    assert_rejected(gw, provider, status, doc, "unknown-service", 404)
+
+
+async def test_participant_without_grant_is_403(gw: Gateway, provider: Provider) -> None:
+    body = signed_request(
+        gw.dir, "central.dan-cu", "budget-proposal.v1", example("budget-proposal.v1")
+    )
+    status, _, doc = await post(gw, "budget-proposal.v1", body, JOSE)
+    rec = assert_rejected(gw, provider, status, doc, "forbidden", 403)
+    assert rec["sender"] == "central.dan-cu"
+
+
+# ------------------------------------------------------------------ (3) validate
+async def test_payload_outside_the_schema_is_422_with_json_pointers(
+    gw: Gateway, provider: Provider
+) -> None:
+    bad = {**example(CITIZEN), "citizen_id": "07920300123"}
+    status, _, doc = await post(
+        gw, CITIZEN, signed_request(gw.dir, "hcm.quan-1", CITIZEN, bad), JOSE
+    )
+    assert_rejected(gw, provider, status, doc, "schema-invalid", 422)
+    assert {"pointer": "/citizen_id"}.items() <= doc["errors"][0].items()
+    assert "07920300123" not in json.dumps(doc)
+
+
+# ------------------------------------------------------------------ idempotency
+async def test_same_idempotency_key_and_body_returns_the_stored_result_without_redelivery(
+    gw: Gateway, provider: Provider
+) -> None:
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": "k-1",
+    }
+    body = orjson.dumps(example(CITIZEN))
+    s1, _, d1 = await post(gw, CITIZEN, body, headers)
+    s2, h2, d2 = await post(gw, CITIZEN, body, headers)
+    assert s1 == s2 == 200
+    assert d1 == d2 and h2.get("Idempotent-Replayed") == "true"
+    assert len(provider.received) == 1
+    assert provider.received[0]["headers"]["Idempotency-Key"] == "k-1"
+
+
+async def test_same_idempotency_key_with_another_body_is_409(
+    gw: Gateway, provider: Provider
+) -> None:
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": "k-2",
+    }
+    s1, _, _ = await post(gw, CITIZEN, orjson.dumps(example(CITIZEN)), headers)
+    other = orjson.dumps({**example(CITIZEN), "citizen_id": "079203009999"})
+    s2, _, d2 = await post(gw, CITIZEN, other, headers)
+    assert s1 == 200 and s2 == 409 and d2["type"].endswith(":idempotency-conflict")
+    assert len(provider.received) == 1
+    assert gw.records()[-1]["cause"] == "idempotency-conflict"
+
+
+# ------------------------------------------------------------------ (6)/(7) provider failures
+@pytest.mark.parametrize(
+    ("mode", "slug", "code"),
+    [
+        ("fail", "provider-failed", 502),
+        ("notjson", "provider-failed", 502),
+        ("bad", "provider-contract-broken", 502),
+        ("slow", "provider-timeout", 504),
+    ],
+)
+async def test_provider_failures_are_5xx_and_audited(
+    gw: Gateway, provider: Provider, mode: str, slug: str, code: int
+) -> None:
+    provider.mode = mode
+    body = signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN))
+    status, _, doc = await post(gw, CITIZEN, body, JOSE)
+    assert status == code and doc["type"].endswith(":" + slug), doc
+    events = [(r["event"], r.get("cause")) for r in gw.records()]
+    assert events == [("exchange.accepted", None), ("exchange.failed", slug)]
+
+
+async def test_no_route_and_wrong_method_are_problems_not_500(gw: Gateway) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gw.url}/v1/exchange/{CITIZEN}") as r:
+            assert r.status == 405 and r.content_type == "application/problem+json"
+        async with s.get(f"{gw.url}/nope") as r:
+            assert r.status == 404 and r.content_type == "application/problem+json"
+
+
+async def test_jwks_lists_the_signing_key_with_its_chain(gw: Gateway) -> None:
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/.well-known/jwks.json") as r:
+        doc = await r.json()
+    key = doc["keys"][0]
+    assert key["kid"] and key["x5c"] and key["alg"] == "ES256"

@@ -1,0 +1,84 @@
+"""No personal data in logs or the audit log: grep all output of a run for the citizen ids sent."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from gateway.devinit import init_deployment
+from tests.support import ServerProcess, example, signed_request
+
+IDS = ["079203004711", "079185006622", "001099008833"]
+NAMES = ["Nguyễn Văn A"]
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def test_no_citizen_id_reaches_logs_or_audit_log(tmp_path: Path) -> None:
+    d = tmp_path / "dep"
+    init_deployment(d)
+    server = ServerProcess(d / "gateway.toml")
+    statuses = []
+    try:
+        url = f"{server.url}/v1/exchange/citizen-lookup.v1"
+        token = (d / "participants/hcm.quan-1/token").read_text().strip()
+        for cid in IDS:
+            good = {**example("citizen-lookup.v1"), "citizen_id": cid}
+            statuses.append(
+                _post(
+                    url,
+                    signed_request(d, "hcm.quan-1", "citizen-lookup.v1", good),
+                    {"Content-Type": "application/jose+json"},
+                )
+            )
+            # Rejected on purpose, in many ways: each must still keep the id out of every output.
+            bad = {**good, "citizen_id": cid + "9", "full_name": NAMES[0]}
+            statuses.append(
+                _post(
+                    url,
+                    json.dumps(bad).encode(),
+                    {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+                )
+            )
+            statuses.append(
+                _post(
+                    url,
+                    f'{{"citizen_id": "{cid}", "citizen_id": "{cid}"}}'.encode(),
+                    {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+                )
+            )
+            statuses.append(
+                _post(url, json.dumps(good).encode(), {"Content-Type": "application/json"})
+            )
+            statuses.append(
+                _post(
+                    url,
+                    signed_request(d, "hcm.so-tc", "citizen-lookup.v1", good),
+                    {"Content-Type": "application/jose+json"},
+                )
+            )
+    finally:
+        output = server.stop()
+    assert statuses.count(200) == len(IDS) and {422, 400, 401, 403} <= set(statuses)
+    assert "exchange.delivered" in output and "exchange.rejected" in output
+    conn = sqlite3.connect(d / "audit.db")
+    audit = "\n".join(r[0].decode() for r in conn.execute("SELECT record FROM audit_records"))
+    conn.close()
+    assert audit.count("exchange.") >= len(statuses)
+    dumps = {"logs": output, "audit": audit}
+    for where, text in dumps.items():
+        for secret in [*IDS, *(i + "9" for i in IDS), *NAMES]:
+            assert secret not in text, f"{secret} found in {where}"
+    raw_db = (d / "audit.db").read_bytes() + (d / "state.db").read_bytes()
+    for cid in IDS:
+        assert cid.encode() not in raw_db
