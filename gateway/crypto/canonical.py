@@ -56,11 +56,16 @@ def canonicalize(value: Any) -> bytes:
     infinities, strings with lone surrogates, nesting deeper than :data:`MAX_DEPTH`.
     """
     t = type(value)
+    if t is str or t is bool or value is None or (t is int and -_MAX_INT <= value <= _MAX_INT):
+        return _dumps(value)
+    return _dumps(_prepare(value, 0))
+
+
+def _dumps(prepared: Any) -> bytes:
+    """``orjson.dumps`` of a prepared value, whose only possible failure is a lone surrogate."""
     try:
-        if t is str or t is bool or value is None or (t is int and -_MAX_INT <= value <= _MAX_INT):
-            return orjson.dumps(value)
-        return orjson.dumps(_prepare(value, 0), option=_SORT)
-    except orjson.JSONEncodeError as exc:  # types and depth are checked: only lone surrogates
+        return orjson.dumps(prepared, option=_SORT)
+    except TypeError as exc:  # orjson.JSONEncodeError is TypeError itself
         raise ValueError(f"not canonicalizable: {exc}") from None
 
 
@@ -121,5 +126,5 @@ def _object(v: dict[Any, Any], depth: int) -> Any:
 def _utf16_sorted(members: dict[str, Any]) -> orjson.Fragment:
     """Serialise an object (values already prepared) with members in UTF-16 code-unit order."""
     ordered = sorted(members.items(), key=lambda kv: kv[0].encode("utf-16-be", "surrogatepass"))
-    body = b",".join(orjson.dumps(k) + b":" + orjson.dumps(x, option=_SORT) for k, x in ordered)
+    body = b",".join(_dumps(k) + b":" + _dumps(x) for k, x in ordered)
     return _Fragment(b"{" + body + b"}")
