@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway import sqlitedb
+
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -50,27 +52,6 @@ _STOP = object()
 
 class StateUnavailable(Exception):
     """The state database could not be written; the exchange must not proceed."""
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """Open with the durability settings every writer of this file must share.
-
-    Switching to WAL takes a lock that the busy handler does not always wait for when several
-    worker processes open the file at once, so that step is retried for a while.
-    """
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA busy_timeout=30000")
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            break
-        except sqlite3.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-    conn.execute("PRAGMA synchronous=FULL")
-    return conn
 
 
 class BatchWriter:
@@ -117,7 +98,7 @@ class BatchWriter:
     def _write(self, items: list[Any]) -> None:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
+            sqlitedb.begin_immediate(self._conn, timeout=30)
             for op, fut, _ in items:
                 self._conn.execute("SAVEPOINT op")
                 try:
@@ -167,9 +148,12 @@ class StateStore:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
         self._path = path
         self._clock = clock
-        conn = connect(path)
-        conn.executescript(_SCHEMA)
-        self._reader = connect(path)
+        conn = sqlitedb.connect(path, timeout=30)
+        sqlitedb.begin_immediate(conn, timeout=30)
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            conn.execute(statement)
+        conn.execute("COMMIT")
+        self._reader = sqlitedb.connect(path, timeout=30)
         self._writer = BatchWriter(conn)
         self._last_purge = 0.0
 

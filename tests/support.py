@@ -247,7 +247,11 @@ class ServerProcess:
             stderr=self._stderr,
             start_new_session=True,
         )
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.kill9()
+            raise
 
     def wait_ready(self, timeout: float = 30) -> None:
         import time
@@ -266,10 +270,12 @@ class ServerProcess:
         raise RuntimeError("gateway did not become ready")
 
     def kill9(self) -> None:
+        import contextlib
         import os
         import signal
 
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
         if self.proc.stdout:
             self.proc.stdout.close()

@@ -504,3 +504,28 @@ def test_untrusted_values_are_cut_short_in_reasons() -> None:
     """Reasons go to logs: an attacker's 10 kB typ must not be copied there."""
     reason = _refused(_forge(_header(typ="x" * 10_000)), "is not the expected")
     assert len(reason) < 200
+
+
+def test_signer_with_cached_headers_is_byte_identical_to_sign() -> None:
+    """The hot-path Signer caches the protected header per typ; output must equal jws.sign."""
+    from gateway.crypto import jws
+
+    now = NOW
+    ca_key, ca_cert = devpki.make_ca("T", now=now)
+    key, cert = devpki.issue(ca_key, ca_cert, "hcm.ttcds.gw", now=now, purposes=("signing",))
+    for kt in ("ec", "ed25519"):
+        if kt == "ed25519":
+            key, cert = devpki.issue(
+                ca_key, ca_cert, "hcm.ttcds.gw", now=now, key_type="ed25519", purposes=("signing",)
+            )
+        sk = SigningKey(key)
+        signer = jws.Signer(sk, [cert])
+        obj = {"b": [1, 2, {"z": "ấ"}], "a": None}
+        for typ in ("receipt+jws", "envelope+jws", "receipt+jws"):
+            got = signer.sign(obj, typ=typ)
+            want = sign(obj, sk, [cert], typ=typ)
+            assert got["protected"] == want["protected"] and got["payload"] == want["payload"]
+            if kt == "ed25519":  # deterministic signatures: the bytes must match too
+                assert got["signature"] == want["signature"]
+            anchors = TrustAnchors([ca_cert])
+            verify(got, anchors, now=now, expected_typ=typ)

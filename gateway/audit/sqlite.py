@@ -43,6 +43,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from gateway import sqlitedb
 from gateway.audit import merkle
 from gateway.audit.store import StoredRecord
 
@@ -100,18 +101,12 @@ class SqliteAuditStore:
 
     def _open(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions, we issue BEGIN IMMEDIATE ourselves.
-        conn = sqlite3.connect(
-            self._path,
-            timeout=self._busy_timeout,  # Sets SQLite's busy timeout.
-            isolation_level=None,
-            check_same_thread=False,  # Serialized by self._lock instead.
-        )
+        # WAL, synchronous=FULL, no SQLite busy handler (see gateway.sqlitedb for why);
+        # check_same_thread=False: calls are serialized by self._lock instead.
+        conn = sqlitedb.connect(self._path, timeout=self._busy_timeout)
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.NotSupportedError(f"{self._path}: WAL unavailable (mode {mode!r})")
-            conn.execute("PRAGMA synchronous = FULL")
-            with _immediate(conn):  # Several processes may create the schema at once.
+            # Several processes may create the schema at once.
+            with _immediate(conn, self._busy_timeout):
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 conn.execute(
@@ -136,7 +131,7 @@ class SqliteAuditStore:
         hashes = [merkle.leaf_hash(r) for r in records]
         with self._lock:
             conn = self._connection()
-            with _immediate(conn):
+            with _immediate(conn, self._busy_timeout):
                 first, frontier = _read_frontier(conn)
                 completed: list[merkle.SubtreeHash] = []
                 for h in hashes:
@@ -220,11 +215,12 @@ class _immediate:
     still the size when it commits (a deferred transaction could read, then lose the race).
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, timeout: float) -> None:
         self._conn = conn
+        self._timeout = timeout
 
     def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
+        sqlitedb.begin_immediate(self._conn, timeout=self._timeout)
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if exc_type is None:

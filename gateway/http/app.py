@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 
@@ -40,16 +38,6 @@ AUDIT = web.AppKey("audit", AuditLog)
 STATE = web.AppKey("state", StateStore)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 CONNECTORS = web.AppKey("connectors", dict[str, Connector])
-
-
-@dataclass(frozen=True, slots=True)
-class KeyringSigner:
-    """The gateway's signature over an artifact, with the current key and its chain."""
-
-    keyring: Keyring
-
-    def sign(self, obj: Any, *, typ: str) -> dict[str, Any]:
-        return jws.sign(obj, self.keyring.current, self.keyring.chain, typ=typ)
 
 
 def build_keyring(dep: Deployment) -> Keyring:
@@ -207,7 +195,7 @@ def create_app(dep: Deployment, *, clock: Callable[[], datetime] | None = None) 
                     )
                     for sid, s in dep.services.items()
                 },
-                signer=KeyringSigner(keyring),
+                signer=jws.Signer(keyring.current, keyring.chain),
                 audit=audit,
                 idempotency=state,
                 limits=Limits(
