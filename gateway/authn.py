@@ -3,7 +3,10 @@
 Every authentication failure gets the same public answer (``Unauthenticated``); the real cause
 goes to the log only, so the endpoint is no oracle for probing keys, clocks or ids. A replayed
 signed request is the exception: the sender proved who it is, so it may learn that the id was
-used (409), which is what a well-behaved client needs to recover.
+used (409), which is what a well-behaved client needs to recover. That check happens when the
+exchange is accepted (pipeline stage 5), where the id is spent in the same durable transaction
+as the "accepted" audit record: one fsync for both, and only an accepted exchange spends an id
+(a request refused for its payload can be corrected and signed again with the same id).
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography import x509
 
 from gateway.crypto import jws, pki
 from gateway.crypto.jws import CryptoError
-from gateway.errors import BadRequest, MalformedJson, Replay, Unauthenticated
+from gateway.errors import BadRequest, MalformedJson, Unauthenticated
 from gateway.models import RawRequest, Sender
 from gateway.strictjson import JsonError, loads
 
@@ -37,10 +40,6 @@ class ParticipantAuth:
     token_sha256: str | None = None
 
 
-class ReplayGuard(Protocol):
-    async def claim_request_id(self, sender: str, request_id: str, ttl: float) -> bool: ...
-
-
 def parse_created(value: str) -> datetime:
     """RFC 3339 UTC (``Z`` or ``+00:00``) to an aware datetime; ValueError otherwise."""
     if not (value.endswith("Z") or value.endswith("+00:00")):
@@ -57,20 +56,20 @@ class Authenticator:
         participants: Mapping[str, ParticipantAuth],
         anchors: pki.TrustAnchors,
         *,
-        replay: ReplayGuard,
         skew_seconds: int,
         max_depth: int,
         development: bool,
     ):
         self._participants = participants
         self._anchors = anchors
-        self._replay = replay
         self._skew = timedelta(seconds=skew_seconds)
         self._max_depth = max_depth
         self._tokens = {
             p.token_sha256: p for p in participants.values() if p.token_sha256 and development
         }
-        self._cert_cache: dict[bytes, str] = {}
+        # leaf certificate (its x5c/DER bytes) -> (participant id, SHA-256 fingerprint): parsing
+        # the subject and hashing the DER cost more than the signature check, per request.
+        self._cert_facts: dict[str | bytes, tuple[str | None, str]] = {}
 
     async def authenticate(self, raw: RawRequest, parsed: Any, now: datetime) -> tuple[Sender, Any]:
         """Return the sender and the business payload, or raise."""
@@ -90,9 +89,22 @@ class Authenticator:
             raise Unauthenticated(f"{p.id} may not authenticate by {method}")
         return p
 
-    def _bind(self, leaf: x509.Certificate, method: str) -> str:
-        p = self._participant(pki.participant_id(leaf), method)
-        if p.pinned_sha256 and pki.fingerprint_sha256(leaf) != p.pinned_sha256:
+    def _facts(self, key: str | bytes, leaf: x509.Certificate) -> tuple[str | None, str]:
+        facts = self._cert_facts.get(key)
+        if facts is None:
+            if len(self._cert_facts) >= 4096:
+                self._cert_facts.clear()
+            try:
+                pid = pki.participant_id(leaf)
+            except CryptoError as e:
+                raise Unauthenticated(f"certificate names no participant: {e}") from None
+            facts = self._cert_facts[key] = (pid, pki.fingerprint_sha256(leaf))
+        return facts
+
+    def _bind(self, leaf: x509.Certificate, method: str, key: str | bytes) -> str:
+        pid, fingerprint = self._facts(key, leaf)
+        p = self._participant(pid, method)
+        if p.pinned_sha256 and fingerprint != p.pinned_sha256:
             raise Unauthenticated(f"certificate of {p.id} is not the one registered")
         return p.id
 
@@ -102,7 +114,7 @@ class Authenticator:
             leaf = pki.verify_chain([cert], self._anchors, now=now, purpose="client_auth")
         except (CryptoError, ValueError) as e:
             raise Unauthenticated(f"client certificate refused: {e}") from None
-        return self._bind(leaf, "mtls")
+        return self._bind(leaf, "mtls", der)
 
     def _token(self, authorization: str) -> str:
         scheme, _, token = authorization.partition(" ")
@@ -146,11 +158,8 @@ class Authenticator:
             raise BadRequest("signed request 'created' must be an RFC 3339 UTC time")
         if abs(now - created_at) > self._skew:
             raise Unauthenticated(f"signed request created {created} is outside the skew window")
-        if self._bind(verified.leaf, "signed") != sender:
+        if self._bind(verified.leaf, "signed", verified.header["x5c"][0]) != sender:
             raise Unauthenticated("signer certificate is not bound to the declared sender")
-        ttl = 2 * self._skew.total_seconds() + 60
-        if not await self._replay.claim_request_id(sender, rid, ttl):
-            raise Replay(
-                f"request id {rid!r} was already used by {sender}; sign each request with a new id"
-            )
+        # The id is spent when the exchange is accepted: the pipeline claims it in the same
+        # durable transaction as the "accepted" audit record (409 replay if already spent).
         return Sender(sender, "signed", signed_request=parsed, request_id=rid), req["payload"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,8 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.acl import AccessList, Grant
+from gateway.audit.log import ClaimRefused
+from gateway.audit.store import Claim
 from gateway.authn import SIGNED_MEDIA_TYPE, Authenticator
 from gateway.connector import (
     Connector,
@@ -45,6 +48,7 @@ from gateway.errors import (
     ProviderContractBroken,
     ProviderFailed,
     ProviderTimeout,
+    Replay,
     SchemaInvalid,
     UnknownService,
     UnsupportedMediaType,
@@ -65,7 +69,7 @@ class AppendResult(Protocol):
 
 
 class AuditAppender(Protocol):
-    async def append(self, record: bytes) -> Any: ...
+    async def append(self, record: bytes, *, claim: Claim | None = None) -> Any: ...
 
 
 class Signer(Protocol):
@@ -99,6 +103,7 @@ class Limits:
     max_depth: int
     delivery_timeout: float
     idempotency_ttl: float
+    replay_ttl: float
 
 
 def sha256_hex(data: bytes) -> str:
@@ -261,31 +266,24 @@ class Pipeline:
             typ=ENVELOPE_TYP,
         )
         envelope_bytes = _json(envelope)
-        accepted = await self._audit.append(  # (5)
-            canonicalize(
-                {
-                    "v": 1,
-                    "event": "exchange.accepted",
-                    "exchange_id": xid,
-                    "at": rfc3339(raw.received_at),
-                    "service": svc.id,
-                    "sender": sender.id,
-                    "provider": svc.provider,
-                    "auth": sender.method,
-                    "purpose": grant.purpose,
-                    "legal_basis": grant.legal_basis,
-                    "request_sha256": request_sha,
-                    "envelope_sha256": sha256_hex(envelope_bytes),
-                    "request_schema": {
-                        "id": svc.request_schema.schema_id,
-                        "sha256": svc.request_schema.sha256,
-                    },
-                    "idempotency_key_sha256": (
-                        sha256_hex(raw.idempotency_key.encode()) if raw.idempotency_key else None
-                    ),
-                }
+        claim = None
+        if sender.request_id is not None:
+            now = time.time()
+            claim = Claim(f"{sender.id}\n{sender.request_id}", now + self._limits.replay_ttl, now)
+        try:
+            accepted = await self._accept(  # (5)
+                raw, xid, sender, svc, grant, request_sha, envelope_bytes, claim
             )
-        )
+        except ClaimRefused:
+            return await self._reject(
+                raw,
+                xid,
+                sender,
+                Replay(
+                    f"request id {sender.request_id!r} was already used by {sender.id}; "
+                    "sign each request with a new id"
+                ),
+            )
         message = OutboundMessage(
             exchange_id=xid,
             service=svc.id,
@@ -369,6 +367,41 @@ class Pipeline:
                 "audit_index": outcome.index,
             },
         )
+
+    async def _accept(
+        self,
+        raw: RawRequest,
+        xid: str,
+        sender: Sender,
+        svc: ServiceRuntime,
+        grant: Grant,
+        request_sha: str,
+        envelope_bytes: bytes,
+        claim: Claim | None,
+    ) -> Any:
+        """The "accepted" record, durable (with the request id spent) before any delivery."""
+        record = {
+            "v": 1,
+            "event": "exchange.accepted",
+            "exchange_id": xid,
+            "at": rfc3339(raw.received_at),
+            "service": svc.id,
+            "sender": sender.id,
+            "provider": svc.provider,
+            "auth": sender.method,
+            "purpose": grant.purpose,
+            "legal_basis": grant.legal_basis,
+            "request_sha256": request_sha,
+            "envelope_sha256": sha256_hex(envelope_bytes),
+            "request_schema": {
+                "id": svc.request_schema.schema_id,
+                "sha256": svc.request_schema.sha256,
+            },
+            "idempotency_key_sha256": (
+                sha256_hex(raw.idempotency_key.encode()) if raw.idempotency_key else None
+            ),
+        }
+        return await self._audit.append(canonicalize(record), claim=claim)
 
     async def _deliver(self, svc: ServiceRuntime, message: OutboundMessage) -> tuple[Any, int]:
         try:

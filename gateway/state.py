@@ -1,8 +1,9 @@
-"""Durable exchange state shared by every worker process: replay ids and idempotency results.
+"""Durable exchange state shared by every worker process: idempotency keys and their results.
 
-Why SQLite with group commit: a replayed signed request must be refused with 409 "also after a
-restart" and across the ``--workers`` processes, so the seen ids live on disk under a unique
-key; an idempotent retry must get the stored answer even from another worker. Writes from
+Why SQLite with group commit: an idempotent retry must get the stored answer even after a
+restart and from another ``--workers`` process, so keys and answers live on disk. (Signed
+request ids, the replay guard, are spent in the audit store, in the same transaction as the
+"accepted" record.) Writes from
 concurrent exchanges are batched by one writer thread into one transaction (one fsync), as the
 audit log does, because a thread hop plus an fsync per request would cap throughput.
 
@@ -28,12 +29,6 @@ from gateway import sqlitedb
 T = TypeVar("T")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS request_ids (
-    sender TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (sender, request_id)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     sender TEXT NOT NULL,
     service TEXT NOT NULL,
@@ -69,10 +64,13 @@ class BatchWriter:
         self._thread.start()
         self.batches = 0
 
-    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def submit(
+        self, op: Callable[[sqlite3.Connection], T], *, savepoint: bool = True
+    ) -> asyncio.Future[T]:
+        """Queue ``op``; ``savepoint=False`` for a single statement that cannot half-apply."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._q.put((op, fut, loop))
+        self._q.put((op, fut, loop, savepoint))
         return fut
 
     def _run(self) -> None:
@@ -99,7 +97,10 @@ class BatchWriter:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             sqlitedb.begin_immediate(self._conn, timeout=30)
-            for op, fut, _ in items:
+            for op, fut, _, savepoint in items:
+                if not savepoint:
+                    results.append((fut, True, op(self._conn)))
+                    continue
                 self._conn.execute("SAVEPOINT op")
                 try:
                     value = op(self._conn)
@@ -111,11 +112,13 @@ class BatchWriter:
                 self._conn.execute("RELEASE op")
             self._conn.execute("COMMIT")
             self.batches += 1
-        except sqlite3.Error as e:
+        except Exception as e:
+            # Whatever went wrong, every waiter gets an answer: a writer thread that died
+            # silently would leave exchanges hanging forever.
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             err = StateUnavailable(f"state database write failed: {e}")
-            results = [(fut, False, err) for _, fut, _ in items]
+            results = [(item[1], False, err) for item in items]
         loop = items[0][2]
         loop.call_soon_threadsafe(_settle, results)
 
@@ -156,19 +159,6 @@ class StateStore:
         self._reader = sqlitedb.connect(path, timeout=30)
         self._writer = BatchWriter(conn)
         self._last_purge = 0.0
-
-    async def claim_request_id(self, sender: str, request_id: str, ttl: float) -> bool:
-        """True when this (sender, id) is new and is now recorded; False for a replay."""
-        now = self._clock()
-
-        def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "INSERT INTO request_ids VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                (sender, request_id, now + ttl),
-            )
-            return cur.rowcount == 1
-
-        return await self._writer.submit(op)
 
     async def idempotency_begin(
         self, sender: str, service: str, key: str, request_sha256: str, ttl: float
@@ -216,7 +206,6 @@ class StateStore:
         now = self._clock()
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM request_ids WHERE expires_at < ?", (now,))
             conn.execute("DELETE FROM idempotency WHERE expires_at < ?", (now,))
 
         await self._writer.submit(op)

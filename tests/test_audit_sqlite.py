@@ -323,3 +323,39 @@ def test_four_processes_appending_concurrently_get_gap_free_unique_indexes(
             )
     finally:
         store.close()
+
+
+# -- one-time claims (the replay guard, spent with the "accepted" record) -------------------
+
+
+def test_a_claimed_key_refuses_its_record_and_keeps_indexes_gap_free(make_store: MakeStore) -> None:
+    from gateway.audit.store import Claim
+
+    store = make_store()
+    c = Claim("hcm.quan-1\nid-1", expires_at=2000.0, now=1000.0)
+    first = store.append_batch([b"a", b"b"], [c, None])
+    assert first == [(0, merkle.leaf_hash(b"a")), (1, merkle.leaf_hash(b"b"))]
+    # Same key again, in a later batch and twice within one batch: only new keys go through.
+    d = Claim("hcm.quan-1\nid-2", expires_at=2000.0, now=1001.0)
+    again = store.append_batch([b"c", b"d", b"e"], [c, d, d])
+    assert again == [None, (2, merkle.leaf_hash(b"d")), None]
+    assert store.size() == 3
+    assert store.tree_head()[1] == merkle.root([merkle.leaf_hash(x) for x in (b"a", b"b", b"d")])
+
+
+def test_an_expired_claim_can_be_taken_again(make_store: MakeStore) -> None:
+    from gateway.audit.store import Claim
+
+    store = make_store()
+    assert store.append_batch([b"a"], [Claim("k", expires_at=10.0, now=1.0)])[0] is not None
+    assert store.append_batch([b"b"], [Claim("k", expires_at=20.0, now=5.0)]) == [None]
+    assert store.append_batch([b"c"], [Claim("k", expires_at=30.0, now=11.0)])[0] is not None
+
+
+def test_claims_survive_reopening(make_store: MakeStore) -> None:
+    from gateway.audit.store import Claim
+
+    store = make_store()
+    store.append_batch([b"a"], [Claim("k", expires_at=1e12, now=1.0)])
+    store.close()
+    assert make_store().append_batch([b"b"], [Claim("k", expires_at=1e12, now=2.0)]) == [None]

@@ -374,3 +374,31 @@ async def test_jwks_lists_the_signing_key_with_its_chain(gw: Gateway) -> None:
         doc = await r.json()
     key = doc["keys"][0]
     assert key["kid"] and key["x5c"] and key["alg"] == "ES256"
+
+
+async def test_a_request_refused_for_its_payload_does_not_spend_its_id(
+    gw: Gateway, provider: Provider
+) -> None:
+    """Ids are spent with the accepted record: a corrected request may reuse the id."""
+    rid = "5f0b8a0e-3c1d-4e7a-9b6f-000000000001"
+    bad = {**example(CITIZEN), "citizen_id": "123"}
+    status, _, _ = await post(
+        gw, CITIZEN, signed_request(gw.dir, "hcm.quan-1", CITIZEN, bad, request_id=rid), JOSE
+    )
+    assert status == 422
+    good = signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN), request_id=rid)
+    status, _, doc = await post(gw, CITIZEN, good, JOSE)
+    assert status == 200, doc
+    status, _, doc = await post(gw, CITIZEN, good, JOSE)
+    assert status == 409 and doc["type"].endswith(":replay")
+    assert len(provider.received) == 1
+
+
+async def test_the_same_id_from_two_senders_is_not_a_replay(
+    gw: Gateway, provider: Provider
+) -> None:
+    rid = "5f0b8a0e-3c1d-4e7a-9b6f-000000000002"
+    for sender in ("hcm.quan-1", "hcm.thu-duc"):
+        body = signed_request(gw.dir, sender, CITIZEN, example(CITIZEN), request_id=rid)
+        status, _, doc = await post(gw, CITIZEN, body, JOSE)
+        assert status == 200, doc

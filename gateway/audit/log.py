@@ -36,10 +36,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from gateway.audit.store import AuditStore, StoredRecord
+from gateway.audit.store import AuditStore, Claim, StoredRecord
 from gateway.errors import NotReady
 
-__all__ = ["AppendResult", "AuditLog", "AuditLogStats", "AuditUnavailable"]
+__all__ = ["AppendResult", "AuditLog", "AuditLogStats", "AuditUnavailable", "ClaimRefused"]
 
 T = TypeVar("T")
 
@@ -76,10 +76,15 @@ class AuditLogStats:
     failed_batches: int
 
 
+class ClaimRefused(Exception):
+    """The record's one-time claim was already taken (a replay): the record was not appended."""
+
+
 @dataclass(slots=True)
 class _Append:
     record: bytes
     future: asyncio.Future[AppendResult]
+    claim: Claim | None = None
 
 
 @dataclass(slots=True)
@@ -132,7 +137,9 @@ class AuditLog:
         """Batch and record counters (updated on the loop thread, so always consistent)."""
         return AuditLogStats(self._batches, self._records, self._failed_batches)
 
-    def append_nowait(self, record: bytes) -> asyncio.Future[AppendResult]:
+    def append_nowait(
+        self, record: bytes, *, claim: Claim | None = None
+    ) -> asyncio.Future[AppendResult]:
         """Queue ``record`` and return a future that resolves once it is durably committed.
 
         For callers that want to overlap the wait with other work; :meth:`append` is the usual
@@ -142,15 +149,17 @@ class AuditLog:
             raise TypeError(f"audit record must be bytes, not {type(record).__name__}")
         self._check_open()
         future: asyncio.Future[AppendResult] = self._loop.create_future()
-        self._queue.put(_Append(record, future))
+        self._queue.put(_Append(record, future, claim))
         return future
 
-    async def append(self, record: bytes) -> AppendResult:
+    async def append(self, record: bytes, *, claim: Claim | None = None) -> AppendResult:
         """Append one record (canonical JSON bytes); return once it is fsync'd.
 
+        With ``claim``, the claim is taken in the same transaction; if it was already taken
+        the record is not appended and :class:`ClaimRefused` is raised.
         Raises :class:`AuditUnavailable` if the store failed the batch or the log is closed.
         """
-        return await self.append_nowait(record)
+        return await self.append_nowait(record, claim=claim)
 
     async def tree_head(self) -> tuple[int, bytes]:
         """(size, root) as committed, read on the writer thread."""
@@ -185,16 +194,21 @@ class AuditLog:
     def _settle_batch(
         self,
         batch: Sequence[_Append],
-        results: Sequence[tuple[int, bytes]],
+        results: Sequence[tuple[int, bytes] | None],
         error: Exception | None,
     ) -> None:
         """Resolve every future of one batch: called once per batch, on the loop."""
         if error is None:
             self._batches += 1
-            self._records += len(batch)
-            for item, (index, leaf_hash) in zip(batch, results, strict=True):
-                if not item.future.done():  # Cancelled by its caller: record is written anyway.
-                    item.future.set_result(AppendResult(index, leaf_hash))
+            for item, placed in zip(batch, results, strict=True):
+                if placed is not None:
+                    self._records += 1
+                if item.future.done():  # Cancelled by its caller: record is written anyway.
+                    continue
+                if placed is None:
+                    item.future.set_exception(ClaimRefused("claim already taken"))
+                else:
+                    item.future.set_result(AppendResult(placed[0], placed[1]))
             return
         self._failed_batches += 1
         for item in batch:
@@ -231,10 +245,15 @@ class AuditLog:
             self._finish()
 
     def _write(self, batch: list[_Append]) -> None:
-        results: list[tuple[int, bytes]] = []
+        results: list[tuple[int, bytes] | None] = []
         error: Exception | None = None
         try:
-            results = self._store.append_batch([item.record for item in batch])
+            claims = [item.claim for item in batch]
+            records = [item.record for item in batch]
+            if any(claims):
+                results = self._store.append_batch(records, claims)
+            else:
+                results = self._store.append_batch(records)
             if len(results) != len(batch):
                 raise RuntimeError(f"store returned {len(results)} results for {len(batch)}")
         except Exception as exc:  # Any store failure fails the batch, never the writer.

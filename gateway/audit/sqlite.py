@@ -45,7 +45,7 @@ from typing import Final
 
 from gateway import sqlitedb
 from gateway.audit import merkle
-from gateway.audit.store import StoredRecord
+from gateway.audit.store import Claim, StoredRecord
 
 __all__ = ["SqliteAuditStore", "StoreCorrupted"]
 
@@ -62,6 +62,10 @@ _SCHEMA: Final = (
         idx INTEGER NOT NULL CHECK (idx >= 0),
         hash BLOB NOT NULL CHECK (length(hash) = 32),
         PRIMARY KEY (level, idx)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS audit_claims (
+        key TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS audit_head (
         id INTEGER PRIMARY KEY CHECK (id = 0),
@@ -89,6 +93,7 @@ class SqliteAuditStore:
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._claims_since_purge = 0
         self._closed = False
 
     def _connection(self) -> sqlite3.Connection:
@@ -120,35 +125,80 @@ class SqliteAuditStore:
             raise
         return conn
 
-    def append_batch(self, records: Sequence[bytes]) -> list[tuple[int, bytes]]:
+    def append_batch(
+        self, records: Sequence[bytes], claims: Sequence[Claim | None] | None = None
+    ) -> list[tuple[int, bytes] | None]:
         """Append ``records`` as leaves size, size+1, ... in one durable transaction.
 
         Leaf hashes are computed before taking the write lock (they do not depend on position)
-        so the lock is held only for the frontier update and the inserts.
+        so the lock is held only for the claims, the frontier update and the inserts.
         """
         if not records:
             return []
+        if claims is not None and len(claims) != len(records):
+            raise ValueError("one claim (or None) per record")
         hashes = [merkle.leaf_hash(r) for r in records]
         with self._lock:
             conn = self._connection()
             with _immediate(conn, self._busy_timeout):
-                first, frontier = _read_frontier(conn)
-                completed: list[merkle.SubtreeHash] = []
-                for h in hashes:
-                    completed.extend(frontier.append(h))
-                indexes = range(first, first + len(records))
-                conn.executemany(
-                    "INSERT INTO audit_records (idx, leaf_hash, record) VALUES (?, ?, ?)",
-                    zip(indexes, hashes, records, strict=True),
-                )
-                conn.executemany(
-                    "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)",
-                    ((n.level, n.index, n.hash) for n in completed),
-                )
-                conn.execute(
-                    "UPDATE audit_head SET size = ?, root = ?, frontier = ? WHERE id = 0",
-                    (frontier.size, frontier.root(), frontier.to_bytes()),
-                )
+                if claims is not None and any(claims):
+                    refused = self._claim(conn, claims)
+                    if refused:
+                        keep = [i for i in range(len(records)) if i not in refused]
+                        placed = self._append_locked(
+                            conn, [records[i] for i in keep], [hashes[i] for i in keep]
+                        )
+                        out: list[tuple[int, bytes] | None] = [None] * len(records)
+                        for i, pos in zip(keep, placed, strict=True):
+                            out[i] = pos
+                        return out
+                return list(self._append_locked(conn, records, hashes))
+
+    def _claim(self, conn: sqlite3.Connection, claims: Sequence[Claim | None]) -> set[int]:
+        """Insert the claims; return the positions whose claim was already taken."""
+        refused: set[int] = set()
+        now = 0.0
+        for i, claim in enumerate(claims):
+            if claim is None:
+                continue
+            now = max(now, claim.now)
+            cur = conn.execute(
+                "INSERT INTO audit_claims (key, expires_at) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+                "WHERE audit_claims.expires_at < ?",
+                (claim.key, claim.expires_at, claim.now),
+            )
+            if cur.rowcount != 1:
+                refused.add(i)
+        self._claims_since_purge += 1
+        if self._claims_since_purge >= 1000:
+            self._claims_since_purge = 0
+            conn.execute("DELETE FROM audit_claims WHERE expires_at < ?", (now,))
+        return refused
+
+    def _append_locked(
+        self, conn: sqlite3.Connection, records: Sequence[bytes], hashes: Sequence[bytes]
+    ) -> list[tuple[int, bytes]]:
+        """Inside the write transaction: place the records after the current end."""
+        if not records:
+            return []
+        first, frontier = _read_frontier(conn)
+        completed: list[merkle.SubtreeHash] = []
+        for h in hashes:
+            completed.extend(frontier.append(h))
+        indexes = range(first, first + len(records))
+        conn.executemany(
+            "INSERT INTO audit_records (idx, leaf_hash, record) VALUES (?, ?, ?)",
+            zip(indexes, hashes, records, strict=True),
+        )
+        conn.executemany(
+            "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)",
+            ((n.level, n.index, n.hash) for n in completed),
+        )
+        conn.execute(
+            "UPDATE audit_head SET size = ?, root = ?, frontier = ? WHERE id = 0",
+            (frontier.size, frontier.root(), frontier.to_bytes()),
+        )
         return list(zip(indexes, hashes, strict=True))
 
     def size(self) -> int:

@@ -21,7 +21,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["AuditStore", "StoredRecord"]
+__all__ = ["AuditStore", "Claim", "StoredRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A one-time id: ``key`` (e.g. sender + request id) is refused again until ``expires_at``.
+
+    ``now`` lets the store forget expired claims; both are Unix seconds.
+    """
+
+    key: str
+    expires_at: float
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +52,17 @@ class StoredRecord:
 class AuditStore(Protocol):
     """A durable, append-only sequence of records with its Merkle tree head. Blocking."""
 
-    def append_batch(self, records: Sequence[bytes]) -> list[tuple[int, bytes]]:
+    def append_batch(
+        self, records: Sequence[bytes], claims: Sequence[Claim | None] | None = None
+    ) -> list[tuple[int, bytes] | None]:
         """Append ``records`` in one transaction; return (index, leaf_hash) per record, in order.
 
         Durable on return. Raises on failure, in which case nothing of the batch was written.
+
+        ``claims`` (one per record, or None) are one-time ids claimed in the same transaction:
+        a record whose claim was already taken is not appended and gets None instead of a
+        position (the following records still get consecutive indexes). This is how a signed
+        request id is spent exactly when its exchange is accepted, with one fsync for both.
         """
         ...
 

@@ -183,7 +183,6 @@ def create_app(dep: Deployment, *, clock: Callable[[], datetime] | None = None) 
                 authenticator=Authenticator(
                     participants,
                     anchors,
-                    replay=state,
                     skew_seconds=cfg.limits.clock_skew_seconds,
                     max_depth=cfg.limits.max_json_depth,
                     development=cfg.gateway.development,
@@ -203,6 +202,7 @@ def create_app(dep: Deployment, *, clock: Callable[[], datetime] | None = None) 
                     max_depth=cfg.limits.max_json_depth,
                     delivery_timeout=cfg.limits.delivery_timeout_seconds,
                     idempotency_ttl=cfg.limits.idempotency_ttl_seconds,
+                    replay_ttl=2 * cfg.limits.clock_skew_seconds + 60,
                 ),
                 clock=now,
                 gateway_id=cfg.gateway.id,
