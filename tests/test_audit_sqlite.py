@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import sqlite3
 import subprocess
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from gateway.audit import merkle
 from gateway.audit.sqlite import SqliteAuditStore, StoreCorrupted
-from gateway.audit.store import AuditStore, StoredRecord
+from gateway.audit.store import AuditStore, StoredCheckpoint, StoredRecord
 
 REPO = Path(__file__).resolve().parents[1]
 MakeStore = Callable[[], AuditStore]
@@ -359,3 +360,197 @@ def test_claims_survive_reopening(make_store: MakeStore) -> None:
     store.append_batch([b"a"], [Claim("k", expires_at=1e12, now=1.0)])
     store.close()
     assert make_store().append_batch([b"b"], [Claim("k", expires_at=1e12, now=2.0)]) == [None]
+
+
+# -- checkpoints (issue 3) ---------------------------------------------------------------------
+
+
+def _cp(size: int, note: bytes = b"note", at: float = 1.0) -> StoredCheckpoint:
+    return StoredCheckpoint(size=size, root=bytes([size % 256]) * 32, note=note, created_at=at)
+
+
+def test_checkpoints_are_kept_by_size_and_the_first_of_a_size_stays(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
+    assert store.latest_checkpoint() is None
+    assert store.checkpoints() == []
+    for size in (5, 1, 9):
+        store.add_checkpoint(_cp(size))
+    store.add_checkpoint(_cp(5, note=b"another note for 5", at=2.0))  # Never overwrites.
+    assert store.latest_checkpoint() == _cp(9)
+    assert store.checkpoints() == [_cp(1), _cp(5), _cp(9)]
+    assert store.checkpoints(after_size=1, limit=1) == [_cp(5)]
+    assert store.checkpoints(after_size=9) == []
+    assert store.checkpoints(after_size=2**70) == []  # No OverflowError.
+    store.close()
+    assert make_store().latest_checkpoint() == _cp(9)  # Durable.
+
+
+# -- search and export (issue 3) ---------------------------------------------------------------
+
+RECORDS = [
+    {"at": "2026-11-28T09:00:00.000Z", "event": "exchange.accepted", "exchange_id": "x1",
+     "sender": "hcm.quan-1", "service": "citizen-lookup.v1", "provider": "central.dan-cu"},
+    {"at": "2026-11-28T09:00:01.000Z", "event": "exchange.delivered", "exchange_id": "x1",
+     "sender": "hcm.quan-1", "service": "citizen-lookup.v1", "provider": "central.dan-cu"},
+    {"at": "2026-11-28T09:00:02.000Z", "event": "exchange.rejected", "exchange_id": "x2",
+     "sender": None, "service": None, "status": 401},
+    {"at": "2026-11-28T09:00:03.000Z", "event": "exchange.accepted", "exchange_id": "x3",
+     "sender": "hcm.thu-duc", "service": "pilot-progress-report.v1", "provider": "hcm.ca-tp"},
+    {"at": "2026-11-28T09:00:04.000Z", "event": "exchange.failed", "exchange_id": "x3",
+     "sender": "hcm.thu-duc", "service": "pilot-progress-report.v1", "provider": "hcm.ca-tp"},
+]  # fmt: skip
+
+
+def _filled(store: AuditStore) -> list[bytes]:
+    from gateway.crypto.canonical import canonicalize
+
+    records = [canonicalize(r) for r in RECORDS]
+    records.insert(2, b"not json at all \xff")  # Index 2: must not break appends or search.
+    records.insert(3, b'["an", "array"]')
+    store.append_batch(records[:4])
+    store.append_batch(records[4:])
+    return records
+
+
+def _indexes(found: list[StoredRecord]) -> list[int]:
+    return [r.index for r in found]
+
+
+def test_query_ands_every_filter_and_pages_by_index(make_store: MakeStore) -> None:
+    from gateway.audit.store import RecordQuery as Q
+
+    store = make_store()
+    records = _filled(store)
+    assert _indexes(store.query(Q())) == list(range(len(records)))
+    assert _indexes(store.query(Q(sender="hcm.quan-1"))) == [0, 1]
+    assert _indexes(store.query(Q(exchange_id="x3"))) == [5, 6]
+    assert _indexes(store.query(Q(exchange_id="x3", event="exchange.failed"))) == [6]
+    assert _indexes(store.query(Q(provider="hcm.ca-tp", sender="hcm.quan-1"))) == []
+    assert _indexes(store.query(Q(service="citizen-lookup.v1", after_index=0))) == [1]
+    assert _indexes(store.query(Q(event="exchange.accepted", limit=1))) == [0]
+    assert _indexes(store.query(Q(event="exchange.accepted", after_index=0, limit=1))) == [5]
+    times = Q(since="2026-11-28T09:00:01.000Z", until="2026-11-28T09:00:04.000Z")
+    assert _indexes(store.query(times)) == [1, 4, 5]  # since inclusive, until exclusive.
+    assert _indexes(store.query(Q(sender="nobody"))) == []
+    assert _indexes(store.query(Q(after_index=2**70))) == []
+    found = store.query(Q(exchange_id="x1"))
+    assert found[0] == StoredRecord(0, merkle.leaf_hash(records[0]), records[0])
+
+
+def test_query_sees_records_appended_by_another_store_on_the_same_file(
+    make_store: MakeStore,
+) -> None:
+    from gateway.audit.store import RecordQuery as Q
+
+    first, second = make_store(), make_store()
+    _filled(first)
+    assert _indexes(second.query(Q(sender="hcm.thu-duc"))) == [5, 6]
+    second.append_batch([b'{"sender":"hcm.thu-duc"}'])
+    assert _indexes(first.query(Q(sender="hcm.thu-duc"))) == [5, 6, 7]
+
+
+def test_records_returns_a_range_in_index_order(make_store: MakeStore) -> None:
+    store = make_store()
+    records = _filled(store)
+    assert [r.record for r in store.records(0, 100)] == records
+    assert _indexes(store.records(2, 4)) == [2, 3]
+    assert store.records(4, 4) == [] and store.records(5, 2) == []
+    assert _indexes(store.records(-5, 1)) == [0]
+    assert store.records(2**70, 2**71) == []
+
+
+def test_search_index_is_filled_behind_the_log_never_in_the_append(tmp_path: Path) -> None:
+    """Appends leave audit_search alone (the hot path); index_pending catches up in steps."""
+    from gateway.audit.store import RecordQuery as Q
+
+    path = str(tmp_path / "audit.db")
+    store = SqliteAuditStore(path)
+    store.append_batch([b'{"sender":"s%d"}' % (i % 3) for i in range(10)])
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_search").fetchone() == (0,)
+    assert store.index_pending(4) == 4
+    assert store.index_pending(100) == 6
+    assert store.index_pending() == 0
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT min(idx), max(idx) FROM audit_search").fetchone() == (0, 9)
+        assert conn.execute("SELECT sender FROM audit_search WHERE idx = 4").fetchone() == ("s1",)
+    store.append_batch([b'{"sender":"s1"}'])
+    assert _indexes(store.query(Q(sender="s1"))) == [1, 4, 7, 10]  # The query caught up.
+    store.close()
+
+
+def test_a_database_from_before_the_search_index_is_indexed_on_first_query(
+    tmp_path: Path,
+) -> None:
+    from gateway.audit.store import RecordQuery as Q
+
+    path = str(tmp_path / "audit.db")
+    store = SqliteAuditStore(path)
+    store.append_batch([b'{"sender":"a"}', b'{"sender":"b"}', b'{"sender":"a"}'])
+    store.close()
+    with sqlite3.connect(path) as conn:  # What a database made before issue 3 looks like.
+        conn.execute("DROP TABLE audit_search")
+        conn.execute("DROP TABLE audit_checkpoints")
+    again = SqliteAuditStore(path)
+    assert _indexes(again.query(Q(sender="a"))) == [0, 2]
+    assert again.latest_checkpoint() is None
+    again.close()
+
+
+def test_index_pending_gives_up_at_once_when_another_process_writes(tmp_path: Path) -> None:
+    """The idle-time caller must not sit in the busy wait an append would."""
+    path = str(tmp_path / "audit.db")
+    store = SqliteAuditStore(path)
+    store.append_batch([b"{}"])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    start = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError):
+        store.index_pending()
+    assert time.monotonic() - start < 0.5
+    other.execute("ROLLBACK")
+    other.close()
+    assert store.index_pending() == 1
+    assert store._connection().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again.
+    store.close()
+
+
+def test_a_time_range_walks_index_order_from_the_cursor_and_never_sorts(tmp_path: Path) -> None:
+    from gateway.audit.store import RecordQuery as Q
+
+    store = SqliteAuditStore(str(tmp_path / "audit.db"))
+    store.append_batch([b'{"at":"2026-11-28T09:00:%02d.000Z"}' % i for i in range(60)])
+    statements: list[str] = []
+    store._connection().set_trace_callback(statements.append)
+    found = store.query(
+        Q(since="2026-11-28T09:00:10.000Z", until="2026-11-28T09:00:20.000Z", limit=3)
+    )
+    assert _indexes(found) == [10, 11, 12]
+    store._connection().set_trace_callback(None)
+    [sql] = [s for s in statements if s.startswith("SELECT r.idx")]
+    plan = " | ".join(row[3] for row in store._connection().execute("EXPLAIN QUERY PLAN " + sql))
+    assert "SEARCH s USING INTEGER PRIMARY KEY (rowid>?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+    store.close()
+
+
+@pytest.mark.parametrize("field", ["exchange_id", "sender"])
+def test_filters_use_their_index_and_need_no_sort(tmp_path: Path, field: str) -> None:
+    """EXPLAIN QUERY PLAN of the very statement query() ran: an index range from the cursor."""
+    from gateway.audit.store import RecordQuery as Q
+
+    store = SqliteAuditStore(str(tmp_path / "audit.db"))
+    store.append_batch([b'{"sender":"a","exchange_id":"x%d"}' % i for i in range(100)])
+    statements: list[str] = []
+    store._connection().set_trace_callback(statements.append)
+    assert len(store.query(Q(**{field: "x7" if field == "exchange_id" else "a"}, limit=3))) >= 1
+    store._connection().set_trace_callback(None)
+    [sql] = [s for s in statements if s.startswith("SELECT r.idx")]
+    plan = " | ".join(row[3] for row in store._connection().execute("EXPLAIN QUERY PLAN " + sql))
+    wanted = rf"SEARCH s USING (COVERING )?INDEX audit_search_{field} \({field}=\? AND rowid>\?\)"
+    assert re.search(wanted, plan), plan
+    assert "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+    store.close()

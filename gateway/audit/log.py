@@ -19,8 +19,17 @@ How it is wired:
 * A failing batch fails all of its futures with :class:`AuditUnavailable` (HTTP 503, so the
   exchange is not acknowledged) and the writer carries on with the next batch: a transient
   "database is locked" does not take the log down.
-* Reads that the loop needs (``tree_head``, ``get``) run on the same thread, in queue order, so
-  they never touch the store concurrently with a write and never block the loop.
+* Reads that the loop needs (``tree_head``, ``get``, proofs, search, checkpoints) run on the same
+  thread, in queue order, so they never touch the store concurrently with a write and never
+  block the loop. The price: a read waits for the batch being written (one fsync, a few ms at
+  worst), and a slow read (a search over a large index backlog) delays the appends queued
+  behind it. Proofs are cheap (O(log n) stored subtree hashes, :mod:`gateway.audit.proofs`,
+  never a rehash of leaves), so sharing the thread is the simple choice for now; a separate
+  read connection on its own thread is the way out if searches get heavy.
+* After :data:`IDLE_AFTER` (5 ms) with nothing queued, the writer lets the store do deferred
+  work (``index_pending``: the SQLite store's search index, see gateway.audit.sqlite), a small
+  step at a time, so it never sits on the acknowledged path, never runs while appenders keep
+  the queue busy, and an append arriving meanwhile waits for one small step at most.
 
 Cancelling a task waiting in ``append`` does not withdraw its record: once queued it is written
 (an audit log records attempts too); only the notification is dropped.
@@ -34,12 +43,27 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
-from gateway.audit.store import AuditStore, Claim, StoredRecord
+from gateway.audit import proofs
+from gateway.audit.store import (
+    AuditStore,
+    Claim,
+    RecordQuery,
+    StoredCheckpoint,
+    StoredRecord,
+)
 from gateway.errors import NotReady
 
-__all__ = ["AppendResult", "AuditLog", "AuditLogStats", "AuditUnavailable", "ClaimRefused"]
+__all__ = [
+    "AppendResult",
+    "AuditLog",
+    "AuditLogStats",
+    "AuditUnavailable",
+    "CheckpointMismatch",
+    "ClaimRefused",
+    "SizeBeyondLog",
+]
 
 T = TypeVar("T")
 
@@ -80,6 +104,26 @@ class ClaimRefused(Exception):
     """The record's one-time claim was already taken (a replay): the record was not appended."""
 
 
+class _Refusal(ValueError):
+    """A request the log refuses on its own terms (not a store failure): passed to the caller
+    as is, where any other exception from a store call becomes AuditUnavailable."""
+
+
+class SizeBeyondLog(_Refusal):
+    """A tree size larger than the log's: no proof or root exists for it (yet)."""
+
+
+class CheckpointMismatch(_Refusal):
+    """A checkpoint whose root is not the log's root at its size: it must never be stored."""
+
+
+@runtime_checkable
+class _Indexed(Protocol):
+    """A store with deferred work to do when idle (gateway.audit.sqlite's search index)."""
+
+    def index_pending(self, max_records: int = ..., *, timeout: float = ...) -> int: ...
+
+
 @dataclass(slots=True)
 class _Append:
     record: bytes
@@ -94,6 +138,18 @@ class _Call(Generic[T]):
 
 
 _Item = _Append | _Call[Any] | None  # None tells the writer to close the store and stop.
+
+
+class _Idle:
+    """What _next_item returns when the writer has been idle long enough."""
+
+
+_IDLE = _Idle()
+
+IDLE_AFTER = 0.005
+"""Seconds without a queued item after which the writer does the store's deferred work."""
+CATCH_UP_STEP = 2000
+"""Records indexed per writer-thread call when a query finds the search index behind."""
 
 
 class AuditLog:
@@ -113,6 +169,7 @@ class AuditLog:
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._closed: asyncio.Future[None] | None = None
         self._batches = self._records = self._failed_batches = 0
+        self._behind = True  # The store may have deferred work (e.g. records to index).
         self._thread = threading.Thread(target=self._run, name="audit-log-writer", daemon=True)
         self._thread.start()
 
@@ -169,6 +226,82 @@ class AuditLog:
         """One stored record, read on the writer thread."""
         return await self._call(lambda: self._store.get(index))
 
+    # -- proofs (RFC 9162), from stored subtree hashes ----------------------------------------
+
+    async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """The inclusion proof of leaf ``index`` in the tree of ``size`` leaves.
+
+        ValueError unless 0 <= index < size; :class:`SizeBeyondLog` (a ValueError) if the log
+        has fewer than ``size`` records.
+        """
+        nodes = proofs.inclusion_nodes(index, size)
+        return await self._call(lambda: self._proof(nodes, size))
+
+    async def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """The consistency proof from the tree of ``size1`` leaves to ``size2``.
+
+        ValueError unless 0 <= size1 <= size2; SizeBeyondLog if size2 is beyond the log. From
+        the empty tree (size1 == 0) and between equal sizes the proof is empty, as RFC 9162's
+        PROOF and merkle.verify_consistency define it; an empty tree's checkpoint is checked
+        by its root (merkle.EMPTY_ROOT), not by a proof.
+        """
+        nodes = proofs.consistency_nodes(size1, size2)
+        return await self._call(lambda: self._proof(nodes, size2))
+
+    async def root_at(self, size: int) -> bytes:
+        """The root of the tree of the first ``size`` records (an earlier tree head).
+
+        Folded from at most log2(size) stored perfect subtrees. ValueError if size < 0,
+        SizeBeyondLog if the log is shorter.
+        """
+        nodes = proofs.root_nodes(size)
+        return await self._call(lambda: self._root(nodes, size))
+
+    # -- search, export, checkpoints --------------------------------------------------------
+
+    async def query(self, q: RecordQuery) -> list[StoredRecord]:
+        """Records matching ``q`` (every filter), in index order after ``q.after_index``.
+
+        A store with a deferred search index is first caught up in steps of its own, so
+        appends queued meanwhile are written between steps instead of waiting for a whole
+        backlog (about 8 us per record; large only after long saturation or on a database
+        from before the index existed).
+        """
+        store = self._store
+        if isinstance(store, _Indexed):
+            while await self._call(lambda: store.index_pending(CATCH_UP_STEP, timeout=10.0)):
+                pass
+        return await self._call(lambda: self._store.query(q))
+
+    async def records(self, start: int, end: int) -> list[StoredRecord]:
+        """Records with start <= index < end, in index order (the store may cap the count)."""
+        return await self._call(lambda: self._store.records(start, end))
+
+    async def add_checkpoint(self, cp: StoredCheckpoint) -> None:
+        """Store a signed checkpoint after checking its root is the log's root at its size.
+
+        :class:`CheckpointMismatch` if not (signing it was a mistake; storing it would serve
+        a lie), SizeBeyondLog if the log is shorter than the checkpoint.
+        """
+        nodes = proofs.root_nodes(cp.size)
+
+        def add() -> None:
+            if self._root(nodes, cp.size) != cp.root:
+                raise CheckpointMismatch(f"checkpoint root differs from the log's at {cp.size}")
+            self._store.add_checkpoint(cp)
+
+        await self._call(add)
+
+    async def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """The stored checkpoint with the largest size, or None."""
+        return await self._call(self._store.latest_checkpoint)
+
+    async def checkpoints(
+        self, *, after_size: int = -1, limit: int = 1000
+    ) -> list[StoredCheckpoint]:
+        """Stored checkpoints with size > after_size, by size ascending."""
+        return await self._call(lambda: self._store.checkpoints(after_size=after_size, limit=limit))
+
     async def aclose(self) -> None:
         """Write everything already queued, close the store, stop the thread. Idempotent.
 
@@ -223,8 +356,14 @@ class AuditLog:
         has_carry = False
         try:
             while True:
-                item = carry if has_carry else self._queue.get()
-                has_carry = False
+                if has_carry:
+                    item, has_carry = carry, False
+                else:
+                    nxt_item = self._next_item()
+                    if isinstance(nxt_item, _Idle):
+                        self._maintain()
+                        continue
+                    item = nxt_item
                 if item is None:
                     return
                 if isinstance(item, _Call):
@@ -241,8 +380,18 @@ class AuditLog:
                         break
                     batch.append(nxt)
                 self._write(batch)
+                self._behind = True
         finally:
             self._finish()
+
+    def _next_item(self) -> _Item | _Idle:
+        """The next queue item; or _IDLE once nothing came for IDLE_AFTER s and work waits."""
+        if not self._behind:
+            return self._queue.get()
+        try:
+            return self._queue.get(timeout=IDLE_AFTER)
+        except queue.Empty:
+            return _IDLE
 
     def _write(self, batch: list[_Append]) -> None:
         results: list[tuple[int, bytes] | None] = []
@@ -260,9 +409,46 @@ class AuditLog:
             error = exc
         self._post(self._settle_batch, batch, results, error)
 
+    def _proof(self, nodes: proofs.ProofNodes, size: int) -> list[bytes]:
+        """Writer thread: fetch the nodes of a proof for a tree of ``size`` and fold them."""
+        self._require_size(size)
+        return nodes.rehash(self._store.subtree_hashes(nodes.ids))
+
+    def _root(self, nodes: Sequence[tuple[int, int]], size: int) -> bytes:
+        """Writer thread: the root at ``size`` from its stored perfect subtrees."""
+        self._require_size(size)
+        return proofs.root_from(self._store.subtree_hashes(nodes))
+
+    def _require_size(self, size: int) -> None:
+        # Nodes are written with the leaves that complete them and never change, so every
+        # subtree inside a committed size is there, whoever appended it.
+        have = self._store.size()
+        if size > have:
+            raise SizeBeyondLog(f"tree size {size} is beyond the log's {have} records")
+
+    def _maintain(self) -> None:
+        """Writer thread, idle: let the store do deferred work in small steps.
+
+        Runs only after IDLE_AFTER s without a queued item, so under load (appenders keep the
+        queue busy) the writer only writes. Stops as soon as something is queued (an append
+        waits for one step at most), when the work is done, or on any error.
+        """
+        if not isinstance(self._store, _Indexed):
+            self._behind = False
+            return
+        try:
+            while self._queue.empty():
+                if not self._store.index_pending(256):
+                    self._behind = False
+                    return
+        except Exception:  # Locked by another process, or worse: retry after the next write
+            self._behind = False  # (a search catches up by itself and reports real errors).
+
     def _run_call(self, call: _Call[Any]) -> None:
         try:
             result = call.fn()
+        except _Refusal as exc:  # The caller's request, refused: not a store failure.
+            self._post(_settle, call.future, None, exc)
         except Exception as exc:
             self._post(_settle, call.future, None, _unavailable(exc))
         else:

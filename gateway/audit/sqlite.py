@@ -30,6 +30,27 @@ Schema::
     audit_head(id = 0, size, root, frontier)
         One row: the tree head after the last commit and the serialized merkle.Frontier that the
         next batch extends. Read and rewritten inside every append transaction.
+    audit_search(idx INTEGER PRIMARY KEY, at, sender, service, provider, event, exchange_id)
+        The operators' search index, one row per record: the record's top-level JSON string
+        members of those names (NULL when absent, not a string, or the record is not a JSON
+        object). Each column but ``at`` has an index; SQLite ends every index key with the
+        rowid (idx), so ``sender = ? AND idx > ? ORDER BY idx LIMIT n`` is one range scan, no
+        sort. Time bounds are checked while walking idx order (records are appended in
+        roughly time order; an index on ``at`` would need a sort by idx for every page).
+        It is filled BEHIND the log, not in the append transaction: six index updates per
+        record doubled the group-commit cost per record (measured with bench/bench_audit.py,
+        14 -> 30 us, whether the columns were SQLite generated columns or filled in Python),
+        and the append is what every acknowledged exchange waits for. :meth:`index_pending`
+        indexes the next records in idx order (so the indexed records are always a prefix of
+        the log); AuditLog calls it when its writer is idle, and :meth:`query` catches up
+        first, so a query sees every record committed before it started and a cursor can never
+        step over a record that is not indexed yet. Those transactions run with
+        ``synchronous=NORMAL``: the table is derived from audit_records, so a crash may only
+        lose index rows that the next catch-up rebuilds. A database from before this table
+        existed is indexed the same way, on first use.
+    audit_checkpoints(size INTEGER PRIMARY KEY, root BLOB, note BLOB, created_at REAL)
+        Signed checkpoints as published. The first one stored for a size stays: a signed
+        statement is never overwritten (INSERT OR IGNORE).
 
 The store is blocking and is meant to be driven from one worker thread (AuditLog's writer); a lock
 makes it safe to share between threads anyway. The connection is opened lazily on first use, so
@@ -41,15 +62,29 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
+
+import orjson
 
 from gateway import sqlitedb
 from gateway.audit import merkle
-from gateway.audit.store import Claim, StoredRecord
+from gateway.audit.store import Claim, RecordQuery, StoredCheckpoint, StoredRecord
 
 __all__ = ["SqliteAuditStore", "StoreCorrupted"]
 
 _MAX_INDEX: Final = 2**63
+_IDS_PER_QUERY: Final = 400  # Subtree ids per statement (2 variables each).
+# One statement for all the subtrees of a proof: each id is a primary-key probe, of
+# audit_records for leaves (level 0) and of audit_nodes above (checked with EXPLAIN QUERY PLAN).
+_SUBTREES: Final = (
+    "WITH want(level, idx) AS (VALUES {values})"
+    " SELECT w.level, w.idx, CASE WHEN w.level = 0 THEN r.leaf_hash ELSE n.hash END FROM want w"
+    " LEFT JOIN audit_nodes n ON w.level > 0 AND n.level = w.level AND n.idx = w.idx"
+    " LEFT JOIN audit_records r ON w.level = 0 AND r.idx = w.idx"
+)
+_MAX_ROWS: Final = 10_000  # Rows per query() or records() answer: bounds memory per request.
+# Top-level record members copied into audit_search, in column order (see the module doc).
+_FIELDS: Final = ("at", "sender", "service", "provider", "event", "exchange_id")
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS audit_records (
@@ -72,6 +107,18 @@ _SCHEMA: Final = (
         size INTEGER NOT NULL,
         root BLOB NOT NULL,
         frontier BLOB NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS audit_search (
+        idx INTEGER PRIMARY KEY,
+        at TEXT, sender TEXT, service TEXT, provider TEXT, event TEXT, exchange_id TEXT
+    )""",
+    # No index on at: see query().
+    *(f"CREATE INDEX IF NOT EXISTS audit_search_{f} ON audit_search ({f})" for f in _FIELDS[1:]),
+    """CREATE TABLE IF NOT EXISTS audit_checkpoints (
+        size INTEGER PRIMARY KEY CHECK (size >= 0),
+        root BLOB NOT NULL CHECK (length(root) = 32),
+        note BLOB NOT NULL,
+        created_at REAL NOT NULL
     )""",
 )
 
@@ -233,21 +280,136 @@ class SqliteAuditStore:
         Callers wanting a consistent view across several calls should ask for ids inside one
         committed tree size; nodes are never rewritten, so a stale size is still consistent.
         """
-        out: list[bytes] = []
+        wanted = list(ids)
+        found: dict[tuple[int, int], bytes] = {}
         with self._lock:
             conn = self._connection()
-            for level, index in ids:
-                if level == 0:
-                    cur = conn.execute("SELECT leaf_hash FROM audit_records WHERE idx=?", (index,))
-                else:
-                    cur = conn.execute(
-                        "SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", (level, index)
+            for start in range(0, len(wanted), _IDS_PER_QUERY):
+                chunk = wanted[start : start + _IDS_PER_QUERY]
+                values = ",".join("(?, ?)" for _ in chunk)
+                rows = conn.execute(
+                    _SUBTREES.format(values=values), [x for node in chunk for x in node]
+                )
+                found.update(((level, idx), bytes(h)) for level, idx, h in rows if h is not None)
+        try:
+            return [found[node] for node in wanted]
+        except KeyError as e:
+            raise KeyError(e.args[0]) from None
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
+        """Keep a published checkpoint; if one of that size is stored already, keep that one.
+
+        Two instances may sign the same size; the first stored stays, so what was served for a
+        size never changes.
+        """
+        with self._lock:
+            conn = self._connection()
+            with _immediate(conn, self._busy_timeout):
+                conn.execute(
+                    "INSERT OR IGNORE INTO audit_checkpoints (size, root, note, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (checkpoint.size, checkpoint.root, checkpoint.note, checkpoint.created_at),
+                )
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """The stored checkpoint with the largest size (the primary key: one index probe)."""
+        rows = self._read(
+            "SELECT size, root, note, created_at FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
+            (),
+        )
+        return _checkpoint(rows[0]) if rows else None
+
+    def checkpoints(self, *, after_size: int = -1, limit: int = 1000) -> list[StoredCheckpoint]:
+        """Stored checkpoints with size > after_size, by size ascending, at most ``limit``."""
+        rows = self._read(
+            "SELECT size, root, note, created_at FROM audit_checkpoints"
+            " WHERE size > ? ORDER BY size LIMIT ?",
+            (_clamp(after_size), _limit(limit)),
+        )
+        return [_checkpoint(row) for row in rows]
+
+    # -- search -------------------------------------------------------------------------------
+
+    def query(self, query: RecordQuery) -> list[StoredRecord]:
+        """Records matching every filter of ``query``, index ascending, after its cursor.
+
+        Catches the search index up first (see the module doc), then one statement: the
+        planner walks one audit_search index from the cursor and stops after ``limit`` rows.
+        """
+        while self.index_pending(5000, timeout=self._busy_timeout):
+            pass
+        where: list[str] = ["s.idx > ?"]
+        params: list[object] = [_clamp(query.after_index)]
+        # Time bounds filter rows while walking idx order ("+" keeps the planner from using an
+        # index on at: ranging over at and sorting the whole range by idx for every page costs
+        # O(range) per page; walking idx from the cursor stops after ``limit`` matches).
+        if query.since is not None:
+            where.append("+s.at >= ?")
+            params.append(query.since)
+        if query.until is not None:
+            where.append("+s.at < ?")
+            params.append(query.until)
+        for name in _FIELDS[1:]:
+            value = getattr(query, name)
+            if value is not None:
+                where.append(f"s.{name} = ?")  # A name from _FIELDS, never from the caller.
+                params.append(value)
+        params.append(_limit(query.limit))
+        rows = self._read(
+            "SELECT r.idx, r.leaf_hash, r.record FROM audit_search s"  # noqa: S608
+            f" JOIN audit_records r ON r.idx = s.idx WHERE {' AND '.join(where)}"
+            " ORDER BY s.idx LIMIT ?",
+            params,
+        )
+        return [StoredRecord(int(i), bytes(h), bytes(r)) for i, h, r in rows]
+
+    def records(self, start: int, end: int) -> list[StoredRecord]:
+        """Records with start <= index < end in index order, at most 10,000 per call."""
+        start = _clamp(max(0, start))
+        end = min(_clamp(end), start + _MAX_ROWS)
+        rows = self._read(
+            "SELECT idx, leaf_hash, record FROM audit_records"
+            " WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, end),
+        )
+        return [StoredRecord(int(i), bytes(h), bytes(r)) for i, h, r in rows]
+
+    def index_pending(self, max_records: int = 256, *, timeout: float = 0.0) -> int:
+        """Add the next (at most ``max_records``) unindexed records to audit_search.
+
+        Returns how many were indexed; 0 means the index has caught up with the log. With the
+        default ``timeout`` it gives up at once (OperationalError) when another process holds
+        the write lock: the idle-time caller (AuditLog) just tries again later.
+        """
+        with self._lock:
+            conn = self._connection()
+            last, size = conn.execute(
+                "SELECT (SELECT max(idx) FROM audit_search), (SELECT size FROM audit_head)"
+            ).fetchone()
+            if (-1 if last is None else last) + 1 >= size:
+                return 0  # Caught up: no need for the write lock.
+            conn.execute("PRAGMA synchronous=NORMAL")  # Derived data: see the module doc.
+            try:
+                with _immediate(conn, timeout):
+                    (last,) = conn.execute("SELECT max(idx) FROM audit_search").fetchone()
+                    rows = conn.execute(
+                        "SELECT idx, record FROM audit_records WHERE idx > ? ORDER BY idx LIMIT ?",
+                        (-1 if last is None else last, max(1, max_records)),
+                    ).fetchall()
+                    conn.executemany(
+                        "INSERT INTO audit_search (idx, at, sender, service, provider, event,"
+                        " exchange_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        ((i, *_search_fields(bytes(r))) for i, r in rows),
                     )
-                row = cur.fetchone()
-                if row is None:
-                    raise KeyError((level, index))
-                out.append(bytes(row[0]))
-        return out
+            finally:
+                conn.execute("PRAGMA synchronous=FULL")
+        return len(rows)
+
+    def _read(self, sql: str, params: Sequence[object]) -> list[Any]:
+        with self._lock:
+            return self._connection().execute(sql, params).fetchall()
 
     def close(self) -> None:
         """Close the connection; later calls raise sqlite3.ProgrammingError. Idempotent."""
@@ -304,3 +466,28 @@ def _check_head(conn: sqlite3.Connection) -> None:
     (last,) = conn.execute("SELECT max(idx) FROM audit_records").fetchone()
     if (-1 if last is None else last) != size - 1:
         raise StoreCorrupted(f"audit_head says {size} records, audit_records ends at {last}")
+
+
+def _search_fields(record: bytes) -> tuple[str | None, ...]:
+    """The audit_search columns of a record: string members only, else NULL (also non-JSON)."""
+    try:
+        obj = orjson.loads(record)
+    except orjson.JSONDecodeError:
+        return (None,) * len(_FIELDS)
+    if not isinstance(obj, dict):
+        return (None,) * len(_FIELDS)
+    return tuple(v if isinstance(v := obj.get(f), str) else None for f in _FIELDS)
+
+
+def _clamp(value: int) -> int:
+    """Keep a caller's integer inside SQLite's 64-bit range (no OverflowError from sqlite3)."""
+    return max(-1, min(value, _MAX_INDEX - 1))
+
+
+def _limit(limit: int) -> int:
+    return max(0, min(limit, _MAX_ROWS))
+
+
+def _checkpoint(row: Any) -> StoredCheckpoint:
+    size, root, note, created_at = row
+    return StoredCheckpoint(int(size), bytes(root), bytes(note), float(created_at))

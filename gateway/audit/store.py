@@ -17,11 +17,51 @@ What every store guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["AuditStore", "Claim", "StoredRecord"]
+__all__ = [
+    "AuditStore",
+    "Claim",
+    "RecordQuery",
+    "StoredCheckpoint",
+    "StoredRecord",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A signed checkpoint as published: its tree size and root, and the signed note text.
+
+    ``note`` is the whole C2SP signed note (checkpoint body, blank line, signature lines),
+    UTF-8, exactly as served at ``GET /v1/audit/checkpoint``. ``created_at`` is Unix seconds.
+    """
+
+    size: int
+    root: bytes
+    note: bytes
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecordQuery:
+    """Operators' search over audit records. Every filter is optional; all given must match.
+
+    Times are RFC 3339 strings compared on the record's ``at`` member (records carry UTC
+    millisecond times, which sort as strings). ``after_index`` is the cursor: results are in
+    index order, strictly after it. ``limit`` is already capped by the caller.
+    """
+
+    since: str | None = None
+    until: str | None = None
+    sender: str | None = None
+    service: str | None = None
+    provider: str | None = None
+    event: str | None = None  # exchange.accepted | exchange.delivered | exchange.failed | ...
+    exchange_id: str | None = None
+    after_index: int = -1
+    limit: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,4 +120,37 @@ class AuditStore(Protocol):
 
     def close(self) -> None:
         """Release the connection. Idempotent."""
+        ...
+
+    # -- proofs and checkpoints (verifiable log) ---------------------------------------------
+
+    def subtree_hashes(self, ids: Iterable[tuple[int, int]]) -> list[bytes]:
+        """Hashes of the complete perfect subtrees ``(level, index)``, in the order asked.
+
+        Node (level, index) covers leaves [index * 2**level, (index + 1) * 2**level); level 0
+        is the leaf hash. KeyError for a subtree not (yet) complete. Proofs are computed from
+        these (gateway.audit.proofs), never by rehashing all leaves.
+        """
+        ...
+
+    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
+        """Keep a published checkpoint (idempotent for the same size and note)."""
+        ...
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """The checkpoint with the largest size, or None."""
+        ...
+
+    def checkpoints(self, *, after_size: int = -1, limit: int = 1000) -> list[StoredCheckpoint]:
+        """Stored checkpoints with size > after_size, by size ascending."""
+        ...
+
+    # -- search (operators, auditors) ----------------------------------------------------------
+
+    def query(self, query: RecordQuery) -> list[StoredRecord]:
+        """Records matching every filter of ``query``, index ascending, after the cursor."""
+        ...
+
+    def records(self, start: int, end: int) -> list[StoredRecord]:
+        """Records with start <= index < end, in index order (export, verification, stream)."""
         ...
