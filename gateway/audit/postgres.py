@@ -1,0 +1,643 @@
+"""The shared audit store: one PostgreSQL database behind several gateway instances (asyncpg).
+
+Why it looks like this:
+
+* Blocking outside, asyncpg inside. The :class:`~gateway.audit.store.AuditStore` Protocol is
+  blocking because :class:`~gateway.audit.log.AuditLog` calls it from its own writer thread. The
+  store therefore owns a *private* asyncio event loop, created lazily by the first call (in the
+  thread making it: the writer thread, or the ``prepare_stores`` call in the parent process) and
+  reused for every later call, which runs one asyncpg coroutine on it with ``run_until_complete``.
+  The loop is never installed as any thread's current loop and never shared with aiohttp's, so
+  the gateway's event loop never waits on the database. Calls are serialized by a lock (a loop
+  runs in one thread at a time, whichever that is); calling from a thread that is running an event
+  loop is refused with RuntimeError, since ``run_until_complete`` cannot nest.
+* Several gateway instances append to one log. Each ``append_batch`` is one READ COMMITTED
+  transaction that first locks the single head row (``SELECT ... FROM audit_head WHERE id = 0
+  FOR UPDATE``), then reads the size and frontier *inside* that transaction, takes the claims,
+  writes records, completed subtrees and the new head in one statement, and commits. The row lock
+  serializes appenders of every instance, so indexes are consecutive and gap-free; nothing about
+  the tree is cached between transactions. Every transaction that touches ``audit_claims`` holds
+  the head lock first, so appenders cannot deadlock on claims. Waiting for the lock is bounded by
+  ``lock_timeout`` (10 s by default), after which the batch fails (LockNotAvailableError) and
+  AuditLog reports the log as unavailable.
+* Durability: a commit returns only once its WAL record is flushed, with PostgreSQL's default
+  ``synchronous_commit = on``. A session that finds it ``off`` (set by a DBA or a role default)
+  turns it back ``on`` for itself; stronger settings (remote_write, remote_apply) are kept.
+* Where the tables live: ``schema=`` (keyword, or ``?schema=NAME`` in the DSN, parsed out before
+  asyncpg sees the DSN, since the gateway config carries only ``dsn``) qualifies every table name
+  and the schema is created if missing. Without it, names resolve through the session's
+  ``search_path``, which a DSN can also set (``?options=-csearch_path%3Dname`` as with libpq, or
+  ``?search_path=name``: asyncpg sends unknown DSN parameters as server settings).
+* Tables are created if missing, in one transaction under ``pg_advisory_xact_lock`` so instances
+  starting together do not race on the catalog; if they all exist no DDL runs at all, so a role
+  without CREATE rights can use tables an administrator made.
+* The connection opens on first use (constructing does no I/O); a connection that broke (network,
+  timeout, server restart) is dropped and the next call reconnects, so one failed batch does not
+  take the log down. If it broke after COMMIT was sent, the outcome is asked on a new connection
+  (``txid_status`` of the transaction id read with the head lock; a session still running it is
+  ended first): a batch that committed is reported as appended, one that did not is reported
+  failed. Only when the server cannot be reached at all does a batch count as failed although
+  it may be in the log (the exchange is then not acknowledged; the log holds an extra attempt).
+
+Schema (the logical schema of :mod:`gateway.audit.sqlite`, BYTEA for hashes and records)::
+
+    audit_records(idx BIGINT PRIMARY KEY, leaf_hash, record, at, sender, service, provider,
+                  event, exchange_id)
+        The last six are copied from the record's JSON members of the same name (strings only,
+        else NULL; NULL for a record that is not a JSON object) when appending, in Python: a
+        generated column over ``record::jsonb`` would make a non-JSON record fail its batch.
+        They are ``COLLATE "C"`` so ``at`` compares byte-wise like SQLite's, and indexed for
+        :meth:`PostgresAuditStore.query`: (column, idx) for the equality filters, so a cursor
+        page is one index range scan with no sort; ``at`` and ``exchange_id`` on their own.
+    audit_nodes(level, idx, hash)   every complete perfect subtree of height >= 1
+    audit_head(id = 0, size, root, frontier)   one row, read and rewritten by every append
+    audit_claims(key, expires_at)   one-time ids (signed request ids), see Claim
+    audit_checkpoints(size, root, note, created_at)   published signed checkpoints
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, TypeVar
+
+import asyncpg  # type: ignore[import-untyped]
+import orjson
+
+from gateway.audit import merkle
+from gateway.audit.store import Claim, RecordQuery, StoredCheckpoint, StoredRecord
+
+__all__ = ["PostgresAuditStore", "StoreCorrupted"]
+
+T = TypeVar("T")
+Connection = Any  # asyncpg.Connection; asyncpg ships no type information.
+
+_MAX_INDEX: Final = 2**63
+_MAX_LIMIT: Final = 10_000  # Rows per query, records() or checkpoints() call, as in SQLite.
+_COLUMNS: Final = ("at", "sender", "service", "provider", "event", "exchange_id")
+_NO_COLUMNS: Final[tuple[str | None, ...]] = (None,) * len(_COLUMNS)
+_DDL_LOCK: Final = int.from_bytes(
+    hashlib.sha256(b"dtc-gateway audit ddl").digest()[:8], signed=True
+)
+_TABLES: Final = ("records", "nodes", "claims", "head", "checkpoints")
+
+# Every statement, as a template over the (schema-qualified, quoted) table names: filled in once
+# per store, so no value ever reaches SQL text; values always travel as bind parameters.
+_SQL: Final = {
+    "tables_exist": "SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest($1::text[]) AS t",
+    "init_head": "INSERT INTO {head} (id, size, root, frontier) VALUES (0, 0, $1, $2)"
+    " ON CONFLICT (id) DO NOTHING",
+    # One statement, so one snapshot: a concurrent append cannot land between the two reads.
+    "check_head": "SELECT size, root, frontier, (SELECT max(idx) FROM {records}) AS last"
+    " FROM {head} WHERE id = 0",
+    "lock_head": "SELECT size, frontier, txid_current() AS txid FROM {head} WHERE id = 0"
+    " FOR UPDATE",
+    "txid_status": "SELECT txid_status($1)",
+    # Only the session still running that transaction: a pid alone may have been reused.
+    "end_session": "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1"
+    " AND backend_xid::text::bigint = $2 % 4294967296",
+    "claim": "WITH input AS (SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[])"
+    " AS i(key, expires_at, claimed_at))"
+    " INSERT INTO {claims} AS c (key, expires_at) SELECT key, expires_at FROM input"
+    " ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at"
+    " WHERE c.expires_at < (SELECT claimed_at FROM input WHERE input.key = excluded.key)"
+    " RETURNING c.key",
+    "purge_claims": "DELETE FROM {claims} WHERE expires_at < $1",
+    "write": "WITH r AS (INSERT INTO {records} (idx, leaf_hash, record, {columns})"
+    " SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::text[], $5::text[],"
+    " $6::text[], $7::text[], $8::text[], $9::text[])),"
+    " n AS (INSERT INTO {nodes} (level, idx, hash)"
+    " SELECT * FROM unnest($10::smallint[], $11::bigint[], $12::bytea[]))"
+    " UPDATE {head} SET size = $13, root = $14, frontier = $15 WHERE id = 0",
+    "tree_head": "SELECT size, root FROM {head} WHERE id = 0",
+    "records": "SELECT idx, leaf_hash, record FROM {records}"
+    " WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+    "subtrees": "SELECT 0, idx, leaf_hash FROM {records} WHERE idx = ANY($1::bigint[])"
+    " UNION ALL SELECT n.level, n.idx, n.hash FROM {nodes} n"
+    " JOIN unnest($2::smallint[], $3::bigint[]) AS q(level, idx)"
+    " ON n.level = q.level AND n.idx = q.idx",
+    "add_checkpoint": "INSERT INTO {checkpoints} (size, root, note, created_at)"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT (size) DO NOTHING",
+    "latest_checkpoint": "SELECT size, root, note, created_at FROM {checkpoints}"
+    " ORDER BY size DESC LIMIT 1",
+    "checkpoints": "SELECT size, root, note, created_at FROM {checkpoints}"
+    " WHERE size > $1 ORDER BY size LIMIT $2",
+}
+# query(): the filters (column names from this fixed list only) go between these two halves.
+_QUERY_HEAD: Final = "SELECT idx, leaf_hash, record FROM {records} WHERE "
+_QUERY_TAIL: Final = " ORDER BY idx LIMIT "
+
+
+class StoreCorrupted(RuntimeError):
+    """The stored tree state contradicts the stored leaves; appending would extend a lie."""
+
+
+class PostgresAuditStore:
+    """:class:`gateway.audit.store.AuditStore` on PostgreSQL, shareable by many instances.
+
+    Blocking; see the module doc for the private event loop and the locking design.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        lock_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 60.0,
+    ) -> None:
+        """Remember where the log lives; nothing connects until the first call.
+
+        ``lock_timeout`` (s) bounds the wait for another appender's head lock (a DSN
+        ``lock_timeout`` parameter wins); ``command_timeout`` (s) bounds any one statement, so
+        a hung server fails a batch instead of stalling the writer thread forever.
+        """
+        self._dsn, dsn_schema, dsn_settings = _split_dsn(dsn)
+        if schema is not None and dsn_schema is not None and schema != dsn_schema:
+            raise ValueError(f"schema {schema!r} given twice, differently ({dsn_schema!r})")
+        self._schema = schema if schema is not None else dsn_schema
+        if self._schema is not None and not 0 < len(self._schema.encode()) < 64:
+            raise ValueError("schema name must be 1..63 bytes")
+        prefix = "" if self._schema is None else _quote_ident(self._schema) + "."
+        self._t = {name: f"{prefix}audit_{name}" for name in _TABLES}
+        self._q = {k: v.format(columns=", ".join(_COLUMNS), **self._t) for k, v in _SQL.items()}
+        self._query_head = _QUERY_HEAD.format(**self._t)
+        self._settings = {"application_name": "dtc-gateway audit"}
+        self._settings["lock_timeout"] = f"{max(1, round(lock_timeout * 1000))}ms"
+        for key in dsn_settings:
+            self._settings.pop(key, None)
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: Connection | None = None
+        self._claims_since_purge = 0
+        self._closed = False
+
+    # -- the private loop and the connection ------------------------------------------------
+
+    def _call(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``fn(connection)`` on the private loop and return its result. Blocking."""
+        with self._lock:
+            if self._closed:
+                raise asyncpg.InterfaceError("audit store is closed")
+            if _loop_running_here():
+                raise RuntimeError("PostgresAuditStore is blocking: call it off the event loop")
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            return self._loop.run_until_complete(self._with_connection(fn))
+
+    async def _with_connection(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        if self._conn is None:
+            self._conn = await self._connect()
+        conn = self._conn
+        try:
+            return await fn(conn)
+        except BaseException as exc:
+            if not _session_survives(exc, conn):
+                self._conn = None
+                conn.terminate()
+            raise
+
+    async def _connect(self) -> Connection:
+        conn = await asyncpg.connect(
+            self._dsn,
+            timeout=self._connect_timeout,
+            command_timeout=self._command_timeout,
+            server_settings=self._settings,
+        )
+        try:
+            if await conn.fetchval("SHOW synchronous_commit") == "off":
+                await conn.execute("SET synchronous_commit = on")
+            await self._create_tables(conn)
+            await self._check_head(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    async def _create_tables(self, conn: Connection) -> None:
+        """Create what is missing, serialized across instances by a transaction advisory lock."""
+        exists = await conn.fetchval(self._q["tables_exist"], list(self._t.values()))
+        if exists:
+            return
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", _DDL_LOCK)
+            # Checked first: CREATE SCHEMA needs the database's CREATE right even if it exists.
+            if self._schema is not None and not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", self._schema
+            ):
+                await conn.execute(f"CREATE SCHEMA {_quote_ident(self._schema)}")
+            for statement in _ddl(self._t):
+                await conn.execute(statement)
+            await conn.execute(
+                self._q["init_head"], merkle.EMPTY_ROOT, merkle.Frontier().to_bytes()
+            )
+
+    async def _check_head(self, conn: Connection) -> None:
+        """Refuse a log whose head disagrees with its leaves (truncated, or rows added by hand)."""
+        row = await conn.fetchrow(self._q["check_head"])
+        if row is None:
+            raise StoreCorrupted("audit_head has no row")
+        frontier = _frontier(row["size"], row["frontier"])
+        if bytes(row["root"]) != frontier.root():
+            raise StoreCorrupted("audit_head root does not match its frontier")
+        last = row["last"]
+        if (-1 if last is None else last) != frontier.size - 1:
+            raise StoreCorrupted(f"audit_head says {frontier.size} records, last index is {last}")
+
+    def close(self) -> None:
+        """Close the connection and the private loop; later calls raise InterfaceError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            conn, loop = self._conn, self._loop
+            self._conn = self._loop = None
+            if loop is None:
+                return
+            try:
+                if conn is not None and _loop_running_here():
+                    conn.terminate()
+                elif conn is not None:
+                    try:
+                        loop.run_until_complete(conn.close(timeout=5))
+                    except Exception:
+                        conn.terminate()
+                        loop.run_until_complete(asyncio.sleep(0))  # Let the socket close.
+            finally:
+                loop.close()
+
+    # -- appends ------------------------------------------------------------------------------
+
+    def append_batch(
+        self, records: Sequence[bytes], claims: Sequence[Claim | None] | None = None
+    ) -> list[tuple[int, bytes] | None]:
+        """Append ``records`` as leaves size, size+1, ... in one durable transaction.
+
+        Leaf hashes and index columns are computed before the transaction (they do not depend
+        on position) so the head lock is held only for the claims, the frontier and the writes.
+        """
+        if not records:
+            return []
+        if claims is not None and len(claims) != len(records):
+            raise ValueError("one claim (or None) per record")
+        hashes = [merkle.leaf_hash(r) for r in records]
+        columns = [_index_columns(r) for r in records]
+        wanted = claims if claims is not None and any(claims) else None
+        sent: list[Any] = []  # (txid, backend pid, result) once the writes are done.
+
+        async def run(conn: Connection) -> list[tuple[int, bytes] | None]:
+            async with conn.transaction(isolation="read_committed"):
+                head = await conn.fetchrow(self._q["lock_head"])
+                frontier = _frontier(head["size"], head["frontier"])
+                first = frontier.size
+                refused = await self._claim(conn, wanted) if wanted else set()
+                keep = [i for i in range(len(records)) if i not in refused]
+                out: list[tuple[int, bytes] | None] = [None] * len(records)
+                if keep:
+                    await self._write(
+                        conn,
+                        frontier,
+                        [records[i] for i in keep],
+                        [hashes[i] for i in keep],
+                        [columns[i] for i in keep],
+                    )
+                    for pos, i in enumerate(keep):
+                        out[i] = (first + pos, hashes[i])
+                sent[:] = [head["txid"], conn.get_server_pid(), out]
+            return out
+
+        try:
+            return self._call(run)
+        except Exception:
+            # The session ended after COMMIT may have been sent: the server knows the outcome.
+            # (A server-reported error on a live session means the transaction rolled back.)
+            with self._lock:
+                dropped = self._conn is None
+            if sent and dropped and self._outcome(sent[0], sent[1]) == "committed":
+                return list(sent[2])
+            raise
+
+    def _outcome(self, txid: int, pid: int) -> str | None:
+        """Whether a transaction whose COMMIT went unanswered committed (on a new connection).
+
+        ``txid_status`` answers from the commit log, also after a server restart. A session
+        still running it (the network failed, not the server) is ended first, so the answer is
+        final. None if the server cannot be asked: the batch then counts as failed, although
+        its records may be in the log.
+        """
+
+        async def ask(conn: Connection) -> str | None:
+            for _ in range(100):
+                status = await conn.fetchval(self._q["txid_status"], txid)
+                if status != "in progress":
+                    return None if status is None else str(status)
+                await conn.execute(self._q["end_session"], pid, txid)
+                await asyncio.sleep(0.05)
+            return None
+
+        try:
+            return self._call(ask)
+        except Exception:
+            return None
+
+    async def _claim(self, conn: Connection, claims: Sequence[Claim | None]) -> set[int]:
+        """Take the claims; return the positions whose claim was already (and still) taken.
+
+        Same outcome as SQLite's one-at-a-time upserts: a key repeated within the batch is
+        tried again in a later round (round r holds the r-th occurrence of each key), because
+        one upsert statement may not touch the same row twice.
+        """
+        rounds: list[list[int]] = []
+        seen: dict[str, int] = {}
+        for i, claim in enumerate(claims):
+            if claim is not None:
+                r = seen[claim.key] = seen.get(claim.key, -1) + 1
+                if r == len(rounds):
+                    rounds.append([])
+                rounds[r].append(i)
+        refused: set[int] = set()
+        for positions in rounds:
+            batch = [c for c in (claims[i] for i in positions) if c is not None]
+            rows = await conn.fetch(
+                self._q["claim"],
+                [c.key for c in batch],
+                [c.expires_at for c in batch],
+                [c.now for c in batch],
+            )
+            taken = {row[0] for row in rows}
+            refused.update(i for i, c in zip(positions, batch, strict=True) if c.key not in taken)
+        self._claims_since_purge += 1
+        if self._claims_since_purge >= 1000:
+            self._claims_since_purge = 0
+            now = max(c.now for c in claims if c is not None)
+            await conn.execute(self._q["purge_claims"], now)
+        return refused
+
+    async def _write(
+        self,
+        conn: Connection,
+        frontier: merkle.Frontier,
+        records: Sequence[bytes],
+        hashes: Sequence[bytes],
+        columns: Sequence[tuple[str | None, ...]],
+    ) -> None:
+        """Extend ``frontier`` and write leaves, completed subtrees and head: one round trip."""
+        first = frontier.size
+        completed: list[merkle.SubtreeHash] = []
+        for h in hashes:
+            completed.extend(frontier.append(h))
+        await conn.execute(
+            self._q["write"],
+            list(range(first, frontier.size)),
+            hashes,
+            records,
+            *([c[k] for c in columns] for k in range(len(_COLUMNS))),
+            [n.level for n in completed],
+            [n.index for n in completed],
+            [n.hash for n in completed],
+            frontier.size,
+            frontier.root(),
+            frontier.to_bytes(),
+        )
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def size(self) -> int:
+        """Committed size, read from the head row (no count over the table)."""
+        return self.tree_head()[0]
+
+    def tree_head(self) -> tuple[int, bytes]:
+        """(size, root) from the head row: one row, so always a consistent pair."""
+
+        async def run(conn: Connection) -> tuple[int, bytes]:
+            row = await conn.fetchrow(self._q["tree_head"])
+            return int(row["size"]), bytes(row["root"])
+
+        return self._call(run)
+
+    def get(self, index: int) -> StoredRecord | None:
+        """The record at ``index`` or None (also for indexes outside BIGINT)."""
+        found = self.records(index, index + 1) if 0 <= index < _MAX_INDEX else []
+        return found[0] if found else None
+
+    def records(self, start: int, end: int) -> list[StoredRecord]:
+        """Records with start <= index < end, in index order (at most 10,000 per call)."""
+        start = max(start, 0)
+        end = min(end, _MAX_INDEX - 1, start + _MAX_LIMIT)
+        if start >= end:
+            return []
+        return self._fetch_records(self._q["records"], start, end)
+
+    def query(self, query: RecordQuery) -> list[StoredRecord]:
+        """Records matching every filter, index ascending, strictly after ``after_index``.
+
+        As in SQLite: ``since <= at < until``, compared byte-wise (the columns are COLLATE
+        "C"); ``limit`` capped at 10,000. Each equality filter has an index on (column, idx),
+        so the planner can walk it from the cursor and stop after ``limit`` rows.
+        """
+        if query.limit <= 0 or query.after_index >= _MAX_INDEX - 1:
+            return []
+        args: list[Any] = [max(query.after_index, -1)]
+        where = ["idx > $1"]
+        filters = [
+            ("at >= ", query.since),
+            ("at < ", query.until),
+            ("sender = ", query.sender),
+            ("service = ", query.service),
+            ("provider = ", query.provider),
+            ("event = ", query.event),
+            ("exchange_id = ", query.exchange_id),
+        ]
+        for condition, value in filters:
+            if value is not None:
+                args.append(value)
+                where.append(condition + "$" + str(len(args)))
+        args.append(min(query.limit, _MAX_LIMIT))
+        sql = self._query_head + " AND ".join(where) + _QUERY_TAIL + "$" + str(len(args))
+        return self._fetch_records(sql, *args)
+
+    def _fetch_records(self, sql: str, *args: Any) -> list[StoredRecord]:
+        async def run(conn: Connection) -> list[StoredRecord]:
+            rows = await conn.fetch(sql, *args)
+            return [StoredRecord(int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
+
+        return self._call(run)
+
+    def subtree_hashes(self, ids: Iterable[tuple[int, int]]) -> list[bytes]:
+        """Hashes of the perfect subtrees ``(level, index)``, in the order asked; one query.
+
+        Level 0 comes from audit_records, higher levels from audit_nodes. KeyError for a
+        subtree not (yet) complete. Nodes are never rewritten, so answers stay valid.
+        """
+        wanted = list(ids)
+        valid = [(lv, i) for lv, i in wanted if 0 <= lv < 64 and 0 <= i < _MAX_INDEX]
+        for node in wanted:
+            if node not in valid:
+                raise KeyError(node)
+
+        async def run(conn: Connection) -> dict[tuple[int, int], bytes]:
+            rows = await conn.fetch(
+                self._q["subtrees"],
+                [i for lv, i in valid if lv == 0],
+                [lv for lv, _ in valid if lv > 0],
+                [i for lv, i in valid if lv > 0],
+            )
+            return {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows}
+
+        found = self._call(run) if valid else {}
+        try:
+            return [found[node] for node in wanted]
+        except KeyError as e:
+            raise KeyError(e.args[0]) from None
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
+        """Keep a published checkpoint; if one of that size is stored already, keep that one.
+
+        Several instances publish checkpoints of one shared log and may sign the same size;
+        the first stored stays (as in SQLite), so what was served for a size never changes.
+        """
+
+        async def run(conn: Connection) -> None:
+            await conn.execute(
+                self._q["add_checkpoint"],
+                checkpoint.size,
+                checkpoint.root,
+                checkpoint.note,
+                checkpoint.created_at,
+            )
+
+        self._call(run)
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """The checkpoint with the largest size, or None."""
+        found = self._fetch_checkpoints(self._q["latest_checkpoint"])
+        return found[0] if found else None
+
+    def checkpoints(self, *, after_size: int = -1, limit: int = 1000) -> list[StoredCheckpoint]:
+        """Stored checkpoints with size > after_size, by size ascending, at most ``limit``."""
+        if limit <= 0 or after_size >= _MAX_INDEX - 1:
+            return []
+        return self._fetch_checkpoints(
+            self._q["checkpoints"], max(after_size, -1), min(limit, _MAX_LIMIT)
+        )
+
+    def _fetch_checkpoints(self, sql: str, *args: Any) -> list[StoredCheckpoint]:
+        async def run(conn: Connection) -> list[StoredCheckpoint]:
+            rows = await conn.fetch(sql, *args)
+            return [
+                StoredCheckpoint(int(r[0]), bytes(r[1]), bytes(r[2]), float(r[3])) for r in rows
+            ]
+
+        return self._call(run)
+
+
+def _ddl(t: dict[str, str]) -> list[str]:
+    text = 'TEXT COLLATE "C"'
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {t["records"]} (
+            idx BIGINT PRIMARY KEY CHECK (idx >= 0),
+            leaf_hash BYTEA NOT NULL CHECK (length(leaf_hash) = 32),
+            record BYTEA NOT NULL,
+            {", ".join(f"{c} {text}" for c in _COLUMNS)}
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS {t["nodes"]} (
+            level SMALLINT NOT NULL CHECK (level >= 1),
+            idx BIGINT NOT NULL CHECK (idx >= 0),
+            hash BYTEA NOT NULL CHECK (length(hash) = 32),
+            PRIMARY KEY (level, idx)
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS {t["claims"]} (
+            key TEXT PRIMARY KEY,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS {t["head"]} (
+            id SMALLINT PRIMARY KEY CHECK (id = 0),
+            size BIGINT NOT NULL,
+            root BYTEA NOT NULL,
+            frontier BYTEA NOT NULL
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS {t["checkpoints"]} (
+            size BIGINT PRIMARY KEY CHECK (size >= 0),
+            root BYTEA NOT NULL CHECK (length(root) = 32),
+            note BYTEA NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        f"CREATE INDEX IF NOT EXISTS audit_records_at ON {t['records']} (at)",
+        *(
+            f"CREATE INDEX IF NOT EXISTS audit_records_{c} ON {t['records']} ({c}, idx)"
+            for c in ("sender", "service", "provider", "event")
+        ),
+        f"CREATE INDEX IF NOT EXISTS audit_records_exchange_id ON {t['records']} (exchange_id)",
+    ]
+
+
+def _index_columns(record: bytes) -> tuple[str | None, ...]:
+    """The query columns of one record: its string members, NULL where absent or not text."""
+    try:
+        obj = orjson.loads(record)
+    except orjson.JSONDecodeError:
+        return _NO_COLUMNS
+    if not isinstance(obj, dict):
+        return _NO_COLUMNS
+    values = (obj.get(c) for c in _COLUMNS)
+    # PostgreSQL text cannot hold NUL: such a value is left unindexed rather than failing.
+    return tuple(v if isinstance(v, str) and "\x00" not in v else None for v in values)
+
+
+def _frontier(size: int, blob: bytes) -> merkle.Frontier:
+    frontier = merkle.Frontier.from_bytes(bytes(blob))
+    if frontier.size != size:
+        raise StoreCorrupted(f"audit_head size {size} but frontier size {frontier.size}")
+    return frontier
+
+
+def _split_dsn(dsn: str) -> tuple[str, str | None, set[str]]:
+    """Take ``schema`` out of the DSN's query; also return the names of the other parameters.
+
+    asyncpg would send an unknown ``schema`` parameter to the server as a setting (and fail),
+    so it is removed here; the rest of the DSN is passed on unchanged.
+    """
+    parts = urllib.parse.urlsplit(dsn)
+    if not parts.query:
+        return dsn, None, set()
+    params = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    schema = [v for k, v in params if k == "schema"]
+    rest = [(k, v) for k, v in params if k != "schema"]
+    query = urllib.parse.urlencode(rest, quote_via=urllib.parse.quote)
+    return (
+        parts._replace(query=query).geturl(),
+        (schema[-1] if schema else None),
+        {k for k, _ in rest},
+    )
+
+
+def _quote_ident(name: str) -> str:
+    if "\x00" in name:
+        raise ValueError("schema name contains NUL")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _session_survives(exc: BaseException, conn: Connection) -> bool:
+    """A server-reported SQL error leaves the session usable (its transaction rolled back);
+    a lost connection, a timeout or a cancellation leave it in doubt: it is dropped."""
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and not isinstance(exc, asyncpg.PostgresConnectionError)
+        and not conn.is_closed()
+    )
+
+
+def _loop_running_here() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
