@@ -1,0 +1,251 @@
+"""Every route of the app, with every kind of caller: allowed, 403, or 401, as the table says.
+
+The sweep iterates ``app.router.routes()``, so a route added without a row in ``EXPECTED``
+(and in gateway.authz.RULES) fails here. ``EXPECTED`` is written out again on purpose rather
+than read from RULES: a change to who may do what has to be made twice, once deliberately.
+
+Callers: no credentials, a bad token, the operator, auditor and admin role tokens `gateway
+init` writes, a participant's bearer token, a participant's mTLS certificate, and an mTLS
+certificate that carries a role (a `[[roles]]` entry with `participant`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway import authz
+from gateway.config import load
+from gateway.errors import ConfigError, Unauthenticated
+from gateway.http import app as keys
+from gateway.http import audit_api
+from gateway.http.app import create_app
+from tests.support import Gateway, Provider, example, make_deployment, running_provider
+from tests.test_audit_api import audit_gateway, quiet_checkpoints
+
+ROLES = {"operator", "auditor", "admin"}
+PUBLIC = "public"
+EXCHANGE = "exchange"  # POST /v1/exchange: the pipeline authenticates senders itself.
+SENDER = "participant"  # The participant that sent the exchange in the path.
+
+EXPECTED: dict[tuple[str, str], str | frozenset[str]] = {
+    ("GET", "/v1/audit/records"): frozenset(ROLES),
+    ("GET", "/v1/audit/records/{index}"): frozenset(ROLES),
+    ("GET", "/v1/audit/stream"): frozenset(ROLES),
+    ("GET", "/v1/audit/export"): frozenset({"auditor", "admin"}),
+    ("GET", "/v1/audit/proof/inclusion"): frozenset(ROLES),
+    ("GET", "/v1/audit/proof/consistency"): frozenset(ROLES),
+    ("GET", "/v1/audit/checkpoint"): PUBLIC,
+    ("POST", "/v1/audit/checkpoint"): frozenset({"admin"}),
+    ("GET", "/v1/exchanges/{exchange_id}"): frozenset({"operator", "admin", SENDER}),
+    ("GET", "/v1/exchanges/{exchange_id}/proof"): frozenset(ROLES | {SENDER}),
+    ("POST", "/v1/exchange/{service}"): EXCHANGE,
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/.well-known/jwks.json"): PUBLIC,
+    ("GET", "/v1/openapi.json"): PUBLIC,
+    ("POST", "/v1/verify"): PUBLIC,
+}
+
+MTLS_ROLE_PARTICIPANT = "hcm.ttcds"  # Its certificate carries the auditor role below.
+SENDER_ID = "hcm.quan-1"
+
+
+def expected_for(method: str, template: str) -> str | frozenset[str]:
+    if template == "/dashboard" or template.startswith("/dashboard/"):
+        return PUBLIC  # Static files; the page's data comes from the API, with credentials.
+    key = ("GET" if method == "HEAD" else method, template)
+    assert key in EXPECTED, f"route {method} {template} has no expected rule in this sweep"
+    return EXPECTED[key]
+
+
+# Caller name -> (role it holds or SENDER/"none"/"bad", bearer token file or None, cert owner).
+CALLERS: dict[str, tuple[str, str | None, str | None]] = {
+    "none": ("none", None, None),
+    "bad-token": ("bad", "bad", None),
+    "operator": ("operator", "roles/dtc-operator.token", None),
+    "auditor": ("auditor", "roles/dtc-auditor.token", None),
+    "admin": ("admin", "roles/dtc-admin.token", None),
+    "participant-token": (SENDER, f"participants/{SENDER_ID}/token", None),
+    "participant-mtls": (SENDER, None, SENDER_ID),
+    "role-mtls": ("auditor", None, MTLS_ROLE_PARTICIPANT),
+}
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
+    async with running_provider(Provider()) as provider:
+        cfg = make_deployment(tmp_path / "dep", provider_port=provider.port, tls="optional")
+        with cfg.open("a") as f:
+            f.write(
+                '\n[[roles]]\nid = "ttcds-security"\nrole = "auditor"\n'
+                f'participant = "{MTLS_ROLE_PARTICIPANT}"\n'
+            )
+        async with audit_gateway(quiet_checkpoints(cfg)) as g:
+            yield g
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    return re.sub(r"\{(\w+)(?::[^}]*)?\}", lambda m: values.get(m.group(1), "x"), template)
+
+
+async def request(
+    gw: Gateway, caller: str, method: str, path: str, body: bytes | None
+) -> tuple[int, dict[str, Any] | None]:
+    _, token_file, cert_owner = CALLERS[caller]
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if token_file == "bad":
+        headers["Authorization"] = "Bearer dev-not-a-token-anyone-holds"
+    elif token_file:
+        headers["Authorization"] = f"Bearer {(gw.dir / token_file).read_text().strip()}"
+    conn = aiohttp.TCPConnector(ssl=gw.client_ssl(cert_owner))
+    async with (
+        aiohttp.ClientSession(connector=conn) as s,
+        s.request(method, gw.url + path, headers=headers, data=body) as r,
+    ):
+        doc = None
+        problem = r.headers.get("Content-Type", "").startswith("application/problem+json")
+        if problem and method != "HEAD":  # HEAD answers carry the headers only.
+            doc = orjson.loads(await r.read())
+        return r.status, doc
+
+
+async def test_every_route_answers_every_caller_as_the_table_says(gw: Gateway) -> None:
+    # An exchange sent by SENDER_ID, and a checkpoint covering it, so allowed calls succeed.
+    status, doc = await request(
+        gw, "participant-token", "POST", "/v1/exchange/budget-proposal.v1",
+        orjson.dumps(example("budget-proposal.v1")),
+    )  # fmt: skip
+    assert status == 200, doc
+    xid = gw.records()[0]["exchange_id"]
+    status, _ = await request(gw, "admin", "POST", "/v1/audit/checkpoint", None)
+    values = {"index": "0", "exchange_id": xid, "service": "budget-proposal.v1"}
+
+    unauthenticated: list[dict[str, Any]] = []
+    checked = 0
+    for route in gw.app.router.routes():
+        resource = route.resource
+        if resource is None or route.method in ("*", "OPTIONS"):
+            continue
+        template = resource.canonical
+        rule = expected_for(route.method, template)
+        assert authz.rule_for(route.method, template) is not None, template
+        path = fill(template, values)
+        if isinstance(resource, web.StaticResource):
+            path = template + "/index.html"
+        body = None
+        if route.method == "POST":
+            body = orjson.dumps(example("budget-proposal.v1")) if rule == EXCHANGE else b"{}"
+        for caller, (holds, _, cert_owner) in CALLERS.items():
+            status, problem = await request(gw, caller, route.method, path, body)
+            where = f"{caller} {route.method} {path} -> {status} {problem}"
+            checked += 1
+            if rule == PUBLIC:
+                assert status not in (401, 403), where
+            elif rule == EXCHANGE:
+                # Only a participant's own credentials send exchanges; a role token never does.
+                if holds == SENDER or (caller == "role-mtls" and cert_owner):
+                    assert status not in (401, 403), where
+                else:
+                    assert status == 401, where
+            elif holds in ("none", "bad"):
+                assert status == 401, where
+                if route.method != "HEAD":
+                    assert problem is not None
+                    unauthenticated.append(problem)
+            elif holds in rule:
+                assert status not in (401, 403), where
+            else:
+                assert status == 403, where
+                if route.method != "HEAD":
+                    assert problem is not None and problem["type"].endswith(":forbidden"), where
+    assert checked >= len(CALLERS) * 10
+    # One answer for every authentication failure, whatever the route or the cause.
+    details = {(p["type"], p["title"], p["detail"]) for p in unauthenticated}
+    assert details == {
+        ("urn:gateway:problem:unauthenticated", "Unauthenticated", Unauthenticated.PUBLIC_DETAIL)
+    }
+
+
+async def test_another_participant_may_not_read_a_senders_exchange(gw: Gateway) -> None:
+    status, _ = await request(
+        gw, "participant-mtls", "POST", "/v1/exchange/budget-proposal.v1",
+        orjson.dumps(example("budget-proposal.v1")),
+    )  # fmt: skip
+    assert status == 200
+    xid = gw.records()[0]["exchange_id"]
+    token = (gw.dir / "participants/hcm.thu-duc/token").read_text().strip()
+    conn = aiohttp.TCPConnector(ssl=gw.client_ssl(None))
+    async with (
+        aiohttp.ClientSession(connector=conn) as s,
+        s.get(f"{gw.url}/v1/exchanges/{xid}", headers={"Authorization": f"Bearer {token}"}) as r,
+    ):
+        assert r.status == 404
+    status, _ = await request(gw, "participant-token", "GET", f"/v1/exchanges/{xid}", None)
+    assert status == 200
+
+
+async def test_a_route_without_an_access_rule_stops_the_gateway(tmp_path: Path) -> None:
+    cfg = make_deployment(tmp_path / "dep")
+    app = create_app(load(cfg))
+    if not any(
+        r.resource is not None and r.resource.canonical == "/v1/audit/records"
+        for r in app.router.routes()
+    ):
+        audit_api.add_routes(app)
+
+    async def secret(request: web.Request) -> web.Response:
+        return web.Response(text="nobody decided who may read this")
+
+    app.router.add_get("/v1/secret", secret)
+    runner = web.AppRunner(app)
+    with pytest.raises(ConfigError, match="GET /v1/secret"):
+        await runner.setup()
+    await runner.cleanup()
+
+
+def test_rule_lookup_is_deny_by_default_and_head_follows_get() -> None:
+    assert authz.rule_for("HEAD", "/v1/audit/records") == authz.rule_for("GET", "/v1/audit/records")
+    assert authz.rule_for("DELETE", "/v1/audit/records") is None
+    assert authz.rule_for("GET", "/v1/audit/records/") is None
+    assert authz.rule_for("GET", "/dashboardx") is None
+    assert authz.missing_rules([("GET", "/healthz"), ("PUT", "/x"), ("OPTIONS", "/y")]) == [
+        "PUT /x"
+    ]
+
+
+def test_participant_tokens_only_in_development_role_tokens_always(tmp_path: Path) -> None:
+    """A participant's bearer token is a development convenience; a role token is a credential."""
+    cfg = make_deployment(tmp_path / "dep")
+    dep = load(cfg)
+    args = (dep.config.roles, keys.build_participants(dep), keys.build_anchors(dep))
+    role_token = (cfg.parent / "roles/dtc-auditor.token").read_text().strip()
+    unit_token = (cfg.parent / f"participants/{SENDER_ID}/token").read_text().strip()
+    now = datetime.now(UTC)
+    dev = authz.PrincipalResolver(*args, development=True)
+    prod = authz.PrincipalResolver(*args, development=False)
+    for resolver in (dev, prod):
+        got = resolver.resolve(authz.Credentials(f"Bearer {role_token}"), now=now)
+        assert got == authz.Principal("role", "dtc-auditor", "auditor")
+    assert dev.resolve(authz.Credentials(f"Bearer {unit_token}"), now=now) == authz.Principal(
+        "participant", SENDER_ID
+    )
+    for creds in (
+        authz.Credentials(f"Bearer {unit_token}"),
+        authz.Credentials(f"Basic {role_token}"),
+        authz.Credentials("Bearer "),
+        authz.Credentials(None, b"not a certificate"),
+        authz.Credentials(None, None),
+    ):
+        with pytest.raises(Unauthenticated) as e:
+            prod.resolve(creds, now=now)
+        assert e.value.detail == Unauthenticated.PUBLIC_DETAIL
