@@ -46,6 +46,9 @@ class GatewaySection(_Model):
     id: str = Field(pattern=PARTICIPANT_ID)
     key: str
     certificate: str
+    # Certificates (chains) of retired signing keys: still published in the JWKS so receipts
+    # and envelopes signed before a rotation keep verifying (``gateway keys rotate``).
+    retired_certificates: list[str] = Field(default_factory=list)
     trust_anchors: list[str] = Field(min_length=1)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -68,10 +71,61 @@ class Limits(_Model):
 
 
 class AuditConfig(_Model):
-    store: Literal["sqlite"] = "sqlite"
+    """Where the log lives and how it is published.
+
+    ``origin`` is the first line of every checkpoint (C2SP tlog-checkpoint): a schema-less URL
+    naming this log, e.g. ``dtc.hcm.gov.vn/gateway/audit``. ``checkpoint_key`` is the Ed25519
+    private key (PEM) of the note signature. ``published_path`` keeps the newest checkpoint this
+    gateway published, outside the database, so a restored older database is refused at start.
+    """
+
+    store: Literal["sqlite", "postgres"] = "sqlite"
     path: str = "audit.db"
+    dsn: str | None = None
     state_path: str = "state.db"
     max_batch: int = Field(default=512, ge=1, le=10000)
+    origin: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][\x21-\x7e]*$", max_length=200)
+    checkpoint_key: str | None = None
+    checkpoint_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+    published_path: str = "audit.published"
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> AuditConfig:
+        if self.store == "postgres" and not self.dsn:
+            raise ValueError("store = 'postgres' needs dsn (e.g. postgresql://127.0.0.1/gateway)")
+        return self
+
+
+class Role(_Model):
+    """An operator, auditor or admin: a bearer token (stored as its SHA-256) or an mTLS identity.
+
+    ``participant`` names the participant whose client certificate carries this role; a role
+    holder never gains a unit system's right to send exchanges, and vice versa.
+    """
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    role: Literal["operator", "auditor", "admin"]
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    participant: str | None = Field(default=None, pattern=PARTICIPANT_ID)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Role:
+        if (self.token_sha256 is None) == (self.participant is None):
+            raise ValueError("a role needs exactly one of token_sha256 or participant")
+        return self
+
+
+class WitnessPeer(_Model):
+    """A peer gateway whose checkpoints this gateway cosigns (C2SP tlog-witness)."""
+
+    origin: str = Field(min_length=1, max_length=200)
+    verifier_key: str = Field(min_length=1, description="the peer's note verifier key (vkey)")
+
+
+class WitnessConfig(_Model):
+    key: str | None = Field(default=None, description="Ed25519 PEM private key for cosignatures")
+    name: str | None = Field(default=None, description="this witness's key name in cosignatures")
+    peers: list[WitnessPeer] = Field(default_factory=list)
 
 
 class LoggingConfig(_Model):
@@ -127,6 +181,8 @@ class Config(_Model):
     logging: LoggingConfig = LoggingConfig()
     participants: list[Participant] = Field(min_length=1)
     services: list[Service] = Field(default_factory=list)
+    roles: list[Role] = Field(default_factory=list)
+    witness: WitnessConfig = WitnessConfig()
 
     @model_validator(mode="after")
     def _cross_check(self) -> Config:
@@ -146,6 +202,12 @@ class Config(_Model):
                         f"participant {p.id} allows bearer tokens, which are for development "
                         "only: set gateway.development = true or remove 'token' from auth"
                     )
+        rids = [r.id for r in self.roles]
+        if len(set(rids)) != len(rids):
+            raise ValueError("role ids repeated")
+        for r in self.roles:
+            if r.participant is not None and r.participant not in known:
+                raise ValueError(f"role {r.id}: participant {r.participant!r} is not registered")
         for s in self.services:
             if s.provider not in known:
                 raise ValueError(f"service {s.id}: provider {s.provider!r} is not a participant")
@@ -185,6 +247,9 @@ class Deployment:
     services: Mapping[str, LoadedService]
     tls_cert_pem: bytes | None
     tls_key_pem: bytes | None
+    retired_certificate_pems: tuple[bytes, ...] = ()
+    checkpoint_key_pem: bytes | None = None
+    witness_key_pem: bytes | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -198,6 +263,9 @@ class Deployment:
 
     def state_path(self) -> Path:
         return self.resolve(self.config.audit.state_path)
+
+    def published_path(self) -> Path:
+        return self.resolve(self.config.audit.published_path)
 
 
 def _resolve(config_path: Path, rel: str) -> Path:
@@ -290,7 +358,20 @@ def load(path: Path) -> Deployment:
     if g.tls:
         tls_cert = _read(path, "gateway.tls.certificate", g.tls.certificate)
         tls_key = _read(path, "gateway.tls.key", g.tls.key)
+    retired = tuple(
+        _read(path, f"gateway.retired_certificates[{i}]", c)
+        for i, c in enumerate(g.retired_certificates)
+    )
+    cp_key = (
+        _read(path, "audit.checkpoint_key", cfg.audit.checkpoint_key)
+        if cfg.audit.checkpoint_key
+        else None
+    )
+    w_key = _read(path, "witness.key", cfg.witness.key) if cfg.witness.key else None
     return Deployment(
+        retired_certificate_pems=retired,
+        checkpoint_key_pem=cp_key,
+        witness_key_pem=w_key,
         path=path,
         config=cfg,
         key_pem=key,

@@ -18,6 +18,8 @@ from gateway.config import token_hash
 from gateway.crypto import devpki
 
 GATEWAY_ID = "hcm.ttcds.gw"
+ORIGIN = "gateway.ttcds.hcm.dev/audit"
+ROLES = (("dtc-operator", "operator"), ("dtc-auditor", "auditor"), ("dtc-admin", "admin"))
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,19 @@ def init_deployment(target: Path, *, port: int = 8080, now: datetime | None = No
     _write(target / "pki/tls.crt", devpki.pem_certificate(tls_cert))
     _write(target / "pki/tls.key", devpki.pem_private_key(tls_key), private=True)
 
+    cp_key = devpki.generate_key("ed25519")
+    _write(target / "pki/checkpoint.key", devpki.pem_private_key(cp_key), private=True)
+    w_key = devpki.generate_key("ed25519")
+    _write(target / "pki/witness.key", devpki.pem_private_key(w_key), private=True)
+    roles_toml = []
+    for rid, role in ROLES:
+        token = "dev-" + secrets.token_urlsafe(24)
+        _write(target / "roles" / f"{rid}.token", token.encode() + b"\n", private=True)
+        roles_toml.append(
+            f"[[roles]]\nid = {_toml_str(rid)}\nrole = {_toml_str(role)}\n"
+            f"token_sha256 = {_toml_str(token_hash(token))}\n"
+        )
+
     participants_toml = []
     for p in PARTICIPANTS:
         key, cert = devpki.issue(
@@ -192,7 +207,16 @@ def init_deployment(target: Path, *, port: int = 8080, now: datetime | None = No
         "[audit]\n"
         'store = "sqlite"\n'
         'path = "audit.db"\n'
-        'state_path = "state.db"\n\n'
+        'state_path = "state.db"\n'
+        f'origin = "{ORIGIN}"\n'
+        'checkpoint_key = "pki/checkpoint.key"\n'
+        "checkpoint_interval_seconds = 1.0\n"
+        'published_path = "audit.published"\n\n'
+        "[witness]\n"
+        'key = "pki/witness.key"\n'
+        f'name = "{GATEWAY_ID}/witness"\n\n'
+        + "\n".join(roles_toml)
+        + "\n"
         + "\n".join(participants_toml)
         + "\n"
         + "\n".join(services_toml)

@@ -54,6 +54,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.models import ExchangeResult, RawRequest, Sender, rfc3339, uuid7
+from gateway.ratelimit import TokenBuckets
 from gateway.strictjson import JsonError, loads
 from gateway.validation import CompiledSchema
 
@@ -104,6 +105,8 @@ class Limits:
     delivery_timeout: float
     idempotency_ttl: float
     replay_ttl: float
+    rate_per_second: float = 200.0
+    rate_burst: int = 400
 
 
 def sha256_hex(data: bytes) -> str:
@@ -137,6 +140,7 @@ class Pipeline:
         self._limits = limits
         self._clock = clock
         self._gateway_id = gateway_id
+        self._rate = TokenBuckets(limits.rate_per_second, limits.rate_burst)
 
     async def process(self, raw: RawRequest) -> ExchangeResult:
         """Run one exchange; every outcome, good or bad, is audited before it is returned."""
@@ -145,6 +149,7 @@ class Pipeline:
         try:
             payload_in = self._parse(raw)  # (0)
             sender, payload = await self._authn.authenticate(raw, payload_in, raw.received_at)
+            self._rate.take(sender.id, time.monotonic())
             svc = self._service(raw.service)  # (2)
             grant = self._acl.decide(svc.id, sender.id)
             svc.request_schema.validate(payload)  # (3)

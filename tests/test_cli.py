@@ -160,3 +160,44 @@ def test_config_error_exits_2_with_file_and_field(tmp_path: Path) -> None:
     r = run("serve", "--config", str(cfg))
     assert r.returncode == 2
     assert "gateway.toml" in r.stderr and "gateway.id" in r.stderr
+
+
+def test_serve_refuses_a_database_behind_its_published_checkpoint(tmp_path: Path) -> None:
+    """Rollback guard: restore an older copy of the audit database; the gateway will not serve."""
+    import shutil
+    import urllib.request
+
+    d = tmp_path / "dep"
+    assert run("init", str(d)).returncode == 0
+    server = ServerProcess(d / "gateway.toml")
+    try:
+        token = (d / "participants/hcm.quan-1/token").read_text().strip()
+        body = (d / "examples/budget-proposal.v1.json").read_bytes()
+        for i in range(3):
+            req = urllib.request.Request(
+                f"{server.url}/v1/exchange/budget-proposal.v1",
+                data=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            urllib.request.urlopen(req, timeout=10).read()
+            if i == 0:
+                server.stop()  # a clean stop checkpoints the WAL into audit.db
+                shutil.copy(d / "audit.db", tmp_path / "old-audit.db")
+                server = ServerProcess(d / "gateway.toml")
+        admin = (d / "roles/dtc-admin.token").read_text().strip()
+        req = urllib.request.Request(
+            f"{server.url}/v1/audit/checkpoint",
+            data=b"",
+            method="POST",
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+        urllib.request.urlopen(req, timeout=10).read()
+    finally:
+        server.stop()
+    assert (d / "audit.published").is_file()
+    for suffix in ("", "-wal", "-shm"):
+        (d / f"audit.db{suffix}").unlink(missing_ok=True)
+    shutil.copy(tmp_path / "old-audit.db", d / "audit.db")
+    r = run("serve", "--config", str(d / "gateway.toml"), "--port", "0")
+    assert r.returncode == 1
+    assert "refusing to serve" in r.stderr and "published" in r.stderr

@@ -402,3 +402,44 @@ async def test_the_same_id_from_two_senders_is_not_a_replay(
         body = signed_request(gw.dir, sender, CITIZEN, example(CITIZEN), request_id=rid)
         status, _, doc = await post(gw, CITIZEN, body, JOSE)
         assert status == 200, doc
+
+
+async def test_a_sender_over_its_rate_gets_429_with_retry_after(
+    tmp_path: Path, provider: Provider
+) -> None:
+    cfg = make_deployment(tmp_path / "dep", provider_port=provider.port)
+    text = cfg.read_text().replace(
+        "max_json_depth = 64\n", "max_json_depth = 64\nrate_per_second = 0.5\nrate_burst = 2\n"
+    )
+    cfg.write_text(text)
+    async with running_gateway(cfg) as gw:
+        headers = {
+            "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+            "Content-Type": "application/json",
+        }
+        statuses = []
+        for _ in range(3):
+            status, h, doc = await post(gw, CITIZEN, orjson.dumps(example(CITIZEN)), headers)
+            statuses.append(status)
+        assert statuses == [200, 200, 429]
+        assert doc["type"].endswith(":rate-limited") and int(h["Retry-After"]) >= 1
+        assert gw.records()[-1]["cause"] == "rate-limited"
+        assert len(provider.received) == 2
+        # Another sender is not affected.
+        other = {**headers, "Authorization": f"Bearer {gw.token('hcm.thu-duc')}"}
+        status, _, _ = await post(gw, CITIZEN, orjson.dumps(example(CITIZEN)), other)
+        assert status == 200
+
+
+def test_token_buckets_refill_over_time() -> None:
+    from gateway.errors import RateLimited
+    from gateway.ratelimit import TokenBuckets
+
+    b = TokenBuckets(rate=2.0, burst=2)
+    b.take("a", 0.0)
+    b.take("a", 0.0)
+    with pytest.raises(RateLimited) as e:
+        b.take("a", 0.1)
+    assert e.value.retry_after == 1
+    b.take("a", 0.6)  # 0.5 s at 2/s refilled one token
+    b.take("b", 0.6)

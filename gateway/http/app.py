@@ -6,6 +6,7 @@ cleanup_ctx, so a failed start-up closes what it had opened and a stop flushes t
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -14,8 +15,11 @@ from aiohttp import web
 
 from gateway import plugins
 from gateway.acl import AccessList, Grant
+from gateway.audit import merkle, proofs
+from gateway.audit.checkpoint import NoteSigner
+from gateway.audit.factory import open_store
 from gateway.audit.log import AuditLog
-from gateway.audit.sqlite import SqliteAuditStore
+from gateway.audit.publisher import CheckpointPublisher, check_not_rolled_back
 from gateway.authn import Authenticator, ParticipantAuth
 from gateway.config import Deployment
 from gateway.connector import Connector, ConnectorContext
@@ -47,7 +51,17 @@ def build_keyring(dep: Deployment) -> Keyring:
         raise ConfigError(str(dep.path), "gateway.key", f"not a usable private key: {e}") from None
     try:
         chain = load_certificates(dep.certificate_pem)
-        return Keyring(key, chain)
+    except CryptoError as e:
+        raise ConfigError(str(dep.path), "gateway.certificate", str(e)) from None
+    retired = []
+    for i, pem in enumerate(dep.retired_certificate_pems):
+        try:
+            retired.append(load_certificates(pem))
+        except CryptoError as e:
+            field = f"gateway.retired_certificates[{i}]"
+            raise ConfigError(str(dep.path), field, str(e)) from None
+    try:
+        return Keyring(key, chain, retired=retired)
     except CryptoError as e:
         raise ConfigError(str(dep.path), "gateway.certificate", str(e)) from None
 
@@ -113,10 +127,21 @@ def build_connectors(dep: Deployment) -> dict[str, Connector]:
 
 
 def prepare_stores(dep: Deployment) -> None:
-    """Create the database files and switch them to WAL once, before workers open them."""
-    store = SqliteAuditStore(str(dep.audit_path()))
+    """Create the database files (or tables) once, before worker processes open them.
+
+    Also the rollback guard: raises RolledBack when the log is behind (or forked from) the
+    newest checkpoint this gateway published, e.g. after an older backup was restored.
+    """
+    store = open_store(dep)
     try:
-        store.size()
+        size, _ = store.tree_head()
+
+        async def root_at(n: int) -> bytes:
+            if n == 0:
+                return merkle.EMPTY_ROOT
+            return proofs.root_from(store.subtree_hashes(proofs.root_nodes(n)))
+
+        asyncio.run(check_not_rolled_back(dep.published_path(), size, root_at))
     finally:
         store.close()
     StateStore(dep.state_path()).close()
@@ -144,7 +169,7 @@ def server_ssl_context(dep: Deployment) -> ssl.SSLContext | None:
 
 def create_app(dep: Deployment, *, clock: Callable[[], datetime] | None = None) -> web.Application:
     """Build the application; everything that can be checked before serving is checked here."""
-    from gateway.http import handlers, middlewares
+    from gateway.http import audit_api, handlers, middlewares, verify_api
 
     now = clock or (lambda: datetime.now(UTC))
     cfg = dep.config
@@ -168,12 +193,23 @@ def create_app(dep: Deployment, *, clock: Callable[[], datetime] | None = None) 
     app[CONNECTORS] = connectors
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        audit = await AuditLog.open(
-            SqliteAuditStore(str(dep.audit_path())), max_batch=cfg.audit.max_batch
-        )
+        audit = await AuditLog.open(open_store(dep), max_batch=cfg.audit.max_batch)
         state = StateStore(dep.state_path())
         started: list[Connector] = []
+        publisher: CheckpointPublisher | None = None
         try:
+            size, _ = await audit.tree_head()
+            await check_not_rolled_back(dep.published_path(), size, audit.root_at)
+            if cfg.audit.origin and dep.checkpoint_key_pem:
+                publisher = CheckpointPublisher(
+                    audit,
+                    NoteSigner(cfg.audit.origin, load_private_key(dep.checkpoint_key_pem)),
+                    cfg.audit.origin,
+                    interval=cfg.audit.checkpoint_interval_seconds,
+                    published_path=dep.published_path(),
+                )
+                app[audit_api.PUBLISHER] = publisher
+                await publisher.start()
             for c in connectors.values():
                 await c.start()
                 started.append(c)
@@ -203,12 +239,16 @@ def create_app(dep: Deployment, *, clock: Callable[[], datetime] | None = None) 
                     delivery_timeout=cfg.limits.delivery_timeout_seconds,
                     idempotency_ttl=cfg.limits.idempotency_ttl_seconds,
                     replay_ttl=2 * cfg.limits.clock_skew_seconds + 60,
+                    rate_per_second=cfg.limits.rate_per_second,
+                    rate_burst=cfg.limits.rate_burst,
                 ),
                 clock=now,
                 gateway_id=cfg.gateway.id,
             )
             yield
         finally:
+            if publisher is not None:
+                await publisher.stop()
             for c in started:
                 await c.close()
             await audit.aclose()
@@ -216,4 +256,6 @@ def create_app(dep: Deployment, *, clock: Callable[[], datetime] | None = None) 
 
     app.cleanup_ctx.append(resources)
     handlers.add_routes(app, clock=now)
+    verify_api.add_routes(app, clock=now)
+    audit_api.add_routes(app, clock=now)  # last: its middleware and startup check cover every route
     return app
