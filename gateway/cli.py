@@ -71,17 +71,27 @@ def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _run_worker(dep: config_mod.Deployment, sock: socket.socket, worker: int) -> None:
-    """One worker process: its own event loop, app, audit appender; the shared socket."""
+def _run_appender(dep: config_mod.Deployment, address: str, ready: Any) -> None:
+    """The audit appender process: the only writer of audit records while the gateway runs."""
+    from gateway.audit.appender import serve
+    from gateway.audit.factory import open_store
+
+    serve(open_store(dep), address, ready=ready.set)
+
+
+def _run_worker(
+    dep: config_mod.Deployment, sock: socket.socket, worker: int, appender: str
+) -> None:
+    """One worker process: its own event loop and app; the shared socket and appender."""
     from aiohttp import web
 
     from gateway.http.app import create_app, server_ssl_context
     from gateway.logging import configure
 
     configure(dep.config.logging.level)
-    # The audit writer thread needs the GIL for a few microseconds after each fsync; with the
-    # default 5 ms switch interval a busy event loop keeps it waiting that long on every
-    # commit, and every exchange waits for two commits. 0.5 ms keeps that wait short.
+    # Helper threads (reads for proofs and search, the state store) need the GIL for a few
+    # microseconds at a time; with the default 5 ms switch interval a busy event loop keeps
+    # them waiting that long. 0.5 ms keeps those waits short.
     sys.setswitchinterval(0.0005)
     try:
         import uvloop
@@ -89,7 +99,7 @@ def _run_worker(dep: config_mod.Deployment, sock: socket.socket, worker: int) ->
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    app = create_app(dep)
+    app = create_app(dep, appender_address=appender)
     web.run_app(
         app,
         sock=sock,
@@ -129,16 +139,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f" --url {base}",
         flush=True,
     )
-    if workers == 1:
-        _run_worker(dep, sock, 0)
-        return EXIT_OK
     return _supervise(dep, sock, workers)
 
 
 def _supervise(dep: config_mod.Deployment, sock: socket.socket, workers: int) -> int:
-    """Fork the workers; if one dies, stop the others and exit non-zero (let the init restart)."""
+    """Fork the appender, then the workers; if any dies, stop all and exit non-zero.
+
+    Stop order matters: workers first (they finish in-flight exchanges, whose audit records the
+    appender still commits), then the appender.
+    """
+    from multiprocessing.connection import wait
+
+    from gateway.audit.appender import new_address
+
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_run_worker, args=(dep, sock, i)) for i in range(workers)]
+    address = new_address()
+    ready = ctx.Event()
+    appender = ctx.Process(target=_run_appender, args=(dep, address, ready), name="appender")
+    appender.start()
+    if not ready.wait(60) or not appender.is_alive():
+        _err("the audit appender did not start")
+        appender.terminate()
+        return EXIT_FAILED
+    procs = [
+        ctx.Process(target=_run_worker, args=(dep, sock, i, address), name=f"worker-{i}")
+        for i in range(workers)
+    ]
     for p in procs:
         p.start()
     sock.close()
@@ -153,15 +179,17 @@ def _supervise(dep: config_mod.Deployment, sock: socket.socket, workers: int) ->
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    from multiprocessing.connection import wait
-
-    wait([p.sentinel for p in procs])
+    wait([p.sentinel for p in [*procs, appender]])
     if not stopping:
-        _err("a worker exited unexpectedly; stopping the others")
+        _err("a gateway process exited unexpectedly; stopping the others")
         stop(signal.SIGTERM, None)
     for p in procs:
         p.join(timeout=30)
-    return EXIT_OK if stopping and all(p.exitcode == 0 for p in procs) else EXIT_FAILED
+    if appender.is_alive() and appender.pid:
+        os.kill(appender.pid, signal.SIGTERM)
+    appender.join(timeout=30)
+    ok = stopping and all(p.exitcode == 0 for p in [*procs, appender])
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 # ---------------------------------------------------------------- send

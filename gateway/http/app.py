@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway import plugins
 from gateway.acl import AccessList, Grant
 from gateway.audit import merkle, proofs
+from gateway.audit.appender import RemoteAppender
 from gateway.audit.checkpoint import NoteSigner
 from gateway.audit.factory import open_store
 from gateway.audit.log import AuditLog
@@ -167,7 +168,12 @@ def server_ssl_context(dep: Deployment) -> ssl.SSLContext | None:
     return ctx
 
 
-def create_app(dep: Deployment, *, clock: Callable[[], datetime] | None = None) -> web.Application:
+def create_app(
+    dep: Deployment,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    appender_address: str | None = None,
+) -> web.Application:
     """Build the application; everything that can be checked before serving is checked here."""
     from gateway.http import audit_api, handlers, middlewares, verify_api
 
@@ -197,7 +203,12 @@ def create_app(dep: Deployment, *, clock: Callable[[], datetime] | None = None) 
         state = StateStore(dep.state_path())
         started: list[Connector] = []
         publisher: CheckpointPublisher | None = None
+        remote: RemoteAppender | None = None
         try:
+            # Under `gateway serve` records go to the appender process (one writer for all
+            # workers); an app built alone (tests, tools) appends from its own writer thread.
+            if appender_address is not None:
+                remote = await RemoteAppender.connect(appender_address)
             size, _ = await audit.tree_head()
             await check_not_rolled_back(dep.published_path(), size, audit.root_at)
             if cfg.audit.origin and dep.checkpoint_key_pem:
@@ -231,7 +242,7 @@ def create_app(dep: Deployment, *, clock: Callable[[], datetime] | None = None) 
                     for sid, s in dep.services.items()
                 },
                 signer=jws.Signer(keyring.current, keyring.chain),
-                audit=audit,
+                audit=remote if remote is not None else audit,
                 idempotency=state,
                 limits=Limits(
                     max_body_bytes=cfg.limits.max_body_bytes,
@@ -249,6 +260,8 @@ def create_app(dep: Deployment, *, clock: Callable[[], datetime] | None = None) 
         finally:
             if publisher is not None:
                 await publisher.stop()
+            if remote is not None:
+                await remote.aclose()
             for c in started:
                 await c.close()
             await audit.aclose()

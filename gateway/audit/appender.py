@@ -1,0 +1,256 @@
+"""The single appender: one process that writes the audit log for every worker of a gateway.
+
+Why a process of its own. With ``gateway serve --workers N`` each worker used to commit its own
+batches: the workers then took turns on SQLite's single write lock (one fsync each, so every
+exchange waited behind the other workers' commits), and inside each worker the writer thread
+fought the event loop for the GIL after every statement. Here the workers send their records
+over a Unix socket; the appender reads everything that has arrived from all of them, writes it
+as ONE transaction (one fsync for all workers), and answers each worker with the index and leaf
+hash of its records only after COMMIT returned, so an exchange is still acknowledged only once
+its record is durable. Nobody else appends to the store while the gateway runs (the checkpoint
+publisher only adds checkpoints), and indexes stay gap-free because one process assigns them.
+
+Wire format, both directions: frames of a 4-byte big-endian length and an orjson array.
+Worker -> appender: ``[[seq, record (str), claim_key | null, claim_expires, claim_now], ...]``.
+Appender -> worker: ``[[seq, index | null, leaf_hash_hex | null, error | null], ...]`` where
+index null and error null means the record's claim was already taken (a replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.audit.log import AppendResult, AuditUnavailable, ClaimRefused
+from gateway.audit.store import AuditStore, Claim
+
+_LEN = struct.Struct(">I")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+def new_address() -> str:
+    """A Linux abstract-namespace socket name: nothing to clean up, private to this host."""
+    return f"\0dtc-gateway-appender-{os.getpid()}-{os.urandom(6).hex()}"
+
+
+# ------------------------------------------------------------------------------ server side
+@dataclass
+class _Conn:
+    sock: socket.socket
+    buf: bytearray = field(default_factory=bytearray)
+
+
+def _frames(conn: _Conn) -> list[Any]:
+    out = []
+    buf = conn.buf
+    while len(buf) >= 4:
+        (n,) = _LEN.unpack_from(buf)
+        if n > MAX_FRAME:
+            raise ValueError("frame too large")
+        if len(buf) < 4 + n:
+            break
+        out.append(orjson.loads(bytes(buf[4 : 4 + n])))
+        del buf[: 4 + n]
+    return out
+
+
+def _send(sock: socket.socket, doc: Any) -> None:
+    body = orjson.dumps(doc)
+    sock.sendall(_LEN.pack(len(body)) + body)
+
+
+def serve(
+    store: AuditStore,
+    address: str,
+    *,
+    ready: Callable[[], None] | None = None,
+    stop_event: threading.Event | None = None,
+) -> None:
+    """Run the appender until SIGTERM/SIGINT (main thread) or ``stop_event``. Blocking."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(64)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, None)
+    stop = False
+
+    def on_signal(signum: int, _: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    store.size()  # open (and check) the store before anyone may append
+    if ready is not None:
+        ready()
+    conns: dict[int, _Conn] = {}
+    try:
+        while not stop and not (stop_event is not None and stop_event.is_set()):
+            batch: list[tuple[_Conn, list[Any]]] = []
+            for key, _ in sel.select(timeout=0.5):
+                if key.data is None:
+                    sock, _addr = listener.accept()
+                    conn = _Conn(sock)
+                    conns[sock.fileno()] = conn
+                    sel.register(sock, selectors.EVENT_READ, conn)
+                    continue
+                conn = key.data
+                try:
+                    data = conn.sock.recv(1 << 20)
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(conn.sock)
+                    conns.pop(conn.sock.fileno(), None)
+                    conn.sock.close()
+                    continue
+                conn.buf += data
+                for frame in _frames(conn):
+                    batch.append((conn, frame))
+            if batch:
+                _write(store, batch)
+    finally:
+        for conn in conns.values():
+            conn.sock.close()
+        listener.close()
+        store.close()
+
+
+def _write(store: AuditStore, batch: list[tuple[_Conn, list[Any]]]) -> None:
+    """One transaction for everything that arrived; then each worker gets its answers."""
+    owners: list[tuple[_Conn, int]] = []
+    records: list[bytes] = []
+    claims: list[Claim | None] = []
+    for conn, items in batch:
+        for seq, record, key, expires, now in items:
+            owners.append((conn, seq))
+            records.append(record.encode("utf-8"))
+            claims.append(None if key is None else Claim(key, expires, now))
+    answers: dict[int, tuple[_Conn, list[Any]]] = {}
+    try:
+        placed = store.append_batch(records, claims if any(claims) else None)
+        rows: list[list[Any]] = [
+            [seq, None, None, None] if p is None else [seq, p[0], p[1].hex(), None]
+            for (_, seq), p in zip(owners, placed, strict=True)
+        ]
+    except Exception as e:  # the batch failed as a whole: every waiter learns it
+        rows = [[seq, None, None, f"{type(e).__name__}: {e}"] for _, seq in owners]
+    for (conn, _), row in zip(owners, rows, strict=True):
+        answers.setdefault(id(conn), (conn, []))[1].append(row)
+    for conn, out in answers.values():
+        with contextlib.suppress(OSError):  # a worker that went away just misses its answers
+            _send(conn.sock, out)
+
+
+# ------------------------------------------------------------------------------ worker side
+class RemoteAppender:
+    """The worker's end: the same ``append`` as AuditLog, carried to the appender process.
+
+    Appends made in one event-loop iteration travel as one frame, so a busy worker pays one
+    system call per loop turn, not per record.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._loop = asyncio.get_running_loop()
+        self._seq = 0
+        self._waiting: dict[int, asyncio.Future[AppendResult]] = {}
+        self._outbox: list[list[Any]] = []
+        self._flush_scheduled = False
+        self._broken: str | None = None
+        self._task = self._loop.create_task(self._receive())
+
+    @classmethod
+    async def connect(cls, address: str) -> RemoteAppender:
+        # Connected by hand: uvloop refuses abstract-namespace names given as a path.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_FRAME)
+        return cls(reader, writer)
+
+    def append_nowait(
+        self, record: bytes, *, claim: Claim | None = None
+    ) -> asyncio.Future[AppendResult]:
+        if self._broken is not None:
+            raise AuditUnavailable(self._broken)
+        self._seq += 1
+        fut: asyncio.Future[AppendResult] = self._loop.create_future()
+        self._waiting[self._seq] = fut
+        if claim is None:
+            self._outbox.append([self._seq, record.decode("utf-8"), None, 0.0, 0.0])
+        else:
+            self._outbox.append(
+                [self._seq, record.decode("utf-8"), claim.key, claim.expires_at, claim.now]
+            )
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return fut
+
+    async def append(self, record: bytes, *, claim: Claim | None = None) -> AppendResult:
+        """Return once the appender has committed the record; ClaimRefused for a replay."""
+        return await self.append_nowait(record, claim=claim)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._outbox or self._broken is not None:
+            return
+        body = orjson.dumps(self._outbox)
+        self._outbox = []
+        self._writer.write(_LEN.pack(len(body)) + body)
+
+    async def _receive(self) -> None:
+        try:
+            while True:
+                head = await self._reader.readexactly(4)
+                (n,) = _LEN.unpack(head)
+                rows = orjson.loads(await self._reader.readexactly(n))
+                for seq, index, leaf_hex, error in rows:
+                    fut = self._waiting.pop(seq, None)
+                    if fut is None or fut.done():
+                        continue
+                    if error is not None:
+                        fut.set_exception(AuditUnavailable(error))
+                    elif index is None:
+                        fut.set_exception(ClaimRefused("claim already taken"))
+                    else:
+                        fut.set_result(AppendResult(index, bytes.fromhex(leaf_hex)))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
+            self._fail(f"the audit appender went away: {type(e).__name__}")
+        except asyncio.CancelledError:
+            self._fail("the audit appender connection was closed")
+            raise
+
+    def _fail(self, why: str) -> None:
+        self._broken = why
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(AuditUnavailable(why))
+        self._waiting.clear()
+
+    async def aclose(self) -> None:
+        self._flush()
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task

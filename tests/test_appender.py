@@ -1,0 +1,83 @@
+"""The single appender process: every worker's records in one transaction, answers after COMMIT."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import merkle
+from gateway.audit.appender import RemoteAppender, new_address, serve
+from gateway.audit.log import AuditUnavailable, ClaimRefused
+from gateway.audit.sqlite import SqliteAuditStore
+from gateway.audit.store import Claim
+
+
+@pytest.fixture
+def appender(tmp_path: Path) -> Iterator[str]:
+    address = new_address()
+    ready, stop = threading.Event(), threading.Event()
+    store = SqliteAuditStore(str(tmp_path / "audit.db"))
+    t = threading.Thread(
+        target=serve, args=(store, address), kwargs={"ready": ready.set, "stop_event": stop}
+    )
+    t.start()
+    assert ready.wait(10)
+    yield address
+    stop.set()
+    t.join(10)
+
+
+async def test_concurrent_appends_from_two_workers_are_gap_free_and_match_the_tree(
+    tmp_path: Path, appender: str
+) -> None:
+    address = appender
+    a = await RemoteAppender.connect(address)
+    b = await RemoteAppender.connect(address)
+    records = [b'{"n":%d}' % i for i in range(400)]
+    results = await asyncio.gather(*((a if i % 2 else b).append(r) for i, r in enumerate(records)))
+    assert sorted(r.index for r in results) == list(range(400))
+    by_index = {r.index: r.leaf_hash for r in results}
+    for r, res in zip(records, results, strict=True):
+        assert res.leaf_hash == merkle.leaf_hash(r)
+    store = SqliteAuditStore(str(tmp_path / "audit.db"))
+    size, root = store.tree_head()
+    assert size == 400 and root == merkle.root([by_index[i] for i in range(400)])
+    store.close()
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_a_taken_claim_is_refused_through_the_appender(appender: str) -> None:
+    address = appender
+    w = await RemoteAppender.connect(address)
+    claim = Claim("hcm.quan-1\nid-1", expires_at=1e12, now=1.0)
+    first = await w.append(b'{"a":1}', claim=claim)
+    with pytest.raises(ClaimRefused):
+        await w.append(b'{"a":2}', claim=claim)
+    nxt = await w.append(b'{"a":3}')
+    assert nxt.index == first.index + 1  # the refused record took no index
+    await w.aclose()
+
+
+async def test_waiters_get_audit_unavailable_when_the_appender_goes_away(tmp_path: Path) -> None:
+    import socket
+
+    address = new_address()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(1)
+    w = await RemoteAppender.connect(address)
+    conn, _ = listener.accept()
+    fut = w.append_nowait(b'{"a":1}')
+    await asyncio.sleep(0.05)
+    conn.close()
+    listener.close()
+    with pytest.raises(AuditUnavailable):
+        await asyncio.wait_for(fut, 5)
+    with pytest.raises(AuditUnavailable):
+        w.append_nowait(b'{"a":2}')
+    await w.aclose()
