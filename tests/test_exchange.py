@@ -443,3 +443,19 @@ def test_token_buckets_refill_over_time() -> None:
     assert e.value.retry_after == 1
     b.take("a", 0.6)  # 0.5 s at 2/s refilled one token
     b.take("b", 0.6)
+
+
+async def test_every_route_is_described_in_the_openapi_document(gw: Gateway) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gw.url}/v1/openapi.json") as r:
+            doc = await r.json()
+    assert doc["openapi"].startswith("3.1")
+    for route in gw.app.router.routes():
+        if route.method == "HEAD":
+            continue
+        path = route.resource.canonical if route.resource else ""
+        if path.startswith("/v1/exchange/"):
+            continue  # one concrete path per service, checked below
+        assert route.method.lower() in doc["paths"].get(path, {}), (route.method, path)
+    for sid in ("citizen-lookup.v1", "pilot-progress-report.v1", "budget-proposal.v1"):
+        assert "post" in doc["paths"][f"/v1/exchange/{sid}"]

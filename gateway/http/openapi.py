@@ -23,6 +23,98 @@ def _problem_responses(*codes: int) -> dict[str, Any]:
     }
 
 
+_OPERATIONS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
+    (
+        "/v1/exchanges/{exchange_id}",
+        "get",
+        "State of one exchange from its audit records",
+        "its sender, operators, admins",
+        ("exchange_id",),
+    ),
+    (
+        "/v1/exchanges/{exchange_id}/proof",
+        "get",
+        "Inclusion proof bundle of an exchange (completes its receipt)",
+        "its sender, operators, auditors, admins",
+        ("exchange_id",),
+    ),
+    (
+        "/v1/audit/records",
+        "get",
+        "Search audit records (cursor pagination)",
+        "operators, auditors, admins",
+        (
+            "since",
+            "until",
+            "sender",
+            "service",
+            "provider",
+            "outcome",
+            "exchange_id",
+            "cursor",
+            "limit",
+        ),
+    ),
+    (
+        "/v1/audit/records/{index}",
+        "get",
+        "One audit record with its leaf hash",
+        "operators, auditors, admins",
+        ("index",),
+    ),
+    (
+        "/v1/audit/stream",
+        "get",
+        "Live tail of the audit log (Server-Sent Events, Last-Event-ID)",
+        "operators, auditors, admins",
+        ("from",),
+    ),
+    (
+        "/v1/audit/export",
+        "get",
+        "Audit records as JSON Lines for a time range",
+        "auditors, admins",
+        ("since", "until"),
+    ),
+    (
+        "/v1/audit/checkpoint",
+        "get",
+        "Latest signed checkpoint (C2SP signed note; JSON with Accept: application/json)",
+        "anyone",
+        (),
+    ),
+    ("/v1/audit/checkpoint", "post", "Publish a checkpoint now", "admins", ()),
+    (
+        "/v1/audit/proof/inclusion",
+        "get",
+        "RFC 9162 inclusion proof",
+        "operators, auditors, admins",
+        ("index", "tree_size", "exchange_id"),
+    ),
+    (
+        "/v1/audit/proof/consistency",
+        "get",
+        "RFC 9162 consistency proof",
+        "operators, auditors, admins",
+        ("first", "second"),
+    ),
+    (
+        "/v1/verify",
+        "post",
+        "Verify any artifact the gateway signed: receipt, envelope, request, checkpoint, proof",
+        "security staff",
+        (),
+    ),
+    (
+        "/v1/witness/add-checkpoint",
+        "post",
+        "C2SP tlog-witness: cosign a peer gateway's checkpoint",
+        "configured peer gateways",
+        (),
+    ),
+)
+
+
 def openapi_document(dep: Deployment) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {
@@ -100,11 +192,31 @@ def openapi_document(dep: Deployment) -> dict[str, Any]:
                 },
             }
         }
+    for path, method, summary, who, params in _OPERATIONS:
+        op: dict[str, Any] = {
+            "summary": summary,
+            "description": f"Who: {who}.",
+            "responses": {"200": {"description": "OK"}, **_problem_responses(400, 401, 403, 404)},
+        }
+        if params:
+            op["parameters"] = [
+                {
+                    "name": n,
+                    "in": "path" if "{" + n + "}" in path else "query",
+                    "required": "{" + n + "}" in path,
+                    "schema": {"type": "string"},
+                }
+                for n in params
+            ]
+        paths.setdefault(path, {})[method] = op
     paths["/.well-known/jwks.json"] = {
         "get": {
             "summary": "Public keys, current and retired",
             "responses": {"200": {"description": "JWK set"}},
         }
+    }
+    paths["/v1/openapi.json"] = {
+        "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
     }
     paths["/healthz"] = {
         "get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}
