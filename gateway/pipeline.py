@@ -38,8 +38,9 @@ from gateway.connector import (
     DeliveryTimeout,
     OutboundMessage,
 )
-from gateway.crypto.canonical import canonicalize
+from gateway.crypto.canonical import Canonical, canonical, canonicalize
 from gateway.errors import (
+    BadRequest,
     GatewayError,
     IdempotencyConflict,
     MalformedJson,
@@ -109,6 +110,28 @@ class Limits:
     rate_burst: int = 400
 
 
+def _canonical_payload(payload: Any) -> Canonical:
+    """The payload's RFC 8785 form, which every digest and signature is computed over."""
+    try:
+        return canonical(payload)
+    except (ValueError, TypeError) as e:
+        raise BadRequest(
+            "the payload cannot be signed as canonical JSON (RFC 8785 / I-JSON): "
+            f"{e}; send integers within +-(2**53 - 1) or as strings"
+        ) from None
+
+
+def _canonical_response(svc: ServiceRuntime, response: Any) -> bytes:
+    """The answer's RFC 8785 form (the receipt's digest); a provider fault when impossible."""
+    try:
+        return canonicalize(response)
+    except (ValueError, TypeError) as e:
+        raise ProviderFailed(
+            f"the provider {svc.provider} answered with JSON that cannot be canonicalized: {e}",
+            slug="provider-contract-broken",
+        ) from None
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -153,15 +176,16 @@ class Pipeline:
             svc = self._service(raw.service)  # (2)
             grant = self._acl.decide(svc.id, sender.id)
             svc.request_schema.validate(payload)  # (3)
+            canon = _canonical_payload(payload)
         except GatewayError as e:
             return await self._reject(raw, xid, sender, e)
-        request_sha = sha256_hex(canonicalize(payload))
+        request_sha = sha256_hex(canon.data)
         if raw.idempotency_key is not None:
             stored = await self._idempotency_begin(raw, xid, sender, svc, request_sha)
             if stored is not None:
                 return stored
         try:
-            result = await self._exchange(raw, xid, sender, svc, grant, payload, request_sha)
+            result = await self._exchange(raw, xid, sender, svc, grant, payload, canon, request_sha)
         except BaseException:
             if raw.idempotency_key is not None:
                 await self._idem.idempotency_finish(
@@ -252,6 +276,7 @@ class Pipeline:
         svc: ServiceRuntime,
         grant: Grant,
         payload: Any,
+        canon: Canonical,
         request_sha: str,
     ) -> ExchangeResult:
         envelope = self._signer.sign(  # (4)
@@ -265,7 +290,7 @@ class Pipeline:
                 "purpose": grant.purpose,
                 "legal_basis": grant.legal_basis,
                 "request_sha256": request_sha,
-                "payload": payload,
+                "payload": canon,  # canonicalized once, embedded as is
                 "sender_signature": sender.signed_request,
             },
             typ=ENVELOPE_TYP,
@@ -303,6 +328,7 @@ class Pipeline:
         try:
             response, attempts = await self._deliver(svc, message)  # (6)
             svc.response_schema.validate(response)  # (7)
+            response_canon = _canonical_response(svc, response)
         except SchemaInvalid as e:
             err: GatewayError = ProviderContractBroken(
                 f"the provider {svc.provider} answered outside the response schema of {svc.id}",
@@ -312,7 +338,7 @@ class Pipeline:
         except GatewayError as e:
             return await self._failed(raw, xid, sender, svc, accepted, e)
         completed_at = self._clock()
-        response_sha = sha256_hex(canonicalize(response))
+        response_sha = sha256_hex(response_canon)
         receipt = self._signer.sign(  # (8)
             {
                 "exchange_id": xid,

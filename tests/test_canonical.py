@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import pytest
 import rfc8785
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.crypto.canonical import MAX_DEPTH, canonicalize
@@ -342,3 +342,25 @@ def test_idempotent_through_parse(value: Any) -> None:
     except ValueError:
         return
     assert canonicalize(json.loads(first, parse_int=ijson_int)) == first
+
+
+@given(values, values)
+@settings(max_examples=300, deadline=None)
+def test_embedding_a_canonical_value_equals_canonicalizing_the_whole(a: Any, b: Any) -> None:
+    """The pipeline canonicalizes a payload once and embeds it in the envelope it signs."""
+    from gateway.crypto.canonical import canonical
+
+    try:
+        whole = canonicalize({"payload": a, "other": [b, {"ấ": b}]})
+    except ValueError:
+        return
+    embedded = {"payload": canonical(a), "other": [canonical(b), {"ấ": canonical(b)}]}
+    assert canonicalize(embedded) == whole
+    assert canonicalize(canonical(a)) == canonicalize(a)
+
+
+def test_canonical_cannot_be_forged_from_arbitrary_bytes() -> None:
+    from gateway.crypto.canonical import Canonical
+
+    with pytest.raises(TypeError):
+        Canonical(b'{"b":1,"a":2}')

@@ -459,3 +459,35 @@ async def test_every_route_is_described_in_the_openapi_document(gw: Gateway) -> 
         assert route.method.lower() in doc["paths"].get(path, {}), (route.method, path)
     for sid in ("citizen-lookup.v1", "pilot-progress-report.v1", "budget-proposal.v1"):
         assert "post" in doc["paths"][f"/v1/exchange/{sid}"]
+
+
+async def test_an_integer_beyond_i_json_range_is_a_400_not_a_500(gw: Gateway, provider: Provider) -> None:
+    """Strict JSON keeps big integers exact, but RFC 8785 cannot sign them: a clear 400."""
+    body = b'{"citizen_id": "079203001234", "purpose": "verification", "x": 9007199254740993}'
+    status, _, doc = await post(
+        gw,
+        "pilot-progress-report.v1",
+        body,
+        {"Authorization": f"Bearer {gw.token('hcm.quan-1')}", "Content-Type": "application/json"},
+    )
+    assert status in (400, 422), doc  # schema may refuse first; never a 5xx
+    big = {**example("budget-proposal.v1")}
+    big["fiscal_year"] = 9007199254740993
+    status, _, doc = await post(
+        gw,
+        "budget-proposal.v1",
+        orjson.dumps(big, option=orjson.OPT_PASSTHROUGH_DATACLASS),
+        {"Authorization": f"Bearer {gw.token('hcm.quan-1')}", "Content-Type": "application/json"},
+    )
+    assert status in (400, 422), doc
+    assert provider.received == []
+
+
+async def test_canonicalization_failure_is_reported_as_bad_request() -> None:
+    """Unit-level: a schema that admits any integer still cannot get a big one signed."""
+    from gateway.errors import BadRequest
+    from gateway.pipeline import _canonical_payload
+
+    with pytest.raises(BadRequest) as e:
+        _canonical_payload({"n": 2**60})
+    assert "2**53" in e.value.detail

@@ -38,7 +38,7 @@ from typing import Any, Final
 import orjson
 import rfc8785
 
-__all__ = ["MAX_DEPTH", "canonicalize"]
+__all__ = ["MAX_DEPTH", "Canonical", "canonical", "canonicalize"]
 
 MAX_DEPTH: Final = 200
 _MAX_INT: Final = 2**53 - 1
@@ -46,6 +46,30 @@ _FIRST_ASTRAL: Final = "\U00010000"
 _SORT: Final = orjson.OPT_SORT_KEYS
 _Fragment: Final = orjson.Fragment
 _float_jcs: Final = rfc8785.dumps  # for a float: its ECMAScript Number::toString bytes
+
+
+class Canonical:
+    """A JSON value already in canonical form, to embed in a larger value without re-walking it.
+
+    Only :func:`canonical` makes one, so ``data`` is always the output of :func:`canonicalize`:
+    JCS of a whole is the JCS of its members put together, so embedding the bytes as they are
+    gives the same result as canonicalizing the original value again.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes, _token: object = None) -> None:
+        if _token is not _TOKEN:
+            raise TypeError("use canonical(value) to make a Canonical")
+        self.data = data
+
+
+_TOKEN: Final = object()
+
+
+def canonical(value: Any) -> Canonical:
+    """Canonicalize ``value`` once; the result embeds in other values at no further cost."""
+    return Canonical(canonicalize(value), _TOKEN)
 
 
 def canonicalize(value: Any) -> bytes:
@@ -58,6 +82,8 @@ def canonicalize(value: Any) -> bytes:
     t = type(value)
     if t is str or t is bool or value is None or (t is int and -_MAX_INT <= value <= _MAX_INT):
         return _dumps(value)
+    if t is Canonical:
+        return bytes(value.data)
     return _dumps(_prepare(value, 0))
 
 
@@ -78,6 +104,8 @@ def _prepare(x: Any, depth: int) -> Any:
         return _array(x, depth + 1)
     if t is float:
         return _Fragment(_float_jcs(x))  # raises ValueError for NaN and infinities
+    if t is Canonical:
+        return _Fragment(x.data)
     if t is int:
         raise ValueError("integer outside the I-JSON range +-(2**53 - 1)")
     raise TypeError(f"{t.__name__} is not a JSON type")

@@ -280,7 +280,26 @@ def _members(jws: Mapping[str, Any]) -> tuple[str, str, str]:
     return jws["protected"], jws["payload"], jws["signature"]
 
 
+#: Parsed protected headers by their base64url text. A sender signs every request under the
+#: same header (alg, kid, typ, x5c), so decoding and strictly parsing its kilobyte of x5c again
+#: per request is wasted work. Only successful parses are kept; the dicts are shared, so callers
+#: must treat ``Verified.header`` as read-only. Bounded: cleared when full.
+_HEADER_CACHE: dict[str, dict[str, Any]] = {}
+_HEADER_CACHE_MAX: Final = 1024
+
+
 def _parse_header(protected_b64: str) -> dict[str, Any]:
+    cached = _HEADER_CACHE.get(protected_b64) if isinstance(protected_b64, str) else None
+    if cached is not None:
+        return cached
+    header = _parse_header_uncached(protected_b64)
+    if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
+        _HEADER_CACHE.clear()
+    _HEADER_CACHE[protected_b64] = header
+    return header
+
+
+def _parse_header_uncached(protected_b64: str) -> dict[str, Any]:
     if isinstance(protected_b64, str) and len(protected_b64) > MAX_PROTECTED_CHARS:
         raise SignatureInvalid(f"the protected header exceeds {MAX_PROTECTED_CHARS} characters")
     raw = _b64u_decode(protected_b64, "protected")
