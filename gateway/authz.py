@@ -159,6 +159,7 @@ RULES: Mapping[tuple[str, str], Rule] = {
     ("GET", "/.well-known/jwks.json"): PUBLIC,
     ("GET", "/v1/openapi.json"): PUBLIC,
     ("POST", "/v1/verify"): PUBLIC,
+    ("POST", "/v1/witness/add-checkpoint"): PUBLIC,  # tlog-witness: the note signature is the auth
 }
 """(method, route template as aiohttp's ``resource.canonical``) -> rule."""
 

@@ -54,6 +54,7 @@ EXPECTED: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/.well-known/jwks.json"): PUBLIC,
     ("GET", "/v1/openapi.json"): PUBLIC,
     ("POST", "/v1/verify"): PUBLIC,
+    ("POST", "/v1/witness/add-checkpoint"): PUBLIC,
 }
 
 MTLS_ROLE_PARTICIPANT = "hcm.ttcds"  # Its certificate carries the auditor role below.

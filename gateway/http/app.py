@@ -175,7 +175,7 @@ def create_app(
     appender_address: str | None = None,
 ) -> web.Application:
     """Build the application; everything that can be checked before serving is checked here."""
-    from gateway.http import audit_api, handlers, middlewares, verify_api
+    from gateway.http import audit_api, handlers, middlewares, verify_api, witness_api
 
     now = clock or (lambda: datetime.now(UTC))
     cfg = dep.config
@@ -270,5 +270,6 @@ def create_app(
     app.cleanup_ctx.append(resources)
     handlers.add_routes(app, clock=now)
     verify_api.add_routes(app, clock=now)
+    witness_api.add_routes(app, clock=now)
     audit_api.add_routes(app, clock=now)  # last: its middleware and startup check cover every route
     return app

@@ -1,0 +1,265 @@
+"""``POST /v1/witness/add-checkpoint``: this gateway cosigns its peers' checkpoints.
+
+The C2SP tlog-witness ``add-checkpoint`` call, with ``/v1/witness`` as the witness's
+*submission prefix* (the spec lets each witness choose its prefix; clients are configured with
+it). The decisions and their statuses are gateway.witness's; this module reads the body,
+runs decide-then-compare-and-swap against gateway.witness_store until the state it decided on
+is the state it replaced, and only then signs and answers:
+
+* 200 ``text/plain``: one tlog-cosignature/v1 line by ``[witness] name`` / ``key``.
+* 409 ``text/x.tlog.size`` (exactly; no charset) with ``<latest cosigned size>\\n`` for a stale
+  ``old``, as the spec requires, so a log can resubmit from that size.
+* Every other refusal (400, 403, 404, 409 fork, 422), 413 and 503: an RFC 9457 problem, as
+  everywhere in this API, type ``urn:gateway:problem:witness-<cause>``.
+
+No credentials are asked (the route's rule is public): the spec authenticates nothing but the
+checkpoint's signature, and logs call witnesses with no account there. What a caller can make
+the witness do is bounded by what the peer's key signed.
+
+A refused checkpoint that the log signed and that contradicts what was cosigned is kept in
+``witness_evidence`` and logged as ``witness.fork_evidence``: it is the proof of misbehaviour
+witnessing exists to produce.
+
+SQLite runs on the store's own thread; note verification and hashing (a few Ed25519
+verifications and at most 63 hashes) are cheaper than the thread hop and stay on the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import ClassVar
+
+import structlog
+from aiohttp import web
+
+from gateway.audit.checkpoint import NoteError, NoteSigner, cosign
+from gateway.config import Deployment
+from gateway.crypto.keys import CryptoError, load_private_key
+from gateway.errors import (
+    BadRequest,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+)
+from gateway.http import app as keys
+from gateway.witness import (
+    SIZE_CONTENT_TYPE,
+    PeerLogs,
+    Refusal,
+    Submission,
+    Witnessed,
+    WitnessRefusal,
+    check_submission,
+    decide,
+)
+from gateway.witness_store import WitnessStore, WitnessStoreUnavailable
+
+__all__ = [
+    "ADD_CHECKPOINT_PATH",
+    "SUBMISSION_PREFIX",
+    "WITNESS",
+    "WITNESS_STORE",
+    "Witness",
+    "add_routes",
+    "build_witness",
+]
+
+log = structlog.get_logger("gateway.witness")
+
+SUBMISSION_PREFIX = "/v1/witness"
+ADD_CHECKPOINT_PATH = SUBMISSION_PREFIX + "/add-checkpoint"
+MAX_ATTEMPTS = 8
+"""Compare-and-swap rounds before giving up (503); each lost round means the state moved,
+and the next decision is then almost always a 409, so this is never reached in practice."""
+
+
+@dataclass(frozen=True, slots=True)
+class Witness:
+    """This gateway as a witness: the logs it cosigns for, and its cosigning key (None when
+    no ``[witness] key`` is configured; then no peers may be, and every origin is unknown)."""
+
+    peers: PeerLogs
+    signer: NoteSigner | None
+
+
+WITNESS = web.AppKey("witness", Witness)
+WITNESS_STORE = web.AppKey("witness_store", WitnessStore)
+
+
+class Unprocessable(GatewayError):
+    """422: the request is well formed but its consistency proof does not hold."""
+
+    status: ClassVar[int] = 422
+    default_slug: ClassVar[str] = "unprocessable"
+    title: ClassVar[str] = "Unprocessable content"
+
+
+_PROBLEMS: dict[int, type[GatewayError]] = {
+    400: BadRequest,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    422: Unprocessable,
+}
+
+
+def build_witness(dep: Deployment) -> Witness:
+    """The witness of a deployment, or ConfigError naming the field (fail closed).
+
+    Peers need a key and a name; the key must be Ed25519 (tlog-cosignature/v1) and must not
+    be the audit log's checkpoint key: one key, one role, so a cosignature can never be
+    mistaken for this gateway's own statement about its log.
+    """
+    cfg, where = dep.config.witness, str(dep.path)
+    try:
+        peers = PeerLogs.from_config((p.origin, p.verifier_key) for p in cfg.peers)
+    except NoteError as e:
+        raise ConfigError(where, "witness.peers", e.reason) from None
+    if (cfg.key is None) != (cfg.name is None):
+        raise ConfigError(where, "witness", "set both key and name, or neither")
+    if dep.witness_key_pem is None or cfg.name is None:
+        if cfg.peers:
+            raise ConfigError(where, "witness.key", "peers are configured but no witness key")
+        return Witness(peers, None)
+    try:
+        signer = NoteSigner(cfg.name, load_private_key(dep.witness_key_pem))
+    except CryptoError as e:
+        raise ConfigError(where, "witness.key", str(e)) from None
+    except NoteError as e:
+        field = "witness.key" if "Ed25519" in e.reason else "witness.name"
+        raise ConfigError(where, field, e.reason) from None
+    if dep.checkpoint_key_pem is not None:
+        try:
+            log_public = NoteSigner("log", load_private_key(dep.checkpoint_key_pem)).public_key
+        except (CryptoError, NoteError):
+            log_public = None  # Not a note key: the audit configuration reports that itself.
+        if signer.public_key == log_public:
+            raise ConfigError(where, "witness.key", "must not be the audit checkpoint key")
+    return Witness(peers, signer)
+
+
+async def _read(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge("the add-checkpoint request is larger than the body limit") from None
+
+
+def _refused(r: WitnessRefusal) -> web.Response:
+    """The stale-``old`` 409 in the spec's exact form; any other refusal raised as a problem."""
+    if r.cause is Refusal.STALE_OLD_SIZE and r.latest_size is not None:
+        return web.Response(
+            status=409,
+            body=f"{r.latest_size}\n".encode(),
+            headers={"Content-Type": SIZE_CONTENT_TYPE, "Cache-Control": "no-store"},
+        )
+    raise _PROBLEMS[r.status](r.reason, slug=f"witness-{r.cause.slug}")
+
+
+async def _advance(store: WitnessStore, sub: Submission, now: Callable[[], datetime]) -> None:
+    """decide() against the stored state, then compare-and-swap; repeat if the state moved.
+
+    Returns once the checkpoint is durably the latest cosigned; raises WitnessRefusal.
+    """
+    for _ in range(MAX_ATTEMPTS):
+        last = await store.latest(sub.origin)
+        try:
+            new = decide(sub, last)
+        except WitnessRefusal as r:
+            if r.evidence:
+                await _keep_evidence(store, sub, r, last, now)
+            raise
+        if await store.compare_and_swap(sub.origin, last, new):
+            return
+    raise NotReady("the witness state kept changing under this request; retry")
+
+
+async def _keep_evidence(
+    store: WitnessStore,
+    sub: Submission,
+    r: WitnessRefusal,
+    last: Witnessed | None,
+    now: Callable[[], datetime],
+) -> None:
+    """Keep and log a log-signed contradiction; a store failure here does not change the
+    answer (the refusal stands, and the log line still carries the evidence)."""
+    try:
+        new: bool | None = await store.keep_evidence(
+            sub.origin,
+            r.cause.slug,
+            sub.checkpoint_text,
+            sub.request.note,
+            last,
+            seen_at=int(now().timestamp()),
+        )
+    except WitnessStoreUnavailable as e:
+        log.error("witness.evidence_not_kept", error=str(e))
+        new = None
+    log.warning(
+        "witness.fork_evidence",
+        origin=sub.origin,
+        cause=r.cause.slug,
+        size=sub.checkpoint.size,
+        root=sub.checkpoint.root.hex(),
+        note=sub.request.note.decode("utf-8", "replace")[:4096],
+        held_size=last.size if last else None,
+        held_root=last.root.hex() if last else None,
+        first_seen=new,
+    )
+
+
+def add_routes(app: web.Application, *, clock: Callable[[], datetime] | None = None) -> None:
+    """Register ``POST /v1/witness/add-checkpoint`` and the store's cleanup context.
+
+    Needs ``app[DEPLOYMENT]``; raises ConfigError for an unusable witness configuration.
+    The route's rule in gateway.authz.RULES is public (see the module docstring).
+    """
+    dep = app[keys.DEPLOYMENT]
+    app[WITNESS] = witness = build_witness(dep)
+    now = clock or (lambda: datetime.now(UTC))
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = await WitnessStore.open(dep.state_path())
+        app[WITNESS_STORE] = store
+        try:
+            yield
+        finally:
+            await store.aclose()
+
+    async def add_checkpoint(request: web.Request) -> web.Response:
+        """The tlog-witness add-checkpoint call (statuses in gateway.witness)."""
+        body = await _read(request)
+        store = request.app[WITNESS_STORE]
+        try:
+            sub = check_submission(witness.peers, body)
+            await _advance(store, sub, now)
+        except WitnessRefusal as r:
+            log.info("witness.refused", cause=r.cause.slug, status=r.status, reason=r.reason)
+            return _refused(r)
+        except WitnessStoreUnavailable as e:
+            log.error("witness.store_unavailable", error=str(e))
+            raise NotReady("the witness state is unavailable; nothing was cosigned") from None
+        assert witness.signer is not None  # A known origin implies a configured key.
+        timestamp = max(1, int(now().timestamp()))  # The spec forbids a zero timestamp.
+        line = cosign(sub.checkpoint_text, witness.signer, timestamp=timestamp)
+        log.info(
+            "witness.cosigned",
+            origin=sub.origin,
+            size=sub.checkpoint.size,
+            old_size=sub.request.old_size,
+        )
+        return web.Response(
+            body=line,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    app.cleanup_ctx.append(store_ctx)
+    app.router.add_post(ADD_CHECKPOINT_PATH, add_checkpoint)
