@@ -96,10 +96,20 @@ def serve(
     if ready is not None:
         ready()
     conns: dict[int, _Conn] = {}
+    index_pending = getattr(store, "index_pending", None)  # deferred search indexing (SQLite)
+    behind = index_pending is not None
     try:
         while not stop and not (stop_event is not None and stop_event.is_set()):
             batch: list[tuple[_Conn, list[Any]]] = []
-            for key, _ in sel.select(timeout=0.5):
+            events = sel.select(timeout=0.005 if behind else 0.5)
+            if not events and behind and index_pending is not None:
+                # Idle for 5 ms: index a few records for search, then look at the sockets again.
+                try:
+                    behind = index_pending(256) > 0
+                except Exception:  # the lock was busy or the step failed: try again later
+                    behind = True
+                continue
+            for key, _ in events:
                 if key.data is None:
                     sock, _addr = listener.accept()
                     conn = _Conn(sock)
@@ -121,6 +131,7 @@ def serve(
                     batch.append((conn, frame))
             if batch:
                 _write(store, batch)
+                behind = index_pending is not None
     finally:
         for conn in conns.values():
             conn.sock.close()
