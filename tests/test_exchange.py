@@ -446,9 +446,8 @@ def test_token_buckets_refill_over_time() -> None:
 
 
 async def test_every_route_is_described_in_the_openapi_document(gw: Gateway) -> None:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"{gw.url}/v1/openapi.json") as r:
-            doc = await r.json()
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/v1/openapi.json") as r:
+        doc = await r.json()
     assert doc["openapi"].startswith("3.1")
     for route in gw.app.router.routes():
         if route.method == "HEAD":
@@ -461,7 +460,9 @@ async def test_every_route_is_described_in_the_openapi_document(gw: Gateway) -> 
         assert "post" in doc["paths"][f"/v1/exchange/{sid}"]
 
 
-async def test_an_integer_beyond_i_json_range_is_a_400_not_a_500(gw: Gateway, provider: Provider) -> None:
+async def test_an_integer_beyond_i_json_range_is_a_400_not_a_500(
+    gw: Gateway, provider: Provider
+) -> None:
     """Strict JSON keeps big integers exact, but RFC 8785 cannot sign them: a clear 400."""
     body = b'{"citizen_id": "079203001234", "purpose": "verification", "x": 9007199254740993}'
     status, _, doc = await post(
