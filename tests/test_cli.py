@@ -201,3 +201,59 @@ def test_serve_refuses_a_database_behind_its_published_checkpoint(tmp_path: Path
     r = run("serve", "--config", str(d / "gateway.toml"), "--port", "0")
     assert r.returncode == 1
     assert "refusing to serve" in r.stderr and "published" in r.stderr
+
+
+def test_audit_tail_follows_the_log_and_audit_verify_checks_it(
+    deployment: Path, tmp_path: Path
+) -> None:
+    server = ServerProcess(deployment / "gateway.toml")
+    try:
+        sid = "budget-proposal.v1"
+        assert (
+            run(
+                "send",
+                sid,
+                str(deployment / f"examples/{sid}.json"),
+                "--url",
+                server.url,
+                "--receipt",
+                str(tmp_path / "r.json"),
+                cwd=deployment,
+            ).returncode
+            == 0
+        )
+        r = subprocess.run(
+            [
+                *GW,
+                "audit",
+                "tail",
+                "--url",
+                server.url,
+                "--from",
+                "0",
+                "--max",
+                "2",
+                "--token-file",
+                str(deployment / "roles/dtc-operator.token"),
+            ],
+            cwd=deployment,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.returncode == 0, r.stderr
+        lines = [json.loads(x) for x in r.stdout.splitlines()]
+        assert [x["index"] for x in lines] == [0, 1]
+        assert all("leaf_hash" in x and "record" in x for x in lines)
+        no_token = subprocess.run(
+            [*GW, "audit", "tail", "--url", server.url, "--max", "1"],
+            cwd=deployment,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert no_token.returncode == 1 and "401" in no_token.stderr
+    finally:
+        server.stop()
+    v = run("audit", "verify", cwd=deployment)
+    assert v.returncode == 0, v.stdout + v.stderr
