@@ -8,13 +8,19 @@ connector's ``clock`` keyword; nothing here patches the connectors' modules.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
+import itertools
 import json
+import logging
+import re
 import socket
 import ssl
+import struct
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
@@ -31,6 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors._http11 import Http11Pool, HttpClientError, ProtocolError, _Parser
 from connectors.demo import DemoConnector
 from connectors.http import HttpConnector
 from gateway.connector import (
@@ -41,6 +49,7 @@ from gateway.connector import (
     OutboundMessage,
     SettingsError,
 )
+from gateway.crypto import devpki
 from gateway.validation import CompiledSchema, compile_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -750,3 +759,776 @@ async def test_demo_malformed_request_fails_without_echoing_it():
     with pytest.raises(DeliveryFailed) as caught:
         await demo_answer("budget-proposal.v1", {"citizen_id": CITIZEN_ID})
     assert CITIZEN_ID not in str(caught.value)
+
+
+# --- http: the HTTP/1.1 client under the connector (connectors/_http11.py) -----------------------
+#
+# A raw provider on 127.0.0.1 answers byte for byte what each test scripts, so keep-alive, framing,
+# malformed answers and connections dropped at awkward moments can be produced exactly.
+
+JSON_OK = b'{"status":"found"}'
+_CT = "Content-Type: application/json\r\n"
+_CHUNKED = f"HTTP/1.1 200 OK\r\n{_CT}Transfer-Encoding: chunked\r\n\r\n"
+
+
+def answer(
+    body: bytes = JSON_OK, *, status: str = "200 OK", version: str = "HTTP/1.1", extra: str = ""
+) -> bytes:
+    head = (
+        f"{version} {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    )
+    return head.encode() + body
+
+
+class RawProvider:
+    """Counts connections and requests; ``script(provider, reader, writer, index)`` answers.
+
+    The script returns whether to keep reading requests on that connection.
+    """
+
+    def __init__(self, script: Callable[..., Any]) -> None:
+        self.script = script
+        self.connections = 0
+        self.open_now = 0
+        self.most_open = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> RawProvider:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def url(self, path: str = "/x") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head)
+                body = await reader.readexactly(int(length.group(1)) if length else 0)
+                self.requests.append(head + body)
+                if not await self.script(self, reader, writer, len(self.requests)):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except asyncio.CancelledError:  # still in a script when the test ended
+            pass
+        finally:
+            self.open_now -= 1
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+def replying(*chunks: bytes, keep: bool = True, pause: float = 0.0) -> Callable[..., Any]:
+    """A script writing ``chunks`` (flushed one by one, ``pause`` apart) for every request."""
+
+    async def script(
+        _provider: RawProvider, _r: asyncio.StreamReader, writer: asyncio.StreamWriter, _index: int
+    ) -> bool:
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+            if pause:
+                await asyncio.sleep(pause)
+        return keep
+
+    return script
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[Callable[..., Any]]:
+    started: list[RawProvider] = []
+
+    async def build(script: Callable[..., Any]) -> RawProvider:
+        provider = await RawProvider(script).start()
+        started.append(provider)
+        return provider
+
+    yield build
+    for provider in started:
+        await provider.close()
+
+
+@pytest.fixture
+def loop_errors(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
+    """What asyncio logged at ERROR (exceptions in callbacks, futures never retrieved...)."""
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    return lambda: [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+
+
+async def test_keep_alive_one_connection_serves_sequential_requests(raw, connect, loop_errors):
+    provider = await raw(replying(answer()))
+    connector = await connect({"url": provider.url()})
+    for _ in range(20):
+        assert (await connector.deliver(message())).response == {"status": "found"}
+    assert (provider.connections, len(provider.requests)) == (1, 20)
+    assert not loop_errors()
+
+
+async def test_the_request_carries_the_managed_headers(raw, connect):
+    provider = await raw(replying(answer()))
+    connector = await connect(
+        {"url": provider.url("/api/v1/lookup?x=1"), "headers": {"X-Unit-Code": "H29"}}
+    )
+    await connector.deliver(message(idempotency_key="key-1"))
+    head, _, body = provider.requests[0].partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /api/v1/lookup?x=1 HTTP/1.1"
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    assert fields["Host"] == f"127.0.0.1:{provider.port}"
+    assert fields["Content-Type"] == "application/jose+json"
+    assert fields["Content-Length"] == str(len(body)) == str(len(message().envelope_bytes))
+    assert fields["X-Exchange-Id"] == EXCHANGE_ID
+    assert fields["Idempotency-Key"] == "key-1"
+    assert fields["X-Unit-Code"] == "H29"
+    assert fields["Accept-Encoding"] == "identity"  # no compressed answers to inflate
+    assert "Connection" not in fields and "Transfer-Encoding" not in fields
+
+
+async def test_configured_headers_replace_the_default_ones(raw, connect):
+    provider = await raw(replying(answer()))
+    connector = await connect({"url": provider.url(), "headers": {"user-agent": "unit-h29"}})
+    await connector.deliver(message())
+    head = provider.requests[0].partition(b"\r\n\r\n")[0].lower()
+    assert head.count(b"\r\nuser-agent: ") == 1
+    assert b"\r\nuser-agent: unit-h29\r\n" in head
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_auth(provider, connect):
+    backend, server = provider
+    url = str(server.make_url("/echo")).replace("http://", "http://unit%40hcm:s%3Acret@")
+    connector = await connect({"url": url})
+    await connector.deliver(message())
+    expected = "Basic " + base64.b64encode(b"unit@hcm:s:cret").decode()
+    assert backend.requests[0]["headers"]["Authorization"] == expected
+
+
+@pytest.mark.parametrize(
+    ("version", "extra", "connections"),
+    [
+        ("HTTP/1.1", "Connection: close\r\n", 3),
+        ("HTTP/1.1", "Connection: Keep-Alive, CLOSE\r\n", 3),
+        ("HTTP/1.0", "", 3),  # HTTP/1.0 closes unless it says keep-alive
+        ("HTTP/1.0", "Connection: keep-alive\r\n", 1),
+        ("HTTP/1.1", "Connection: keep-alive\r\n", 1),
+    ],
+)
+async def test_connections_are_reused_only_when_the_answer_allows_it(
+    raw, connect, version, extra, connections
+):
+    reusable = connections == 1
+
+    async def script(
+        _p: RawProvider, _r: asyncio.StreamReader, writer: asyncio.StreamWriter, _i: int
+    ) -> bool:
+        writer.write(answer(version=version, extra=extra))
+        await writer.drain()
+        return reusable  # a provider that says close, closes
+
+    provider = await raw(script)
+    connector = await connect({"url": provider.url()})
+    for _ in range(3):
+        assert (await connector.deliver(message())).response == {"status": "found"}
+    assert provider.connections == connections
+
+
+async def test_chunked_answers_are_reassembled_across_reads(raw, connect, loop_errors):
+    head = _CHUNKED.encode()
+    provider = await raw(
+        replying(
+            head,
+            b"5;name=value\r\n" + b'{"sta',
+            b"\r\nD\r",
+            b'\ntus":"found"}\r\n',
+            b"0\r\nX-Checksum: abc\r\n",
+            b"\r\n",
+            pause=0.005,
+        )
+    )
+    connector = await connect({"url": provider.url()})
+    for _ in range(2):
+        assert (await connector.deliver(message())).response == {"status": "found"}
+    assert provider.connections == 1  # trailers read to the end: the connection stays usable
+    assert not loop_errors()
+
+
+async def test_a_chunk_declared_over_the_cap_is_refused_before_it_is_read(raw, connect):
+    head = _CHUNKED.encode()
+    provider = await raw(replying(head + b"100000\r\n" + b"x" * 100))
+    connector = await connect({"url": provider.url(), "max_response_bytes": 4096})
+    for _ in range(2):
+        with pytest.raises(DeliveryFailed, match="exceeds 4096 bytes"):
+            await connector.deliver(message())
+    assert provider.connections == 2  # an unread body: that connection is never reused
+
+
+async def test_the_cap_is_checked_after_the_status_and_the_media_type(raw, connect):
+    big = b"x" * 5000
+    provider = await raw(replying(answer(big, status="503 Service Unavailable")))
+    connector = await connect({"url": provider.url(), "max_response_bytes": 1000})
+    with pytest.raises(DeliveryFailed, match="503"):
+        await connector.deliver(message())
+
+
+async def test_a_provider_closing_an_idle_connection_costs_nothing(raw, connect, loop_errors):
+    async def script(
+        _p: RawProvider, _r: asyncio.StreamReader, writer: asyncio.StreamWriter, _i: int
+    ) -> bool:
+        writer.write(answer())
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        return False  # its keep-alive timeout: it closes once the answer is out
+
+    provider = await raw(script)
+    connector = await connect({"url": provider.url()})
+    for _ in range(3):
+        assert (await connector.deliver(message())).response == {"status": "found"}
+        await asyncio.sleep(0.05)
+    assert (provider.connections, len(provider.requests)) == (3, 3)  # each sent exactly once
+    assert not loop_errors()
+
+
+async def test_a_reset_idle_connection_is_skipped(raw, connect, loop_errors):
+    async def script(
+        _p: RawProvider, _r: asyncio.StreamReader, writer: asyncio.StreamWriter, _i: int
+    ) -> bool:
+        writer.write(answer())
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST
+        return False
+
+    provider = await raw(script)
+    connector = await connect({"url": provider.url()})
+    await connector.deliver(message())
+    await asyncio.sleep(0.05)
+    assert (await connector.deliver(message())).response == {"status": "found"}
+    assert (provider.connections, len(provider.requests)) == (2, 2)
+    assert not loop_errors()
+
+
+class ResettingProvider:
+    """A provider in its own thread: answers one request per connection, then resets it (RST).
+
+    In another thread, the reset reaches the client's socket while the client's event loop is
+    held (``time.sleep``), so the client cannot have seen it before it writes the next request.
+    With ``rst=False`` it closes normally instead (FIN).
+    """
+
+    def __init__(self, *, rst: bool = True) -> None:
+        self.rst = rst
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.requests = 0
+        self.reset = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data or not data.endswith(message().envelope_bytes):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.requests += 1
+                conn.sendall(answer())
+                time.sleep(0.02)  # the client has read the answer
+                if self.rst:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.reset.set()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.listener.close()
+
+
+async def test_a_write_that_fails_on_a_reset_idle_connection_goes_out_once_on_a_new_one(
+    connect, loop_errors
+):
+    """The reset is not seen yet when the request is written: the write fails, nothing was sent."""
+    provider = ResettingProvider()
+    try:
+        connector = await connect({"url": f"http://127.0.0.1:{provider.port}/x"})
+        await connector.deliver(message())
+        assert provider.reset.wait(2)  # the event loop is held from here to the next write
+        assert (await connector.deliver(message())).response == {"status": "found"}
+        assert (provider.connections, provider.requests) == (2, 2)
+        assert not loop_errors()
+    finally:
+        provider.close()
+
+
+async def test_a_connection_idle_for_a_while_is_checked_before_it_is_used(connect, loop_errors):
+    """A close that came in while the loop was busy is noticed before the next request goes out.
+
+    Without the check the request would be written into a connection the provider has closed, and
+    fail (it cannot be retried: the provider might have read it).
+    """
+    provider = ResettingProvider(rst=False)
+    try:
+        connector = await connect({"url": f"http://127.0.0.1:{provider.port}/x"})
+        await connector.deliver(message())
+        assert provider.reset.wait(2)
+        time.sleep(1.1)  # the loop is held; the connection has been idle over a second
+        assert (await connector.deliver(message())).response == {"status": "found"}
+        assert (provider.connections, provider.requests) == (2, 2)
+        assert not loop_errors()
+    finally:
+        provider.close()
+
+
+async def test_a_request_cancelled_while_waiting_for_a_connection_frees_its_turn(raw, loop_errors):
+    async def slow(
+        _p: RawProvider, _r: asyncio.StreamReader, writer: asyncio.StreamWriter, _i: int
+    ) -> bool:
+        await asyncio.sleep(0.05)
+        writer.write(answer())
+        await writer.drain()
+        return True
+
+    provider = await raw(slow)
+    pool = Http11Pool(provider.url(""), ssl_context=None, limit=1, connect_timeout=1)
+
+    def request() -> Any:
+        return pool.request("POST", "/x", [], b"{}", max_response_bytes=100)
+
+    try:
+        first = asyncio.create_task(request())
+        waiting = [asyncio.create_task(request()) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        waiting[0].cancel()
+        waiting[1].cancel()
+        results = await asyncio.gather(first, *waiting, return_exceptions=True)
+        assert [type(r).__name__ for r in results] == [
+            "Response", "CancelledError", "CancelledError", "Response"
+        ]  # fmt: skip
+        assert (await request()).status == 200
+        assert provider.connections == 1
+    finally:
+        await pool.close()
+    assert not loop_errors()
+
+
+async def test_a_request_that_may_have_been_read_is_never_sent_twice(raw, connect, loop_errors):
+    """The provider reads the second request and drops the connection without an answer."""
+
+    async def script(
+        _p: RawProvider, _r: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+    ) -> bool:
+        if index == 2:
+            return False
+        writer.write(answer())
+        await writer.drain()
+        return True
+
+    provider = await raw(script)
+    connector = await connect({"url": provider.url(), "retries": 3})
+    await connector.deliver(message(idempotency_key="k"))
+    with pytest.raises(DeliveryFailed, match="connection failed") as caught:
+        await connector.deliver(message(idempotency_key="k"))
+    assert "before answering" in str(caught.value)
+    assert len(provider.requests) == 2
+    assert (await connector.deliver(message())).response == {"status": "found"}
+    assert provider.connections == 2
+    assert not loop_errors()
+
+
+async def test_a_provider_closing_mid_response_fails_the_delivery(raw, connect, loop_errors):
+    async def script(
+        _p: RawProvider, _r: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+    ) -> bool:
+        if index == 1:
+            writer.write(answer(b'{"status":"found", "padding": "........."}')[:-20])
+            await writer.drain()
+            return False
+        writer.write(answer())
+        await writer.drain()
+        return True
+
+    provider = await raw(script)
+    connector = await connect({"url": provider.url()})
+    with pytest.raises(DeliveryFailed, match="mid-response"):
+        await connector.deliver(message())
+    assert (await connector.deliver(message())).response == {"status": "found"}
+    assert provider.connections == 2
+    assert not loop_errors()
+
+
+MALFORMED = {
+    "te-and-cl": f"HTTP/1.1 200 OK\r\n{_CT}Content-Length: 2\r\nTransfer-Encoding: chunked\r\n"
+    "\r\n2\r\n{}\r\n0\r\n\r\n",
+    "conflicting-cl": f"HTTP/1.1 200 OK\r\n{_CT}Content-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}",
+    "cl-list": f"HTTP/1.1 200 OK\r\n{_CT}Content-Length: 2, 3\r\n\r\n{{}}",
+    "signed-cl": f"HTTP/1.1 200 OK\r\n{_CT}Content-Length: +2\r\n\r\n{{}}",
+    "space-before-colon": f"HTTP/1.1 200 OK\r\n{_CT}Content-Length : 2\r\n\r\n{{}}",
+    "obs-fold": f"HTTP/1.1 200 OK\r\n{_CT}X-Note: one\r\n two\r\nContent-Length: 2\r\n\r\n{{}}",
+    "nul-in-value": f"HTTP/1.1 200 OK\r\n{_CT}X-Note: a\x00b\r\nContent-Length: 2\r\n\r\n{{}}",
+    "bare-cr": f"HTTP/1.1 200 OK\r\n{_CT}X-Note: a\rb\r\nContent-Length: 2\r\n\r\n{{}}",
+    "bare-lf": "HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: 2\n\n{}",
+    "no-colon": f"HTTP/1.1 200 OK\r\n{_CT}Content-Length 2\r\n\r\n{{}}",
+    "http2-status": f"HTTP/2.0 200 OK\r\n{_CT}Content-Length: 2\r\n\r\n{{}}",
+    "http09": "{}",
+    "four-digit-status": f"HTTP/1.1 2000 OK\r\n{_CT}Content-Length: 2\r\n\r\n{{}}",
+    "status-out-of-range": f"HTTP/1.1 099 Odd\r\n{_CT}Content-Length: 2\r\n\r\n{{}}",
+    "bad-chunk-size": _CHUNKED + "zz\r\n{}\r\n",
+    "hex-prefix-chunk": _CHUNKED + "0x2\r\n{}\r\n",
+    "chunk-without-crlf": _CHUNKED + "2\r\n{}XX",
+    "chunk-space-no-ext": _CHUNKED + "2 \r\n{}\r\n",
+    "gzip-coding": f"HTTP/1.1 200 OK\r\n{_CT}Transfer-Encoding: gzip, chunked\r\n\r\n2\r\n{{}}\r\n",
+    "te-in-http10": f"HTTP/1.0 200 OK\r\n{_CT}Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n",
+    "switching": "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    "huge-head": f"HTTP/1.1 200 OK\r\n{_CT}X-Pad: {'a' * 70000}\r\nContent-Length: 2\r\n\r\n{{}}",
+    "many-fields": "HTTP/1.1 200 OK\r\n" + "X-A: b\r\n" * 200 + "Content-Length: 2\r\n\r\n{}",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+async def test_malformed_answers_are_refused_cleanly(raw, connect, loop_errors, kind):
+    """Refused with a reason (never the answer's bytes), and that connection is dropped."""
+    provider = await raw(replying((MALFORMED[kind] + SECRET).encode()))
+    connector = await connect({"url": provider.url(), "timeout_seconds": 2})
+    for _ in range(2):
+        with pytest.raises(DeliveryFailed) as caught:
+            await connector.deliver(message())
+        assert "079203" not in str(caught.value) and "Nguyễn" not in str(caught.value)
+    assert provider.connections == 2
+    assert not loop_errors()
+
+
+@pytest.mark.parametrize(
+    "raw_answer",
+    [
+        answer(extra="Content-Length: 18\r\n"),  # the same length twice is one length
+        b"HTTP/1.1 100 Continue\r\n\r\n" + answer(),  # interim answers are skipped
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + answer(),
+        answer(extra="X-Empty:\r\nX-Spaces:   padded \t\r\n"),
+        b"HTTP/1.1 200 OK\r\nContent-Type: Application/JSON; charset=utf-8\r\nContent-Length: 18"
+        b"\r\n\r\n" + JSON_OK,
+        b"HTTP/1.1 200\r\nContent-Type: application/json\r\nContent-Length: 18\r\n\r\n" + JSON_OK,
+    ],
+)
+async def test_unusual_but_valid_answers_are_accepted(raw, connect, raw_answer):
+    provider = await raw(replying(raw_answer))
+    connector = await connect({"url": provider.url()})
+    for _ in range(2):
+        assert (await connector.deliver(message())).response == {"status": "found"}
+    assert provider.connections == 1
+
+
+async def test_an_answer_delimited_by_the_close_is_read_to_the_end(raw, connect):
+    body = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + JSON_OK
+    provider = await raw(replying(body, keep=False))
+    connector = await connect({"url": provider.url()})
+    assert (await connector.deliver(message())).response == {"status": "found"}
+    assert (await connector.deliver(message())).response == {"status": "found"}
+    assert provider.connections == 2
+
+
+async def test_a_compressed_answer_is_refused(raw, connect):
+    provider = await raw(replying(answer(extra="Content-Encoding: gzip\r\n")))
+    connector = await connect({"url": provider.url()})
+    with pytest.raises(DeliveryFailed, match="content-coding"):
+        await connector.deliver(message())
+
+
+async def test_a_timed_out_connection_is_closed_not_reused(provider, connect, loop_errors):
+    backend, server = provider
+    connector = await connect({"url": str(server.make_url("/slow")), "timeout_seconds": 0.2})
+    with pytest.raises(DeliveryTimeout):
+        await connector.deliver(message())
+    backend.release.set()
+    result = await connector.deliver(message())
+    assert result.response == {"late": True}
+    assert len({seen["peer_port"] for seen in backend.requests}) == 2
+    assert not loop_errors()
+
+
+async def test_a_cancelled_delivery_closes_its_connection(raw, connect, loop_errors):
+    async def script(
+        _p: RawProvider, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+    ) -> bool:
+        if index == 1:  # no answer: wait for the client to give up
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader.read(), 5)
+            return False
+        writer.write(answer())
+        await writer.drain()
+        return True
+
+    provider = await raw(script)
+    connector = await connect({"url": provider.url()})
+    task = asyncio.create_task(connector.deliver(message()))
+    while not provider.requests:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if not provider.open_now:
+            break
+        await asyncio.sleep(0.01)
+    assert provider.open_now == 0  # the provider saw the connection go
+    assert (await connector.deliver(message())).response == {"status": "found"}
+    assert not loop_errors()
+
+
+async def test_max_connections_bounds_the_pool(raw, connect):
+    provider = await raw(replying(answer(), pause=0.01))
+    connector = await connect({"url": provider.url(), "max_connections": 2})
+    results = await asyncio.gather(*(connector.deliver(message()) for _ in range(8)))
+    assert all(r.response == {"status": "found"} for r in results)
+    assert provider.most_open == 2 and provider.connections == 2
+
+
+async def test_closing_the_connector_closes_its_connections(raw, loop_errors):
+    provider = await raw(replying(answer()))
+    connector = HttpConnector({"url": provider.url()}, context())
+    await connector.start()
+    await connector.deliver(message())
+    await connector.close()
+    for _ in range(50):
+        if not provider.open_now:
+            break
+        await asyncio.sleep(0.01)
+    assert provider.open_now == 0
+    assert not await connector.ready()
+    assert not loop_errors()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("X-A", "a\r\nX-Injected: b"),
+        ("X-A", "a\nb"),
+        ("X-A", "a\x00b"),
+        ("X A", "b"),
+        ("X-A:", "b"),
+        ("", "b"),
+        ("Host", "elsewhere"),
+        ("transfer-encoding", "chunked"),
+    ],
+)
+async def test_the_client_refuses_header_injection(name, value):
+    pool = Http11Pool("http://127.0.0.1:9", ssl_context=None, limit=1, connect_timeout=1)
+    with pytest.raises(ValueError):
+        await pool.request("POST", "/x", {name: value}, b"{}", max_response_bytes=100)
+    with pytest.raises(ValueError):
+        await pool.request("POST", "/x y", {}, b"{}", max_response_bytes=100)
+    await pool.close()
+
+
+async def test_a_head_answer_has_no_body_whatever_it_declares(raw):
+    provider = await raw(replying(answer(b"")[:-2] + b"Content-Length: 18\r\n\r\n"))
+    pool = Http11Pool(provider.url(""), ssl_context=None, limit=1, connect_timeout=1)
+    try:
+        response = await pool.request("HEAD", "/x", [], b"", max_response_bytes=100)
+        assert (response.status, response.body) == (200, b"")
+        assert b"Content-Length" not in provider.requests[0]
+    finally:
+        await pool.close()
+
+
+def test_protocol_errors_are_http_client_errors():
+    assert issubclass(ProtocolError, HttpClientError)
+
+
+# --- http: TLS with the development PKI ---------------------------------------------------------
+
+
+@pytest.fixture
+def dev_pki(tmp_path: Path) -> Path:
+    """gateway.crypto.devpki: a development CA, a server certificate for 127.0.0.1, a client."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key, ca = devpki.make_ca("Test", now=now)
+    server_key, server = devpki.issue(
+        ca_key, ca, "provider.test", now=now, purposes=("server_auth",), ip_addresses=("127.0.0.1",)
+    )
+    client_key, client = devpki.issue(ca_key, ca, "hcm.gateway", now=now, purposes=("client_auth",))
+    for name, key, cert in (("server", server_key, server), ("client", client_key, client)):
+        (tmp_path / f"{name}.pem").write_bytes(devpki.pem_certificate(cert))
+        (tmp_path / f"{name}.key").write_bytes(devpki.pem_private_key(key))
+    (tmp_path / "ca.pem").write_bytes(devpki.pem_certificate(ca))
+    return tmp_path
+
+
+@pytest.fixture
+async def dev_tls_provider(dev_pki: Path) -> AsyncIterator[tuple[Provider, TestServer]]:
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=dev_pki / "ca.pem")
+    server_ssl.load_cert_chain(dev_pki / "server.pem", dev_pki / "server.key")
+    server_ssl.verify_mode = ssl.CERT_REQUIRED
+    backend = Provider()
+    server = TestServer(backend.app, host="127.0.0.1", scheme="https")
+    await server.start_server(ssl=server_ssl)
+    yield backend, server
+    await server.close()
+
+
+def _mtls(url: str) -> dict[str, Any]:
+    client = {"client_cert": "client.pem", "client_key": "client.key"}
+    return {"url": url, "ca_file": "ca.pem", **client}
+
+
+async def test_mutual_tls_with_devpki_reuses_one_tls_connection(
+    dev_tls_provider, dev_pki, connect, loop_errors
+):
+    backend, server = dev_tls_provider
+    url = str(server.make_url("/echo"))
+    connector = await connect(_mtls(url), ctx=context(config_dir=str(dev_pki)))
+    for _ in range(5):
+        assert (await connector.deliver(message())).response["client_cert"] is True
+    assert len({seen["peer_port"] for seen in backend.requests}) == 1
+    await connector.close()
+    assert not loop_errors()
+
+
+async def test_tls_checks_the_provider_name(dev_tls_provider, dev_pki, connect):
+    """The certificate names 127.0.0.1 only: the same server reached as localhost is refused."""
+    _, server = dev_tls_provider
+    url = f"https://localhost:{server.port}/echo"
+    connector = await connect(_mtls(url), ctx=context(config_dir=str(dev_pki)))
+    with pytest.raises(DeliveryFailed, match="TLS"):
+        await connector.deliver(message())
+
+
+async def test_tls_with_chunked_answers_and_timeouts(dev_tls_provider, dev_pki, connect):
+    backend, server = dev_tls_provider
+    settings = _mtls(str(server.make_url("/stream"))) | {"max_response_bytes": 9000}
+    connector = await connect(settings, ctx=context(config_dir=str(dev_pki)))
+    assert len((await connector.deliver(message())).response["blob"]) == 8000
+    slow = _mtls(str(server.make_url("/slow"))) | {"timeout_seconds": 0.2}
+    slow_connector = await connect(slow, ctx=context(config_dir=str(dev_pki)))
+    with pytest.raises(DeliveryTimeout):
+        await slow_connector.deliver(message())
+    backend.release.set()
+
+
+# --- http: the same client on uvloop (what production runs) ------------------------------------
+
+
+def test_the_client_behaves_the_same_on_uvloop(loop_errors):
+    """Keep-alive, a close mid-response, cancellation and a failed write, on uvloop."""
+
+    async def scenario() -> None:
+        async def script(
+            _p: RawProvider, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+        ) -> bool:
+            if index == 4:  # close mid-response
+                writer.write(answer()[:-5])
+                await writer.drain()
+                return False
+            if index == 6:  # no answer: wait for the client to give up
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reader.read(), 5)
+                return False
+            writer.write(answer())
+            await writer.drain()
+            return True
+
+        provider = await RawProvider(script).start()
+        connector = HttpConnector({"url": provider.url()}, context())
+        await connector.start()
+        resetting = ResettingProvider()
+        resets = HttpConnector({"url": f"http://127.0.0.1:{resetting.port}/x"}, context())
+        await resets.start()
+        try:
+            for _ in range(3):
+                await connector.deliver(message())
+            assert provider.connections == 1
+            with pytest.raises(DeliveryFailed, match="mid-response"):
+                await connector.deliver(message())  # 4
+            await connector.deliver(message())  # 5
+            with pytest.raises(DeliveryTimeout):
+                await connector.deliver(message(timeout=0.1))  # 6
+            await connector.deliver(message())  # 7
+            assert (provider.connections, len(provider.requests)) == (3, 7)
+
+            await resets.deliver(message())
+            assert resetting.reset.wait(2)  # the loop is held: the write finds the reset
+            await resets.deliver(message())
+            assert (resetting.connections, resetting.requests) == (2, 2)
+        finally:
+            await connector.close()
+            await resets.close()
+            resetting.close()
+            await provider.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+    assert not loop_errors()
+
+
+# --- http: the response parser, property-based ----------------------------------------------------
+
+_VALID_ANSWERS = [
+    answer(),
+    answer(b"", status="204 No Content"),
+    _CHUNKED.encode() + b'3;x=1\r\n{"s\r\nF\r\ntatus":"found"}\r\n0\r\nTrailer-A: b\r\n\r\n',
+    b"HTTP/1.1 100 Continue\r\n\r\n" + answer(extra="X-Dup: a\r\nX-Dup: b\r\n"),
+]
+
+
+def _parse_in_pieces(raw: bytes, cuts: list[int]) -> tuple[int, dict[str, str], bytes, bool]:
+    parser = _Parser(1 << 20, head_only=False)
+    done = False
+    edges = [0, *sorted({c % (len(raw) + 1) for c in cuts}), len(raw)]
+    for start, end in itertools.pairwise(edges):
+        if end > start:
+            assert not done  # complete only once the last byte is in
+            done = parser.feed(raw[start:end])
+    assert done
+    response = parser.response()
+    return response.status, response.headers, response.body, parser.keep_alive
+
+
+@settings(max_examples=300, deadline=None)
+@given(which=st.integers(0, len(_VALID_ANSWERS) - 1), cuts=st.lists(st.integers(0, 400)))
+def test_an_answer_parses_the_same_however_it_is_split(which, cuts):
+    raw_answer = _VALID_ANSWERS[which]
+    assert _parse_in_pieces(raw_answer, cuts) == _parse_in_pieces(raw_answer, [])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    which=st.integers(0, len(_VALID_ANSWERS) - 1),
+    at=st.integers(0, 400),
+    junk=st.binary(min_size=1, max_size=4),
+    cuts=st.lists(st.integers(0, 400), max_size=4),
+)
+def test_a_damaged_answer_fails_only_with_the_clients_own_errors(which, at, junk, cuts):
+    """Bytes replaced anywhere: a complete answer, more to read, or an HttpClientError."""
+    raw_answer = bytearray(_VALID_ANSWERS[which])
+    at %= len(raw_answer)
+    raw_answer[at : at + len(junk)] = junk
+    parser = _Parser(1 << 20, head_only=False)
+    edges = [0, *sorted({c % (len(raw_answer) + 1) for c in cuts}), len(raw_answer)]
+    try:
+        for start, end in itertools.pairwise(edges):
+            if parser.feed(bytes(raw_answer[start:end])):
+                break
+        parser.feed_eof()
+    except HttpClientError:
+        pass
