@@ -76,6 +76,12 @@ class RawRequest:
     idempotency_key: str | None = None
     remote: str | None = None
     declared_length: int | None = None
+    received_text: str = ""  # rfc3339(received_at), when the caller has it already
+
+    @property
+    def received(self) -> str:
+        """``received_at`` as RFC 3339 text (records, envelope and receipt all carry it)."""
+        return self.received_text or rfc3339(self.received_at)
 
 
 @dataclass(frozen=True, slots=True)

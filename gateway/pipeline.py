@@ -38,7 +38,7 @@ from gateway.connector import (
     DeliveryTimeout,
     OutboundMessage,
 )
-from gateway.crypto.canonical import Canonical, canonical, canonicalize
+from gateway.crypto.canonical import Canonical, canonical, canonicalize, canonicalize_trusted
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -75,7 +75,7 @@ class AuditAppender(Protocol):
 
 
 class Signer(Protocol):
-    def sign(self, obj: Any, *, typ: str) -> dict[str, Any]: ...
+    def sign(self, obj: Any, *, typ: str, trusted: bool = False) -> dict[str, Any]: ...
 
 
 class IdempotencyStore(Protocol):
@@ -286,7 +286,7 @@ class Pipeline:
                 "sender": sender.id,
                 "provider": svc.provider,
                 "gateway": self._gateway_id,
-                "received_at": rfc3339(raw.received_at),
+                "received_at": raw.received,
                 "purpose": grant.purpose,
                 "legal_basis": grant.legal_basis,
                 "request_sha256": request_sha,
@@ -294,6 +294,7 @@ class Pipeline:
                 "sender_signature": sender.signed_request,
             },
             typ=ENVELOPE_TYP,
+            trusted=True,  # strings from config and the verified JWS, the Canonical payload
         )
         envelope_bytes = _json(envelope)
         claim = None
@@ -359,17 +360,18 @@ class Pipeline:
                     },
                 },
                 "status": "delivered",
-                "received_at": rfc3339(raw.received_at),
+                "received_at": raw.received,
                 "completed_at": rfc3339(completed_at),
                 "audit": {"index": accepted.index, "leaf_hash": accepted.leaf_hash.hex()},
             },
             typ=RECEIPT_TYP,
+            trusted=True,
         )
         body = _json(
             {"exchange_id": xid, "status": "delivered", "response": response, "receipt": receipt}
         )
         outcome = await self._audit.append(  # (9)
-            canonicalize(
+            canonicalize_trusted(
                 {
                     "v": 1,
                     "event": "exchange.delivered",
@@ -415,7 +417,7 @@ class Pipeline:
             "v": 1,
             "event": "exchange.accepted",
             "exchange_id": xid,
-            "at": rfc3339(raw.received_at),
+            "at": raw.received,
             "service": svc.id,
             "sender": sender.id,
             "provider": svc.provider,
@@ -432,7 +434,7 @@ class Pipeline:
                 sha256_hex(raw.idempotency_key.encode()) if raw.idempotency_key else None
             ),
         }
-        return await self._audit.append(canonicalize(record), claim=claim)
+        return await self._audit.append(canonicalize_trusted(record), claim=claim)
 
     async def _deliver(self, svc: ServiceRuntime, message: OutboundMessage) -> tuple[Any, int]:
         try:
@@ -456,7 +458,7 @@ class Pipeline:
         err: GatewayError,
     ) -> ExchangeResult:
         await self._audit.append(
-            canonicalize(
+            canonicalize_trusted(
                 {
                     "v": 1,
                     "event": "exchange.failed",
@@ -483,13 +485,14 @@ class Pipeline:
                     "v": 1,
                     "event": "exchange.rejected",
                     "exchange_id": xid,
-                    "at": rfc3339(raw.received_at),
+                    "at": raw.received,
                     "service": service,
                     "sender": sender.id if sender else None,
                     "status": err.status,
                     "cause": err.slug,
                     "body_sha256": sha256_hex(raw.body),
-                    "body_size": max(len(raw.body), raw.declared_length or 0),
+                    # A declared Content-Length is the client's word: clamp it to I-JSON.
+                    "body_size": min(max(len(raw.body), raw.declared_length or 0), 2**53 - 1),
                 }
             )
         )

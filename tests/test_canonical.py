@@ -364,3 +364,16 @@ def test_canonical_cannot_be_forged_from_arbitrary_bytes() -> None:
 
     with pytest.raises(TypeError):
         Canonical(b'{"b":1,"a":2}')
+
+
+def test_trusted_fast_path_is_checked_against_the_full_algorithm_in_tests() -> None:
+    """conftest turns the check on: a value breaking the precondition cannot slip through."""
+    from gateway.crypto import canonical as c
+
+    assert c.VERIFY_TRUSTED
+    good = {"b": "Thủ Đức\u2028\x01", "a": [1, None, True], "c": c.canonical({"y": 1.5, "x": 2})}
+    assert c.canonicalize_trusted(good) == canonicalize(good)
+    with pytest.raises(AssertionError):
+        c.canonicalize_trusted({"n": 1.0})  # a float: JCS prints 1, orjson 1.0
+    with pytest.raises(TypeError):
+        c.canonicalize_trusted({"n": object()})

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from gateway.crypto.canonical import canonicalize
+from gateway.crypto.canonical import canonicalize, canonicalize_trusted
 from gateway.crypto.keys import (
     ALGORITHMS,
     PSS_SHA256,
@@ -234,10 +234,14 @@ class Signer:
             protected = self._headers[typ] = _b64u(orjson.dumps(header))
         return protected
 
-    def sign(self, obj: Any, *, typ: str) -> JwsJson:
-        """Sign the RFC 8785 canonical JSON of ``obj``."""
+    def sign(self, obj: Any, *, typ: str, trusted: bool = False) -> JwsJson:
+        """Sign the RFC 8785 canonical JSON of ``obj``.
+
+        ``trusted``: ``obj`` meets the precondition of ``canonicalize_trusted`` (built by the
+        gateway from strings, small integers and Canonical members).
+        """
         protected = self._protected(typ)
-        encoded = _b64u(canonicalize(obj))
+        encoded = _b64u(canonicalize_trusted(obj) if trusted else canonicalize(obj))
         signature = self._key.sign(f"{protected}.{encoded}".encode("ascii"))
         return {"payload": encoded, "protected": protected, "signature": _b64u(signature)}
 

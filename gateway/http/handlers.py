@@ -16,7 +16,7 @@ from gateway.errors import NotReady
 from gateway.http import app as keys
 from gateway.http.middlewares import problem_response
 from gateway.http.openapi import openapi_document
-from gateway.models import RawRequest
+from gateway.models import RawRequest, rfc3339
 from gateway.state import StateUnavailable
 
 log = structlog.get_logger("gateway.exchange")
@@ -56,6 +56,7 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
             body=body,
             content_type=request.content_type,
             received_at=received_at,
+            received_text=rfc3339(received_at),
             peer_cert_der=_peer_cert(request),
             authorization=request.headers.get("Authorization"),
             idempotency_key=request.headers.get("Idempotency-Key"),
