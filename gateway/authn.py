@@ -15,9 +15,10 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
+if TYPE_CHECKING:
+    from cryptography import x509
 
 from gateway.crypto import jws, pki
 from gateway.crypto.jws import CryptoError
@@ -110,7 +111,7 @@ class Authenticator:
 
     def _mtls(self, der: bytes, now: datetime) -> str:
         try:
-            cert = x509.load_der_x509_certificate(der)
+            cert = pki.load_der_certificate(der)
             leaf = pki.verify_chain([cert], self._anchors, now=now, purpose="client_auth")
         except (CryptoError, ValueError) as e:
             raise Unauthenticated(f"client certificate refused: {e}") from None

@@ -56,9 +56,10 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from cryptography import x509
+if TYPE_CHECKING:
+    from cryptography import x509
 
 from gateway.authn import ParticipantAuth
 from gateway.config import Role
@@ -281,7 +282,7 @@ class PrincipalResolver:
 
     def _certificate(self, der: bytes, now: datetime) -> Principal:
         try:
-            cert = x509.load_der_x509_certificate(der)
+            cert = pki.load_der_certificate(der)
             leaf = pki.verify_chain([cert], self._anchors, now=now, purpose="client_auth")
             pid, fingerprint = self._facts(der, leaf)
         except (CryptoError, ValueError) as e:

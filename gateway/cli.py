@@ -88,9 +88,7 @@ def _run_worker(
     dep: config_mod.Deployment, sock: socket.socket, worker: int, appender: str
 ) -> None:
     """One worker process: its own event loop and app; the shared socket and appender."""
-    from aiohttp import web
-
-    from gateway.http.app import create_app, server_ssl_context
+    from gateway.http.app import create_app, run, server_ssl_context
     from gateway.logging import configure
 
     configure(dep.config.logging.level)
@@ -109,15 +107,7 @@ def _run_worker(
     # generations, so full collections under load stay short (they show up in p99 latency).
     gc.collect()
     gc.freeze()
-    web.run_app(
-        app,
-        sock=sock,
-        ssl_context=server_ssl_context(dep),
-        access_log=None,
-        print=None,
-        handle_signals=True,
-        shutdown_timeout=10,
-    )
+    run(app, sock, server_ssl_context(dep))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

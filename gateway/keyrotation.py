@@ -33,9 +33,8 @@ The checkpoint key (``audit.checkpoint_key``) is not rotated here: every publish
 is verified with one note verifier key, and rotating it needs verifiers to accept a list of
 retired note keys (and witnesses to learn the new key), which is a separate change.
 
-This module does I/O (it writes keys and the config); the key and certificate work uses
-``gateway.crypto`` except for reading the CA key and building the CSR, which ``cryptography``
-does directly here (see the two helpers at the end).
+This module does I/O (it writes keys and the config); the key and certificate work, the CSR
+included, is gateway.crypto's (devpki).
 """
 
 from __future__ import annotations
@@ -155,7 +154,7 @@ def rotate(
     ca_key_path = dep.base_dir / DEV_CA_KEY
     if not ca_key_path.is_file():
         new_key = devpki.generate_key(_KEY_TYPES[old.alg])
-        csr = _csr_pem(new_key, gateway_id)
+        csr = devpki.csr_pem(new_key, gateway_id)
         csr_path = new_key_path.with_suffix(".csr")
         _write_new(new_key_path, devpki.pem_private_key(new_key), private=True)
         _write_new(csr_path, csr, private=False)
@@ -191,7 +190,7 @@ def rotate(
 def _dev_ca(dep: config_mod.Deployment, ca_key_path: Path) -> tuple[PrivateKey, Any]:
     """The development CA's key and its certificate among the trust anchors."""
     try:
-        ca_key = _load_raw_key(ca_key_path.read_bytes())
+        ca_key = devpki.load_private_key_raw(ca_key_path.read_bytes())
     except (OSError, ValueError, TypeError) as e:
         raise RotationError(f"cannot load the development CA key {ca_key_path}: {e}") from None
     kid = jwk_thumbprint(ca_key.public_key())
@@ -354,48 +353,3 @@ def _check_only_these_changed(
             "editing gateway.toml would change more than key, certificate and "
             "retired_certificates; edit it by hand"
         )
-
-
-# ---------------------------------------------------------------- cryptography helpers
-# Candidates for gateway/crypto/devpki.py (load a raw CA key, build a CSR): kept here for now.
-def _load_raw_key(pem: bytes) -> PrivateKey:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
-    key = serialization.load_pem_private_key(pem, password=None)
-    if not isinstance(
-        key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-    ):
-        raise ValueError(f"unsupported CA key type {type(key).__name__}")
-    return key
-
-
-def _csr_pem(key: PrivateKey, participant_id: str) -> bytes:
-    """PKCS#10 request: CN and SAN URI name the gateway; key usage digitalSignature."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-    from cryptography.x509.oid import NameOID
-
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-    san = x509.SubjectAlternativeName(
-        [x509.UniformResourceIdentifier(pki.PARTICIPANT_URI_PREFIX + participant_id)]
-    )
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, participant_id)]))
-        .add_extension(san, critical=False)
-        .add_extension(usage, critical=True)
-        .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM)

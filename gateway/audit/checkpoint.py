@@ -22,10 +22,8 @@ Verification follows signed-note's rules: lines from unknown keys are ignored, e
 a known key must verify (one bad signature rejects the whole note), and at least one must.
 It returns the verified content or raises :class:`NoteError`, never a bool.
 
-Pure: no I/O, no clock (cosignature timestamps are parameters), no logging. It imports
-``cryptography`` for raw Ed25519, a deliberate exception to "only crypto/ imports cryptography":
-the note format fixes the algorithm and the key encoding, and gateway.crypto offers no raw
-Ed25519 verify from key bytes.
+Pure: no I/O, no clock (cosignature timestamps are parameters), no logging. Raw Ed25519 (the
+note format fixes the algorithm and the key encoding) goes through gateway.crypto.keys.
 """
 
 from __future__ import annotations
@@ -36,12 +34,9 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
-from gateway.crypto.keys import SigningKey
+from gateway.crypto.keys import CryptoError, SigningKey, ed25519_public_raw, ed25519_verify
 
 __all__ = [
     "COSIGNATURE_V1",
@@ -193,15 +188,17 @@ class NoteSigner:
 
     __slots__ = ("_name", "_public", "_sign")
 
-    def __init__(self, name: str, key: ed25519.Ed25519PrivateKey | SigningKey) -> None:
+    def __init__(self, name: str, key: SigningKey | Any) -> None:
         if not _valid_name(name):
             raise NoteError(f"invalid key name {name!r}: empty, or has a space or a plus")
-        public = key.public_key if isinstance(key, SigningKey) else key.public_key()
-        if not isinstance(public, ed25519.Ed25519PublicKey):
-            raise NoteError("a note signer needs an Ed25519 key")
+        try:
+            signing = key if isinstance(key, SigningKey) else SigningKey(key)
+            public = ed25519_public_raw(signing.public_key)
+        except (CryptoError, TypeError):
+            raise NoteError("a note signer needs an Ed25519 key") from None
         self._name = name
-        self._public = public.public_bytes_raw()
-        self._sign = key.sign
+        self._public = public
+        self._sign = signing.sign
 
     @property
     def name(self) -> str:
@@ -313,8 +310,8 @@ class NoteVerifier:
                 raise NoteError(f"cosignature timestamp out of range for key {self._label()}")
             message, signature = _cosigned_message(text, timestamp), signature[8:]
         try:
-            ed25519.Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, message)
-        except (InvalidSignature, ValueError):
+            ed25519_verify(self.public_key, signature, message)
+        except CryptoError:
             raise NoteError(f"invalid signature for key {self._label()}") from None
         return timestamp
 

@@ -219,3 +219,47 @@ def pem_private_key(key: PrivateKey, password: bytes | None = None) -> bytes:
 
 def pem_certificate(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def load_private_key_raw(pem: bytes) -> PrivateKey:
+    """A PEM private key as a cryptography object (a CA key for issuing, a key for a CSR)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(
+        key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+    ):
+        raise ValueError(f"unsupported CA key type {type(key).__name__}")
+    return key
+
+
+def csr_pem(key: PrivateKey, participant_id: str) -> bytes:
+    """PKCS#10 request: CN and SAN URI name the gateway; key usage digitalSignature."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    san = x509.SubjectAlternativeName(
+        [x509.UniformResourceIdentifier(PARTICIPANT_URI_PREFIX + participant_id)]
+    )
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, participant_id)]))
+        .add_extension(san, critical=False)
+        .add_extension(usage, critical=True)
+        .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)

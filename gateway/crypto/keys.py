@@ -366,3 +366,20 @@ def _public_key(cert: x509.Certificate) -> PublicKey:
             f"unsupported key type {describe_key(key)} in {cert.subject.rfc4514_string()}"
         )
     return key
+
+
+def ed25519_public_raw(public_key: object) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key (signed notes carry keys in this form)."""
+    if not isinstance(public_key, ed25519.Ed25519PublicKey):
+        raise KeyInvalid(f"an Ed25519 key is needed, not {describe_key(public_key)}")
+    return public_key.public_bytes_raw()
+
+
+def ed25519_verify(public_raw: bytes, signature: bytes, message: bytes) -> None:
+    """Check an Ed25519 signature against a raw 32-byte public key; raise CryptoError if bad."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        raise CryptoError("the Ed25519 signature does not verify") from None

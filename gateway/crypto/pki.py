@@ -414,3 +414,11 @@ def participant_id(cert: x509.Certificate) -> str | None:
 def fingerprint_sha256(cert: x509.Certificate) -> str:
     """SHA-256 of the DER certificate, lowercase hex (as openssl -fingerprint, no colons)."""
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def load_der_certificate(der: bytes) -> x509.Certificate:
+    """A DER certificate (a TLS peer's); ChainInvalid if it does not parse."""
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise ChainInvalid(f"the certificate does not parse: {exc}") from None

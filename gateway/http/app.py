@@ -7,6 +7,7 @@ cleanup_ctx, so a failed start-up closes what it had opened and a stop flushes t
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -273,3 +274,16 @@ def create_app(
     witness_api.add_routes(app, clock=now)
     audit_api.add_routes(app, clock=now)  # last: its middleware and startup check cover every route
     return app
+
+
+def run(app: web.Application, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+    """Serve ``app`` on an already bound socket until SIGTERM/SIGINT (one worker process)."""
+    web.run_app(
+        app,
+        sock=sock,
+        ssl_context=ssl_context,
+        access_log=None,  # one structured line per exchange instead (handlers.py)
+        print=None,
+        handle_signals=True,
+        shutdown_timeout=10,
+    )
