@@ -19,17 +19,13 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 
 from gateway.audit import merkle
 from gateway.audit.checkpoint import NoteSigner, NoteVerifier, open_note, parse_checkpoint
-from gateway.audit.publisher import CheckpointPublisher
 from gateway.config import load
 from gateway.crypto.canonical import canonicalize
 from gateway.crypto.keys import load_private_key
-from gateway.http import app as keys
 from gateway.http import audit_api
-from gateway.http.app import create_app, server_ssl_context
 from gateway.models import uuid7
 from gateway.verify import Trust, checkpoint_verifiers, verify_artifact
 from tests.support import (
@@ -37,6 +33,7 @@ from tests.support import (
     Provider,
     example,
     make_deployment,
+    running_gateway,
     running_provider,
 )
 
@@ -52,50 +49,11 @@ def quiet_checkpoints(config: Path) -> Path:
     return config
 
 
-async def _publisher_unless_wired(app: web.Application) -> None:
-    """Until create_app starts the checkpoint publisher itself, start one as it would."""
-    if audit_api.PUBLISHER in app:
-        return
-    dep = app[keys.DEPLOYMENT]
-    origin, key = dep.config.audit.origin, dep.checkpoint_key_pem
-    assert origin is not None and key is not None
-    publisher = CheckpointPublisher(
-        app[keys.AUDIT],
-        NoteSigner(origin, load_private_key(key)),
-        origin,
-        interval=dep.config.audit.checkpoint_interval_seconds,
-        published_path=dep.published_path(),
-    )
-    app[audit_api.PUBLISHER] = publisher
-    await publisher.start()
-
-    async def stop(_: web.Application) -> None:
-        await publisher.stop()
-
-    app.on_shutdown.append(stop)
-
-
 @asynccontextmanager
 async def audit_gateway(config: Path) -> AsyncIterator[Gateway]:
-    """running_gateway, plus the audit routes when create_app does not wire them yet."""
-    dep = load(config)
-    app = create_app(dep)
-    if not any(
-        r.resource is not None and r.resource.canonical == "/v1/audit/records"
-        for r in app.router.routes()
-    ):
-        audit_api.add_routes(app)
-    app.on_startup.append(_publisher_unless_wired)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    ctx = server_ssl_context(dep)
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await site.start()
-    scheme = "https" if ctx else "http"
-    try:
-        yield Gateway(f"{scheme}://127.0.0.1:{runner.addresses[0][1]}", config, app)
-    finally:
-        await runner.cleanup()
+    """A real gateway on 127.0.0.1 (audit routes and checkpoint publisher included)."""
+    async with running_gateway(config) as gw:
+        yield gw
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
@@ -28,28 +27,17 @@ from gateway import cli
 from gateway.config import load
 from gateway.crypto import devpki
 from gateway.crypto.keys import jwk_thumbprint, load_certificates
-from gateway.http import verify_api
-from gateway.http.app import create_app
 from gateway.keyrotation import RotationError, edit_gateway_section, rotate
-from tests.support import example, make_deployment, signed_request
+from tests.support import example, make_deployment, running_gateway, signed_request
 
 SID = "citizen-lookup.v1"
 
 
 @asynccontextmanager
 async def serve(config: Path) -> AsyncIterator[str]:
-    """A (re)started gateway: the app is built from the config on disk, as at start-up."""
-    app = create_app(load(config))
-    if not any(r.resource and r.resource.canonical == "/v1/verify" for r in app.router.routes()):
-        verify_api.add_routes(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    """A (re)started gateway, built from the config on disk as at start-up."""
+    async with running_gateway(config) as gw:
+        yield gw.url
 
 
 async def exchange(url: str, d: Path) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 
 from gateway import cli
 from gateway.audit import merkle
@@ -27,12 +26,11 @@ from gateway.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from gateway.config import load
 from gateway.crypto import devpki, jws
 from gateway.crypto.keys import load_certificates, load_private_key
-from gateway.http import verify_api
-from gateway.http.app import create_app
 from tests.support import (
     Provider,
     example,
     make_deployment,
+    running_gateway,
     running_provider,
     signed_request,
 )
@@ -42,18 +40,9 @@ SID = "citizen-lookup.v1"
 
 @asynccontextmanager
 async def serve(config: Path) -> AsyncIterator[str]:
-    """The gateway app with POST /v1/verify (added here while app.py does not add it yet)."""
-    app = create_app(load(config))
-    if not any(r.resource and r.resource.canonical == "/v1/verify" for r in app.router.routes()):
-        verify_api.add_routes(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    """A (re)started gateway, built from the config on disk as at start-up."""
+    async with running_gateway(config) as gw:
+        yield gw.url
 
 
 def auditor(d: Path) -> dict[str, str]:

@@ -22,7 +22,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given
 from hypothesis import strategies as st
@@ -41,8 +40,7 @@ from gateway.config import load
 from gateway.crypto.keys import load_private_key
 from gateway.devinit import ORIGIN
 from gateway.errors import ConfigError
-from gateway.http import audit_api, witness_api
-from gateway.http.app import create_app, server_ssl_context
+from gateway.http import witness_api
 from gateway.witness import (
     MAX_PROOF_LINES,
     SIZE_CONTENT_TYPE,
@@ -65,11 +63,10 @@ from gateway.witness_client import (
     request_cosignature,
 )
 from gateway.witness_store import WitnessStore
-from tests.support import Gateway, make_deployment
+from tests.support import Gateway, make_deployment, running_gateway
 from tests.test_audit_api import (
     AUDITOR,
     BUDGET,
-    _publisher_unless_wired,
     call,
     first_checkpoint,
     publish,
@@ -425,26 +422,10 @@ async def test_a_request_that_loses_the_race_decides_again_and_gets_the_winners_
 # ------------------------------------------------------------------ two gateways
 @asynccontextmanager
 async def witness_gateway(config: Path) -> AsyncIterator[Gateway]:
-    """A real gateway on 127.0.0.1 with the audit and witness routes (added here until
-    create_app wires them), publishing checkpoints only when asked."""
-    dep = load(config)
-    app = create_app(dep)
-    routes = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
-    if "/v1/audit/records" not in routes:
-        audit_api.add_routes(app)
-    if witness_api.WITNESS not in app:
-        witness_api.add_routes(app)
-    app.on_startup.append(_publisher_unless_wired)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    ctx = server_ssl_context(dep)
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await site.start()
-    scheme = "https" if ctx else "http"
-    try:
-        yield Gateway(f"{scheme}://127.0.0.1:{runner.addresses[0][1]}", config, app)
-    finally:
-        await runner.cleanup()
+    """A real gateway on 127.0.0.1 with the audit and witness routes, publishing checkpoints
+    only when asked."""
+    async with running_gateway(config) as gw:
+        yield gw
 
 
 def _log_signer(gw_dir: Path) -> NoteSigner:
