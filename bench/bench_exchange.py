@@ -880,7 +880,7 @@ def summarize_profile(raw: Path, top: int = 18, possible: int = 0) -> list[str]:
     ours = [
         kv
         for kv in incl.items()
-        if ("gateway/" in kv[0] or "connectors/" in kv[0]) and "gateway/cli.py" not in kv[0]
+        if ("gateway/" in kv[0] or "connectors/" in kv[0]) and "gateway/cli" not in kv[0]
     ]
     for f, n in sorted(ours, key=lambda kv: -kv[1])[:top]:
         lines.append(f"  {100 * n / total:5.1f}%  {f}")

@@ -1,0 +1,158 @@
+"""``gateway send`` and ``gateway verify``: a participant's side of an exchange, from a terminal.
+
+``send`` signs a payload as a unit system, posts it and saves the receipt; ``verify`` checks that
+receipt (or any other artifact the gateway signs) offline with :mod:`gateway.verify`. Apart from
+:mod:`gateway.cli` so that module stays the parser and the exit codes; these two commands are
+the ones that handle a participant's keys and the gateway's certificates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from gateway import config as config_mod
+from gateway.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _checkpoint_verifiers, _err, _load
+from gateway.errors import ConfigError
+
+
+# ---------------------------------------------------------------- send
+def _participant_files(dep: config_mod.Deployment, pid: str) -> tuple[bytes, bytes]:
+    d = dep.base_dir / "participants" / pid
+    try:
+        return (d / "key.pem").read_bytes(), (d / "cert.pem").read_bytes()
+    except OSError as e:
+        raise ConfigError(
+            str(dep.path), "--as", f"no key/certificate for {pid} in {d}: {e.strerror}"
+        ) from None
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from gateway.crypto import jws
+    from gateway.crypto.keys import load_certificates, load_private_key
+    from gateway.models import rfc3339
+    from gateway.strictjson import JsonError, loads
+
+    dep = _load(args)
+    g = dep.config.gateway
+    sender = args.as_ or _default_sender(dep)
+    try:
+        payload = loads(Path(args.file).read_bytes())
+    except OSError as e:
+        _err(f"cannot read {args.file}: {e.strerror}")
+        return EXIT_USAGE
+    except JsonError as e:
+        _err(f"{args.file} is not valid JSON: {e}")
+        return EXIT_USAGE
+    key_pem, cert_pem = _participant_files(dep, sender)
+    key = load_private_key(key_pem)
+    chain = load_certificates(cert_pem)
+    request = {
+        "id": str(uuid.uuid4()),
+        "sender": sender,
+        "service": args.service,
+        "created": rfc3339(datetime.now(UTC)).replace(".000Z", "Z"),
+        "payload": payload,
+    }
+    body = jws.serialize(jws.sign(request, key, chain, typ="request+jws"))
+    base = args.url or f"{'https' if g.tls else 'http'}://{g.host}:{g.port}"
+    url = f"{base.rstrip('/')}/v1/exchange/{args.service}"
+    headers = {"Content-Type": "application/jose+json", "Accept": "application/json"}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    ctx = None
+    if url.startswith("https:"):
+        ctx = ssl.create_default_context(cafile=str(dep.resolve(g.trust_anchors[0])))
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout, context=ctx) as resp:  # noqa: S310
+            status, data = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, data = e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        _err(f"cannot reach {url}: {getattr(e, 'reason', e)}")
+        return EXIT_FAILED
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        _err(f"HTTP {status} with a non-JSON body")
+        return EXIT_FAILED
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    if not 200 <= status < 300:
+        _err(f"HTTP {status}: {doc.get('title', '')}: {doc.get('detail', '')}")
+        return EXIT_FAILED
+    out = Path(args.receipt or f"receipt-{doc.get('exchange_id', 'unknown')}.json")
+    out.write_bytes(orjson.dumps(doc["receipt"], option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"receipt saved to {out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _default_sender(dep: config_mod.Deployment) -> str:
+    for p in dep.config.participants:
+        if p.tier == "unit":
+            return p.id
+    return dep.config.participants[0].id
+
+
+# ---------------------------------------------------------------- verify
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gateway.verify import describe_verification
+
+    dep = _load(args)
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as e:
+        _err(f"cannot read {args.file}: {e.strerror}")
+        return EXIT_USAGE
+    payloads: dict[str, bytes] = {}
+    for name in ("request", "response"):
+        path = getattr(args, name)
+        if path:
+            try:
+                payloads[name] = Path(path).read_bytes()
+            except OSError as e:
+                _err(f"cannot read {path}: {e.strerror}")
+                return EXIT_USAGE
+    try:
+        verifiers = _checkpoint_verifiers(dep, args.vkey or [])
+    except ValueError as e:
+        _err(f"checkpoint verifier key: {e}")
+        return EXIT_USAGE
+    ok, lines = describe_verification(
+        raw,
+        dep.trust_anchor_pems,
+        now=datetime.now(UTC),
+        payloads=payloads,
+        note_verifiers=verifiers,
+        gateway_id=dep.config.gateway.id,
+        gateway_kids=_gateway_kids(dep),
+        origin=dep.config.audit.origin,
+    )
+    for line in lines:
+        print(line)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _gateway_kids(dep: config_mod.Deployment) -> dict[str, str]:
+    """Thumbprint -> "current"/"retired" for the gateway's configured certificates."""
+    from gateway.crypto.keys import CryptoError, jwk_thumbprint, load_certificates
+
+    kids: dict[str, str] = {}
+    for status, pems in (
+        ("current", [dep.certificate_pem]),
+        ("retired", dep.retired_certificate_pems),
+    ):
+        for pem in pems:
+            try:
+                kids.setdefault(jwk_thumbprint(load_certificates(pem)[0].public_key()), status)
+            except (CryptoError, IndexError):
+                continue
+    return kids
