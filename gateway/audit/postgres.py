@@ -28,9 +28,8 @@ Why it looks like this:
   and the schema is created if missing. Without it, names resolve through the session's
   ``search_path``, which a DSN can also set (``?options=-csearch_path%3Dname`` as with libpq, or
   ``?search_path=name``: asyncpg sends unknown DSN parameters as server settings).
-* Tables are created if missing, in one transaction under ``pg_advisory_xact_lock`` so instances
-  starting together do not race on the catalog; if they all exist no DDL runs at all, so a role
-  without CREATE rights can use tables an administrator made.
+* Tables are created if missing (see :mod:`gateway.audit.postgres_schema`, which holds the
+  table and index definitions and every SQL statement).
 * The connection opens on first use (constructing does no I/O); a connection that broke (network,
   timeout, server restart) is dropped and the next call reconnects, so one failed batch does not
   take the log down. If it broke after COMMIT was sent, the outcome is asked on a new connection
@@ -38,27 +37,11 @@ Why it looks like this:
   ended first): a batch that committed is reported as appended, one that did not is reported
   failed. Only when the server cannot be reached at all does a batch count as failed although
   it may be in the log (the exchange is then not acknowledged; the log holds an extra attempt).
-
-Schema (the logical schema of :mod:`gateway.audit.sqlite`, BYTEA for hashes and records)::
-
-    audit_records(idx BIGINT PRIMARY KEY, leaf_hash, record, at, sender, service, provider,
-                  event, exchange_id)
-        The last six are copied from the record's JSON members of the same name (strings only,
-        else NULL; NULL for a record that is not a JSON object) when appending, in Python: a
-        generated column over ``record::jsonb`` would make a non-JSON record fail its batch.
-        They are ``COLLATE "C"`` so ``at`` compares byte-wise like SQLite's, and indexed for
-        :meth:`PostgresAuditStore.query`: (column, idx) for the equality filters, so a cursor
-        page is one index range scan with no sort; ``at`` and ``exchange_id`` on their own.
-    audit_nodes(level, idx, hash)   every complete perfect subtree of height >= 1
-    audit_head(id = 0, size, root, frontier)   one row, read and rewritten by every append
-    audit_claims(key, expires_at)   one-time ids (signed request ids), see Claim
-    audit_checkpoints(size, root, note, created_at)   published signed checkpoints
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -68,6 +51,14 @@ import asyncpg  # type: ignore[import-untyped]
 import orjson
 
 from gateway.audit import merkle
+from gateway.audit.postgres_schema import (
+    COLUMNS,
+    QUERY_HEAD,
+    QUERY_TAIL,
+    create_tables,
+    statements,
+    table_names,
+)
 from gateway.audit.store import Claim, RecordQuery, StoredCheckpoint, StoredRecord
 
 __all__ = ["PostgresAuditStore", "StoreCorrupted"]
@@ -77,58 +68,7 @@ Connection = Any  # asyncpg.Connection; asyncpg ships no type information.
 
 _MAX_INDEX: Final = 2**63
 _MAX_LIMIT: Final = 10_000  # Rows per query, records() or checkpoints() call, as in SQLite.
-_COLUMNS: Final = ("at", "sender", "service", "provider", "event", "exchange_id")
-_NO_COLUMNS: Final[tuple[str | None, ...]] = (None,) * len(_COLUMNS)
-_DDL_LOCK: Final = int.from_bytes(
-    hashlib.sha256(b"dtc-gateway audit ddl").digest()[:8], signed=True
-)
-_TABLES: Final = ("records", "nodes", "claims", "head", "checkpoints")
-
-# Every statement, as a template over the (schema-qualified, quoted) table names: filled in once
-# per store, so no value ever reaches SQL text; values always travel as bind parameters.
-_SQL: Final = {
-    "tables_exist": "SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest($1::text[]) AS t",
-    "init_head": "INSERT INTO {head} (id, size, root, frontier) VALUES (0, 0, $1, $2)"
-    " ON CONFLICT (id) DO NOTHING",
-    # One statement, so one snapshot: a concurrent append cannot land between the two reads.
-    "check_head": "SELECT size, root, frontier, (SELECT max(idx) FROM {records}) AS last"
-    " FROM {head} WHERE id = 0",
-    "lock_head": "SELECT size, frontier, txid_current() AS txid FROM {head} WHERE id = 0"
-    " FOR UPDATE",
-    "txid_status": "SELECT txid_status($1)",
-    # Only the session still running that transaction: a pid alone may have been reused.
-    "end_session": "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1"
-    " AND backend_xid::text::bigint = $2 % 4294967296",
-    "claim": "WITH input AS (SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[])"
-    " AS i(key, expires_at, claimed_at))"
-    " INSERT INTO {claims} AS c (key, expires_at) SELECT key, expires_at FROM input"
-    " ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at"
-    " WHERE c.expires_at < (SELECT claimed_at FROM input WHERE input.key = excluded.key)"
-    " RETURNING c.key",
-    "purge_claims": "DELETE FROM {claims} WHERE expires_at < $1",
-    "write": "WITH r AS (INSERT INTO {records} (idx, leaf_hash, record, {columns})"
-    " SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::text[], $5::text[],"
-    " $6::text[], $7::text[], $8::text[], $9::text[])),"
-    " n AS (INSERT INTO {nodes} (level, idx, hash)"
-    " SELECT * FROM unnest($10::smallint[], $11::bigint[], $12::bytea[]))"
-    " UPDATE {head} SET size = $13, root = $14, frontier = $15 WHERE id = 0",
-    "tree_head": "SELECT size, root FROM {head} WHERE id = 0",
-    "records": "SELECT idx, leaf_hash, record FROM {records}"
-    " WHERE idx >= $1 AND idx < $2 ORDER BY idx",
-    "subtrees": "SELECT 0, idx, leaf_hash FROM {records} WHERE idx = ANY($1::bigint[])"
-    " UNION ALL SELECT n.level, n.idx, n.hash FROM {nodes} n"
-    " JOIN unnest($2::smallint[], $3::bigint[]) AS q(level, idx)"
-    " ON n.level = q.level AND n.idx = q.idx",
-    "add_checkpoint": "INSERT INTO {checkpoints} (size, root, note, created_at)"
-    " VALUES ($1, $2, $3, $4) ON CONFLICT (size) DO NOTHING",
-    "latest_checkpoint": "SELECT size, root, note, created_at FROM {checkpoints}"
-    " ORDER BY size DESC LIMIT 1",
-    "checkpoints": "SELECT size, root, note, created_at FROM {checkpoints}"
-    " WHERE size > $1 ORDER BY size LIMIT $2",
-}
-# query(): the filters (column names from this fixed list only) go between these two halves.
-_QUERY_HEAD: Final = "SELECT idx, leaf_hash, record FROM {records} WHERE "
-_QUERY_TAIL: Final = " ORDER BY idx LIMIT "
+_NO_COLUMNS: Final[tuple[str | None, ...]] = (None,) * len(COLUMNS)
 
 
 class StoreCorrupted(RuntimeError):
@@ -162,10 +102,9 @@ class PostgresAuditStore:
         self._schema = schema if schema is not None else dsn_schema
         if self._schema is not None and not 0 < len(self._schema.encode()) < 64:
             raise ValueError("schema name must be 1..63 bytes")
-        prefix = "" if self._schema is None else _quote_ident(self._schema) + "."
-        self._t = {name: f"{prefix}audit_{name}" for name in _TABLES}
-        self._q = {k: v.format(columns=", ".join(_COLUMNS), **self._t) for k, v in _SQL.items()}
-        self._query_head = _QUERY_HEAD.format(**self._t)
+        self._t = table_names(self._schema)
+        self._q = statements(self._t)
+        self._query_head = QUERY_HEAD.format(**self._t)
         self._settings = {"application_name": "dtc-gateway audit"}
         self._settings["lock_timeout"] = f"{max(1, round(lock_timeout * 1000))}ms"
         for key in dsn_settings:
@@ -213,30 +152,12 @@ class PostgresAuditStore:
         try:
             if await conn.fetchval("SHOW synchronous_commit") == "off":
                 await conn.execute("SET synchronous_commit = on")
-            await self._create_tables(conn)
+            await create_tables(conn, self._q, self._t, self._schema)
             await self._check_head(conn)
         except BaseException:
             conn.terminate()
             raise
         return conn
-
-    async def _create_tables(self, conn: Connection) -> None:
-        """Create what is missing, serialized across instances by a transaction advisory lock."""
-        exists = await conn.fetchval(self._q["tables_exist"], list(self._t.values()))
-        if exists:
-            return
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", _DDL_LOCK)
-            # Checked first: CREATE SCHEMA needs the database's CREATE right even if it exists.
-            if self._schema is not None and not await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", self._schema
-            ):
-                await conn.execute(f"CREATE SCHEMA {_quote_ident(self._schema)}")
-            for statement in _ddl(self._t):
-                await conn.execute(statement)
-            await conn.execute(
-                self._q["init_head"], merkle.EMPTY_ROOT, merkle.Frontier().to_bytes()
-            )
 
     async def _check_head(self, conn: Connection) -> None:
         """Refuse a log whose head disagrees with its leaves (truncated, or rows added by hand)."""
@@ -397,7 +318,7 @@ class PostgresAuditStore:
             list(range(first, frontier.size)),
             hashes,
             records,
-            *([c[k] for c in columns] for k in range(len(_COLUMNS))),
+            *([c[k] for c in columns] for k in range(len(COLUMNS))),
             [n.level for n in completed],
             [n.index for n in completed],
             [n.hash for n in completed],
@@ -459,7 +380,7 @@ class PostgresAuditStore:
                 args.append(value)
                 where.append(condition + "$" + str(len(args)))
         args.append(min(query.limit, _MAX_LIMIT))
-        sql = self._query_head + " AND ".join(where) + _QUERY_TAIL + "$" + str(len(args))
+        sql = self._query_head + " AND ".join(where) + QUERY_TAIL + "$" + str(len(args))
         return self._fetch_records(sql, *args)
 
     def _fetch_records(self, sql: str, *args: Any) -> list[StoredRecord]:
@@ -539,46 +460,6 @@ class PostgresAuditStore:
         return self._call(run)
 
 
-def _ddl(t: dict[str, str]) -> list[str]:
-    text = 'TEXT COLLATE "C"'
-    return [
-        f"""CREATE TABLE IF NOT EXISTS {t["records"]} (
-            idx BIGINT PRIMARY KEY CHECK (idx >= 0),
-            leaf_hash BYTEA NOT NULL CHECK (length(leaf_hash) = 32),
-            record BYTEA NOT NULL,
-            {", ".join(f"{c} {text}" for c in _COLUMNS)}
-        )""",
-        f"""CREATE TABLE IF NOT EXISTS {t["nodes"]} (
-            level SMALLINT NOT NULL CHECK (level >= 1),
-            idx BIGINT NOT NULL CHECK (idx >= 0),
-            hash BYTEA NOT NULL CHECK (length(hash) = 32),
-            PRIMARY KEY (level, idx)
-        )""",
-        f"""CREATE TABLE IF NOT EXISTS {t["claims"]} (
-            key TEXT PRIMARY KEY,
-            expires_at DOUBLE PRECISION NOT NULL
-        )""",
-        f"""CREATE TABLE IF NOT EXISTS {t["head"]} (
-            id SMALLINT PRIMARY KEY CHECK (id = 0),
-            size BIGINT NOT NULL,
-            root BYTEA NOT NULL,
-            frontier BYTEA NOT NULL
-        )""",
-        f"""CREATE TABLE IF NOT EXISTS {t["checkpoints"]} (
-            size BIGINT PRIMARY KEY CHECK (size >= 0),
-            root BYTEA NOT NULL CHECK (length(root) = 32),
-            note BYTEA NOT NULL,
-            created_at DOUBLE PRECISION NOT NULL
-        )""",
-        f"CREATE INDEX IF NOT EXISTS audit_records_at ON {t['records']} (at)",
-        *(
-            f"CREATE INDEX IF NOT EXISTS audit_records_{c} ON {t['records']} ({c}, idx)"
-            for c in ("sender", "service", "provider", "event")
-        ),
-        f"CREATE INDEX IF NOT EXISTS audit_records_exchange_id ON {t['records']} (exchange_id)",
-    ]
-
-
 def _index_columns(record: bytes) -> tuple[str | None, ...]:
     """The query columns of one record: its string members, NULL where absent or not text."""
     try:
@@ -587,7 +468,7 @@ def _index_columns(record: bytes) -> tuple[str | None, ...]:
         return _NO_COLUMNS
     if not isinstance(obj, dict):
         return _NO_COLUMNS
-    values = (obj.get(c) for c in _COLUMNS)
+    values = (obj.get(c) for c in COLUMNS)
     # PostgreSQL text cannot hold NUL: such a value is left unindexed rather than failing.
     return tuple(v if isinstance(v, str) and "\x00" not in v else None for v in values)
 
@@ -617,12 +498,6 @@ def _split_dsn(dsn: str) -> tuple[str, str | None, set[str]]:
         (schema[-1] if schema else None),
         {k for k, _ in rest},
     )
-
-
-def _quote_ident(name: str) -> str:
-    if "\x00" in name:
-        raise ValueError("schema name contains NUL")
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _session_survives(exc: BaseException, conn: Connection) -> bool:
