@@ -51,6 +51,42 @@ def parse_created(value: str) -> datetime:
     return t.astimezone(UTC)
 
 
+class CertificateFacts:
+    """Participant id and SHA-256 fingerprint of certificates, cached by their bytes.
+
+    Why a cache: parsing the subject and hashing the DER cost more than the signature check,
+    and a sender presents the same certificate on every request (as x5c text in a signed
+    request, as DER in a TLS handshake). Shared by sender authentication and role resolution,
+    so both bind a certificate to a participant the same way. Bounded: cleared when full.
+    """
+
+    def __init__(self, anchors: pki.TrustAnchors, *, max_entries: int = 4096) -> None:
+        self._anchors = anchors
+        self._max = max_entries
+        self._facts: dict[str | bytes, tuple[str | None, str]] = {}
+
+    def of(self, key: str | bytes, leaf: x509.Certificate) -> tuple[str | None, str]:
+        """(participant id or None, fingerprint) of ``leaf``; CryptoError if its names conflict."""
+        facts = self._facts.get(key)
+        if facts is None:
+            if len(self._facts) >= self._max:
+                self._facts.clear()
+            facts = self._facts[key] = (pki.participant_id(leaf), pki.fingerprint_sha256(leaf))
+        return facts
+
+    def client_certificate(self, der: bytes, now: datetime) -> tuple[str | None, str]:
+        """A TLS client certificate checked against the trust anchors; its facts.
+
+        Raises Unauthenticated (the cause in its log detail) when the certificate is refused.
+        """
+        try:
+            cert = pki.load_der_certificate(der)
+            leaf = pki.verify_chain([cert], self._anchors, now=now, purpose="client_auth")
+            return self.of(der, leaf)
+        except (CryptoError, ValueError) as e:
+            raise Unauthenticated(f"client certificate refused: {e}") from None
+
+
 class Authenticator:
     def __init__(
         self,
@@ -68,9 +104,7 @@ class Authenticator:
         self._tokens = {
             p.token_sha256: p for p in participants.values() if p.token_sha256 and development
         }
-        # leaf certificate (its x5c/DER bytes) -> (participant id, SHA-256 fingerprint): parsing
-        # the subject and hashing the DER cost more than the signature check, per request.
-        self._cert_facts: dict[str | bytes, tuple[str | None, str]] = {}
+        self._certs = CertificateFacts(anchors)
 
     async def authenticate(self, raw: RawRequest, parsed: Any, now: datetime) -> tuple[Sender, Any]:
         """Return the sender and the business payload, or raise."""
@@ -90,32 +124,15 @@ class Authenticator:
             raise Unauthenticated(f"{p.id} may not authenticate by {method}")
         return p
 
-    def _facts(self, key: str | bytes, leaf: x509.Certificate) -> tuple[str | None, str]:
-        facts = self._cert_facts.get(key)
-        if facts is None:
-            if len(self._cert_facts) >= 4096:
-                self._cert_facts.clear()
-            try:
-                pid = pki.participant_id(leaf)
-            except CryptoError as e:
-                raise Unauthenticated(f"certificate names no participant: {e}") from None
-            facts = self._cert_facts[key] = (pid, pki.fingerprint_sha256(leaf))
-        return facts
-
-    def _bind(self, leaf: x509.Certificate, method: str, key: str | bytes) -> str:
-        pid, fingerprint = self._facts(key, leaf)
+    def _bind(self, facts: tuple[str | None, str], method: str) -> str:
+        pid, fingerprint = facts
         p = self._participant(pid, method)
         if p.pinned_sha256 and fingerprint != p.pinned_sha256:
             raise Unauthenticated(f"certificate of {p.id} is not the one registered")
         return p.id
 
     def _mtls(self, der: bytes, now: datetime) -> str:
-        try:
-            cert = pki.load_der_certificate(der)
-            leaf = pki.verify_chain([cert], self._anchors, now=now, purpose="client_auth")
-        except (CryptoError, ValueError) as e:
-            raise Unauthenticated(f"client certificate refused: {e}") from None
-        return self._bind(leaf, "mtls", der)
+        return self._bind(self._certs.client_certificate(der, now), "mtls")
 
     def _token(self, authorization: str) -> str:
         scheme, _, token = authorization.partition(" ")
@@ -159,7 +176,11 @@ class Authenticator:
             raise BadRequest("signed request 'created' must be an RFC 3339 UTC time")
         if abs(now - created_at) > self._skew:
             raise Unauthenticated(f"signed request created {created} is outside the skew window")
-        if self._bind(verified.leaf, "signed", verified.header["x5c"][0]) != sender:
+        try:
+            facts = self._certs.of(verified.header["x5c"][0], verified.leaf)
+        except CryptoError as e:
+            raise Unauthenticated(f"certificate names no participant: {e}") from None
+        if self._bind(facts, "signed") != sender:
             raise Unauthenticated("signer certificate is not bound to the declared sender")
         # The id is spent when the exchange is accepted: the pipeline claims it in the same
         # durable transaction as the "accepted" audit record (409 replay if already spent).

@@ -56,15 +56,11 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:
-    from cryptography import x509
-
-from gateway.authn import ParticipantAuth
+from gateway.authn import CertificateFacts, ParticipantAuth
 from gateway.config import Role
 from gateway.crypto import pki
-from gateway.crypto.keys import CryptoError
 from gateway.errors import Forbidden, NotFound, Unauthenticated
 
 __all__ = [
@@ -238,7 +234,6 @@ class PrincipalResolver:
         development: bool,
     ) -> None:
         self._participants = participants
-        self._anchors = anchors
         self._role_tokens: dict[str, Principal] = {}
         self._role_certs: dict[str, Principal] = {}
         for r in roles:
@@ -256,7 +251,7 @@ class PrincipalResolver:
                     if p.token_sha256 in self._role_tokens:
                         raise ValueError(f"participant {p.id} has the token of a role")
                     self._participant_tokens[p.token_sha256] = p.id
-        self._cert_facts: dict[bytes, tuple[str | None, str]] = {}
+        self._certs = CertificateFacts(anchors)
 
     def resolve(self, credentials: Credentials, *, now: datetime) -> Principal:
         """The principal of a request, or raise Unauthenticated."""
@@ -281,12 +276,7 @@ class PrincipalResolver:
         raise Unauthenticated("unknown bearer token (participant tokens need development)")
 
     def _certificate(self, der: bytes, now: datetime) -> Principal:
-        try:
-            cert = pki.load_der_certificate(der)
-            leaf = pki.verify_chain([cert], self._anchors, now=now, purpose="client_auth")
-            pid, fingerprint = self._facts(der, leaf)
-        except (CryptoError, ValueError) as e:
-            raise Unauthenticated(f"client certificate refused: {e}") from None
+        pid, fingerprint = self._certs.client_certificate(der, now)
         p = self._participants.get(pid or "")
         if p is None:
             raise Unauthenticated(f"certificate names {pid!r}, not a registered participant")
@@ -298,13 +288,3 @@ class PrincipalResolver:
         if "mtls" not in p.methods:
             raise Unauthenticated(f"{p.id} may not authenticate by mtls")
         return Principal("participant", p.id)
-
-    def _facts(self, der: bytes, leaf: x509.Certificate) -> tuple[str | None, str]:
-        """(participant id, fingerprint) of a leaf, cached: parsing costs more than a lookup."""
-        facts = self._cert_facts.get(der)
-        if facts is None:
-            if len(self._cert_facts) >= 1024:
-                self._cert_facts.clear()
-            facts = (pki.participant_id(leaf), pki.fingerprint_sha256(leaf))
-            self._cert_facts[der] = facts
-        return facts
