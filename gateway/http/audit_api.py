@@ -72,6 +72,7 @@ from gateway.http.audit_query import (
     time_param,
 )
 from gateway.http.audit_stream import TAIL, Tail, abort, stream
+from gateway.http.middlewares import peer_certificate
 
 __all__ = [
     "PRINCIPAL",
@@ -224,13 +225,6 @@ async def publish_checkpoint(request: web.Request) -> web.Response:
 
 
 # ------------------------------------------------------------------ wiring
-def _peer_cert(request: web.Request) -> bytes | None:
-    transport = request.transport
-    ssl_obj = transport.get_extra_info("ssl_object") if transport else None
-    der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
-    return der or None
-
-
 def _authorizer(clock: Callable[[], datetime]) -> Middleware:
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -243,7 +237,7 @@ def _authorizer(clock: Callable[[], datetime]) -> Middleware:
             log.error("authz.no_rule", method=request.method, route=route.resource.canonical)
             raise Forbidden("this route has no access rule, so it is closed")
         if not (rule.public or rule.own_auth):
-            creds = Credentials(request.headers.get("Authorization"), _peer_cert(request))
+            creds = Credentials(request.headers.get("Authorization"), peer_certificate(request))
             try:
                 principal = request.app[RESOLVER].resolve(creds, now=clock())
                 authz.authorize(rule, principal)

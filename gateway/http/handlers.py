@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway.audit.log import AuditUnavailable
 from gateway.errors import NotReady
 from gateway.http import app as keys
-from gateway.http.middlewares import problem_response
+from gateway.http.middlewares import peer_certificate, problem_response
 from gateway.http.openapi import openapi_document
 from gateway.models import RawRequest, rfc3339
 from gateway.state import StateUnavailable
@@ -22,15 +22,6 @@ from gateway.state import StateUnavailable
 log = structlog.get_logger("gateway.exchange")
 
 _JSON = "application/json"
-
-
-def _peer_cert(request: web.Request) -> bytes | None:
-    transport = request.transport
-    ssl_obj = transport.get_extra_info("ssl_object") if transport else None
-    if ssl_obj is None:
-        return None
-    der = ssl_obj.getpeercert(binary_form=True)
-    return der or None
 
 
 async def _read_body(request: web.Request, limit: int) -> tuple[bytes, int | None]:
@@ -57,7 +48,7 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
             content_type=request.content_type,
             received_at=received_at,
             received_text=rfc3339(received_at),
-            peer_cert_der=_peer_cert(request),
+            peer_cert_der=peer_certificate(request),
             authorization=request.headers.get("Authorization"),
             idempotency_key=request.headers.get("Idempotency-Key"),
             remote=request.remote,

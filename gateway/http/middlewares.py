@@ -15,6 +15,14 @@ log = structlog.get_logger("gateway.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def peer_certificate(request: web.Request) -> bytes | None:
+    """The TLS client certificate (DER) of the connection, when it presented one."""
+    transport = request.transport
+    ssl_obj = transport.get_extra_info("ssl_object") if transport else None
+    der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
+    return der or None
+
+
 def problem_response(err: GatewayError, *, instance: str | None = None) -> web.Response:
     return web.Response(
         status=err.status,
