@@ -25,6 +25,10 @@ class _RandomPool:
         self._buf = b""
         self._pos = 0
 
+    def reset(self) -> None:
+        """Forget the buffered bytes (a forked child must not reuse its parent's)."""
+        self._buf, self._pos = b"", 0
+
     def take(self, n: int) -> bytes:
         if self._pos + n > len(self._buf):
             self._buf, self._pos = os.urandom(4096), 0
@@ -34,14 +38,12 @@ class _RandomPool:
 
 
 _POOL = _RandomPool()
-_pid = os.getpid()
+# A forked worker must not hand out the random bytes its parent already buffered.
+os.register_at_fork(after_in_child=_POOL.reset)
 
 
 def uuid7(unix_ms: int | None = None, rand: bytes | None = None) -> str:
     """RFC 9562 UUIDv7: 48-bit Unix milliseconds, then random bits; sorts by creation time."""
-    global _POOL, _pid
-    if os.getpid() != _pid:
-        _POOL, _pid = _RandomPool(), os.getpid()
     ms = int(time.time() * 1000) if unix_ms is None else unix_ms
     r = _POOL.take(10) if rand is None else rand
     value = (ms & ((1 << 48) - 1)) << 80

@@ -492,3 +492,22 @@ async def test_canonicalization_failure_is_reported_as_bad_request() -> None:
     with pytest.raises(BadRequest) as e:
         _canonical_payload({"n": 2**60})
     assert "2**53" in e.value.detail
+
+
+def test_a_forked_worker_does_not_reuse_its_parents_random_bytes_for_exchange_ids() -> None:
+    import os
+
+    from gateway.models import uuid7
+
+    uuid7()  # the parent fills its pool
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(w, uuid7().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(r, 64).decode()
+    os.close(r)
+    os.close(w)
+    parent = uuid7()
+    assert child[19:] != parent[19:]  # random parts differ
