@@ -37,15 +37,20 @@ def kind_of(doc: Mapping[str, Any]) -> str:
     return _KINDS.get(_peek_typ(doc) or "", "jws")
 
 
-def _peek_typ(doc: Mapping[str, Any]) -> str | None:
-    """The claimed ``typ`` before verification, only to name the kind in the report."""
-    protected = doc.get("protected")
-    if not isinstance(protected, str):
+def _peek(doc: Mapping[str, Any], member: str) -> Any:
+    """A JWS member's decoded JSON, UNVERIFIED (to name the kind or the signing time); or None."""
+    text = doc.get(member)
+    if not isinstance(text, str):
         return None
     try:
-        header = loads(base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4)))
+        return loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except (binascii.Error, ValueError):
         return None
+
+
+def _peek_typ(doc: Mapping[str, Any]) -> str | None:
+    """The claimed ``typ`` before verification, only to name the kind in the report."""
+    header = _peek(doc, "protected")
     typ = header.get("typ") if isinstance(header, dict) else None
     return typ if isinstance(typ, str) else None
 
@@ -153,14 +158,11 @@ _TIME_CLAIMS: Final = ("completed_at", "received_at", "created")
 
 def _claimed_time(doc: Mapping[str, Any]) -> datetime | None:
     """The signing time an artifact claims (unverified here: verification comes after)."""
-    payload = doc.get("payload")
-    if not isinstance(payload, str):
-        return None
+    body = _peek(doc, "payload")
     try:
-        body = loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         value = body.get(next(k for k in _TIME_CLAIMS if k in body))
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except (binascii.Error, ValueError, AttributeError, StopIteration, TypeError):
+    except (ValueError, AttributeError, StopIteration, TypeError):
         return None
     return when if when.tzinfo is not None else None
 
