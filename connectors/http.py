@@ -70,6 +70,7 @@ from gateway.connector import (
     DeliveryTimeout,
     OutboundMessage,
     SettingsError,
+    parse_json,
 )
 
 __all__ = ["HttpConnector"]
@@ -268,26 +269,11 @@ class _Refused(DeliveryFailed):
     """The provider answered 4xx: a failure of this exchange, not of the provider."""
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate key")
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _parse_json(body: bytes) -> Any:
-    """Strict RFC 8259: UTF-8, no duplicate keys, no NaN/Infinity."""
+    """Strict RFC 8259 (the gateway's parser): UTF-8, no duplicate keys, no NaN/Infinity."""
     try:
-        return json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except (UnicodeDecodeError, ValueError):
+        return parse_json(body)
+    except ValueError:
         raise DeliveryFailed("provider answer is not valid JSON (strict parse)") from None
 
 

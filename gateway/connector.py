@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from gateway.strictjson import loads as _strict_loads
+
 __all__ = [
     "Connector",
     "ConnectorContext",
@@ -22,6 +24,7 @@ __all__ = [
     "DeliveryTimeout",
     "OutboundMessage",
     "SettingsError",
+    "parse_json",
 ]
 
 
@@ -98,3 +101,14 @@ class ConnectorFactory(Protocol):
     """The entry point's target: called with the settings table and the context."""
 
     def __call__(self, settings: Mapping[str, Any], context: ConnectorContext) -> Connector: ...
+
+
+def parse_json(data: bytes) -> Any:
+    """Parse a provider's answer with the gateway's own strict JSON parser; ``ValueError`` if not.
+
+    Why offered to plugins: an answer is validated, hashed and signed into the receipt, so it must
+    be read exactly as the gateway reads requests (UTF-8, no duplicate keys, no NaN/Infinity,
+    nesting at most 64 deep: see ``gateway.strictjson``). It is also the fast path: orjson with
+    whole-buffer checks, several times cheaper than ``json.loads`` with hooks.
+    """
+    return _strict_loads(data)

@@ -16,6 +16,7 @@ def test_public_connector_api_names_are_pinned() -> None:
         "DeliveryTimeout",
         "OutboundMessage",
         "SettingsError",
+        "parse_json",
     ]
     for name in api.__all__:
         assert hasattr(api, name)
