@@ -388,6 +388,15 @@ class Server:
     def workers(self) -> list[int]:
         return children_of(self.proc.pid) or [self.proc.pid]
 
+    def named(self, prefix: str) -> list[int]:
+        """Descendants whose ``comm`` starts with prefix (``gateway serve`` names its forks)."""
+        found = []
+        for pid in children_of(self.proc.pid):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().startswith(prefix):
+                    found.append(pid)
+        return found
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -471,6 +480,7 @@ class WrkResult:
     foreign_cpu: float  # CPU seconds of processes outside the benchmark, during the round
     spread: dict[int, int] = field(default_factory=dict)
     threads: dict[int, tuple[float, float]] = field(default_factory=dict)  # worker: main, others
+    roles: dict[str, float] = field(default_factory=dict)  # CPU s of the gateway's workers, ...
 
     @property
     def ok(self) -> int:
@@ -537,6 +547,8 @@ def run_wrk(
     server_pids, provider_pids = server.pids, provider.pids
     all_pids = [p for srv in everyone for p in srv.pids]
     cpu0 = cpu_seconds(server_pids), cpu_seconds(provider_pids), cpu_seconds(all_pids)
+    role_pids = {r: server.named(f"gw-{r}") for r in ("worker", "appender")}
+    roles0 = {r: cpu_seconds(pids) for r, pids in role_pids.items() if pids}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0 = machine_busy_seconds()
     workers = server.workers if spread else []
@@ -569,6 +581,7 @@ def run_wrk(
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy1 = machine_busy_seconds()
     cpu1 = cpu_seconds(server_pids), cpu_seconds(provider_pids), cpu_seconds(all_pids)
+    roles = {r: cpu_seconds(role_pids[r]) - c for r, c in roles0.items()}
     values: dict[str, float] = {}
     codes: dict[str, int] = {}
     samples: list[str] = []
@@ -600,6 +613,7 @@ def run_wrk(
         foreign_cpu=max(0.0, (busy1 - busy0) - (cpu1[2] - cpu0[2]) - wrk_cpu),
         spread=seen,
         threads=threads,
+        roles=roles,
     )
 
 
@@ -612,6 +626,10 @@ def describe_round(r: WrkResult) -> str:
         f"{r.us_per_request(r.provider_cpu):4.0f} us, wrk {r.us_per_request(r.wrk_cpu):4.0f} us"
         f"; others {r.foreign_cpu / r.seconds:4.2f} cores"
     )
+    if r.roles:
+        line += " [" + ", ".join(
+            f"{role}s {r.us_per_request(c):.0f} us" for role, c in r.roles.items()
+        ) + "]"
     if r.unanswered > v.get("connections", 0) + 2:
         line += f"  [{r.unanswered} requests unanswered when wrk stopped]"
     if r.exhausted:
@@ -1231,7 +1249,7 @@ def _run(s: Settings, tmp: Path, servers: list[Server]) -> int:
     # --- optional profile of one gateway worker under wrk load
     profile_lines: list[str] = []
     if s.profile:
-        worker = gateway.workers[0]
+        worker = (gateway.named("gw-worker") or gateway.workers)[0]
         print(f"profile: py-spy on gateway worker {worker} during an extra round", flush=True)
         spies: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         kinds = {

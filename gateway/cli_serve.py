@@ -37,9 +37,21 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _name_process(name: str) -> None:
+    """Show ``name`` in ``ps -o comm``/``top`` so operators (and profilers) can tell the forked
+    processes apart; they share the parent's command line. Best effort: Linux only."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:  # pragma: no cover - not Linux, or /proc not mounted
+        pass
+
+
 def _run_appender(dep: config_mod.Deployment, address: str, ready: Any) -> None:
     """The audit appender process: the only writer of audit records while the gateway runs."""
     from gateway.audit.appender import serve
+
+    _name_process("gw-appender")
     from gateway.audit.factory import open_store
 
     serve(open_store(dep), address, ready=ready.set)
@@ -52,6 +64,7 @@ def _run_worker(
     from gateway.http.app import create_app, run, server_ssl_context
     from gateway.logging import configure
 
+    _name_process(f"gw-worker-{worker}")
     configure(dep.config.logging.level)
     # Helper threads (reads for proofs and search, the state store) need the GIL for a few
     # microseconds at a time; with the default 5 ms switch interval a busy event loop keeps
