@@ -338,7 +338,7 @@ class Pipeline:
             return await self._failed(raw, xid, sender, svc, accepted, err)
         except GatewayError as e:
             return await self._failed(raw, xid, sender, svc, accepted, e)
-        completed_at = self._clock()
+        completed_at = rfc3339(self._clock())
         response_sha = sha256_hex(response_canon)
         receipt = self._signer.sign(  # (8)
             {
@@ -361,7 +361,7 @@ class Pipeline:
                 },
                 "status": "delivered",
                 "received_at": raw.received,
-                "completed_at": rfc3339(completed_at),
+                "completed_at": completed_at,
                 "audit": {"index": accepted.index, "leaf_hash": accepted.leaf_hash.hex()},
             },
             typ=RECEIPT_TYP,
@@ -376,7 +376,7 @@ class Pipeline:
                     "v": 1,
                     "event": "exchange.delivered",
                     "exchange_id": xid,
-                    "at": rfc3339(completed_at),
+                    "at": completed_at,
                     "service": svc.id,
                     "sender": sender.id,
                     "provider": svc.provider,

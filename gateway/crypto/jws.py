@@ -288,6 +288,7 @@ def _members(jws: Mapping[str, Any]) -> tuple[str, str, str]:
 #: same header (alg, kid, typ, x5c), so decoding and strictly parsing its kilobyte of x5c again
 #: per request is wasted work. Only successful parses are kept; the dicts are shared, so callers
 #: must treat ``Verified.header`` as read-only. Bounded: cleared when full.
+_ES256: Final = ec.ECDSA(hashes.SHA256())  # stateless: built once, not per verification
 _HEADER_CACHE: dict[str, dict[str, Any]] = {}
 _HEADER_CACHE_MAX: Final = 1024
 
@@ -371,7 +372,7 @@ def _check_signature(key: PublicKey, alg: str, signature: bytes, data: bytes) ->
                     f"an ES256 signature is 64 bytes (R || S), this one is {len(signature)}"
                 )
             r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-            key.verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
+            key.verify(encode_dss_signature(r, s), data, _ES256)
         elif alg == "EdDSA" and isinstance(key, ed25519.Ed25519PublicKey):
             key.verify(signature, data)
         elif alg == "PS256" and isinstance(key, rsa.RSAPublicKey):
