@@ -50,11 +50,13 @@ def _name_process(name: str) -> None:
 def _run_appender(dep: config_mod.Deployment, address: str, ready: Any) -> None:
     """The audit appender process: the only writer of audit records while the gateway runs."""
     from gateway.audit.appender import serve
+    from gateway.audit.factory import open_store, periodic_publisher
+    from gateway.logging import configure
 
     _name_process("gw-appender")
-    from gateway.audit.factory import open_store
-
-    serve(open_store(dep), address, ready=ready.set)
+    configure(dep.config.logging.level)
+    store = open_store(dep)
+    serve(store, address, ready=ready.set, publisher=periodic_publisher(dep, store))
 
 
 def _run_worker(

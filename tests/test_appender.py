@@ -81,3 +81,94 @@ async def test_waiters_get_audit_unavailable_when_the_appender_goes_away(tmp_pat
     with pytest.raises(AuditUnavailable):
         w.append_nowait(b'{"a":2}')
     await w.aclose()
+
+
+# --- the periodic checkpoint publisher runs in the appender process ----------------------------
+def _published_sizes(db: Path) -> list[int]:
+    store = SqliteAuditStore(str(db))
+    try:
+        return [cp.size for cp in store.checkpoints()]
+    finally:
+        store.close()
+
+
+async def test_the_appender_publishes_checkpoints_of_what_it_wrote_and_stops_with_it(
+    tmp_path: Path,
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from gateway.audit.checkpoint import NoteSigner, NoteVerifier, verify_note
+    from gateway.audit.publisher import PublisherThread, read_published
+
+    db, published = tmp_path / "audit.db", tmp_path / "audit.published"
+    signer = NoteSigner("gw.example/audit", ed25519.Ed25519PrivateKey.generate())
+    store = SqliteAuditStore(str(db))
+    publisher = PublisherThread(
+        store, signer, signer.name, interval=0.02, published_path=published, clock=lambda: 7.0
+    )
+    address = new_address()
+    ready, stop = threading.Event(), threading.Event()
+    t = threading.Thread(
+        target=serve,
+        args=(store, address),
+        kwargs={"ready": ready.set, "stop_event": stop, "publisher": publisher},
+    )
+    t.start()
+    assert ready.wait(10)
+    w = await RemoteAppender.connect(address)
+    await asyncio.gather(*(w.append(b'{"n":%d}' % i) for i in range(5)))
+
+    async def published_size() -> int:
+        cp = await asyncio.to_thread(read_published, published)
+        return -1 if cp is None else cp.size
+
+    for _ in range(500):
+        if await published_size() == 5:
+            break
+        await asyncio.sleep(0.01)
+    assert await published_size() == 5
+    # Nothing grew: ten more intervals publish nothing.
+    count = len(_published_sizes(db))
+    await asyncio.sleep(0.2)
+    assert len(_published_sizes(db)) == count
+    await w.aclose()
+    stop.set()
+    t.join(10)
+    assert not t.is_alive()
+    # The note in the file is the stored one, signed over the tree the appender wrote.
+    check = SqliteAuditStore(str(db))
+    latest = check.latest_checkpoint()
+    size, root = check.tree_head()
+    check.close()
+    assert latest is not None and published.read_bytes() == latest.note
+    assert latest.created_at == 7.0
+    verified = verify_note(latest.note, [NoteVerifier.for_signer(signer)], origin=signer.name)
+    assert (verified.checkpoint.size, verified.checkpoint.root) == (size, root) == (5, root)
+
+
+def test_a_failed_publication_is_retried_and_does_not_stop_the_thread(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from gateway.audit.checkpoint import NoteSigner
+    from gateway.audit.publisher import PublisherThread
+
+    store = SqliteAuditStore(str(tmp_path / "audit.db"))
+    signer = NoteSigner("gw.example/audit", ed25519.Ed25519PrivateKey.generate())
+    target = tmp_path / "not yet" / "audit.published"  # its directory is missing at first
+    publisher = PublisherThread(store, signer, signer.name, interval=0.02, published_path=target)
+    publisher.start()
+    try:
+        import time
+
+        time.sleep(0.1)
+        assert not target.exists()
+        target.parent.mkdir()
+        for _ in range(500):
+            if target.exists():
+                break
+            time.sleep(0.01)
+        assert target.exists()
+    finally:
+        publisher.stop()
+        publisher.stop()  # idempotent
+        store.close()

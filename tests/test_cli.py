@@ -257,3 +257,63 @@ def test_audit_tail_follows_the_log_and_audit_verify_checks_it(
         server.stop()
     v = run("audit", "verify", cwd=deployment)
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_serve_names_its_processes_and_only_the_appender_publishes_checkpoints(
+    tmp_path: Path,
+) -> None:
+    """N workers used to run N periodic publishers; now the one writer signs each size once."""
+    import time
+
+    from gateway.audit.publisher import read_published
+    from gateway.config import load
+
+    d = tmp_path / "demo"
+    assert run("init", str(d)).returncode == 0
+    published = load(d / "gateway.toml").published_path()
+    server = ServerProcess(d / "gateway.toml", workers=2)
+    try:
+        names = sorted(
+            Path(f"/proc/{pid}/comm").read_text().strip() for pid in _children(server.proc.pid)
+        )
+        assert names == ["gw-appender", "gw-worker-0", "gw-worker-1"]
+        for _ in range(3):
+            r = run(
+                "send",
+                "citizen-lookup.v1",
+                str(d / "examples/citizen-lookup.v1.json"),
+                "--url",
+                server.url,
+                cwd=d,
+            )
+            assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            cp = read_published(published)
+            if cp is not None and cp.size >= 6:  # 3 exchanges, 2 records each
+                break
+            time.sleep(0.1)
+        assert cp is not None and cp.size >= 6
+        time.sleep(1.5)  # more than an interval: any other publisher would have run by now
+    finally:
+        log = server.stop()
+    sizes = [
+        json.loads(line)["size"]
+        for line in log.splitlines()
+        if line.startswith("{") and '"audit.checkpoint_published"' in line
+    ]
+    assert 6 in sizes
+    assert len(sizes) == len(set(sizes)), sizes  # each size signed and written once

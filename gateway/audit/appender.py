@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from gateway.audit.log import AppendResult, AuditUnavailable, ClaimRefused
+from gateway.audit.publisher import PublisherThread
 from gateway.audit.store import AuditStore, Claim
 
 _LEN = struct.Struct(">I")
@@ -76,8 +77,13 @@ def serve(
     *,
     ready: Callable[[], None] | None = None,
     stop_event: threading.Event | None = None,
+    publisher: PublisherThread | None = None,
 ) -> None:
-    """Run the appender until SIGTERM/SIGINT (main thread) or ``stop_event``. Blocking."""
+    """Run the appender until SIGTERM/SIGINT (main thread) or ``stop_event``. Blocking.
+
+    ``publisher`` (the periodic checkpoint publisher) runs beside it on the same store, from
+    when the store is open until before it is closed.
+    """
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(64)
@@ -93,6 +99,8 @@ def serve(
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     store.size()  # open (and check) the store before anyone may append
+    if publisher is not None:
+        publisher.start()
     if ready is not None:
         ready()
     conns: dict[int, _Conn] = {}
@@ -133,6 +141,8 @@ def serve(
                 _write(store, batch)
                 behind = index_pending is not None
     finally:
+        if publisher is not None:
+            publisher.stop()
         for conn in conns.values():
             conn.sock.close()
         listener.close()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from gateway.audit.checkpoint import NoteSigner
+from gateway.audit.publisher import PublisherThread
 from gateway.audit.store import AuditStore
 from gateway.config import Deployment
+from gateway.crypto.keys import load_private_key
 from gateway.errors import ConfigError
 
 
@@ -24,3 +27,26 @@ def open_store(dep: Deployment) -> AuditStore:
         assert audit.dsn is not None  # checked by the config model
         return PostgresAuditStore(audit.dsn)
     raise ConfigError(str(dep.path), "audit.store", f"unknown store {audit.store!r}")
+
+
+def note_signer(dep: Deployment) -> NoteSigner | None:
+    """The checkpoint signer, or None when checkpoints are not configured."""
+    audit = dep.config.audit
+    if not (audit.origin and dep.checkpoint_key_pem):
+        return None
+    return NoteSigner(audit.origin, load_private_key(dep.checkpoint_key_pem))
+
+
+def periodic_publisher(dep: Deployment, store: AuditStore) -> PublisherThread | None:
+    """The appender's checkpoint publisher over ``store``, or None without checkpoints."""
+    signer = note_signer(dep)
+    if signer is None:
+        return None
+    assert dep.config.audit.origin is not None  # note_signer checked it
+    return PublisherThread(
+        store,
+        signer,
+        dep.config.audit.origin,
+        interval=dep.config.audit.checkpoint_interval_seconds,
+        published_path=dep.published_path(),
+    )

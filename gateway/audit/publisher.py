@@ -16,6 +16,12 @@ processes publish: a lock file serializes the compare-and-replace.
 
 Several instances sharing one store may publish checkpoints of different sizes; each is
 consistent with the log, and the latest by size is what is served.
+
+Two drivers, one rule (:func:`_stale`). ``gateway serve`` publishes periodically from ONE
+:class:`PublisherThread` in the appender process (the only writer, so the head it signs is the
+head it wrote); its workers keep a :class:`CheckpointPublisher` only for ``POST
+/v1/audit/checkpoint``. An application built alone (tests, tools) has no appender and runs the
+periodic task of its own :class:`CheckpointPublisher`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,9 +40,15 @@ import structlog
 from gateway.audit.checkpoint import Checkpoint, NoteError, NoteSigner, parse_checkpoint
 from gateway.audit.checkpoint import sign_checkpoint as _sign
 from gateway.audit.log import AuditLog
-from gateway.audit.store import StoredCheckpoint
+from gateway.audit.store import AuditStore, StoredCheckpoint
 
-__all__ = ["CheckpointPublisher", "RolledBack", "check_not_rolled_back", "read_published"]
+__all__ = [
+    "CheckpointPublisher",
+    "PublisherThread",
+    "RolledBack",
+    "check_not_rolled_back",
+    "read_published",
+]
 
 log = structlog.get_logger("gateway.audit")
 
@@ -83,7 +96,10 @@ class CheckpointPublisher:
         self._lock = asyncio.Lock()  # One publication at a time within this process.
 
     async def start(self) -> None:
-        """Start the background task (publishes at once if the log has no checkpoint yet)."""
+        """Start the periodic task (publishes at once if the log has no checkpoint yet).
+
+        Not under ``gateway serve``: there the appender's :class:`PublisherThread` does it.
+        """
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="checkpoint-publisher")
 
@@ -118,8 +134,7 @@ class CheckpointPublisher:
         than the last checkpoint this publisher wrote to the file (a failed write is retried,
         and each process brings the file up to date once at start)."""
         size, _ = await self._log.tree_head()
-        latest = await self._log.latest_checkpoint()
-        if latest is not None and latest.size >= size and self._written >= size:
+        if not _stale(size, await self._log.latest_checkpoint(), self._written):
             return None
         return await self.publish_now()
 
@@ -133,6 +148,80 @@ class CheckpointPublisher:
                 if cp is not None:
                     log.info("audit.checkpoint_published", size=cp.size)
             await asyncio.sleep(self._interval)
+
+
+def _stale(size: int, latest: StoredCheckpoint | None, written: int) -> bool:
+    """A checkpoint is due: the log outgrew the latest stored one, or the file lags behind."""
+    return latest is None or latest.size < size or written < size
+
+
+class PublisherThread:
+    """The periodic publisher of ``gateway serve``: a thread of the appender process.
+
+    Why there: the appender is the one writer, so one publisher per gateway signs each size
+    once, instead of one per worker racing for the lock file every interval. It reads the head
+    and stores the checkpoint through the appender's own store (thread-safe), so a publication
+    holds the store only for one small transaction; the file's fsyncs happen outside it.
+    """
+
+    def __init__(
+        self,
+        store: AuditStore,
+        signer: NoteSigner,
+        origin: str,
+        *,
+        interval: float,
+        published_path: Path,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        Checkpoint(origin, 0, bytes(32))  # Fail at construction on an unusable origin line.
+        self._store = store
+        self._signer = signer
+        self._origin = origin
+        self._interval = interval
+        self._path = published_path
+        self._clock = clock
+        self._written = -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="checkpoint-publisher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the publication in progress, if any. Idempotent."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def publish_if_grown(self) -> StoredCheckpoint | None:
+        """Blocking: sign, store and write a checkpoint if one is due (see :func:`_stale`)."""
+        size, root = self._store.tree_head()
+        if not _stale(size, self._store.latest_checkpoint(), self._written):
+            return None
+        note = _sign(Checkpoint(self._origin, size, root), self._signer)
+        cp = StoredCheckpoint(size=size, root=root, note=note, created_at=self._clock())
+        self._store.add_checkpoint(cp)
+        stored = self._store.checkpoints(after_size=size - 1, limit=1)
+        if stored and stored[0].size == size:  # another instance stored this size first
+            cp = stored[0]
+        write_published(self._path, cp.note)
+        self._written = max(self._written, cp.size)
+        return cp
+
+    def _run(self) -> None:
+        while True:
+            try:
+                cp = self.publish_if_grown()
+            except Exception as e:  # The log or the disk failed: try again next interval.
+                log.warning("audit.checkpoint_failed", error=f"{type(e).__name__}: {e}")
+            else:
+                if cp is not None:
+                    log.info("audit.checkpoint_published", size=cp.size)
+            if self._stop.wait(self._interval):
+                return
 
 
 def read_published(path: Path) -> Checkpoint | None:

@@ -18,8 +18,7 @@ from gateway import plugins
 from gateway.acl import AccessList, Grant
 from gateway.audit import merkle, proofs
 from gateway.audit.appender import RemoteAppender
-from gateway.audit.checkpoint import NoteSigner
-from gateway.audit.factory import open_store
+from gateway.audit.factory import note_signer, open_store
 from gateway.audit.log import AuditLog
 from gateway.audit.publisher import CheckpointPublisher, check_not_rolled_back
 from gateway.authn import Authenticator, ParticipantAuth
@@ -212,16 +211,18 @@ def create_app(
                 remote = await RemoteAppender.connect(appender_address)
             size, _ = await audit.tree_head()
             await check_not_rolled_back(dep.published_path(), size, audit.root_at)
-            if cfg.audit.origin and dep.checkpoint_key_pem:
+            signer = note_signer(dep)
+            if signer is not None and cfg.audit.origin:
                 publisher = CheckpointPublisher(
                     audit,
-                    NoteSigner(cfg.audit.origin, load_private_key(dep.checkpoint_key_pem)),
+                    signer,
                     cfg.audit.origin,
                     interval=cfg.audit.checkpoint_interval_seconds,
                     published_path=dep.published_path(),
                 )
-                app[audit_api.PUBLISHER] = publisher
-                await publisher.start()
+                app[audit_api.PUBLISHER] = publisher  # POST /v1/audit/checkpoint
+                if remote is None:  # under `gateway serve`, the appender publishes periodically
+                    await publisher.start()
             for c in connectors.values():
                 await c.start()
                 started.append(c)
