@@ -40,7 +40,14 @@ CREATE TABLE IF NOT EXISTS idempotency (
     expires_at REAL NOT NULL,
     PRIMARY KEY (sender, service, key)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency (expires_at);
 """
+
+# Expired keys are deleted in the transaction of a later idempotency_begin, at most this often
+# and this many at a time, so the table stays about one TTL's worth of keys and no purge holds
+# the writer long. A purge that hits the cap runs again at the next begin.
+PURGE_EVERY_SECONDS = 60.0
+PURGE_MAX_ROWS = 1000
 
 _STOP = object()
 
@@ -157,14 +164,21 @@ class StateStore:
             conn.execute(statement)
         conn.execute("COMMIT")
         self._reader = sqlitedb.connect(path, timeout=30)
+        self._reader_lock = threading.Lock()
         self._writer = BatchWriter(conn)
-        self._last_purge = 0.0
+        self._next_purge = 0.0  # clock time of the next purge (the first begin purges)
 
     async def idempotency_begin(
         self, sender: str, service: str, key: str, request_sha256: str, ttl: float
     ) -> IdempotencyEntry | None:
-        """Claim the key; None when claimed now, else the existing entry (any state)."""
+        """Claim the key; None when claimed now, else the existing entry (any state).
+
+        Also purges expired keys now and then (see ``PURGE_EVERY_SECONDS``).
+        """
         now = self._clock()
+        purge = now >= self._next_purge
+        if purge:
+            self._next_purge = now + PURGE_EVERY_SECONDS
 
         def op(conn: sqlite3.Connection) -> IdempotencyEntry | None:
             row = conn.execute(
@@ -172,6 +186,8 @@ class StateStore:
                 "WHERE sender=? AND service=? AND key=?",
                 (sender, service, key),
             ).fetchone()
+            if purge and _purge(conn, now) >= PURGE_MAX_ROWS:
+                self._next_purge = now  # more to delete: again at the next begin
             if row is not None and row[4] > now:
                 return IdempotencyEntry(row[0], row[1], row[2], row[3])
             conn.execute(
@@ -202,20 +218,29 @@ class StateStore:
 
         await self._writer.submit(op)
 
-    async def purge_expired(self) -> None:
+    async def purge_expired(self) -> int:
+        """Delete up to ``PURGE_MAX_ROWS`` expired keys now; return how many were deleted."""
         now = self._clock()
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM idempotency WHERE expires_at < ?", (now,))
-
-        await self._writer.submit(op)
+        return await self._writer.submit(lambda conn: _purge(conn, now))
 
     def ping(self) -> None:
-        self._reader.execute("SELECT 1").fetchone()
+        """Blocking (call from a thread): read the table, so a lost or damaged file shows."""
+        with self._reader_lock:
+            self._reader.execute("SELECT 1 FROM idempotency LIMIT 1").fetchall()
 
     def close(self) -> None:
         self._writer.close()
         self._reader.close()
+
+
+def _purge(conn: sqlite3.Connection, now: float) -> int:
+    """Delete expired keys, oldest first, at most PURGE_MAX_ROWS (uses idempotency_expires)."""
+    cur = conn.execute(
+        "DELETE FROM idempotency WHERE (sender, service, key) IN (SELECT sender, service, key"
+        " FROM idempotency WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+        (now, PURGE_MAX_ROWS),
+    )
+    return max(0, cur.rowcount)
 
 
 __all__ = ["BatchWriter", "IdempotencyEntry", "StateStore", "StateUnavailable"]
