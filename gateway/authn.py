@@ -80,8 +80,7 @@ class CertificateFacts:
         Raises Unauthenticated (the cause in its log detail) when the certificate is refused.
         """
         try:
-            cert = pki.load_der_certificate(der)
-            leaf = pki.verify_chain([cert], self._anchors, now=now, purpose="client_auth")
+            leaf = self._anchors.validate_leaf_der(der, now=now, purpose="client_auth").leaf
             return self.of(der, leaf)
         except (CryptoError, ValueError) as e:
             raise Unauthenticated(f"client certificate refused: {e}") from None

@@ -50,6 +50,10 @@ class GatewaySection(_Model):
     # and envelopes signed before a rotation keep verifying (``gateway keys rotate``).
     retired_certificates: list[str] = Field(default_factory=list)
     trust_anchors: list[str] = Field(min_length=1)
+    # Intermediate CA certificates (PEM files), untrusted: they only complete the path of a TLS
+    # client certificate issued below an anchor (TLS hands the gateway the leaf alone). Signed
+    # requests carry their own chain in x5c and do not need them.
+    intermediates: list[str] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
@@ -248,6 +252,7 @@ class Deployment:
     tls_cert_pem: bytes | None
     tls_key_pem: bytes | None
     retired_certificate_pems: tuple[bytes, ...] = ()
+    intermediate_pems: tuple[bytes, ...] = ()
     checkpoint_key_pem: bytes | None = None
     witness_key_pem: bytes | None = None
 
@@ -342,6 +347,9 @@ def load(path: Path) -> Deployment:
     anchors = tuple(
         _read(path, f"gateway.trust_anchors[{i}]", a) for i, a in enumerate(g.trust_anchors)
     )
+    intermediates = tuple(
+        _read(path, f"gateway.intermediates[{i}]", a) for i, a in enumerate(g.intermediates)
+    )
     pcerts = {
         p.id: _read(path, f"participants[{i}].certificate", p.certificate)
         for i, p in enumerate(cfg.participants)
@@ -377,6 +385,7 @@ def load(path: Path) -> Deployment:
         key_pem=key,
         certificate_pem=cert,
         trust_anchor_pems=anchors,
+        intermediate_pems=intermediates,
         participant_cert_pems=pcerts,
         services=services,
         tls_cert_pem=tls_cert,

@@ -193,6 +193,9 @@ def init_deployment(target: Path, *, port: int = 8080, now: datetime | None = No
         'key = "pki/gateway.key"\n'
         'certificate = "pki/gateway.crt"\n'
         'trust_anchors = ["pki/ca.crt"]\n'
+        "# mTLS clients whose certificates come from an issuing CA below an anchor: list that\n"
+        "# CA's certificate here (untrusted, it only completes the path; clients send it too).\n"
+        "# intermediates = []\n"
         'host = "127.0.0.1"\n'
         f"port = {port}\n"
         "workers = 1\n"

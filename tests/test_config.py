@@ -50,6 +50,18 @@ def test_the_init_deployment_loads_and_builds(cfg: Path) -> None:
             "unknown connector",
         ),
         ("max_json_depth = 64", "max_json_depth = 100000", "limits.max_json_depth", "less than"),
+        (
+            "workers = 1",
+            'workers = 1\nintermediates = ["pki/missing.crt"]',
+            "gateway.intermediates[0]",
+            "cannot read",
+        ),
+        (
+            "workers = 1",
+            'workers = 1\nintermediates = ["participants/hcm.quan-1/cert.pem"]',
+            "gateway.intermediates",
+            "not a CA certificate",
+        ),
     ],
 )
 def test_config_errors_name_file_field_and_problem(

@@ -146,6 +146,56 @@ async def test_mtls_client_certificate_authenticates(tmp_path: Path, provider: P
         assert status == 401
 
 
+def _reissue_under_an_intermediate(dep: Path, participant: str) -> Path:
+    """Give ``participant`` a certificate from an issuing CA below the development root.
+
+    Writes the chain (leaf, then the intermediate) as its cert.pem, which the config pins by
+    its first certificate, and the intermediate alone as pki/issuing.crt.
+    """
+    from gateway.crypto import devpki
+    from gateway.crypto.keys import load_certificates
+
+    now = datetime.now(UTC)
+    root_key = devpki.load_private_key_raw((dep / "pki/ca.key").read_bytes())
+    root = load_certificates((dep / "pki/ca.crt").read_bytes())[0]
+    inter_key, inter = devpki.make_ca("hcm issuing", now=now, issuer=(root_key, root))
+    key, leaf = devpki.issue(inter_key, inter, participant, now=now)
+    d = dep / "participants" / participant
+    (d / "cert.pem").write_bytes(devpki.pem_certificate(leaf) + devpki.pem_certificate(inter))
+    (d / "key.pem").write_bytes(devpki.pem_private_key(key))
+    (dep / "pki/issuing.crt").write_bytes(devpki.pem_certificate(inter))
+    return dep / "pki/issuing.crt"
+
+
+@pytest.mark.parametrize("configured", [True, False])
+async def test_mtls_client_certificate_issued_by_an_intermediate_ca(
+    tmp_path: Path, provider: Provider, configured: bool
+) -> None:
+    """TLS hands the gateway only the leaf: the path is completed from gateway.intermediates.
+
+    Without the intermediate configured, the sender is refused (fail closed), not let through.
+    """
+    extra = 'intermediates = ["pki/issuing.crt"]\n' if configured else ""
+    cfg = make_deployment(
+        tmp_path / "dep", provider_port=provider.port, tls="optional", extra_gateway=extra
+    )
+    _reissue_under_an_intermediate(cfg.parent, "hcm.thu-duc")
+    async with running_gateway(cfg) as gw:
+        status, _, doc = await post(
+            gw,
+            "pilot-progress-report.v1",
+            orjson.dumps(example("pilot-progress-report.v1")),
+            {"Content-Type": "application/json"},
+            ssl=gw.client_ssl("hcm.thu-duc"),
+        )
+        if configured:
+            assert status == 200, doc
+            receipt = verify_with_jwcrypto(doc["receipt"], gw.dir / "pki/ca.crt")
+            assert receipt["sender"] == "hcm.thu-duc"
+        else:
+            assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
+
+
 # ------------------------------------------------------------------ (0) parse
 async def test_body_over_the_size_cap_is_413(gw: Gateway, provider: Provider) -> None:
     body = b'{"x": "' + b"a" * (1024 * 1024 + 10) + b'"}'

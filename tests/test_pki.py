@@ -566,3 +566,60 @@ def test_issuer_eku_constrains_the_purpose(pki: SimpleNamespace) -> None:
     assert verify_chain([both, ca], anchors, now=NOW, purpose="server_auth") == both
     with pytest.raises(ChainInvalid, match="issuer extendedKeyUsage does not allow clientAuth"):
         verify_chain([both, ca], anchors, now=NOW, purpose="client_auth")
+
+
+# --- a lone TLS client certificate: the path is completed from configured intermediates ---------
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_lone_leaf_under_an_intermediate_needs_the_intermediate_configured(
+    pki: SimpleNamespace,
+) -> None:
+    with pytest.raises(ChainInvalid, match="trust anchors"):
+        TrustAnchors([pki.root]).validate_leaf_der(_der(pki.leaf), now=NOW, purpose="client_auth")
+    anchors = TrustAnchors([pki.root], intermediates=[pki.other, pki.inter])
+    result = anchors.validate_leaf_der(_der(pki.leaf), now=NOW, purpose="client_auth")
+    assert result.leaf == pki.leaf and result.path == (pki.leaf, pki.inter, pki.root)
+    # Cached by the DER: the second call is a hit, and still checked against `now`.
+    anchors.validate_leaf_der(_der(pki.leaf), now=NOW, purpose="client_auth")
+    assert anchors.cache_info().hits == 1
+    with pytest.raises(ChainInvalid):
+        anchors.validate_leaf_der(
+            _der(pki.leaf), now=NOW + timedelta(days=5000), purpose="client_auth"
+        )
+
+
+def test_an_intermediate_with_the_right_name_but_another_key_is_not_used(
+    pki: SimpleNamespace,
+) -> None:
+    """A renewed (or forged) CA of the same name: only the one that signed the leaf is a link."""
+    _, forged = devpki.make_ca(
+        "hcm issuing", now=NOW, issuer=(pki.root_key, pki.root), path_length=0
+    )
+    assert forged.subject == pki.inter.subject
+    anchors = TrustAnchors([pki.root], intermediates=[forged, pki.inter])
+    result = anchors.validate_leaf_der(_der(pki.leaf), now=NOW, purpose="client_auth")
+    assert result.path == (pki.leaf, pki.inter, pki.root)
+    with pytest.raises(ChainInvalid):
+        TrustAnchors([pki.root], intermediates=[forged]).validate_leaf_der(
+            _der(pki.leaf), now=NOW, purpose="client_auth"
+        )
+
+
+def test_an_intermediate_from_another_root_does_not_make_a_leaf_valid(
+    pki: SimpleNamespace,
+) -> None:
+    """Intermediates are untrusted: the path must still end at an anchor."""
+    anchors = TrustAnchors([pki.other], intermediates=[pki.inter])
+    with pytest.raises(ChainInvalid):
+        anchors.validate_leaf_der(_der(pki.leaf), now=NOW, purpose="client_auth")
+
+
+def test_intermediates_must_be_ca_certificates_and_the_der_must_parse(
+    pki: SimpleNamespace,
+) -> None:
+    with pytest.raises(KeyInvalid, match=r"intermediate .* is not a CA"):
+        TrustAnchors([pki.root], intermediates=[pki.leaf])
+    with pytest.raises(ChainInvalid, match="not a DER"):
+        TrustAnchors([pki.root]).validate_leaf_der(b"\x30\x03junk", now=NOW, purpose="client_auth")

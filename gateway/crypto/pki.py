@@ -36,6 +36,7 @@ from datetime import datetime
 from typing import Final, Literal, NamedTuple, TypeAlias, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -73,6 +74,7 @@ __all__ = [
 ]
 
 Purpose: TypeAlias = Literal["signing", "client_auth", "server_auth"]
+Certificate: TypeAlias = x509.Certificate  # for modules that may not import cryptography
 #: Certificates in one presented chain (leaf, intermediates, optionally the root).
 MAX_CHAIN_LENGTH: Final = 8
 PARTICIPANT_URI_PREFIX: Final = "urn:gateway:participant:"
@@ -229,14 +231,26 @@ class TrustAnchors:
     reports the precise reason). Thread-safe: verification may run in executor threads.
     """
 
-    def __init__(self, certs: Sequence[x509.Certificate], *, cache_size: int = 1024) -> None:
+    def __init__(
+        self,
+        certs: Sequence[x509.Certificate],
+        *,
+        intermediates: Sequence[x509.Certificate] = (),
+        cache_size: int = 1024,
+    ) -> None:
         if not certs:
             raise KeyInvalid("at least one trust anchor certificate is required")
         for cert in certs:
             bc = _extension(cert, x509.BasicConstraints)
             if bc is None or not bc.ca:
                 raise KeyInvalid(f"trust anchor {_name(cert)} is not a CA certificate")
+        for cert in intermediates:
+            bc = _extension(cert, x509.BasicConstraints)
+            if bc is None or not bc.ca:
+                raise KeyInvalid(f"intermediate {_name(cert)} is not a CA certificate")
         self._certs = tuple(certs)
+        # Untrusted: only used to complete the path of a lone TLS client certificate.
+        self._intermediates = tuple(intermediates)
         self._subjects = frozenset(cert.subject for cert in certs)
         store = Store(list(certs))
         self._builders: dict[str, PolicyBuilder] = {}
@@ -292,7 +306,58 @@ class TrustAnchors:
     def validate_x5c(self, x5c: object, *, now: datetime, purpose: Purpose) -> ValidatedChain:
         """Decode and validate a JWS ``x5c`` header value, using and filling the cache."""
         _require_aware(now)
-        key = (purpose, _x5c_digest(x5c))
+        return self._cached(
+            (purpose, _x5c_digest(x5c)),
+            now,
+            lambda: self.validate(decode_x5c(x5c), now=now, purpose=purpose),
+        )
+
+    def validate_leaf_der(self, der: bytes, *, now: datetime, purpose: Purpose) -> ValidatedChain:
+        """Validate a lone certificate (DER), completing its path from the intermediates.
+
+        For TLS client certificates: Python's ``ssl`` (before 3.13) gives the application only
+        the peer's leaf, even when the handshake verified a longer chain, so the path to an
+        anchor is rebuilt here from the configured intermediates (untrusted: each link is still
+        checked by path validation). Cached like :meth:`validate_x5c`, by the DER's SHA-256.
+        """
+        _require_aware(now)
+
+        def compute() -> ValidatedChain:
+            try:
+                leaf = x509.load_der_x509_certificate(der)
+            except ValueError as exc:
+                raise ChainInvalid(f"not a DER X.509 certificate: {exc}") from exc
+            return self.validate(self._path_from_pool(leaf), now=now, purpose=purpose)
+
+        return self._cached((purpose, b"der" + hashlib.sha256(der).digest()), now, compute)
+
+    def _path_from_pool(self, leaf: x509.Certificate) -> tuple[x509.Certificate, ...]:
+        """``leaf`` followed by the intermediates that issued it, up to an anchor's child.
+
+        A candidate is taken only when it really signed the certificate below it, so a pool
+        with two CAs of the same name (a renewal) still yields the right link. Stops at an
+        anchor-issued certificate, at a dead end, or at MAX_CHAIN_LENGTH; validation then
+        accepts the path or says why not.
+        """
+        chain = [leaf]
+        while chain[-1].issuer not in self._subjects and len(chain) < MAX_CHAIN_LENGTH:
+            child = chain[-1]
+            for ca in self._intermediates:
+                if ca.subject != child.issuer or ca in chain:
+                    continue
+                try:
+                    child.verify_directly_issued_by(ca)
+                except (ValueError, TypeError, InvalidSignature):
+                    continue
+                chain.append(ca)
+                break
+            else:
+                break
+        return tuple(chain)
+
+    def _cached(
+        self, key: tuple[str, bytes], now: datetime, compute: Callable[[], ValidatedChain]
+    ) -> ValidatedChain:
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -301,7 +366,7 @@ class TrustAnchors:
             with self._lock:
                 self._hits += 1
             return hit
-        result = self.validate(decode_x5c(x5c), now=now, purpose=purpose)
+        result = compute()
         with self._lock:
             self._misses += 1
             self._cache[key] = result

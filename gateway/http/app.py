@@ -68,13 +68,21 @@ def build_keyring(dep: Deployment) -> Keyring:
 
 
 def build_anchors(dep: Deployment) -> pki.TrustAnchors:
-    certs = []
-    for i, pem in enumerate(dep.trust_anchor_pems):
-        try:
-            certs.extend(load_certificates(pem))
-        except CryptoError as e:
-            raise ConfigError(str(dep.path), f"gateway.trust_anchors[{i}]", str(e)) from None
-    return pki.TrustAnchors(certs)
+    def certificates(field: str, pems: tuple[bytes, ...]) -> list[pki.Certificate]:
+        certs = []
+        for i, pem in enumerate(pems):
+            try:
+                certs.extend(load_certificates(pem))
+            except CryptoError as e:
+                raise ConfigError(str(dep.path), f"gateway.{field}[{i}]", str(e)) from None
+        return certs
+
+    anchors = certificates("trust_anchors", dep.trust_anchor_pems)
+    intermediates = certificates("intermediates", dep.intermediate_pems)
+    try:
+        return pki.TrustAnchors(anchors, intermediates=intermediates)
+    except CryptoError as e:
+        raise ConfigError(str(dep.path), "gateway.intermediates", str(e)) from None
 
 
 def build_participants(dep: Deployment) -> dict[str, ParticipantAuth]:
