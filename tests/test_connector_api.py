@@ -27,3 +27,33 @@ def test_builtin_connectors_are_registered_entry_points() -> None:
 
     found = available()
     assert {"http", "demo"} <= set(found)
+
+
+def test_public_test_kit_names_are_pinned() -> None:
+    import gateway.testing as kit
+
+    assert sorted(kit.__all__) == [
+        "Behaviour",
+        "ConnectorContract",
+        "FakeConnector",
+        "MARKER",
+        "ManualClock",
+        "make_message",
+    ]
+    for name in kit.__all__:
+        assert hasattr(kit, name)
+
+
+def test_manual_clock_moves_only_when_told() -> None:
+    from datetime import UTC, datetime
+
+    import pytest
+
+    from gateway.testing import ManualClock
+
+    clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    assert clock() == clock() == datetime(2026, 1, 1, tzinfo=UTC)
+    clock.advance(90.5)
+    assert clock() == datetime(2026, 1, 1, 0, 1, 30, 500000, tzinfo=UTC)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        ManualClock(datetime(2026, 1, 1))
