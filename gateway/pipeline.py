@@ -18,7 +18,6 @@ Stages are injected, so this module knows nothing of aiohttp, SQLite or files.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +27,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway import idempotency, records
 from gateway.acl import AccessList, Grant
 from gateway.audit.log import ClaimRefused
 from gateway.audit.store import Claim
@@ -38,13 +38,11 @@ from gateway.connector import (
     DeliveryTimeout,
     OutboundMessage,
 )
-from gateway.crypto.canonical import Canonical, canonical, canonicalize, canonicalize_trusted
+from gateway.crypto.canonical import Canonical, canonical, canonicalize
 from gateway.errors import (
     BadRequest,
     GatewayError,
-    IdempotencyConflict,
     MalformedJson,
-    NotReady,
     PayloadTooLarge,
     ProviderContractBroken,
     ProviderFailed,
@@ -54,8 +52,10 @@ from gateway.errors import (
     UnknownService,
     UnsupportedMediaType,
 )
+from gateway.idempotency import IdempotencyStore
 from gateway.models import ExchangeResult, RawRequest, Sender, rfc3339, uuid7
 from gateway.ratelimit import TokenBuckets
+from gateway.records import sha256_hex
 from gateway.strictjson import JsonError, loads
 from gateway.validation import CompiledSchema
 
@@ -65,27 +65,12 @@ _SERVICE_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*\.v[0-9]+$")
 _MEDIA_TYPES = ("application/json", SIGNED_MEDIA_TYPE)
 
 
-class AppendResult(Protocol):
-    index: int
-    leaf_hash: bytes
-
-
 class AuditAppender(Protocol):
     async def append(self, record: bytes, *, claim: Claim | None = None) -> Any: ...
 
 
 class Signer(Protocol):
     def sign(self, obj: Any, *, typ: str, trusted: bool = False) -> dict[str, Any]: ...
-
-
-class IdempotencyStore(Protocol):
-    async def idempotency_begin(
-        self, sender: str, service: str, key: str, request_sha256: str, ttl: float
-    ) -> Any: ...
-
-    async def idempotency_finish(
-        self, sender: str, service: str, key: str, status: int | None, body: bytes | None
-    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +106,16 @@ def _canonical_payload(payload: Any) -> Canonical:
         ) from None
 
 
-def _canonical_response(svc: ServiceRuntime, response: Any) -> bytes:
-    """The answer's RFC 8785 form (the receipt's digest); a provider fault when impossible."""
+def _checked_response(svc: ServiceRuntime, response: Any) -> bytes:
+    """(7) The answer against the response schema, then its RFC 8785 form (the receipt's
+    digest); a provider breaking its contract is a 502, audited like any provider failure."""
+    try:
+        svc.response_schema.validate(response)
+    except SchemaInvalid as e:
+        raise ProviderContractBroken(
+            f"the provider {svc.provider} answered outside the response schema of {svc.id}",
+            e.errors,
+        ) from None
     try:
         return canonicalize(response)
     except (ValueError, TypeError) as e:
@@ -130,10 +123,6 @@ def _canonical_response(svc: ServiceRuntime, response: Any) -> bytes:
             f"the provider {svc.provider} answered with JSON that cannot be canonicalized: {e}",
             slug="provider-contract-broken",
         ) from None
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _json(obj: Any) -> bytes:
@@ -180,26 +169,20 @@ class Pipeline:
         except GatewayError as e:
             return await self._reject(raw, xid, sender, e)
         request_sha = sha256_hex(canon.data)
-        if raw.idempotency_key is not None:
-            stored = await self._idempotency_begin(raw, xid, sender, svc, request_sha)
+        key = raw.idempotency_key
+        if key is not None:
+            ttl = self._limits.idempotency_ttl
+            stored = await idempotency.begin(self._idem, sender.id, svc.id, key, request_sha, ttl)
+            if isinstance(stored, GatewayError):
+                return await self._reject(raw, xid, sender, stored)
             if stored is not None:
                 return stored
+        result = None
         try:
             result = await self._exchange(raw, xid, sender, svc, grant, payload, canon, request_sha)
-        except BaseException:
-            if raw.idempotency_key is not None:
-                await self._idem.idempotency_finish(
-                    sender.id, svc.id, raw.idempotency_key, None, None
-                )
-            raise
-        if raw.idempotency_key is not None:
-            await self._idem.idempotency_finish(
-                sender.id,
-                svc.id,
-                raw.idempotency_key,
-                result.status if result.status < 500 else None,
-                result.body if result.status < 500 else None,
-            )
+        finally:
+            if key is not None:
+                await idempotency.finish(self._idem, sender.id, svc.id, key, result)
         return result
 
     # (0)
@@ -227,47 +210,6 @@ class Pipeline:
             raise UnknownService(f"no service {shown} on this gateway; see GET /v1/openapi.json")
         return svc
 
-    async def _idempotency_begin(
-        self, raw: RawRequest, xid: str, sender: Sender, svc: ServiceRuntime, request_sha: str
-    ) -> ExchangeResult | None:
-        key = raw.idempotency_key or ""
-        try:
-            entry = await self._idem.idempotency_begin(
-                sender.id, svc.id, key, request_sha, self._limits.idempotency_ttl
-            )
-        except Exception as e:
-            return await self._reject(raw, xid, sender, NotReady(f"state store unavailable: {e}"))
-        if entry is None:
-            return None
-        if entry.request_sha256 != request_sha:
-            return await self._reject(
-                raw,
-                xid,
-                sender,
-                IdempotencyConflict(
-                    "this Idempotency-Key was used with another body; use a new key for a new "
-                    "request"
-                ),
-            )
-        if entry.state != "done":
-            return await self._reject(
-                raw,
-                xid,
-                sender,
-                IdempotencyConflict(
-                    "an exchange with this Idempotency-Key is still in progress; retry later",
-                    slug="idempotency-in-progress",
-                ),
-            )
-        prior = orjson.loads(entry.body) if entry.body else {}
-        return ExchangeResult(
-            status=entry.status or 200,
-            body=entry.body or b"{}",
-            headers={"Idempotent-Replayed": "true"},
-            exchange_id=prior.get("exchange_id"),
-            log={"event": "exchange.idempotent_replay", "sender": sender.id, "service": svc.id},
-        )
-
     async def _exchange(
         self,
         raw: RawRequest,
@@ -280,30 +222,16 @@ class Pipeline:
         request_sha: str,
     ) -> ExchangeResult:
         envelope = self._signer.sign(  # (4)
-            {
-                "exchange_id": xid,
-                "service": svc.id,
-                "sender": sender.id,
-                "provider": svc.provider,
-                "gateway": self._gateway_id,
-                "received_at": raw.received,
-                "purpose": grant.purpose,
-                "legal_basis": grant.legal_basis,
-                "request_sha256": request_sha,
-                "payload": canon,  # canonicalized once, embedded as is
-                "sender_signature": sender.signed_request,
-            },
+            records.envelope_claims(
+                xid, svc, sender, self._gateway_id, raw.received, grant, request_sha, canon
+            ),
             typ=ENVELOPE_TYP,
             trusted=True,  # strings from config and the verified JWS, the Canonical payload
         )
         envelope_bytes = _json(envelope)
-        claim = None
-        if sender.request_id is not None:
-            now = time.time()
-            claim = Claim(f"{sender.id}\n{sender.request_id}", now + self._limits.replay_ttl, now)
         try:
             accepted = await self._accept(  # (5)
-                raw, xid, sender, svc, grant, request_sha, envelope_bytes, claim
+                raw, xid, sender, svc, grant, request_sha, envelope_bytes
             )
         except ClaimRefused:
             return await self._reject(
@@ -328,64 +256,49 @@ class Pipeline:
         )
         try:
             response, attempts = await self._deliver(svc, message)  # (6)
-            svc.response_schema.validate(response)  # (7)
-            response_canon = _canonical_response(svc, response)
-        except SchemaInvalid as e:
-            err: GatewayError = ProviderContractBroken(
-                f"the provider {svc.provider} answered outside the response schema of {svc.id}",
-                e.errors,
-            )
-            return await self._failed(raw, xid, sender, svc, accepted, err)
+            response_canon = _checked_response(svc, response)  # (7)
         except GatewayError as e:
             return await self._failed(raw, xid, sender, svc, accepted, e)
+        return await self._complete(
+            raw, xid, sender, svc, request_sha, accepted, response, response_canon, attempts
+        )
+
+    async def _complete(
+        self,
+        raw: RawRequest,
+        xid: str,
+        sender: Sender,
+        svc: ServiceRuntime,
+        request_sha: str,
+        accepted: Any,
+        response: Any,
+        response_canon: bytes,
+        attempts: int,
+    ) -> ExchangeResult:
+        """(8) the receipt, (9) the outcome record; the answer once that record is durable."""
         completed_at = rfc3339(self._clock())
         response_sha = sha256_hex(response_canon)
-        receipt = self._signer.sign(  # (8)
-            {
-                "exchange_id": xid,
-                "service": svc.id,
-                "sender": sender.id,
-                "provider": svc.provider,
-                "gateway": self._gateway_id,
-                "request_sha256": request_sha,
-                "response_sha256": response_sha,
-                "schemas": {
-                    "request": {
-                        "id": svc.request_schema.schema_id,
-                        "sha256": svc.request_schema.sha256,
-                    },
-                    "response": {
-                        "id": svc.response_schema.schema_id,
-                        "sha256": svc.response_schema.sha256,
-                    },
-                },
-                "status": "delivered",
-                "received_at": raw.received,
-                "completed_at": completed_at,
-                "audit": {"index": accepted.index, "leaf_hash": accepted.leaf_hash.hex()},
-            },
+        receipt = self._signer.sign(
+            records.receipt_claims(
+                xid,
+                svc,
+                sender,
+                self._gateway_id,
+                raw.received,
+                completed_at,
+                request_sha,
+                response_sha,
+                accepted,
+            ),
             typ=RECEIPT_TYP,
             trusted=True,
         )
         body = _json(
             {"exchange_id": xid, "status": "delivered", "response": response, "receipt": receipt}
         )
-        outcome = await self._audit.append(  # (9)
-            canonicalize_trusted(
-                {
-                    "v": 1,
-                    "event": "exchange.delivered",
-                    "exchange_id": xid,
-                    "at": completed_at,
-                    "service": svc.id,
-                    "sender": sender.id,
-                    "provider": svc.provider,
-                    "status": 200,
-                    "attempts": attempts,
-                    "accepted_index": accepted.index,
-                    "response_sha256": response_sha,
-                    "receipt_sha256": sha256_hex(_json(receipt)),
-                }
+        outcome = await self._audit.append(
+            records.delivered_record(
+                xid, svc, sender, completed_at, attempts, accepted, response_sha, _json(receipt)
             )
         )
         return ExchangeResult(
@@ -410,31 +323,14 @@ class Pipeline:
         grant: Grant,
         request_sha: str,
         envelope_bytes: bytes,
-        claim: Claim | None,
     ) -> Any:
         """The "accepted" record, durable (with the request id spent) before any delivery."""
-        record = {
-            "v": 1,
-            "event": "exchange.accepted",
-            "exchange_id": xid,
-            "at": raw.received,
-            "service": svc.id,
-            "sender": sender.id,
-            "provider": svc.provider,
-            "auth": sender.method,
-            "purpose": grant.purpose,
-            "legal_basis": grant.legal_basis,
-            "request_sha256": request_sha,
-            "envelope_sha256": sha256_hex(envelope_bytes),
-            "request_schema": {
-                "id": svc.request_schema.schema_id,
-                "sha256": svc.request_schema.sha256,
-            },
-            "idempotency_key_sha256": (
-                sha256_hex(raw.idempotency_key.encode()) if raw.idempotency_key else None
-            ),
-        }
-        return await self._audit.append(canonicalize_trusted(record), claim=claim)
+        claim = None
+        if sender.request_id is not None:  # a signed request: its id is spent in this commit
+            now = time.time()
+            claim = Claim(f"{sender.id}\n{sender.request_id}", now + self._limits.replay_ttl, now)
+        record = records.accepted_record(raw, xid, svc, sender, grant, request_sha, envelope_bytes)
+        return await self._audit.append(record, claim=claim)
 
     async def _deliver(self, svc: ServiceRuntime, message: OutboundMessage) -> tuple[Any, int]:
         try:
@@ -457,21 +353,9 @@ class Pipeline:
         accepted: Any,
         err: GatewayError,
     ) -> ExchangeResult:
+        at = rfc3339(self._clock())
         await self._audit.append(
-            canonicalize_trusted(
-                {
-                    "v": 1,
-                    "event": "exchange.failed",
-                    "exchange_id": xid,
-                    "at": rfc3339(self._clock()),
-                    "service": svc.id,
-                    "sender": sender.id,
-                    "provider": svc.provider,
-                    "status": err.status,
-                    "cause": err.slug,
-                    "accepted_index": accepted.index,
-                }
-            )
+            records.failed_record(xid, svc, sender, at, err.status, err.slug, accepted)
         )
         return self._problem(err, xid, "exchange.failed", sender.id, svc.id)
 
@@ -479,22 +363,9 @@ class Pipeline:
         self, raw: RawRequest, xid: str, sender: Sender | None, err: GatewayError
     ) -> ExchangeResult:
         service = raw.service if raw.service in self._services else None
+        who = sender.id if sender else None
         await self._audit.append(
-            canonicalize(
-                {
-                    "v": 1,
-                    "event": "exchange.rejected",
-                    "exchange_id": xid,
-                    "at": raw.received,
-                    "service": service,
-                    "sender": sender.id if sender else None,
-                    "status": err.status,
-                    "cause": err.slug,
-                    "body_sha256": sha256_hex(raw.body),
-                    # A declared Content-Length is the client's word: clamp it to I-JSON.
-                    "body_size": min(max(len(raw.body), raw.declared_length or 0), 2**53 - 1),
-                }
-            )
+            records.rejected_record(raw, xid, service, who, err.status, err.slug)
         )
         return self._problem(err, xid, "exchange.rejected", sender.id if sender else None, service)
 

@@ -1,0 +1,70 @@
+"""``Idempotency-Key``: a retried exchange gets the stored answer and is not delivered twice.
+
+The same key with the same body (by its RFC 8785 digest) returns the first exchange's answer,
+marked ``Idempotent-Replayed: true``; the same key with another body is a 409; a key whose
+exchange is still under way is a 409 too (``idempotency-in-progress``). A 5xx outcome, or an
+exchange that ended in an exception, releases the key, so the sender may retry. Keys expire
+after the configured TTL; the state store keeps them (see gateway.state).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.errors import GatewayError, IdempotencyConflict, NotReady
+from gateway.models import ExchangeResult
+
+
+class IdempotencyStore(Protocol):
+    async def idempotency_begin(
+        self, sender: str, service: str, key: str, request_sha256: str, ttl: float
+    ) -> Any: ...
+
+    async def idempotency_finish(
+        self, sender: str, service: str, key: str, status: int | None, body: bytes | None
+    ) -> None: ...
+
+
+async def begin(
+    store: IdempotencyStore, sender: str, service: str, key: str, request_sha: str, ttl: float
+) -> ExchangeResult | GatewayError | None:
+    """None: go ahead, the key is claimed. A result: answer with it. An error: refuse with it."""
+    try:
+        entry = await store.idempotency_begin(sender, service, key, request_sha, ttl)
+    except Exception as e:
+        return NotReady(f"state store unavailable: {e}")
+    if entry is None:
+        return None
+    if entry.request_sha256 != request_sha:
+        return IdempotencyConflict(
+            "this Idempotency-Key was used with another body; use a new key for a new request"
+        )
+    if entry.state != "done":
+        return IdempotencyConflict(
+            "an exchange with this Idempotency-Key is still in progress; retry later",
+            slug="idempotency-in-progress",
+        )
+    prior = orjson.loads(entry.body) if entry.body else {}
+    return ExchangeResult(
+        status=entry.status or 200,
+        body=entry.body or b"{}",
+        headers={"Idempotent-Replayed": "true"},
+        exchange_id=prior.get("exchange_id"),
+        log={"event": "exchange.idempotent_replay", "sender": sender, "service": service},
+    )
+
+
+async def finish(
+    store: IdempotencyStore, sender: str, service: str, key: str, result: ExchangeResult | None
+) -> None:
+    """Keep the answer for retries; a 5xx or no result (an exception) releases the key."""
+    keep = result is not None and result.status < 500
+    await store.idempotency_finish(
+        sender,
+        service,
+        key,
+        result.status if keep and result is not None else None,
+        result.body if keep and result is not None else None,
+    )

@@ -1,0 +1,71 @@
+"""Idempotency-Key decisions, on the real state store: replay, conflict, in progress, release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway import idempotency
+from gateway.errors import IdempotencyConflict, NotReady
+from gateway.models import ExchangeResult
+from gateway.state import StateStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    s = StateStore(tmp_path / "state.db")
+    yield s
+    s.close()
+
+
+async def _begin(store: StateStore, sha: str = "h1") -> Any:
+    return await idempotency.begin(store, "hcm.quan-1", "svc.v1", "key-1", sha, 60)
+
+
+async def test_a_finished_exchange_is_replayed_with_its_answer(store: StateStore) -> None:
+    assert await _begin(store) is None  # claimed: go ahead
+    body = orjson.dumps({"exchange_id": "x-1", "status": "delivered"})
+    await idempotency.finish(
+        store, "hcm.quan-1", "svc.v1", "key-1", ExchangeResult(status=200, body=body)
+    )
+    again = await _begin(store)
+    assert isinstance(again, ExchangeResult)
+    assert (again.status, again.body, again.exchange_id) == (200, body, "x-1")
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_another_body_with_the_same_key_is_a_conflict(store: StateStore) -> None:
+    assert await _begin(store) is None
+    err = await _begin(store, sha="h2")
+    assert isinstance(err, IdempotencyConflict) and err.slug == "idempotency-conflict"
+
+
+async def test_a_key_still_in_progress_is_a_conflict_of_its_own(store: StateStore) -> None:
+    assert await _begin(store) is None
+    err = await _begin(store)  # same body, first exchange not finished
+    assert isinstance(err, IdempotencyConflict) and err.slug == "idempotency-in-progress"
+
+
+@pytest.mark.parametrize("outcome", ["5xx", "exception"])
+async def test_a_failed_exchange_releases_the_key_for_a_retry(
+    store: StateStore, outcome: str
+) -> None:
+    assert await _begin(store) is None
+    result = ExchangeResult(status=502, body=b"{}") if outcome == "5xx" else None
+    await idempotency.finish(store, "hcm.quan-1", "svc.v1", "key-1", result)
+    assert await _begin(store) is None  # the retry goes through
+
+
+async def test_an_unavailable_store_refuses_instead_of_delivering_twice() -> None:
+    class Broken:
+        async def idempotency_begin(self, *args: Any) -> Any:
+            raise OSError("disk gone")
+
+        async def idempotency_finish(self, *args: Any) -> None:
+            raise AssertionError("not reached")
+
+    err = await idempotency.begin(Broken(), "s", "svc.v1", "k", "h", 60)
+    assert isinstance(err, NotReady) and "state store unavailable" in err.detail
