@@ -15,7 +15,8 @@ client-specific behaviour (EKU) is the one replaced; host names are TLS's busine
 
 Before the library runs, cheap explicit checks (validity of every presented certificate at
 ``now``, chain order, CA-as-leaf, key size, key and extended key usage, an issuer among the anchors)
-produce the precise reasons people read; the library remains the authority. Known limit of the
+produce the precise reasons people read; the library remains the authority. Those rules and the
+extension policies live in :mod:`gateway.crypto.pki_rules`. Known limit of the
 library profile: issuing CAs with Ed25519 keys are refused (leaf Ed25519 keys are fine).
 
 Pure: no I/O, no clock (``now`` is a parameter and must be timezone-aware), no logging. Revocation
@@ -33,29 +34,29 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Literal, NamedTuple, TypeAlias, TypeVar
+from typing import Final, NamedTuple, TypeAlias
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-    Policy,
     PolicyBuilder,
     Store,
     VerificationError,
 )
 
-from gateway.crypto.keys import (
-    MIN_RSA_BITS,
-    CryptoError,
-    KeyInvalid,
-    PublicKey,
-    describe_key,
-    jwk_thumbprint,
+from gateway.crypto.keys import KeyInvalid, PublicKey, jwk_thumbprint
+from gateway.crypto.pki_rules import (
+    MAX_CHAIN_LENGTH,
+    ChainInvalid,
+    Purpose,
+    check_leaf_key,
+    extension,
+    name_of,
+    policies,
+    precheck,
+    require_aware,
 )
 
 __all__ = [
@@ -73,25 +74,13 @@ __all__ = [
     "verify_chain",
 ]
 
-Purpose: TypeAlias = Literal["signing", "client_auth", "server_auth"]
 Certificate: TypeAlias = x509.Certificate  # for modules that may not import cryptography
-#: Certificates in one presented chain (leaf, intermediates, optionally the root).
-MAX_CHAIN_LENGTH: Final = 8
 PARTICIPANT_URI_PREFIX: Final = "urn:gateway:participant:"
 #: Lowercase dotted labels (``hcm.quan-1``, ``central.dan-cu``); compared exactly, never folded.
 PARTICIPANT_ID_RE: Final = re.compile(
     r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)*"
 )
 _PURPOSE_LIST: Final[tuple[Purpose, ...]] = ("signing", "client_auth", "server_auth")
-_EKU: Final[dict[str, tuple[x509.ObjectIdentifier, str]]] = {
-    "client_auth": (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"),
-    "server_auth": (ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth"),
-}
-_T = TypeVar("_T", bound=x509.ExtensionType)
-
-
-class ChainInvalid(CryptoError):
-    """A chain does not lead to a trust anchor for the asked purpose; ``reason`` says why."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -121,106 +110,6 @@ class CacheInfo(NamedTuple):
     maxsize: int
 
 
-def _name(cert: x509.Certificate) -> str:
-    """The subject for a reason text, cut short: certificates come from untrusted senders."""
-    text = cert.subject.rfc4514_string() or "(empty subject)"
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-def _require_aware(now: datetime) -> None:
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError("now must be a timezone-aware datetime (UTC)")
-
-
-def _eku_rule(
-    purpose: Purpose, who: str
-) -> Callable[[Policy, x509.Certificate, x509.ExtendedKeyUsage | None], None]:
-    wanted = _EKU.get(purpose)
-
-    def check(_policy: Policy, _cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None) -> None:
-        if wanted is None or eku is None or wanted[0] in eku:
-            return
-        if who == "issuer" and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku:
-            return
-        raise ValueError(f"{who} extendedKeyUsage does not allow {wanted[1]}")
-
-    return check
-
-
-def _ku_rule(_policy: Policy, _cert: x509.Certificate, ku: x509.KeyUsage | None) -> None:
-    if ku is not None and (not ku.digital_signature or ku.key_cert_sign):
-        raise ValueError("leaf keyUsage must include digitalSignature and not keyCertSign")
-
-
-def _policies(purpose: Purpose) -> tuple[ExtensionPolicy, ExtensionPolicy]:
-    """(CA policy, end-entity policy) for a purpose; see the module docstring for why."""
-    ca = ExtensionPolicy.webpki_defaults_ca().may_be_present(
-        x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _eku_rule(purpose, "issuer")
-    )
-    ee = (
-        ExtensionPolicy.webpki_defaults_ee()
-        .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
-        .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _eku_rule(purpose, "leaf"))
-    )
-    if purpose == "signing":
-        ee = ee.require_present(x509.KeyUsage, Criticality.AGNOSTIC, _ku_rule)
-    else:
-        ee = ee.may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, _ku_rule)
-    return ca, ee
-
-
-def _check_window(cert: x509.Certificate, position: int, now: datetime) -> None:
-    if now < cert.not_valid_before_utc:
-        raise ChainInvalid(
-            f"certificate {position} ({_name(cert)}) is not yet valid: notBefore "
-            f"{cert.not_valid_before_utc.isoformat()} is after {now.isoformat()}"
-        )
-    if now > cert.not_valid_after_utc:
-        raise ChainInvalid(
-            f"certificate {position} ({_name(cert)}) has expired: notAfter "
-            f"{cert.not_valid_after_utc.isoformat()} is before {now.isoformat()}"
-        )
-
-
-def _extension(cert: x509.Certificate, kind: type[_T]) -> _T | None:
-    try:
-        return cert.extensions.get_extension_for_class(kind).value
-    except x509.ExtensionNotFound:
-        return None
-    except ValueError as exc:  # malformed or duplicated extensions
-        raise ChainInvalid(f"certificate {_name(cert)} has malformed extensions: {exc}") from exc
-
-
-def _check_leaf_key(leaf: x509.Certificate) -> PublicKey:
-    key = leaf.public_key()
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
-        raise ChainInvalid(
-            f"leaf {_name(leaf)} holds an RSA key of {key.key_size} bits: "
-            f"at least {MIN_RSA_BITS} bits required"
-        )
-    if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
-        raise ChainInvalid(f"leaf {_name(leaf)} holds an unsupported {describe_key(key)} key")
-    return key
-
-
-def _check_leaf(leaf: x509.Certificate, purpose: Purpose) -> None:
-    bc = _extension(leaf, x509.BasicConstraints)
-    if bc is not None and bc.ca:
-        raise ChainInvalid(
-            f"certificate 0 ({_name(leaf)}) is a CA certificate (basicConstraints CA=true) "
-            "and cannot be used as a leaf"
-        )
-    ku = _extension(leaf, x509.KeyUsage)
-    if ku is None and purpose == "signing":
-        raise ChainInvalid(f"leaf {_name(leaf)} has no keyUsage: signing needs digitalSignature")
-    if ku is not None and not ku.digital_signature:
-        raise ChainInvalid(f"leaf {_name(leaf)} keyUsage does not include digitalSignature")
-    wanted = _EKU.get(purpose)
-    eku = _extension(leaf, x509.ExtendedKeyUsage)
-    if wanted is not None and eku is not None and wanted[0] not in eku:
-        raise ChainInvalid(f"leaf {_name(leaf)} extendedKeyUsage does not include {wanted[1]}")
-
-
 class TrustAnchors:
     """The deployment's root (or pinned intermediate) CA certificates, and a cache of good chains.
 
@@ -241,13 +130,13 @@ class TrustAnchors:
         if not certs:
             raise KeyInvalid("at least one trust anchor certificate is required")
         for cert in certs:
-            bc = _extension(cert, x509.BasicConstraints)
+            bc = extension(cert, x509.BasicConstraints)
             if bc is None or not bc.ca:
-                raise KeyInvalid(f"trust anchor {_name(cert)} is not a CA certificate")
+                raise KeyInvalid(f"trust anchor {name_of(cert)} is not a CA certificate")
         for cert in intermediates:
-            bc = _extension(cert, x509.BasicConstraints)
+            bc = extension(cert, x509.BasicConstraints)
             if bc is None or not bc.ca:
-                raise KeyInvalid(f"intermediate {_name(cert)} is not a CA certificate")
+                raise KeyInvalid(f"intermediate {name_of(cert)} is not a CA certificate")
         self._certs = tuple(certs)
         # Untrusted: only used to complete the path of a lone TLS client certificate.
         self._intermediates = tuple(intermediates)
@@ -255,7 +144,7 @@ class TrustAnchors:
         store = Store(list(certs))
         self._builders: dict[str, PolicyBuilder] = {}
         for purpose in _PURPOSE_LIST:
-            ca, ee = _policies(purpose)
+            ca, ee = policies(purpose)
             self._builders[purpose] = (
                 PolicyBuilder()
                 .store(store)
@@ -280,18 +169,18 @@ class TrustAnchors:
         self, chain: Sequence[x509.Certificate], *, now: datetime, purpose: Purpose
     ) -> ValidatedChain:
         """Validate ``chain`` (leaf first) at ``now`` for ``purpose``, uncached; or ChainInvalid."""
-        _require_aware(now)
+        require_aware(now)
         if purpose not in self._builders:
             raise ValueError(f"unknown purpose {purpose!r}")
         chain = tuple(chain)
-        _precheck(chain, now, purpose, self._subjects, self._certs)
-        leaf_key = _check_leaf_key(chain[0])
+        precheck(chain, now, purpose, self._subjects, self._certs)
+        leaf_key = check_leaf_key(chain[0])
         verifier = self._builders[purpose].time(now).build_client_verifier()
         try:
             path = tuple(verifier.verify(chain[0], list(chain[1:])).chain)
         except VerificationError as exc:
             raise ChainInvalid(
-                f"the chain of {_name(chain[0])} was refused by path validation against the "
+                f"the chain of {name_of(chain[0])} was refused by path validation against the "
                 f"trust anchors: {exc}"
             ) from exc
         return ValidatedChain(
@@ -305,7 +194,7 @@ class TrustAnchors:
 
     def validate_x5c(self, x5c: object, *, now: datetime, purpose: Purpose) -> ValidatedChain:
         """Decode and validate a JWS ``x5c`` header value, using and filling the cache."""
-        _require_aware(now)
+        require_aware(now)
         return self._cached(
             (purpose, _x5c_digest(x5c)),
             now,
@@ -320,7 +209,7 @@ class TrustAnchors:
         anchor is rebuilt here from the configured intermediates (untrusted: each link is still
         checked by path validation). Cached like :meth:`validate_x5c`, by the DER's SHA-256.
         """
-        _require_aware(now)
+        require_aware(now)
 
         def compute() -> ValidatedChain:
             try:
@@ -376,36 +265,6 @@ class TrustAnchors:
         return result
 
 
-def _precheck(
-    chain: tuple[x509.Certificate, ...],
-    now: datetime,
-    purpose: Purpose,
-    anchor_subjects: frozenset[x509.Name],
-    anchors: tuple[x509.Certificate, ...],
-) -> None:
-    """Explicit checks that name the failing certificate before the library runs."""
-    if not chain:
-        raise ChainInvalid("the certificate chain is empty")
-    if len(chain) > MAX_CHAIN_LENGTH:
-        raise ChainInvalid(f"the chain has {len(chain)} certificates; at most {MAX_CHAIN_LENGTH}")
-    for position, cert in enumerate(chain):
-        _check_window(cert, position, now)
-    for position in range(len(chain) - 1):
-        if chain[position].issuer != chain[position + 1].subject:
-            raise ChainInvalid(
-                f"the chain is out of order: certificate {position + 1} "
-                f"({_name(chain[position + 1])}) is not the issuer of certificate {position} "
-                f"(issued by {chain[position].issuer.rfc4514_string()})"
-            )
-    _check_leaf(chain[0], purpose)
-    if not any(cert in anchors or cert.issuer in anchor_subjects for cert in chain):
-        last = chain[-1]
-        raise ChainInvalid(
-            f"the chain ends at {_name(last)}, issued by {last.issuer.rfc4514_string()}, "
-            "which is not one of the trust anchors"
-        )
-
-
 def _x5c_digest(x5c: object) -> bytes:
     if not isinstance(x5c, list) or not all(isinstance(item, str) for item in x5c):
         raise ChainInvalid("x5c must be a list of base64 strings")
@@ -455,10 +314,10 @@ def participant_id(cert: x509.Certificate) -> str | None:
     """
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(cns) > 1:
-        raise ChainInvalid(f"certificate {_name(cert)} has several common names")
+        raise ChainInvalid(f"certificate {name_of(cert)} has several common names")
     cn = cns[0].value if cns else None
     cn_id = cn if isinstance(cn, str) and PARTICIPANT_ID_RE.fullmatch(cn) else None
-    san = _extension(cert, x509.SubjectAlternativeName)
+    san = extension(cert, x509.SubjectAlternativeName)
     uris: set[str] = set()
     if san is not None:
         uris = {
@@ -467,10 +326,12 @@ def participant_id(cert: x509.Certificate) -> str | None:
             if uri.startswith(PARTICIPANT_URI_PREFIX)
         }
     if len(uris) > 1:
-        raise ChainInvalid(f"certificate {_name(cert)} names several participants: {sorted(uris)}")
+        raise ChainInvalid(
+            f"certificate {name_of(cert)} names several participants: {sorted(uris)}"
+        )
     if uris and (uri_id := uris.pop()) != cn_id:
         raise ChainInvalid(
-            f"certificate {_name(cert)}: SAN {PARTICIPANT_URI_PREFIX}{uri_id} disagrees with "
+            f"certificate {name_of(cert)}: SAN {PARTICIPANT_URI_PREFIX}{uri_id} disagrees with "
             f"the subject CN {cn!r}"
         )
     return cn_id
@@ -479,11 +340,3 @@ def participant_id(cert: x509.Certificate) -> str | None:
 def fingerprint_sha256(cert: x509.Certificate) -> str:
     """SHA-256 of the DER certificate, lowercase hex (as openssl -fingerprint, no colons)."""
     return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def load_der_certificate(der: bytes) -> x509.Certificate:
-    """A DER certificate (a TLS peer's); ChainInvalid if it does not parse."""
-    try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise ChainInvalid(f"the certificate does not parse: {exc}") from None
