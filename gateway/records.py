@@ -52,6 +52,17 @@ def _schema(s: _Schema) -> dict[str, str]:
     return {"id": s.schema_id, "sha256": s.sha256}
 
 
+def _parties(xid: str, svc: Service, sender: Sender, gateway_id: str) -> dict[str, Any]:
+    """Who an exchange is between: the members the envelope and the receipt both start with."""
+    return {
+        "exchange_id": xid,
+        "service": svc.id,
+        "sender": sender.id,
+        "provider": svc.provider,
+        "gateway": gateway_id,
+    }
+
+
 def envelope_claims(
     xid: str,
     svc: Service,
@@ -64,11 +75,7 @@ def envelope_claims(
 ) -> dict[str, Any]:
     """(4) What the provider receives, signed by the gateway around the sender's signature."""
     return {
-        "exchange_id": xid,
-        "service": svc.id,
-        "sender": sender.id,
-        "provider": svc.provider,
-        "gateway": gateway_id,
+        **_parties(xid, svc, sender, gateway_id),
         "received_at": received,
         "purpose": grant.purpose,
         "legal_basis": grant.legal_basis,
@@ -91,11 +98,7 @@ def receipt_claims(
 ) -> dict[str, Any]:
     """(8) What the sender keeps: both digests, both schemas, and the accepted record's leaf."""
     return {
-        "exchange_id": xid,
-        "service": svc.id,
-        "sender": sender.id,
-        "provider": svc.provider,
-        "gateway": gateway_id,
+        **_parties(xid, svc, sender, gateway_id),
         "request_sha256": request_sha,
         "response_sha256": response_sha,
         "schemas": {

@@ -121,28 +121,27 @@ async def test_bearer_token_is_accepted_in_development(gw: Gateway, provider: Pr
     assert verify_with_jwcrypto(doc["receipt"], gw.dir / "pki/ca.crt")["sender"] == "hcm.thu-duc"
 
 
+async def _post_report_over_mtls(gw: Gateway, participant: str | None) -> Any:
+    """A pilot-progress report over TLS, with that participant's client certificate (or none)."""
+    return await post(
+        gw,
+        "pilot-progress-report.v1",
+        orjson.dumps(example("pilot-progress-report.v1")),
+        {"Content-Type": "application/json"},
+        ssl=gw.client_ssl(participant),
+    )
+
+
 async def test_mtls_client_certificate_authenticates(tmp_path: Path, provider: Provider) -> None:
     cfg = make_deployment(tmp_path / "dep", provider_port=provider.port, tls="optional")
     async with running_gateway(cfg) as gw:
-        status, _, doc = await post(
-            gw,
-            "pilot-progress-report.v1",
-            orjson.dumps(example("pilot-progress-report.v1")),
-            {"Content-Type": "application/json"},
-            ssl=gw.client_ssl("hcm.thu-duc"),
-        )
+        status, _, doc = await _post_report_over_mtls(gw, "hcm.thu-duc")
         assert status == 200, doc
         assert (
             verify_with_jwcrypto(doc["receipt"], gw.dir / "pki/ca.crt")["sender"] == "hcm.thu-duc"
         )
         # Same listener, no client certificate, no other credential: 401.
-        status, _, doc = await post(
-            gw,
-            "pilot-progress-report.v1",
-            orjson.dumps(example("pilot-progress-report.v1")),
-            {"Content-Type": "application/json"},
-            ssl=gw.client_ssl(None),
-        )
+        status, _, doc = await _post_report_over_mtls(gw, None)
         assert status == 401
 
 
@@ -181,13 +180,7 @@ async def test_mtls_client_certificate_issued_by_an_intermediate_ca(
     )
     _reissue_under_an_intermediate(cfg.parent, "hcm.thu-duc")
     async with running_gateway(cfg) as gw:
-        status, _, doc = await post(
-            gw,
-            "pilot-progress-report.v1",
-            orjson.dumps(example("pilot-progress-report.v1")),
-            {"Content-Type": "application/json"},
-            ssl=gw.client_ssl("hcm.thu-duc"),
-        )
+        status, _, doc = await _post_report_over_mtls(gw, "hcm.thu-duc")
         if configured:
             assert status == 200, doc
             receipt = verify_with_jwcrypto(doc["receipt"], gw.dir / "pki/ca.crt")

@@ -65,7 +65,41 @@ class RolledBack(Exception):
         self.reason = reason
 
 
-class CheckpointPublisher:
+class _Publisher:
+    """What both publishers share: the signer and settings, and how a checkpoint is made."""
+
+    def __init__(
+        self,
+        signer: NoteSigner,
+        origin: str,
+        *,
+        interval: float,
+        published_path: Path,
+        clock: Callable[[], float],
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        Checkpoint(origin, 0, bytes(32))  # Fail at construction on an unusable origin line.
+        self._signer = signer
+        self._origin = origin
+        self._interval = interval
+        self._path = published_path
+        self._clock = clock
+        self._written = -1  # Size of the newest checkpoint this publisher wrote to the file.
+
+    def _checkpoint(self, size: int, root: bytes) -> StoredCheckpoint:
+        note = _sign(Checkpoint(self._origin, size, root), self._signer)
+        return StoredCheckpoint(size=size, root=root, note=note, created_at=self._clock())
+
+    @staticmethod
+    def _first_of_its_size(
+        cp: StoredCheckpoint, stored: list[StoredCheckpoint]
+    ) -> StoredCheckpoint:
+        """The stored checkpoint of cp's size if another instance stored one first, else cp."""
+        return stored[0] if stored and stored[0].size == cp.size else cp
+
+
+class CheckpointPublisher(_Publisher):
     """Signs and publishes checkpoints of one AuditLog. Start with :meth:`start`.
 
     ``clock`` gives Unix seconds for ``created_at`` (injectable for tests). Use from the event
@@ -82,17 +116,11 @@ class CheckpointPublisher:
         published_path: Path,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if interval <= 0:
-            raise ValueError("interval must be positive")
-        Checkpoint(origin, 0, bytes(32))  # Fail at construction on an unusable origin line.
+        super().__init__(
+            signer, origin, interval=interval, published_path=published_path, clock=clock
+        )
         self._log = log
-        self._signer = signer
-        self._origin = origin
-        self._interval = interval
-        self._path = published_path
-        self._clock = clock
         self._task: asyncio.Task[None] | None = None
-        self._written = -1  # Size of the newest checkpoint this publisher wrote to the file.
         self._lock = asyncio.Lock()  # One publication at a time within this process.
 
     async def start(self) -> None:
@@ -118,13 +146,10 @@ class CheckpointPublisher:
         stored one stays and is the one written to the file and returned.
         """
         async with self._lock:
-            size, root = await self._log.tree_head()
-            note = _sign(Checkpoint(self._origin, size, root), self._signer)
-            cp = StoredCheckpoint(size=size, root=root, note=note, created_at=self._clock())
+            cp = self._checkpoint(*await self._log.tree_head())
             await self._log.add_checkpoint(cp)
-            stored = await self._log.checkpoints(after_size=size - 1, limit=1)
-            if stored and stored[0].size == size:
-                cp = stored[0]
+            stored = await self._log.checkpoints(after_size=cp.size - 1, limit=1)
+            cp = self._first_of_its_size(cp, stored)
             await asyncio.to_thread(write_published, self._path, cp.note)
             self._written = max(self._written, cp.size)
             return cp
@@ -155,7 +180,7 @@ def _stale(size: int, latest: StoredCheckpoint | None, written: int) -> bool:
     return latest is None or latest.size < size or written < size
 
 
-class PublisherThread:
+class PublisherThread(_Publisher):
     """The periodic publisher of ``gateway serve``: a thread of the appender process.
 
     Why there: the appender is the one writer, so one publisher per gateway signs each size
@@ -174,16 +199,10 @@ class PublisherThread:
         published_path: Path,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if interval <= 0:
-            raise ValueError("interval must be positive")
-        Checkpoint(origin, 0, bytes(32))  # Fail at construction on an unusable origin line.
+        super().__init__(
+            signer, origin, interval=interval, published_path=published_path, clock=clock
+        )
         self._store = store
-        self._signer = signer
-        self._origin = origin
-        self._interval = interval
-        self._path = published_path
-        self._clock = clock
-        self._written = -1
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkpoint-publisher", daemon=True)
 
@@ -201,12 +220,9 @@ class PublisherThread:
         size, root = self._store.tree_head()
         if not _stale(size, self._store.latest_checkpoint(), self._written):
             return None
-        note = _sign(Checkpoint(self._origin, size, root), self._signer)
-        cp = StoredCheckpoint(size=size, root=root, note=note, created_at=self._clock())
+        cp = self._checkpoint(size, root)
         self._store.add_checkpoint(cp)
-        stored = self._store.checkpoints(after_size=size - 1, limit=1)
-        if stored and stored[0].size == size:  # another instance stored this size first
-            cp = stored[0]
+        cp = self._first_of_its_size(cp, self._store.checkpoints(after_size=size - 1, limit=1))
         write_published(self._path, cp.note)
         self._written = max(self._written, cp.size)
         return cp
