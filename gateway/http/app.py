@@ -199,9 +199,10 @@ def create_app(
         }
     )
     app = web.Application(
-        middlewares=[middlewares.problems],
+        middlewares=[middlewares.request_context, middlewares.problems],
         client_max_size=cfg.limits.max_body_bytes + 1,
     )
+    app.on_response_prepare.append(middlewares.echo_request_id)
     app[DEPLOYMENT] = dep
     app[KEYRING] = keyring
     app[CONNECTORS] = connectors

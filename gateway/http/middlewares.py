@@ -1,7 +1,9 @@
-"""Cross-cutting HTTP behaviour: every error becomes an RFC 9457 problem, never a stack trace."""
+"""Cross-cutting HTTP behaviour: every error becomes an RFC 9457 problem, never a stack trace,
+and every log line of a request carries its request id."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -9,10 +11,38 @@ import structlog
 from aiohttp import web
 
 from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound
+from gateway.models import uuid7
 
 log = structlog.get_logger("gateway.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID = "X-Request-Id"
+_RID = web.RequestKey("request_id", str)
+# A caller's id is kept only when it is short and plain: it goes into every log line.
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id to every log line of the request, and return it as ``X-Request-Id``.
+
+    The caller's ``X-Request-Id`` is reused when it is plain (so a unit system can follow its
+    call through our logs), otherwise a new UUIDv7 is made. Outermost middleware: the problem
+    and authorization log lines carry it too.
+    """
+    given = request.headers.get(REQUEST_ID, "")
+    rid = given if _REQUEST_ID_RE.fullmatch(given) else uuid7()
+    request[_RID] = rid
+    with structlog.contextvars.bound_contextvars(request_id=rid):
+        return await handler(request)
+
+
+async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response, streamed ones included, names its request id."""
+    rid = request.get(_RID)
+    if rid is not None:
+        response.headers[REQUEST_ID] = rid
 
 
 def peer_certificate(request: web.Request) -> bytes | None:
