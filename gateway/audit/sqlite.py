@@ -14,43 +14,7 @@ Why it looks like this:
 * Every table is prefixed ``audit_`` and nothing file-global (``PRAGMA user_version``) is used, so
   other components (idempotency keys, replay cache, queue) can keep their tables in the same file.
 
-Schema::
-
-    audit_records(idx INTEGER PRIMARY KEY, leaf_hash BLOB, record BLOB)
-        One row per leaf. idx is the leaf index (0-based, the rowid, so rows are appended at the
-        end of the B-tree); record is the exact bytes given; leaf_hash = merkle.leaf_hash(record).
-    audit_nodes(level, idx, hash) PRIMARY KEY (level, idx), WITHOUT ROWID
-        Every perfect subtree of height >= 1 that is complete: node (level, idx) covers leaves
-        [idx * 2**level, (idx + 1) * 2**level). Level 0 is not duplicated here: it is
-        audit_records.leaf_hash. Rows are written in the same transaction as the leaf that
-        completes them (:meth:`Frontier.append` reports them), so at any committed size every
-        perfect subtree inside the tree is stored. An RFC 9162 inclusion or consistency proof is
-        a list of such perfect subtrees plus, on the right border, hashes of imperfect subtrees
-        that are folded from a few perfect ones, so proofs need O(log n) lookups, no leaf rehash.
-    audit_head(id = 0, size, root, frontier)
-        One row: the tree head after the last commit and the serialized merkle.Frontier that the
-        next batch extends. Read and rewritten inside every append transaction.
-    audit_search(idx INTEGER PRIMARY KEY, at, sender, service, provider, event, exchange_id)
-        The operators' search index, one row per record: the record's top-level JSON string
-        members of those names (NULL when absent, not a string, or the record is not a JSON
-        object). Each column but ``at`` has an index; SQLite ends every index key with the
-        rowid (idx), so ``sender = ? AND idx > ? ORDER BY idx LIMIT n`` is one range scan, no
-        sort. Time bounds are checked while walking idx order (records are appended in
-        roughly time order; an index on ``at`` would need a sort by idx for every page).
-        It is filled BEHIND the log, not in the append transaction: six index updates per
-        record doubled the group-commit cost per record (measured with bench/bench_audit.py,
-        14 -> 30 us, whether the columns were SQLite generated columns or filled in Python),
-        and the append is what every acknowledged exchange waits for. :meth:`index_pending`
-        indexes the next records in idx order (so the indexed records are always a prefix of
-        the log); AuditLog calls it when its writer is idle, and :meth:`query` catches up
-        first, so a query sees every record committed before it started and a cursor can never
-        step over a record that is not indexed yet. Those transactions run with
-        ``synchronous=NORMAL``: the table is derived from audit_records, so a crash may only
-        lose index rows that the next catch-up rebuilds. A database from before this table
-        existed is indexed the same way, on first use.
-    audit_checkpoints(size INTEGER PRIMARY KEY, root BLOB, note BLOB, created_at REAL)
-        Signed checkpoints as published. The first one stored for a size stays: a signed
-        statement is never overwritten (INSERT OR IGNORE).
+The tables and every schema statement are in :mod:`gateway.audit.sqlite_schema`.
 
 The store is blocking and is meant to be driven from one worker thread (AuditLog's writer); a lock
 makes it safe to share between threads anyway. The connection is opened lazily on first use, so
@@ -68,59 +32,13 @@ import orjson
 
 from gateway import sqlitedb
 from gateway.audit import merkle
+from gateway.audit.sqlite_schema import FIELDS, IDS_PER_QUERY, SCHEMA, SUBTREES
 from gateway.audit.store import Claim, RecordQuery, StoredCheckpoint, StoredRecord
 
 __all__ = ["SqliteAuditStore", "StoreCorrupted"]
 
 _MAX_INDEX: Final = 2**63
-_IDS_PER_QUERY: Final = 400  # Subtree ids per statement (2 variables each).
-# One statement for all the subtrees of a proof: each id is a primary-key probe, of
-# audit_records for leaves (level 0) and of audit_nodes above (checked with EXPLAIN QUERY PLAN).
-_SUBTREES: Final = (
-    "WITH want(level, idx) AS (VALUES {values})"
-    " SELECT w.level, w.idx, CASE WHEN w.level = 0 THEN r.leaf_hash ELSE n.hash END FROM want w"
-    " LEFT JOIN audit_nodes n ON w.level > 0 AND n.level = w.level AND n.idx = w.idx"
-    " LEFT JOIN audit_records r ON w.level = 0 AND r.idx = w.idx"
-)
 _MAX_ROWS: Final = 10_000  # Rows per query() or records() answer: bounds memory per request.
-# Top-level record members copied into audit_search, in column order (see the module doc).
-_FIELDS: Final = ("at", "sender", "service", "provider", "event", "exchange_id")
-
-_SCHEMA: Final = (
-    """CREATE TABLE IF NOT EXISTS audit_records (
-        idx INTEGER PRIMARY KEY CHECK (idx >= 0),
-        leaf_hash BLOB NOT NULL CHECK (length(leaf_hash) = 32),
-        record BLOB NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS audit_nodes (
-        level INTEGER NOT NULL CHECK (level >= 1),
-        idx INTEGER NOT NULL CHECK (idx >= 0),
-        hash BLOB NOT NULL CHECK (length(hash) = 32),
-        PRIMARY KEY (level, idx)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS audit_claims (
-        key TEXT PRIMARY KEY,
-        expires_at REAL NOT NULL
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS audit_head (
-        id INTEGER PRIMARY KEY CHECK (id = 0),
-        size INTEGER NOT NULL,
-        root BLOB NOT NULL,
-        frontier BLOB NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS audit_search (
-        idx INTEGER PRIMARY KEY,
-        at TEXT, sender TEXT, service TEXT, provider TEXT, event TEXT, exchange_id TEXT
-    )""",
-    # No index on at: see query().
-    *(f"CREATE INDEX IF NOT EXISTS audit_search_{f} ON audit_search ({f})" for f in _FIELDS[1:]),
-    """CREATE TABLE IF NOT EXISTS audit_checkpoints (
-        size INTEGER PRIMARY KEY CHECK (size >= 0),
-        root BLOB NOT NULL CHECK (length(root) = 32),
-        note BLOB NOT NULL,
-        created_at REAL NOT NULL
-    )""",
-)
 
 
 class StoreCorrupted(sqlite3.DatabaseError):
@@ -159,7 +77,7 @@ class SqliteAuditStore:
         try:
             # Several processes may create the schema at once.
             with _immediate(conn, self._busy_timeout):
-                for statement in _SCHEMA:
+                for statement in SCHEMA:
                     conn.execute(statement)
                 conn.execute(
                     "INSERT OR IGNORE INTO audit_head (id, size, root, frontier)"
@@ -284,11 +202,11 @@ class SqliteAuditStore:
         found: dict[tuple[int, int], bytes] = {}
         with self._lock:
             conn = self._connection()
-            for start in range(0, len(wanted), _IDS_PER_QUERY):
-                chunk = wanted[start : start + _IDS_PER_QUERY]
+            for start in range(0, len(wanted), IDS_PER_QUERY):
+                chunk = wanted[start : start + IDS_PER_QUERY]
                 values = ",".join("(?, ?)" for _ in chunk)
                 rows = conn.execute(
-                    _SUBTREES.format(values=values), [x for node in chunk for x in node]
+                    SUBTREES.format(values=values), [x for node in chunk for x in node]
                 )
                 found.update(((level, idx), bytes(h)) for level, idx, h in rows if h is not None)
         try:
@@ -351,10 +269,10 @@ class SqliteAuditStore:
         if query.until is not None:
             where.append("+s.at < ?")
             params.append(query.until)
-        for name in _FIELDS[1:]:
+        for name in FIELDS[1:]:
             value = getattr(query, name)
             if value is not None:
-                where.append(f"s.{name} = ?")  # A name from _FIELDS, never from the caller.
+                where.append(f"s.{name} = ?")  # A name from FIELDS, never from the caller.
                 params.append(value)
         params.append(_limit(query.limit))
         rows = self._read(
@@ -473,10 +391,10 @@ def _search_fields(record: bytes) -> tuple[str | None, ...]:
     try:
         obj = orjson.loads(record)
     except orjson.JSONDecodeError:
-        return (None,) * len(_FIELDS)
+        return (None,) * len(FIELDS)
     if not isinstance(obj, dict):
-        return (None,) * len(_FIELDS)
-    return tuple(v if isinstance(v := obj.get(f), str) else None for f in _FIELDS)
+        return (None,) * len(FIELDS)
+    return tuple(v if isinstance(v := obj.get(f), str) else None for f in FIELDS)
 
 
 def _clamp(value: int) -> int:
