@@ -627,9 +627,11 @@ def describe_round(r: WrkResult) -> str:
         f"; others {r.foreign_cpu / r.seconds:4.2f} cores"
     )
     if r.roles:
-        line += " [" + ", ".join(
-            f"{role}s {r.us_per_request(c):.0f} us" for role, c in r.roles.items()
-        ) + "]"
+        line += (
+            " ["
+            + ", ".join(f"{role}s {r.us_per_request(c):.0f} us" for role, c in r.roles.items())
+            + "]"
+        )
     if r.unanswered > v.get("connections", 0) + 2:
         line += f"  [{r.unanswered} requests unanswered when wrk stopped]"
     if r.exhausted:
