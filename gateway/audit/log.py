@@ -52,6 +52,7 @@ from gateway.audit.store import (
     RecordQuery,
     StoredCheckpoint,
     StoredRecord,
+    root_at,
 )
 from gateway.errors import NotReady
 
@@ -254,8 +255,8 @@ class AuditLog:
         Folded from at most log2(size) stored perfect subtrees. ValueError if size < 0,
         SizeBeyondLog if the log is shorter.
         """
-        nodes = proofs.root_nodes(size)
-        return await self._call(lambda: self._root(nodes, size))
+        proofs.root_nodes(size)  # ValueError for a negative size, before anything is queued
+        return await self._call(lambda: self._root(size))
 
     # -- search, export, checkpoints --------------------------------------------------------
 
@@ -283,10 +284,10 @@ class AuditLog:
         :class:`CheckpointMismatch` if not (signing it was a mistake; storing it would serve
         a lie), SizeBeyondLog if the log is shorter than the checkpoint.
         """
-        nodes = proofs.root_nodes(cp.size)
+        proofs.root_nodes(cp.size)  # ValueError for a negative size, before anything is queued
 
         def add() -> None:
-            if self._root(nodes, cp.size) != cp.root:
+            if self._root(cp.size) != cp.root:
                 raise CheckpointMismatch(f"checkpoint root differs from the log's at {cp.size}")
             self._store.add_checkpoint(cp)
 
@@ -414,10 +415,10 @@ class AuditLog:
         self._require_size(size)
         return nodes.rehash(self._store.subtree_hashes(nodes.ids))
 
-    def _root(self, nodes: Sequence[tuple[int, int]], size: int) -> bytes:
+    def _root(self, size: int) -> bytes:
         """Writer thread: the root at ``size`` from its stored perfect subtrees."""
         self._require_size(size)
-        return proofs.root_from(self._store.subtree_hashes(nodes))
+        return root_at(self._store, size)
 
     def _require_size(self, size: int) -> None:
         # Nodes are written with the leaves that complete them and never change, so every

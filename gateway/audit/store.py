@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.audit import proofs
+
 __all__ = [
     "AuditStore",
     "Claim",
@@ -154,3 +156,9 @@ class AuditStore(Protocol):
     def records(self, start: int, end: int) -> list[StoredRecord]:
         """Records with start <= index < end, in index order (export, verification, stream)."""
         ...
+
+
+def root_at(store: AuditStore, size: int) -> bytes:
+    """Blocking: the root of the store's first ``size`` records, folded from at most log2(size)
+    stored perfect subtrees (the empty tree's root for 0). KeyError if a subtree is missing."""
+    return proofs.root_from(store.subtree_hashes(proofs.root_nodes(size)))

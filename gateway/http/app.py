@@ -16,11 +16,11 @@ from aiohttp import web
 
 from gateway import plugins
 from gateway.acl import AccessList, Grant
-from gateway.audit import merkle, proofs
 from gateway.audit.appender import RemoteAppender
 from gateway.audit.factory import note_signer, open_store
 from gateway.audit.log import AuditLog
 from gateway.audit.publisher import CheckpointPublisher, check_not_rolled_back
+from gateway.audit.store import root_at
 from gateway.authn import Authenticator, ParticipantAuth
 from gateway.config import Deployment
 from gateway.connector import Connector, ConnectorContext
@@ -145,12 +145,10 @@ def prepare_stores(dep: Deployment) -> None:
     try:
         size, _ = store.tree_head()
 
-        async def root_at(n: int) -> bytes:
-            if n == 0:
-                return merkle.EMPTY_ROOT
-            return proofs.root_from(store.subtree_hashes(proofs.root_nodes(n)))
+        async def root_at_size(n: int) -> bytes:
+            return root_at(store, n)
 
-        asyncio.run(check_not_rolled_back(dep.published_path(), size, root_at))
+        asyncio.run(check_not_rolled_back(dep.published_path(), size, root_at_size))
     finally:
         store.close()
     StateStore(dep.state_path()).close()
