@@ -11,7 +11,6 @@ as the "accepted" audit record: one fsync for both, and only an accepted exchang
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cryptography import x509
 
+from gateway.config import token_hash
 from gateway.crypto import jws, pki
 from gateway.crypto.jws import CryptoError
 from gateway.errors import BadRequest, MalformedJson, Unauthenticated
@@ -86,6 +86,19 @@ class CertificateFacts:
             raise Unauthenticated(f"client certificate refused: {e}") from None
 
 
+def bearer_digest(authorization: str) -> str:
+    """The stored form (``config.token_hash``) of an ``Authorization: Bearer`` token.
+
+    Shared by sender authentication and role resolution, so both read the header the same way.
+    Unauthenticated when the header is not a bearer token.
+    """
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("Authorization header is not a bearer token")
+    return token_hash(token)
+
+
 class Authenticator:
     def __init__(
         self,
@@ -134,10 +147,7 @@ class Authenticator:
         return self._bind(self._certs.client_certificate(der, now), "mtls")
 
     def _token(self, authorization: str) -> str:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("Authorization header is not a bearer token")
-        p = self._tokens.get(hashlib.sha256(token.strip().encode()).hexdigest())
+        p = self._tokens.get(bearer_digest(authorization))
         if p is None:
             raise Unauthenticated("unknown bearer token (or tokens disabled: not development)")
         return self._participant(p.id, "token").id

@@ -52,13 +52,12 @@ Pure: no I/O, no aiohttp, no clock (``now`` is a parameter), no logging.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from gateway.authn import CertificateFacts, ParticipantAuth
+from gateway.authn import CertificateFacts, ParticipantAuth, bearer_digest
 from gateway.config import Role
 from gateway.crypto import pki
 from gateway.errors import Forbidden, NotFound, Unauthenticated
@@ -262,11 +261,7 @@ class PrincipalResolver:
         raise Unauthenticated("no credentials: no bearer token and no client certificate")
 
     def _token(self, authorization: str) -> Principal:
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated("Authorization header is not a bearer token")
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        digest = bearer_digest(authorization)
         role = self._role_tokens.get(digest)
         if role is not None:
             return role
