@@ -30,7 +30,7 @@ def open_store(dep: Deployment) -> AuditStore:
 
 
 def note_signer(dep: Deployment) -> NoteSigner | None:
-    """The checkpoint signer, or None when checkpoints are not configured."""
+    """The checkpoint signer, named after the log's origin; None without checkpoints."""
     audit = dep.config.audit
     if not (audit.origin and dep.checkpoint_key_pem):
         return None
@@ -42,11 +42,10 @@ def periodic_publisher(dep: Deployment, store: AuditStore) -> PublisherThread | 
     signer = note_signer(dep)
     if signer is None:
         return None
-    assert dep.config.audit.origin is not None  # note_signer checked it
     return PublisherThread(
         store,
         signer,
-        dep.config.audit.origin,
+        signer.name,  # the log's origin: note_signer names the key after it
         interval=dep.config.audit.checkpoint_interval_seconds,
         published_path=dep.published_path(),
     )

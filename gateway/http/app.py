@@ -219,11 +219,11 @@ def create_app(
             size, _ = await audit.tree_head()
             await check_not_rolled_back(dep.published_path(), size, audit.root_at)
             signer = note_signer(dep)
-            if signer is not None and cfg.audit.origin:
+            if signer is not None:
                 publisher = CheckpointPublisher(
                     audit,
                     signer,
-                    cfg.audit.origin,
+                    signer.name,  # the log's origin: note_signer names the key after it
                     interval=cfg.audit.checkpoint_interval_seconds,
                     published_path=dep.published_path(),
                 )
