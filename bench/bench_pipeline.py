@@ -30,23 +30,23 @@ from typing import Any
 
 import orjson
 
-REPO = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH))
+
+from bench_exchange import SERVICE, sign_bodies  # noqa: E402
 
 from connectors.demo import DemoConnector  # noqa: E402
 from gateway.config import load  # noqa: E402
 from gateway.connector import ConnectorContext  # noqa: E402
 from gateway.crypto import jws  # noqa: E402
 from gateway.crypto.canonical import canonical  # noqa: E402
-from gateway.crypto.keys import load_certificates, load_private_key  # noqa: E402
 from gateway.devinit import init_deployment  # noqa: E402
 from gateway.models import RawRequest, rfc3339  # noqa: E402
 from gateway.ratelimit import TokenBuckets  # noqa: E402
 from gateway.strictjson import loads  # noqa: E402
 from gateway.testing import FakeConnector, make_message  # noqa: E402
-
-SERVICE = "citizen-lookup.v1"
-SENDER = "hcm.quan-1"
 
 
 class _Placed:
@@ -101,22 +101,8 @@ async def run(n: int) -> None:
         }
         pipeline._audit = MemoryAppender()
         pipeline._rate = TokenBuckets(1e12, 10**12)  # one sender, many requests: no 429 here
-        pdir = d / "participants" / SENDER
-        key = load_private_key((pdir / "key.pem").read_bytes())
-        chain = load_certificates((pdir / "cert.pem").read_bytes())
         now = datetime.now(UTC)
-
-        def body() -> bytes:
-            request = {
-                "id": str(uuid.uuid4()),
-                "sender": SENDER,
-                "service": SERVICE,
-                "created": rfc3339(now),
-                "payload": example,
-            }
-            return jws.serialize(jws.sign(request, key, chain, typ="request+jws"))
-
-        bodies = [body() for _ in range(n + 50)]
+        bodies = sign_bodies(str(d), n + 50, now.timestamp())  # bench_exchange's requests
 
         async def one(b: bytes) -> None:
             at = datetime.now(UTC)
