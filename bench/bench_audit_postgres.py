@@ -16,7 +16,6 @@ Each run uses a fresh schema ``bench_<random>`` on the server at ``$GATEWAY_BENC
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import secrets
@@ -24,6 +23,7 @@ import time
 import urllib.parse
 
 import asyncpg
+from _audit_cli import run_cli
 
 from gateway.audit.log import AuditLog
 from gateway.audit.postgres import PostgresAuditStore
@@ -100,16 +100,4 @@ async def main(records: int, concurrency: int, serial: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=20_000, help="group-commit records")
-    parser.add_argument("--concurrency", type=int, default=64, help="concurrent appenders")
-    parser.add_argument("--serial", type=int, default=1_000, help="baseline records")
-    parser.add_argument("--uvloop", action="store_true", help="run on uvloop, as the gateway does")
-    args = parser.parse_args()
-    factory = None
-    if args.uvloop:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main(args.records, args.concurrency, args.serial))
+    run_cli(__doc__ or "", main)
