@@ -491,6 +491,13 @@ async def test_publisher_publishes_after_appends_and_not_when_nothing_grew(
     await _until(lambda: size_is(0))  # No checkpoint yet: the empty tree is published.
     await asyncio.gather(*(log.append(b"%d" % i) for i in range(3)))
     await _until(lambda: size_is(3))
+
+    async def file_holds(n: int) -> bool:
+        # The note is stored first and written to the file after: a publication ends there.
+        cp = await asyncio.to_thread(read_published, published)
+        return cp is not None and cp.size == n
+
+    await _until(lambda: file_holds(3))
     latest = await log.latest_checkpoint()
     assert latest is not None and latest.created_at == 1234.5
     verified = verify_note(latest.note, [NoteVerifier.for_signer(signer)], origin=signer.name)
