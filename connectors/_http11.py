@@ -7,7 +7,9 @@ response with the framing rules of RFC 9112, hand back ``(status, headers, body)
 
 Response parsing and framing (RFC 9112 section 6) live in :mod:`connectors._http11_parse`:
 anything ambiguous is refused with :class:`ProtocolError`, a body over ``max_response_bytes``
-raises :class:`ResponseTooLarge`, and no error message quotes the response.
+raises :class:`ResponseTooLarge`, and no error message quotes the response. Request encoding
+lives in :mod:`connectors._http11_request`: a bad method, target or header field is a ValueError
+before any connection is taken, and the framing fields are the client's alone.
 
 Connections: one slot per connection, at most ``limit``; requests beyond wait for a slot. A
 connection goes back to the pool only after a complete response that allows keep-alive (HTTP/1.1
@@ -34,16 +36,9 @@ from collections.abc import Iterable, Mapping
 from typing import Final, cast
 from urllib.parse import urlsplit
 
-from connectors._http11_parse import (
-    BLOCK_CHARS,
-    FIELD_CHARS,
-    TCHAR,
-    HttpClientError,
-    ProtocolError,
-    Response,
-    ResponseTooLarge,
-)
+from connectors._http11_parse import HttpClientError, ProtocolError, Response, ResponseTooLarge
 from connectors._http11_parse import Parser as _Parser  # private here; tests import it too
+from connectors._http11_request import encode_request
 
 __all__ = [
     "ConnectError",
@@ -56,14 +51,9 @@ __all__ = [
     "Response",
     "ResponseTooLarge",
     "TlsError",
-    "check_header",
 ]
 
 _STALE_CHECK_AFTER: Final = 1.0  # idle seconds after which a connection is re-checked before use
-
-_TARGET_CHARS: Final = bytes(range(0x21, 0x7F))
-_POOL_HEADERS: Final = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
-_NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"})
 
 
 class ConnectError(HttpClientError):
@@ -84,19 +74,6 @@ class ConnectionLost(HttpClientError):
 
 class PoolClosed(HttpClientError):
     """The pool was closed."""
-
-
-def check_header(name: str | bytes, value: str | bytes) -> tuple[bytes, bytes]:
-    """Encode one request header field (value as UTF-8); ValueError for a bad name or value."""
-    raw_name = name if isinstance(name, bytes) else name.encode("ascii", "replace")
-    raw_value = value if isinstance(value, bytes) else value.encode("utf-8")
-    if not raw_name or raw_name.translate(None, TCHAR):
-        raise ValueError(f"invalid header name {name!r}")
-    if raw_value.translate(None, FIELD_CHARS):
-        raise ValueError(f"header {name!r}: value has control characters (CR, LF, NUL...)")
-    if raw_name.lower() in _POOL_HEADERS:
-        raise ValueError(f"header {name!r} is set by the client")
-    return raw_name, raw_value
 
 
 # --- connections --------------------------------------------------------------------------------
@@ -252,7 +229,7 @@ class Http11Pool:
         """Send one request and read the whole response (cancel to give up: see the module)."""
         if self._closed:
             raise PoolClosed("the connection pool is closed")
-        data = self._encode(method, path_and_query, headers, body)
+        data = encode_request(self._host_line, method, path_and_query, headers, body)
         parser = _Parser(max_response_bytes, head_only=method == "HEAD")
         conn = await self._acquire()
         try:
@@ -299,59 +276,6 @@ class Http11Pool:
             await asyncio.sleep(0.005)
         for conn in list(self._connections):
             conn.abort()
-
-    def _encode(
-        self,
-        method: str,
-        target: str,
-        headers: Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]],
-        body: bytes,
-    ) -> bytes:
-        raw_method = method.encode("ascii")
-        raw_target = target.encode("ascii")
-        if not raw_method or raw_method.translate(None, TCHAR):
-            raise ValueError("invalid method")
-        if not raw_target or raw_target.translate(None, _TARGET_CHARS):
-            raise ValueError("invalid request target")
-        pairs = list(headers.items() if isinstance(headers, Mapping) else headers)
-        names: list[bytes] = []
-        fields: list[bytes] = []
-        for name, value in pairs:  # encode; checked below, all at once
-            raw_name = name if isinstance(name, bytes) else name.encode("ascii", "replace")
-            raw_value = value if isinstance(value, bytes) else value.encode("utf-8")
-            names.append(raw_name)
-            fields += (raw_name, b": ", raw_value, b"\r\n")
-        block = b"".join(fields)
-        lowered = b" " + b" ".join(names).lower() + b" "
-        if (
-            not all(names)
-            or b"".join(names).translate(None, TCHAR)
-            or block.translate(None, BLOCK_CHARS)
-            or block.count(b"\r") != len(names)
-            or block.count(b"\n") != len(names)
-            or b" host " in lowered
-            or b" content-length " in lowered
-            or b" transfer-encoding " in lowered
-            or b" connection " in lowered
-        ):
-            for name, value in pairs:
-                check_header(name, value)  # raises, naming the field
-        length = b""
-        if body or raw_method not in _NO_BODY_METHODS:
-            length = b"Content-Length: %d\r\n" % len(body)
-        return b"".join(
-            (
-                raw_method,
-                b" ",
-                raw_target,
-                b" HTTP/1.1\r\n",
-                self._host_line,
-                block,
-                length,
-                b"\r\n",
-                body,
-            )
-        )
 
     async def _acquire(self) -> _Connection:
         """A connection with its slot: an idle one (most recent first) or a new one."""

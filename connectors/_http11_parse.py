@@ -41,7 +41,7 @@ MAX_FIELDS: Final = 128
 _MAX_CHUNK_LINE: Final = 4096
 _MAX_CHUNK_EXT_BYTES: Final = 64 * 1024  # all chunk extensions of one response together
 
-# Character classes of RFC 9110, shared with the request encoder in connectors._http11.
+# Character classes of RFC 9110, shared with the request encoder in connectors._http11_request.
 TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 FIELD_CHARS: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 BLOCK_CHARS: Final = FIELD_CHARS + b"\r\n"

@@ -61,8 +61,8 @@ from connectors._http11 import (
     Response,
     ResponseTooLarge,
     TlsError,
-    check_header,
 )
+from connectors._http11_request import check_header
 from gateway.connector import (
     ConnectorContext,
     DeliveryFailed,
