@@ -61,7 +61,6 @@ from typing import Final
 
 from gateway.audit import merkle
 from gateway.audit.checkpoint import (
-    ED25519,
     MAX_NOTE_BYTES,
     Checkpoint,
     NoteError,
@@ -70,6 +69,7 @@ from gateway.audit.checkpoint import (
     parse_checkpoint,
     parse_note,
 )
+from gateway.audit.signed_note import ED25519
 
 __all__ = [
     "MAX_PROOF_LINES",

@@ -29,13 +29,13 @@ from dataclasses import dataclass
 import aiohttp
 
 from gateway.audit.checkpoint import (
-    COSIGNATURE_V1,
     NoteError,
     NoteVerifier,
     parse_checkpoint,
     parse_note,
 )
 from gateway.audit.checkpoint import verify_cosignature as _verify_line
+from gateway.audit.signed_note import COSIGNATURE_V1
 from gateway.witness import SIZE_CONTENT_TYPE, encode_add_checkpoint, parse_size_body
 
 __all__ = [
