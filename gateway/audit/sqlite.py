@@ -14,7 +14,7 @@ Why it looks like this:
 * Every table is prefixed ``audit_`` and nothing file-global (``PRAGMA user_version``) is used, so
   other components (idempotency keys, replay cache, queue) can keep their tables in the same file.
 
-The tables and every schema statement are in :mod:`gateway.audit.sqlite_schema`.
+The tables and every SQL statement are in :mod:`gateway.audit.sqlite_schema`.
 
 The store is blocking and is meant to be driven from one worker thread (AuditLog's writer); a lock
 makes it safe to share between threads anyway. The connection is opened lazily on first use, so
@@ -32,7 +32,7 @@ import orjson
 
 from gateway import sqlitedb
 from gateway.audit import merkle
-from gateway.audit.sqlite_schema import FIELDS, IDS_PER_QUERY, SCHEMA, SUBTREES
+from gateway.audit import sqlite_schema as sql
 from gateway.audit.store import Claim, RecordQuery, StoredCheckpoint, StoredRecord
 
 __all__ = ["SqliteAuditStore", "StoreCorrupted"]
@@ -77,13 +77,9 @@ class SqliteAuditStore:
         try:
             # Several processes may create the schema at once.
             with _immediate(conn, self._busy_timeout):
-                for statement in SCHEMA:
+                for statement in sql.SCHEMA:
                     conn.execute(statement)
-                conn.execute(
-                    "INSERT OR IGNORE INTO audit_head (id, size, root, frontier)"
-                    " VALUES (0, 0, ?, ?)",
-                    (merkle.EMPTY_ROOT, merkle.Frontier().to_bytes()),
-                )
+                conn.execute(sql.INIT_HEAD, (merkle.EMPTY_ROOT, merkle.Frontier().to_bytes()))
                 _check_head(conn)
         except BaseException:
             conn.close()
@@ -127,18 +123,13 @@ class SqliteAuditStore:
             if claim is None:
                 continue
             now = max(now, claim.now)
-            cur = conn.execute(
-                "INSERT INTO audit_claims (key, expires_at) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
-                "WHERE audit_claims.expires_at < ?",
-                (claim.key, claim.expires_at, claim.now),
-            )
+            cur = conn.execute(sql.CLAIM, (claim.key, claim.expires_at, claim.now))
             if cur.rowcount != 1:
                 refused.add(i)
         self._claims_since_purge += 1
         if self._claims_since_purge >= 1000:
             self._claims_since_purge = 0
-            conn.execute("DELETE FROM audit_claims WHERE expires_at < ?", (now,))
+            conn.execute(sql.PURGE_CLAIMS, (now,))
         return refused
 
     def _append_locked(
@@ -152,18 +143,9 @@ class SqliteAuditStore:
         for h in hashes:
             completed.extend(frontier.append(h))
         indexes = range(first, first + len(records))
-        conn.executemany(
-            "INSERT INTO audit_records (idx, leaf_hash, record) VALUES (?, ?, ?)",
-            zip(indexes, hashes, records, strict=True),
-        )
-        conn.executemany(
-            "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)",
-            ((n.level, n.index, n.hash) for n in completed),
-        )
-        conn.execute(
-            "UPDATE audit_head SET size = ?, root = ?, frontier = ? WHERE id = 0",
-            (frontier.size, frontier.root(), frontier.to_bytes()),
-        )
+        conn.executemany(sql.INSERT_RECORD, zip(indexes, hashes, records, strict=True))
+        conn.executemany(sql.INSERT_NODE, ((n.level, n.index, n.hash) for n in completed))
+        conn.execute(sql.UPDATE_HEAD, (frontier.size, frontier.root(), frontier.to_bytes()))
         return list(zip(indexes, hashes, strict=True))
 
     def size(self) -> int:
@@ -175,11 +157,7 @@ class SqliteAuditStore:
         if not 0 <= index < _MAX_INDEX:  # SQLite integers are 64-bit: no OverflowError here.
             return None
         with self._lock:
-            row = (
-                self._connection()
-                .execute("SELECT leaf_hash, record FROM audit_records WHERE idx = ?", (index,))
-                .fetchone()
-            )
+            row = self._connection().execute(sql.GET_RECORD, (index,)).fetchone()
         if row is None:
             return None
         return StoredRecord(index=index, leaf_hash=bytes(row[0]), record=bytes(row[1]))
@@ -187,7 +165,7 @@ class SqliteAuditStore:
     def tree_head(self) -> tuple[int, bytes]:
         """(size, root) from the head row: one row, so always a consistent pair."""
         with self._lock:
-            size, root = self._connection().execute("SELECT size, root FROM audit_head").fetchone()
+            size, root = self._connection().execute(sql.TREE_HEAD).fetchone()
         return int(size), bytes(root)
 
     def subtree_hashes(self, ids: Iterable[tuple[int, int]]) -> list[bytes]:
@@ -202,11 +180,11 @@ class SqliteAuditStore:
         found: dict[tuple[int, int], bytes] = {}
         with self._lock:
             conn = self._connection()
-            for start in range(0, len(wanted), IDS_PER_QUERY):
-                chunk = wanted[start : start + IDS_PER_QUERY]
+            for start in range(0, len(wanted), sql.IDS_PER_QUERY):
+                chunk = wanted[start : start + sql.IDS_PER_QUERY]
                 values = ",".join("(?, ?)" for _ in chunk)
                 rows = conn.execute(
-                    SUBTREES.format(values=values), [x for node in chunk for x in node]
+                    sql.SUBTREES.format(values=values), [x for node in chunk for x in node]
                 )
                 found.update(((level, idx), bytes(h)) for level, idx, h in rows if h is not None)
         try:
@@ -226,26 +204,18 @@ class SqliteAuditStore:
             conn = self._connection()
             with _immediate(conn, self._busy_timeout):
                 conn.execute(
-                    "INSERT OR IGNORE INTO audit_checkpoints (size, root, note, created_at)"
-                    " VALUES (?, ?, ?, ?)",
+                    sql.ADD_CHECKPOINT,
                     (checkpoint.size, checkpoint.root, checkpoint.note, checkpoint.created_at),
                 )
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         """The stored checkpoint with the largest size (the primary key: one index probe)."""
-        rows = self._read(
-            "SELECT size, root, note, created_at FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
-            (),
-        )
+        rows = self._read(sql.LATEST_CHECKPOINT, ())
         return _checkpoint(rows[0]) if rows else None
 
     def checkpoints(self, *, after_size: int = -1, limit: int = 1000) -> list[StoredCheckpoint]:
         """Stored checkpoints with size > after_size, by size ascending, at most ``limit``."""
-        rows = self._read(
-            "SELECT size, root, note, created_at FROM audit_checkpoints"
-            " WHERE size > ? ORDER BY size LIMIT ?",
-            (_clamp(after_size), _limit(limit)),
-        )
+        rows = self._read(sql.CHECKPOINTS, (_clamp(after_size), _limit(limit)))
         return [_checkpoint(row) for row in rows]
 
     # -- search -------------------------------------------------------------------------------
@@ -269,29 +239,20 @@ class SqliteAuditStore:
         if query.until is not None:
             where.append("+s.at < ?")
             params.append(query.until)
-        for name in FIELDS[1:]:
+        for name in sql.FIELDS[1:]:
             value = getattr(query, name)
             if value is not None:
-                where.append(f"s.{name} = ?")  # A name from FIELDS, never from the caller.
+                where.append(f"s.{name} = ?")  # A name from sql.FIELDS, never from the caller.
                 params.append(value)
         params.append(_limit(query.limit))
-        rows = self._read(
-            "SELECT r.idx, r.leaf_hash, r.record FROM audit_search s"  # noqa: S608
-            f" JOIN audit_records r ON r.idx = s.idx WHERE {' AND '.join(where)}"
-            " ORDER BY s.idx LIMIT ?",
-            params,
-        )
+        rows = self._read(sql.SEARCH.format(where=" AND ".join(where)), params)
         return [StoredRecord(int(i), bytes(h), bytes(r)) for i, h, r in rows]
 
     def records(self, start: int, end: int) -> list[StoredRecord]:
         """Records with start <= index < end in index order, at most 10,000 per call."""
         start = _clamp(max(0, start))
         end = min(_clamp(end), start + _MAX_ROWS)
-        rows = self._read(
-            "SELECT idx, leaf_hash, record FROM audit_records"
-            " WHERE idx >= ? AND idx < ? ORDER BY idx",
-            (start, end),
-        )
+        rows = self._read(sql.RECORDS, (start, end))
         return [StoredRecord(int(i), bytes(h), bytes(r)) for i, h, r in rows]
 
     def index_pending(self, max_records: int = 256, *, timeout: float = 0.0) -> int:
@@ -303,31 +264,26 @@ class SqliteAuditStore:
         """
         with self._lock:
             conn = self._connection()
-            last, size = conn.execute(
-                "SELECT (SELECT max(idx) FROM audit_search), (SELECT size FROM audit_head)"
-            ).fetchone()
+            last, size = conn.execute(sql.SEARCH_PROGRESS).fetchone()
             if (-1 if last is None else last) + 1 >= size:
                 return 0  # Caught up: no need for the write lock.
             conn.execute("PRAGMA synchronous=NORMAL")  # Derived data: see the module doc.
             try:
                 with _immediate(conn, timeout):
-                    (last,) = conn.execute("SELECT max(idx) FROM audit_search").fetchone()
+                    (last,) = conn.execute(sql.LAST_INDEXED).fetchone()
                     rows = conn.execute(
-                        "SELECT idx, record FROM audit_records WHERE idx > ? ORDER BY idx LIMIT ?",
-                        (-1 if last is None else last, max(1, max_records)),
+                        sql.UNINDEXED, (-1 if last is None else last, max(1, max_records))
                     ).fetchall()
                     conn.executemany(
-                        "INSERT INTO audit_search (idx, at, sender, service, provider, event,"
-                        " exchange_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        ((i, *_search_fields(bytes(r))) for i, r in rows),
+                        sql.INSERT_SEARCH, ((i, *_search_fields(bytes(r))) for i, r in rows)
                     )
             finally:
                 conn.execute("PRAGMA synchronous=FULL")
         return len(rows)
 
-    def _read(self, sql: str, params: Sequence[object]) -> list[Any]:
+    def _read(self, statement: str, params: Sequence[object]) -> list[Any]:
         with self._lock:
-            return self._connection().execute(sql, params).fetchall()
+            return self._connection().execute(statement, params).fetchall()
 
     def close(self) -> None:
         """Close the connection; later calls raise sqlite3.ProgrammingError. Idempotent."""
@@ -368,7 +324,7 @@ class _immediate:
 
 
 def _read_frontier(conn: sqlite3.Connection) -> tuple[int, merkle.Frontier]:
-    size, blob = conn.execute("SELECT size, frontier FROM audit_head WHERE id = 0").fetchone()
+    size, blob = conn.execute(sql.HEAD_FRONTIER).fetchone()
     frontier = merkle.Frontier.from_bytes(bytes(blob))
     if frontier.size != size:
         raise StoreCorrupted(f"audit_head size {size} but frontier size {frontier.size}")
@@ -378,10 +334,10 @@ def _read_frontier(conn: sqlite3.Connection) -> tuple[int, merkle.Frontier]:
 def _check_head(conn: sqlite3.Connection) -> None:
     """Refuse a file whose head disagrees with its leaves (truncated, or rows added by hand)."""
     size, frontier = _read_frontier(conn)
-    (root,) = conn.execute("SELECT root FROM audit_head WHERE id = 0").fetchone()
+    (root,) = conn.execute(sql.HEAD_ROOT).fetchone()
     if bytes(root) != frontier.root():
         raise StoreCorrupted("audit_head root does not match its frontier")
-    (last,) = conn.execute("SELECT max(idx) FROM audit_records").fetchone()
+    (last,) = conn.execute(sql.LAST_RECORD).fetchone()
     if (-1 if last is None else last) != size - 1:
         raise StoreCorrupted(f"audit_head says {size} records, audit_records ends at {last}")
 
@@ -391,10 +347,10 @@ def _search_fields(record: bytes) -> tuple[str | None, ...]:
     try:
         obj = orjson.loads(record)
     except orjson.JSONDecodeError:
-        return (None,) * len(FIELDS)
+        return (None,) * len(sql.FIELDS)
     if not isinstance(obj, dict):
-        return (None,) * len(FIELDS)
-    return tuple(v if isinstance(v := obj.get(f), str) else None for f in FIELDS)
+        return (None,) * len(sql.FIELDS)
+    return tuple(v if isinstance(v := obj.get(f), str) else None for f in sql.FIELDS)
 
 
 def _clamp(value: int) -> int:

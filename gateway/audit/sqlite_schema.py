@@ -1,8 +1,10 @@
-"""The SQLite audit store's schema: its tables, indexes and the proof query, as text.
+"""The SQLite audit store's schema: its tables, indexes and every SQL statement, as text.
 
 Apart from :mod:`gateway.audit.sqlite` (the store's behaviour: transactions, the frontier,
-deferred search indexing) so that a change to a table or index is reviewed in one place, as
-:mod:`gateway.audit.postgres_schema` does for PostgreSQL. Nothing here opens a database.
+deferred search indexing) so that a change to a table, an index or a statement is reviewed in
+one place, as :mod:`gateway.audit.postgres_schema` does for PostgreSQL. Nothing here opens a
+database. Values always travel as ``?`` parameters; the only text filled in later is the proof
+query's ``{values}`` placeholders and the search filters, built from :data:`FIELDS` only.
 
 Schema::
 
@@ -93,4 +95,55 @@ SCHEMA: Final = (
         note BLOB NOT NULL,
         created_at REAL NOT NULL
     )""",
+)
+
+# -- statements, grouped by what the store does with them ------------------------------------
+
+INIT_HEAD: Final = "INSERT OR IGNORE INTO audit_head (id, size, root, frontier) VALUES (0, 0, ?, ?)"
+HEAD_FRONTIER: Final = "SELECT size, frontier FROM audit_head WHERE id = 0"
+HEAD_ROOT: Final = "SELECT root FROM audit_head WHERE id = 0"
+LAST_RECORD: Final = "SELECT max(idx) FROM audit_records"
+TREE_HEAD: Final = "SELECT size, root FROM audit_head"
+
+# A claim is taken if its key is new or its previous claim expired before this one's ``now``.
+CLAIM: Final = (
+    "INSERT INTO audit_claims (key, expires_at) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+    "WHERE audit_claims.expires_at < ?"
+)
+PURGE_CLAIMS: Final = "DELETE FROM audit_claims WHERE expires_at < ?"
+INSERT_RECORD: Final = "INSERT INTO audit_records (idx, leaf_hash, record) VALUES (?, ?, ?)"
+INSERT_NODE: Final = "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)"
+UPDATE_HEAD: Final = "UPDATE audit_head SET size = ?, root = ?, frontier = ? WHERE id = 0"
+
+GET_RECORD: Final = "SELECT leaf_hash, record FROM audit_records WHERE idx = ?"
+RECORDS: Final = (
+    "SELECT idx, leaf_hash, record FROM audit_records WHERE idx >= ? AND idx < ? ORDER BY idx"
+)
+
+# The first checkpoint stored for a size stays (see audit_checkpoints above).
+ADD_CHECKPOINT: Final = (
+    "INSERT OR IGNORE INTO audit_checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?)"
+)
+LATEST_CHECKPOINT: Final = (
+    "SELECT size, root, note, created_at FROM audit_checkpoints ORDER BY size DESC LIMIT 1"
+)
+CHECKPOINTS: Final = (
+    "SELECT size, root, note, created_at FROM audit_checkpoints"
+    " WHERE size > ? ORDER BY size LIMIT ?"
+)
+
+# audit_search, filled behind the log (see above): how far it is, the next records, their rows.
+SEARCH_PROGRESS: Final = "SELECT (SELECT max(idx) FROM audit_search), (SELECT size FROM audit_head)"
+LAST_INDEXED: Final = "SELECT max(idx) FROM audit_search"
+UNINDEXED: Final = "SELECT idx, record FROM audit_records WHERE idx > ? ORDER BY idx LIMIT ?"
+INSERT_SEARCH: Final = (
+    "INSERT INTO audit_search (idx, at, sender, service, provider, event,"
+    " exchange_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# query(): ``{where}`` is conditions on s.idx, s.at and columns named in FIELDS, joined by AND.
+SEARCH: Final = (
+    "SELECT r.idx, r.leaf_hash, r.record FROM audit_search s"
+    " JOIN audit_records r ON r.idx = s.idx WHERE {where}"
+    " ORDER BY s.idx LIMIT ?"
 )
