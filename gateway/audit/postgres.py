@@ -3,14 +3,9 @@
 Why it looks like this:
 
 * Blocking outside, asyncpg inside. The :class:`~gateway.audit.store.AuditStore` Protocol is
-  blocking because :class:`~gateway.audit.log.AuditLog` calls it from its own writer thread. The
-  store therefore owns a *private* asyncio event loop, created lazily by the first call (in the
-  thread making it: the writer thread, or the ``prepare_stores`` call in the parent process) and
-  reused for every later call, which runs one asyncpg coroutine on it with ``run_until_complete``.
-  The loop is never installed as any thread's current loop and never shared with aiohttp's, so
-  the gateway's event loop never waits on the database. Calls are serialized by a lock (a loop
-  runs in one thread at a time, whichever that is); calling from a thread that is running an event
-  loop is refused with RuntimeError, since ``run_until_complete`` cannot nest.
+  blocking because :class:`~gateway.audit.log.AuditLog` calls it from its own writer thread, so
+  every call runs one asyncpg coroutine on a *private* event loop, never on the gateway's
+  (:mod:`gateway.audit.postgres_session` holds that loop and the connection).
 * Several gateway instances append to one log. Each ``append_batch`` is one READ COMMITTED
   transaction that first locks the single head row (``SELECT ... FROM audit_head WHERE id = 0
   FOR UPDATE``), then reads the size and frontier *inside* that transaction, takes the claims,
@@ -42,33 +37,28 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
-import threading
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
-
-import asyncpg  # type: ignore[import-untyped]
-import orjson
 
 from gateway.audit import merkle
 from gateway.audit.postgres_schema import (
     COLUMNS,
     QUERY_HEAD,
-    QUERY_TAIL,
     create_tables,
+    index_columns,
+    query_statement,
     statements,
     table_names,
 )
+from gateway.audit.postgres_session import BlockingConnection, Connection, split_dsn
 from gateway.audit.store import Claim, RecordQuery, StoredCheckpoint, StoredRecord
 
 __all__ = ["PostgresAuditStore", "StoreCorrupted"]
 
 T = TypeVar("T")
-Connection = Any  # asyncpg.Connection; asyncpg ships no type information.
 
 _MAX_INDEX: Final = 2**63
 _MAX_LIMIT: Final = 10_000  # Rows per query, records() or checkpoints() call, as in SQLite.
-_NO_COLUMNS: Final[tuple[str | None, ...]] = (None,) * len(COLUMNS)
 
 
 class StoreCorrupted(RuntimeError):
@@ -96,7 +86,7 @@ class PostgresAuditStore:
         ``lock_timeout`` parameter wins); ``command_timeout`` (s) bounds any one statement, so
         a hung server fails a batch instead of stalling the writer thread forever.
         """
-        self._dsn, dsn_schema, dsn_settings = _split_dsn(dsn)
+        dsn, dsn_schema, dsn_settings = split_dsn(dsn)
         if schema is not None and dsn_schema is not None and schema != dsn_schema:
             raise ValueError(f"schema {schema!r} given twice, differently ({dsn_schema!r})")
         self._schema = schema if schema is not None else dsn_schema
@@ -105,59 +95,31 @@ class PostgresAuditStore:
         self._t = table_names(self._schema)
         self._q = statements(self._t)
         self._query_head = QUERY_HEAD.format(**self._t)
-        self._settings = {"application_name": "dtc-gateway audit"}
-        self._settings["lock_timeout"] = f"{max(1, round(lock_timeout * 1000))}ms"
+        settings = {"application_name": "dtc-gateway audit"}
+        settings["lock_timeout"] = f"{max(1, round(lock_timeout * 1000))}ms"
         for key in dsn_settings:
-            self._settings.pop(key, None)
-        self._connect_timeout = connect_timeout
-        self._command_timeout = command_timeout
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: Connection | None = None
+            settings.pop(key, None)
+        self._db = BlockingConnection(
+            dsn,
+            settings=settings,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+            setup=self._setup,
+        )
         self._claims_since_purge = 0
-        self._closed = False
 
-    # -- the private loop and the connection ------------------------------------------------
+    # -- the connection -----------------------------------------------------------------------
 
     def _call(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """Run ``fn(connection)`` on the private loop and return its result. Blocking."""
-        with self._lock:
-            if self._closed:
-                raise asyncpg.InterfaceError("audit store is closed")
-            if _loop_running_here():
-                raise RuntimeError("PostgresAuditStore is blocking: call it off the event loop")
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-            return self._loop.run_until_complete(self._with_connection(fn))
+        return self._db.call(fn)
 
-    async def _with_connection(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
-        if self._conn is None:
-            self._conn = await self._connect()
-        conn = self._conn
-        try:
-            return await fn(conn)
-        except BaseException as exc:
-            if not _session_survives(exc, conn):
-                self._conn = None
-                conn.terminate()
-            raise
-
-    async def _connect(self) -> Connection:
-        conn = await asyncpg.connect(
-            self._dsn,
-            timeout=self._connect_timeout,
-            command_timeout=self._command_timeout,
-            server_settings=self._settings,
-        )
-        try:
-            if await conn.fetchval("SHOW synchronous_commit") == "off":
-                await conn.execute("SET synchronous_commit = on")
-            await create_tables(conn, self._q, self._t, self._schema)
-            await self._check_head(conn)
-        except BaseException:
-            conn.terminate()
-            raise
-        return conn
+    async def _setup(self, conn: Connection) -> None:
+        """A new connection: durable commits, the tables, and a head that matches its leaves."""
+        if await conn.fetchval("SHOW synchronous_commit") == "off":
+            await conn.execute("SET synchronous_commit = on")
+        await create_tables(conn, self._q, self._t, self._schema)
+        await self._check_head(conn)
 
     async def _check_head(self, conn: Connection) -> None:
         """Refuse a log whose head disagrees with its leaves (truncated, or rows added by hand)."""
@@ -173,25 +135,7 @@ class PostgresAuditStore:
 
     def close(self) -> None:
         """Close the connection and the private loop; later calls raise InterfaceError."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            conn, loop = self._conn, self._loop
-            self._conn = self._loop = None
-            if loop is None:
-                return
-            try:
-                if conn is not None and _loop_running_here():
-                    conn.terminate()
-                elif conn is not None:
-                    try:
-                        loop.run_until_complete(conn.close(timeout=5))
-                    except Exception:
-                        conn.terminate()
-                        loop.run_until_complete(asyncio.sleep(0))  # Let the socket close.
-            finally:
-                loop.close()
+        self._db.close()
 
     # -- appends ------------------------------------------------------------------------------
 
@@ -208,7 +152,7 @@ class PostgresAuditStore:
         if claims is not None and len(claims) != len(records):
             raise ValueError("one claim (or None) per record")
         hashes = [merkle.leaf_hash(r) for r in records]
-        columns = [_index_columns(r) for r in records]
+        columns = [index_columns(r) for r in records]
         wanted = claims if claims is not None and any(claims) else None
         sent: list[Any] = []  # (txid, backend pid, result) once the writes are done.
 
@@ -238,9 +182,7 @@ class PostgresAuditStore:
         except Exception:
             # The session ended after COMMIT may have been sent: the server knows the outcome.
             # (A server-reported error on a live session means the transaction rolled back.)
-            with self._lock:
-                dropped = self._conn is None
-            if sent and dropped and self._outcome(sent[0], sent[1]) == "committed":
+            if sent and self._db.dropped() and self._outcome(sent[0], sent[1]) == "committed":
                 return list(sent[2])
             raise
 
@@ -364,23 +306,7 @@ class PostgresAuditStore:
         """
         if query.limit <= 0 or query.after_index >= _MAX_INDEX - 1:
             return []
-        args: list[Any] = [max(query.after_index, -1)]
-        where = ["idx > $1"]
-        filters = [
-            ("at >= ", query.since),
-            ("at < ", query.until),
-            ("sender = ", query.sender),
-            ("service = ", query.service),
-            ("provider = ", query.provider),
-            ("event = ", query.event),
-            ("exchange_id = ", query.exchange_id),
-        ]
-        for condition, value in filters:
-            if value is not None:
-                args.append(value)
-                where.append(condition + "$" + str(len(args)))
-        args.append(min(query.limit, _MAX_LIMIT))
-        sql = self._query_head + " AND ".join(where) + QUERY_TAIL + "$" + str(len(args))
+        sql, args = query_statement(self._query_head, query, min(query.limit, _MAX_LIMIT))
         return self._fetch_records(sql, *args)
 
     def _fetch_records(self, sql: str, *args: Any) -> list[StoredRecord]:
@@ -460,59 +386,8 @@ class PostgresAuditStore:
         return self._call(run)
 
 
-def _index_columns(record: bytes) -> tuple[str | None, ...]:
-    """The query columns of one record: its string members, NULL where absent or not text."""
-    try:
-        obj = orjson.loads(record)
-    except orjson.JSONDecodeError:
-        return _NO_COLUMNS
-    if not isinstance(obj, dict):
-        return _NO_COLUMNS
-    values = (obj.get(c) for c in COLUMNS)
-    # PostgreSQL text cannot hold NUL: such a value is left unindexed rather than failing.
-    return tuple(v if isinstance(v, str) and "\x00" not in v else None for v in values)
-
-
 def _frontier(size: int, blob: bytes) -> merkle.Frontier:
     frontier = merkle.Frontier.from_bytes(bytes(blob))
     if frontier.size != size:
         raise StoreCorrupted(f"audit_head size {size} but frontier size {frontier.size}")
     return frontier
-
-
-def _split_dsn(dsn: str) -> tuple[str, str | None, set[str]]:
-    """Take ``schema`` out of the DSN's query; also return the names of the other parameters.
-
-    asyncpg would send an unknown ``schema`` parameter to the server as a setting (and fail),
-    so it is removed here; the rest of the DSN is passed on unchanged.
-    """
-    parts = urllib.parse.urlsplit(dsn)
-    if not parts.query:
-        return dsn, None, set()
-    params = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    schema = [v for k, v in params if k == "schema"]
-    rest = [(k, v) for k, v in params if k != "schema"]
-    query = urllib.parse.urlencode(rest, quote_via=urllib.parse.quote)
-    return (
-        parts._replace(query=query).geturl(),
-        (schema[-1] if schema else None),
-        {k for k, _ in rest},
-    )
-
-
-def _session_survives(exc: BaseException, conn: Connection) -> bool:
-    """A server-reported SQL error leaves the session usable (its transaction rolled back);
-    a lost connection, a timeout or a cancellation leave it in doubt: it is dropped."""
-    return (
-        isinstance(exc, asyncpg.PostgresError)
-        and not isinstance(exc, asyncpg.PostgresConnectionError)
-        and not conn.is_closed()
-    )
-
-
-def _loop_running_here() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

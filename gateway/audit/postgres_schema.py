@@ -4,7 +4,9 @@ Why this is a module of its own: :mod:`gateway.audit.postgres` owns the store's 
 private event loop, the connection, the head lock, recovery after a lost COMMIT); this module
 owns the text that reaches the server. A change to a table, an index or a statement is then
 reviewed in one place, and the store's logic reads without a hundred lines of SQL in between.
-Nothing here opens a connection: :func:`create_tables` runs on one it is given.
+Nothing here opens a connection: :func:`create_tables` runs on one it is given. The query
+columns are filled from each record by :func:`index_columns`, and a search's statement is put
+together by :func:`query_statement`, next to the columns and indexes they depend on.
 
 Every statement is a template over the (schema-qualified, quoted) table names, filled in once
 per store by :func:`statements`, so no value ever reaches SQL text; values always travel as bind
@@ -36,13 +38,18 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, Final
 
+import orjson
+
 from gateway.audit import merkle
+from gateway.audit.store import RecordQuery
 
 __all__ = [
     "COLUMNS",
     "QUERY_HEAD",
     "QUERY_TAIL",
     "create_tables",
+    "index_columns",
+    "query_statement",
     "statements",
     "table_names",
 ]
@@ -98,6 +105,45 @@ _SQL: Final = {
 # query(): the filters (column names from COLUMNS only) go between these two halves.
 QUERY_HEAD: Final = "SELECT idx, leaf_hash, record FROM {records} WHERE "
 QUERY_TAIL: Final = " ORDER BY idx LIMIT "
+_NO_COLUMNS: Final[tuple[str | None, ...]] = (None,) * len(COLUMNS)
+
+
+def index_columns(record: bytes) -> tuple[str | None, ...]:
+    """The query columns of one record: its string members, NULL where absent or not text."""
+    try:
+        obj = orjson.loads(record)
+    except orjson.JSONDecodeError:
+        return _NO_COLUMNS
+    if not isinstance(obj, dict):
+        return _NO_COLUMNS
+    values = (obj.get(c) for c in COLUMNS)
+    # PostgreSQL text cannot hold NUL: such a value is left unindexed rather than failing.
+    return tuple(v if isinstance(v, str) and "\x00" not in v else None for v in values)
+
+
+def query_statement(head: str, query: RecordQuery, limit: int) -> tuple[str, list[Any]]:
+    """The statement and arguments of a search: ``idx > after_index``, each filter, ``limit``.
+
+    ``head`` is :data:`QUERY_HEAD` with the table names filled in. Every value is a ``$n``
+    parameter; the conditions name columns of this module only.
+    """
+    args: list[Any] = [max(query.after_index, -1)]
+    where = ["idx > $1"]
+    filters = [
+        ("at >= ", query.since),
+        ("at < ", query.until),
+        ("sender = ", query.sender),
+        ("service = ", query.service),
+        ("provider = ", query.provider),
+        ("event = ", query.event),
+        ("exchange_id = ", query.exchange_id),
+    ]
+    for condition, value in filters:
+        if value is not None:
+            args.append(value)
+            where.append(condition + "$" + str(len(args)))
+    args.append(limit)
+    return head + " AND ".join(where) + QUERY_TAIL + "$" + str(len(args)), args
 
 
 def table_names(schema: str | None) -> dict[str, str]:
