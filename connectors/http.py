@@ -1,7 +1,7 @@
 """HTTP connector: POSTs each exchange to a provider's REST endpoint and returns its JSON answer.
 
-Settings (the service's ``[services.connector]`` table), all checked at construction so a wrong
-config stops start-up with the key named:
+Settings (the service's ``[services.connector]`` table), all checked at construction by
+:mod:`connectors._http_settings` so a wrong config stops start-up with the key named:
 
 =========================== ======== ===========================================================
 ``url``                     required ``http://`` or ``https://`` endpoint; redirects are refused
@@ -43,16 +43,11 @@ timeout and from being hammered while it recovers.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import math
-import os
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from connectors._http11 import (
     ConnectError,
@@ -62,7 +57,7 @@ from connectors._http11 import (
     ResponseTooLarge,
     TlsError,
 )
-from connectors._http11_request import check_header
+from connectors._http_settings import CONTENT_TYPES, parse_settings
 from gateway.connector import (
     ConnectorContext,
     DeliveryFailed,
@@ -75,160 +70,7 @@ from gateway.connector import (
 
 __all__ = ["HttpConnector"]
 
-_KNOWN = frozenset(
-    {
-        "url", "send", "timeout_seconds", "connect_timeout_seconds", "headers",
-        "max_response_bytes", "max_connections", "retries", "ca_file", "client_cert",
-        "client_key", "circuit_breaker",
-    }
-)  # fmt: skip
-_MANAGED_HEADERS = frozenset(
-    {"content-type", "content-length", "host", "idempotency-key", "x-exchange-id",
-     "transfer-encoding", "connection"}
-)  # fmt: skip
-_CONTENT_TYPES = {"envelope": "application/jose+json", "payload": "application/json"}
 _RETRY_BACKOFF_SECONDS = 0.05
-# Sent with every request. Accept-Encoding: identity asks for an uncompressed answer (the body cap
-# then bounds what is held, and no decompressor runs on provider input).
-_FIXED_HEADERS = (("User-Agent", "dtc-gateway"), ("Accept", "application/json"),
-                  ("Accept-Encoding", "identity"))  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class _Settings:
-    url: str
-    origin: str  # scheme://host[:port]
-    target: str  # path?query, percent-encoded
-    static_headers: tuple[tuple[bytes, bytes], ...]  # fixed + configured (+ credentials in url)
-    send: str
-    timeout: float
-    connect_timeout: float
-    headers: Mapping[str, str]
-    max_response_bytes: int
-    max_connections: int
-    retries: int
-    ca_file: str | None
-    client_cert: str | None
-    client_key: str | None
-    failure_threshold: int
-    open_seconds: float
-
-
-def _number(settings: Mapping[str, Any], key: str, default: float, *, integer: bool) -> Any:
-    value = settings.get(key, default)
-    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or value <= 0:
-        kind = "a positive integer" if integer else "a positive number"
-        raise SettingsError(f"http connector: {key!r} must be {kind}")
-    return value
-
-
-def _path(settings: Mapping[str, Any], key: str, config_dir: str) -> str | None:
-    value = settings.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise SettingsError(f"http connector: {key!r} must be a file path")
-    return os.path.join(config_dir, value)
-
-
-def _parse_settings(settings: Mapping[str, Any], context: ConnectorContext) -> _Settings:
-    """Validate the settings table; every refusal names the key."""
-    unknown = sorted(set(settings) - _KNOWN)
-    if unknown:
-        raise SettingsError(f"http connector: unknown setting {unknown[0]!r}")
-    url = settings.get("url")
-    if not isinstance(url, str):
-        raise SettingsError("http connector: 'url' is required (an http:// or https:// URL)")
-    parts = urlsplit(url)
-    try:
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # not a number, or out of range
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise SettingsError("http connector: 'url' must be an absolute http:// or https:// URL")
-    send = settings.get("send", "envelope")
-    if send not in _CONTENT_TYPES:
-        raise SettingsError("http connector: 'send' must be 'envelope' or 'payload'")
-    headers = settings.get("headers", {})
-    if not isinstance(headers, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) and "\r" not in k + v and "\n" not in k + v
-        for k, v in headers.items()
-    ):
-        raise SettingsError("http connector: 'headers' must map names to single-line strings")
-    clash = sorted(k for k in headers if k.lower() in _MANAGED_HEADERS)
-    if clash:
-        raise SettingsError(f"http connector: 'headers' may not set {clash[0]!r}")
-    static = _static_headers(parts, headers)
-    retries = settings.get("retries", 0)
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
-        raise SettingsError("http connector: 'retries' must be an integer from 0 to 10")
-    breaker = settings.get("circuit_breaker", {})
-    if not isinstance(breaker, Mapping) or set(breaker) - {"failure_threshold", "open_seconds"}:
-        raise SettingsError(
-            "http connector: 'circuit_breaker' takes only 'failure_threshold' and 'open_seconds'"
-        )
-    tls = {
-        k: _path(settings, k, context.config_dir) for k in ("ca_file", "client_cert", "client_key")
-    }
-    if any(tls.values()) and parts.scheme != "https":
-        raise SettingsError(
-            "http connector: 'ca_file'/'client_cert'/'client_key' need an https url"
-        )
-    if (tls["client_cert"] is None) != (tls["client_key"] is None):
-        raise SettingsError("http connector: 'client_cert' and 'client_key' go together")
-    return _Settings(
-        url=url,
-        origin=f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}",
-        target=_target(parts),
-        static_headers=static,
-        send=send,
-        timeout=float(_number(settings, "timeout_seconds", 10, integer=False)),
-        connect_timeout=float(_number(settings, "connect_timeout_seconds", 3, integer=False)),
-        headers=dict(headers),
-        max_response_bytes=_number(settings, "max_response_bytes", 1 << 20, integer=True),
-        max_connections=_number(settings, "max_connections", 100, integer=True),
-        retries=retries,
-        ca_file=tls["ca_file"],
-        client_cert=tls["client_cert"],
-        client_key=tls["client_key"],
-        failure_threshold=_number(breaker, "failure_threshold", 5, integer=True),
-        open_seconds=float(_number(breaker, "open_seconds", 30, integer=False)),
-    )
-
-
-def _target(parts: SplitResult) -> str:
-    """The request target, percent-encoded where the URL was not (as aiohttp/yarl sends it)."""
-    target = quote(parts.path or "/", safe="/%:@!$&'()*+,;=~")
-    if parts.query:
-        target += "?" + quote(parts.query, safe="/?%:@!$&'()*+,;=~")
-    return target
-
-
-def _static_headers(
-    parts: SplitResult, configured: Mapping[str, str]
-) -> tuple[tuple[bytes, bytes], ...]:
-    """The headers every request carries, encoded and checked once; configured ones win."""
-    overridden = {name.lower() for name in configured}
-    pairs = [(k, v) for k, v in _FIXED_HEADERS if k.lower() not in overridden]
-    pairs += configured.items()
-    if parts.username is not None:  # credentials in the url: Basic auth, as aiohttp did
-        if any(k.lower() == "authorization" for k in configured):
-            raise SettingsError(
-                "http connector: 'headers' may not set 'Authorization' when the url has credentials"
-            )
-        user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        try:
-            token = base64.b64encode(user_pass.encode("latin-1")).decode("ascii")
-        except UnicodeEncodeError:
-            raise SettingsError("http connector: 'url' credentials must be Latin-1") from None
-        pairs.append(("Authorization", f"Basic {token}"))
-    try:
-        return tuple(check_header(name, value) for name, value in pairs)
-    except ValueError:
-        raise SettingsError(
-            "http connector: 'headers' must map names to single-line strings"
-        ) from None
 
 
 class _Breaker:
@@ -287,7 +129,7 @@ class HttpConnector:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._settings = _parse_settings(settings, context)
+        self._settings = parse_settings(settings, context)
         self._context = context
         self._clock = clock
         s = self._settings
@@ -396,7 +238,7 @@ class HttpConnector:
             body = text.encode("utf-8")
         headers = [
             *s.static_headers,
-            (b"Content-Type", _CONTENT_TYPES[s.send].encode("ascii")),
+            (b"Content-Type", CONTENT_TYPES[s.send].encode("ascii")),
             (b"X-Exchange-Id", message.exchange_id.encode("utf-8")),
         ]
         if message.idempotency_key:
