@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from gateway.audit.log import AppendResult, AuditUnavailable, ClaimRefused
+from gateway.audit.outcomes import AppendResult, AuditUnavailable, ClaimRefused
 from gateway.audit.publisher import PublisherThread
 from gateway.audit.store import AuditStore, Claim
 

@@ -33,19 +33,28 @@ How it is wired:
 
 Cancelling a task waiting in ``append`` does not withdraw its record: once queued it is written
 (an audit log records attempts too); only the notification is dropped.
+
+This module is the loop side; the writer thread is :mod:`gateway.audit.log_writer`, and what an
+append can come to (:class:`AppendResult`, :class:`AuditUnavailable`, :class:`ClaimRefused`) is
+:mod:`gateway.audit.outcomes`, re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import queue
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
+from typing import TypeVar
 
 from gateway.audit import proofs
+from gateway.audit.log_writer import Append, Call, Indexed, LogWriter, settle
+from gateway.audit.outcomes import (
+    AppendResult,
+    AuditUnavailable,
+    ClaimRefused,
+    Refusal,
+    unavailable,
+)
 from gateway.audit.store import (
     AuditStore,
     Claim,
@@ -54,7 +63,6 @@ from gateway.audit.store import (
     StoredRecord,
     root_at,
 )
-from gateway.errors import NotReady
 
 __all__ = [
     "AppendResult",
@@ -69,29 +77,6 @@ __all__ = [
 T = TypeVar("T")
 
 
-class AuditUnavailable(NotReady):
-    """The audit log could not durably record: the exchange must not be acknowledged (503).
-
-    The client sees one fixed detail; the cause (the store's error) goes to ``log_detail`` and
-    ``__cause__``, never to the client, since it may name files or SQL.
-    """
-
-    PUBLIC_DETAIL: ClassVar[str] = (
-        "The audit log is unavailable, so the exchange could not be recorded. Retry later."
-    )
-
-    def __init__(self, cause: str) -> None:
-        super().__init__(self.PUBLIC_DETAIL, log_detail=f"audit log unavailable: {cause}")
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    """Where a record landed: its leaf index and leaf hash (both go into the receipt)."""
-
-    index: int
-    leaf_hash: bytes
-
-
 @dataclass(frozen=True, slots=True)
 class AuditLogStats:
     """Counters since open, for metrics and for tests that check batching really happens."""
@@ -101,54 +86,17 @@ class AuditLogStats:
     failed_batches: int
 
 
-class ClaimRefused(Exception):
-    """The record's one-time claim was already taken (a replay): the record was not appended."""
-
-
-class _Refusal(ValueError):
-    """A request the log refuses on its own terms (not a store failure): passed to the caller
-    as is, where any other exception from a store call becomes AuditUnavailable."""
-
-
-class SizeBeyondLog(_Refusal):
+class SizeBeyondLog(Refusal):
     """A tree size larger than the log's: no proof or root exists for it (yet)."""
 
 
-class CheckpointMismatch(_Refusal):
+class CheckpointMismatch(Refusal):
     """A checkpoint whose root is not the log's root at its size: it must never be stored."""
 
 
-@runtime_checkable
-class _Indexed(Protocol):
-    """A store with deferred work to do when idle (gateway.audit.sqlite's search index)."""
-
-    def index_pending(self, max_records: int = ..., *, timeout: float = ...) -> int: ...
-
-
-@dataclass(slots=True)
-class _Append:
-    record: bytes
-    future: asyncio.Future[AppendResult]
-    claim: Claim | None = None
-
-
-@dataclass(slots=True)
-class _Call(Generic[T]):
-    fn: Callable[[], T]
-    future: asyncio.Future[T]
-
-
-_Item = _Append | _Call[Any] | None  # None tells the writer to close the store and stop.
-
-
-class _Idle:
-    """What _next_item returns when the writer has been idle long enough."""
-
-
-_IDLE = _Idle()
-
 IDLE_AFTER = 0.005
-"""Seconds without a queued item after which the writer does the store's deferred work."""
+"""Seconds without a queued item after which the writer does the store's deferred work (read
+when a log is created)."""
 CATCH_UP_STEP = 2000
 """Records indexed per writer-thread call when a query finds the search index behind."""
 
@@ -166,13 +114,16 @@ class AuditLog:
             raise ValueError("max_batch must be at least 1")
         self._store = store
         self._loop = loop
-        self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._closed: asyncio.Future[None] | None = None
         self._batches = self._records = self._failed_batches = 0
-        self._behind = True  # The store may have deferred work (e.g. records to index).
-        self._thread = threading.Thread(target=self._run, name="audit-log-writer", daemon=True)
-        self._thread.start()
+        self._writer = LogWriter(
+            store,
+            loop,
+            max_batch=max_batch,
+            idle_after=IDLE_AFTER,
+            on_batch=self._settle_batch,
+            on_closed=self._mark_closed,
+        )
 
     @classmethod
     async def open(cls, store: AuditStore, *, max_batch: int = 512) -> AuditLog:
@@ -207,7 +158,7 @@ class AuditLog:
             raise TypeError(f"audit record must be bytes, not {type(record).__name__}")
         self._check_open()
         future: asyncio.Future[AppendResult] = self._loop.create_future()
-        self._queue.put(_Append(record, future, claim))
+        self._writer.put(Append(record, future, claim))
         return future
 
     async def append(self, record: bytes, *, claim: Claim | None = None) -> AppendResult:
@@ -269,7 +220,7 @@ class AuditLog:
         from before the index existed).
         """
         store = self._store
-        if isinstance(store, _Indexed):
+        if isinstance(store, Indexed):
             while await self._call(lambda: store.index_pending(CATCH_UP_STEP, timeout=10.0)):
                 pass
         return await self._call(lambda: self._store.query(q))
@@ -310,24 +261,24 @@ class AuditLog:
         """
         if self._closed is None:
             self._closed = self._loop.create_future()
-            self._queue.put(None)
+            self._writer.put(None)
         await asyncio.shield(self._closed)
 
     # -- loop side ------------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._closed is not None or not self._thread.is_alive():
+        if self._closed is not None or not self._writer.is_alive():
             raise AuditUnavailable("the audit log is closed")
 
     def _call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         self._check_open()
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Call(fn, future))
+        self._writer.put(Call(fn, future))
         return future
 
     def _settle_batch(
         self,
-        batch: Sequence[_Append],
+        batch: Sequence[Append],
         results: Sequence[tuple[int, bytes] | None],
         error: Exception | None,
     ) -> None:
@@ -347,68 +298,14 @@ class AuditLog:
         self._failed_batches += 1
         for item in batch:
             if not item.future.done():
-                item.future.set_exception(_unavailable(error))
+                item.future.set_exception(unavailable(error))
 
-    # -- writer thread ----------------------------------------------------------------------
+    def _mark_closed(self, error: Exception | None) -> None:
+        if self._closed is None:  # The writer stopped without aclose (a bug): say closed.
+            self._closed = self._loop.create_future()
+        settle(self._closed, None, error)
 
-    def _run(self) -> None:
-        """Writer loop: one queue item or one batch of appends at a time, until ``None``."""
-        carry: _Item = None
-        has_carry = False
-        try:
-            while True:
-                if has_carry:
-                    item, has_carry = carry, False
-                else:
-                    nxt_item = self._next_item()
-                    if isinstance(nxt_item, _Idle):
-                        self._maintain()
-                        continue
-                    item = nxt_item
-                if item is None:
-                    return
-                if isinstance(item, _Call):
-                    self._run_call(item)
-                    continue
-                batch = [item]
-                while len(batch) < self._max_batch:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if not isinstance(nxt, _Append):  # A read or the stop: after this batch.
-                        carry, has_carry = nxt, True
-                        break
-                    batch.append(nxt)
-                self._write(batch)
-                self._behind = True
-        finally:
-            self._finish()
-
-    def _next_item(self) -> _Item | _Idle:
-        """The next queue item; or _IDLE once nothing came for IDLE_AFTER s and work waits."""
-        if not self._behind:
-            return self._queue.get()
-        try:
-            return self._queue.get(timeout=IDLE_AFTER)
-        except queue.Empty:
-            return _IDLE
-
-    def _write(self, batch: list[_Append]) -> None:
-        results: list[tuple[int, bytes] | None] = []
-        error: Exception | None = None
-        try:
-            claims = [item.claim for item in batch]
-            records = [item.record for item in batch]
-            if any(claims):
-                results = self._store.append_batch(records, claims)
-            else:
-                results = self._store.append_batch(records)
-            if len(results) != len(batch):
-                raise RuntimeError(f"store returned {len(results)} results for {len(batch)}")
-        except Exception as exc:  # Any store failure fails the batch, never the writer.
-            error = exc
-        self._post(self._settle_batch, batch, results, error)
+    # -- run on the writer thread ---------------------------------------------------------
 
     def _proof(self, nodes: proofs.ProofNodes, size: int) -> list[bytes]:
         """Writer thread: fetch the nodes of a proof for a tree of ``size`` and fold them."""
@@ -426,72 +323,3 @@ class AuditLog:
         have = self._store.size()
         if size > have:
             raise SizeBeyondLog(f"tree size {size} is beyond the log's {have} records")
-
-    def _maintain(self) -> None:
-        """Writer thread, idle: let the store do deferred work in small steps.
-
-        Runs only after IDLE_AFTER s without a queued item, so under load (appenders keep the
-        queue busy) the writer only writes. Stops as soon as something is queued (an append
-        waits for one step at most), when the work is done, or on any error.
-        """
-        if not isinstance(self._store, _Indexed):
-            self._behind = False
-            return
-        try:
-            while self._queue.empty():
-                if not self._store.index_pending(256):
-                    self._behind = False
-                    return
-        except Exception:  # Locked by another process, or worse: retry after the next write
-            self._behind = False  # (a search catches up by itself and reports real errors).
-
-    def _run_call(self, call: _Call[Any]) -> None:
-        try:
-            result = call.fn()
-        except _Refusal as exc:  # The caller's request, refused: not a store failure.
-            self._post(_settle, call.future, None, exc)
-        except Exception as exc:
-            self._post(_settle, call.future, None, _unavailable(exc))
-        else:
-            self._post(_settle, call.future, result, None)
-
-    def _finish(self) -> None:
-        """Close the store, then wake ``aclose``; fail whatever is still queued (if we crashed)."""
-        error: Exception | None = None
-        try:
-            self._store.close()
-        except Exception as exc:
-            error = _unavailable(exc)
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                self._post(_settle, item.future, None, AuditUnavailable("writer stopped"))
-        self._post(self._mark_closed, error)
-
-    def _mark_closed(self, error: Exception | None) -> None:
-        if self._closed is None:  # The writer stopped without aclose (a bug): say closed.
-            self._closed = self._loop.create_future()
-        _settle(self._closed, None, error)
-
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # Loop already closed: nobody left to notify.
-            self._loop.call_soon_threadsafe(fn, *args)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
-
-
-def _unavailable(cause: Exception) -> AuditUnavailable:
-    """A fresh exception per waiter (tracebacks are per raise), chained to the store's error."""
-    exc = AuditUnavailable(f"{type(cause).__name__}: {cause}")
-    exc.__cause__ = cause
-    return exc
