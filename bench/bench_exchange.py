@@ -24,6 +24,7 @@ hold an outcome record for every acknowledged exchange.
     .venv/bin/python bench/bench_exchange.py                 # full run, about 2 minutes
     .venv/bin/python bench/bench_exchange.py --quick         # smoke check, under a minute
     .venv/bin/python bench/bench_exchange.py --profile       # plus py-spy on a gateway worker
+    .venv/bin/python bench/bench_exchange.py --profile appender   # ... or on the audit appender
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``). Exit status: 0 when the run completed and the
 gateway answered correctly (targets met or not: see the summary), 1 when correctness checks
@@ -104,7 +105,7 @@ class Settings:
     rate_connections: int
     max_rate: float
     gap: float
-    profile: bool
+    profile: str | None
     keep: bool
 
 
@@ -126,7 +127,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "target); a faster round runs out of bodies and is flagged",
     )
     p.add_argument("--quick", action="store_true", help="short run for a smoke check")
-    p.add_argument("--profile", action="store_true", help="py-spy a gateway worker (extra round)")
+    p.add_argument(
+        "--profile",
+        nargs="?",
+        const="worker",
+        choices=("worker", "appender"),
+        help="py-spy a gateway worker (default) or the audit appender, in an extra round",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     a = p.parse_args(argv)
     quick = a.quick
@@ -1278,11 +1285,12 @@ def _run(s: Settings, tmp: Path, servers: list[Server]) -> int:
             for prob in o.problems[:3]:
                 print(f"             non-2xx: {prob}", flush=True)
 
-    # --- optional profile of one gateway worker under wrk load
+    # --- optional profile of one gateway worker (or the appender) under wrk load
     profile_lines: list[str] = []
     if s.profile:
-        worker = (gateway.named("gw-worker") or gateway.workers)[0]
-        print(f"profile: py-spy on gateway worker {worker} during an extra round", flush=True)
+        role = s.profile
+        worker = (gateway.named(f"gw-{role}") or gateway.workers)[0]
+        print(f"profile: py-spy on gateway {role} {worker} during an extra round", flush=True)
         spies: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         kinds = {
             "holding the GIL (Python and native code run under it: CPU)": ["--gil"],
@@ -1371,7 +1379,7 @@ def _run(s: Settings, tmp: Path, servers: list[Server]) -> int:
     for line in stop_lines:
         print(f"    at shutdown (SIGTERM): {line}")
     if profile_lines:
-        print("py-spy profile of one gateway worker under load:")
+        print(f"py-spy profile of the gateway {s.profile} under load:")
         for line in profile_lines:
             print(f"  {line}")
     notes = []

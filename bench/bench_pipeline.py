@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import dataclasses
+import pstats
 import sys
 import tempfile
 import time
@@ -78,7 +80,7 @@ def per_call(fn: Callable[[], Any], n: int) -> float:
     return (time.process_time() - t0) / n
 
 
-async def run(n: int) -> None:
+async def run(n: int, profile: bool = False) -> None:
     from aiohttp import web
 
     from gateway.http.app import PIPELINE, create_app
@@ -119,10 +121,17 @@ async def run(n: int) -> None:
 
         for b in bodies[:50]:
             await one(b)
+        prof = cProfile.Profile() if profile else None
         t0 = time.process_time()
+        if prof:
+            prof.enable()
         for b in bodies[50:]:
             await one(b)
+        if prof:
+            prof.disable()
         full = (time.process_time() - t0) / n
+        if prof:
+            pstats.Stats(prof).sort_stats("tottime").print_stats(40)
 
         sample = bodies[0]
         doc = loads(sample)
@@ -177,8 +186,11 @@ async def run(n: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer exchanges (smoke check)")
+    p.add_argument(
+        "--profile", action="store_true", help="also print cProfile's top self-times (slower)"
+    )
     a = p.parse_args()
-    asyncio.run(run(300 if a.quick else 3000))
+    asyncio.run(run(300 if a.quick else 3000, a.profile))
 
 
 if __name__ == "__main__":

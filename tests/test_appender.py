@@ -83,6 +83,57 @@ async def test_waiters_get_audit_unavailable_when_the_appender_goes_away(tmp_pat
     await w.aclose()
 
 
+async def test_records_wait_while_a_frame_is_unanswered_then_travel_as_one_frame() -> None:
+    """Nagle's rule on commits: an idle worker sends at once; while its frame is unanswered
+    (the appender is committing it), later records wait and then go together in one write."""
+    import socket
+    import struct
+
+    import orjson
+
+    address = new_address()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(1)
+    w = await RemoteAppender.connect(address)
+    conn, _ = listener.accept()
+    conn.settimeout(5)
+
+    def read_frame() -> list[list[object]]:
+        head = conn.recv(4, socket.MSG_WAITALL)
+        (n,) = struct.unpack(">I", head)
+        return orjson.loads(conn.recv(n, socket.MSG_WAITALL))  # type: ignore[no-any-return]
+
+    def nothing_arrives() -> bool:
+        conn.settimeout(0.2)
+        try:
+            return conn.recv(1, socket.MSG_PEEK) == b""
+        except TimeoutError:
+            return True
+        finally:
+            conn.settimeout(5)
+
+    def answer(frame: list[list[object]], first_index: int) -> None:
+        rows = [[item[0], first_index + i, "00" * 32, None] for i, item in enumerate(frame)]
+        body = orjson.dumps(rows)
+        conn.sendall(struct.pack(">I", len(body)) + body)
+
+    first = w.append_nowait(b'{"n":0}')
+    frame = await asyncio.to_thread(read_frame)
+    assert [item[1] for item in frame] == ['{"n":0}']  # idle: sent without waiting
+    later = [w.append_nowait(b'{"n":%d}' % i) for i in (1, 2, 3)]
+    assert await asyncio.to_thread(nothing_arrives)  # held while frame 1 is unanswered
+    answer(frame, 0)
+    assert (await asyncio.wait_for(first, 5)).index == 0
+    frame = await asyncio.to_thread(read_frame)
+    assert [item[1] for item in frame] == ['{"n":1}', '{"n":2}', '{"n":3}']  # one frame
+    answer(frame, 1)
+    assert [r.index for r in await asyncio.wait_for(asyncio.gather(*later), 5)] == [1, 2, 3]
+    await w.aclose()
+    conn.close()
+    listener.close()
+
+
 # --- the periodic checkpoint publisher runs in the appender process ----------------------------
 def _published_sizes(db: Path) -> list[int]:
     store = SqliteAuditStore(str(db))
