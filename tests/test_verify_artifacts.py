@@ -24,7 +24,7 @@ from gateway import cli
 from gateway.audit import merkle
 from gateway.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from gateway.config import load
-from gateway.crypto import devpki, jws
+from gateway.crypto import devpki, jws, jws_rules
 from gateway.crypto.keys import load_certificates, load_private_key
 from tests.support import (
     Provider,
@@ -191,7 +191,7 @@ async def test_a_tampered_receipt_is_a_report_not_an_error(
     body = orjson.loads(base64.urlsafe_b64decode(artifacts.receipt["payload"] + "=="))
     body["status"] = "failed"
     forged = dict(
-        artifacts.receipt, payload=jws._b64u(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+        artifacts.receipt, payload=jws_rules.b64u(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
     )
     raw = orjson.dumps(forged)
     code, out = gateway_verify(capsys, artifacts, tmp_path, raw)
