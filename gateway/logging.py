@@ -22,19 +22,20 @@ _SENSITIVE_KEYS = frozenset(
 _CITIZEN_ID = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
 
 
-def _mask(value: Any) -> Any:
-    if isinstance(value, str):
-        return _CITIZEN_ID.sub("[redacted-id]", value)
-    return value
-
-
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: drop sensitive keys, mask citizen-id shaped numbers."""
-    for k in list(event):
-        if k in _SENSITIVE_KEYS:
-            event[k] = "[redacted]"
-        else:
-            event[k] = _mask(event[k])
+    """structlog processor: drop sensitive keys, mask citizen-id shaped numbers.
+
+    One regex search over all string values joined (NUL is not a digit, so no run spans two
+    values) decides whether any masking is needed: the usual line has none, and this runs
+    for every line, a regex substitution per value was a quarter of a log line's cost.
+    """
+    for k in _SENSITIVE_KEYS.intersection(event):
+        event[k] = "[redacted]"
+    strings = [v for v in event.values() if isinstance(v, str)]
+    if strings and _CITIZEN_ID.search("\0".join(strings)):
+        for k, v in event.items():
+            if isinstance(v, str):
+                event[k] = _CITIZEN_ID.sub("[redacted-id]", v)
     return event
 
 

@@ -34,8 +34,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     given = request.headers.get(REQUEST_ID, "")
     rid = given if _REQUEST_ID_RE.fullmatch(given) else uuid7()
     request[_RID] = rid
-    with structlog.contextvars.bound_contextvars(request_id=rid):
+    # bind + reset by token: what bound_contextvars does, without its generator (a third of
+    # the cost, and this runs for every request).
+    tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+    try:
         return await handler(request)
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
