@@ -228,6 +228,10 @@ class StateStore:
         with self._reader_lock:
             self._reader.execute("SELECT 1 FROM idempotency LIMIT 1").fetchall()
 
+    async def check(self) -> None:
+        """Readiness: ``ping`` from a thread (disk I/O stays off the event loop)."""
+        await asyncio.to_thread(self.ping)
+
     def close(self) -> None:
         self._writer.close()
         self._reader.close()

@@ -1,7 +1,8 @@
-"""Idempotency-Key decisions, on the real state store: replay, conflict, in progress, release."""
+"""Idempotency-Key decisions, on the real state stores: replay, conflict, in progress, release."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,31 @@ from gateway import idempotency
 from gateway.errors import IdempotencyConflict, NotReady
 from gateway.models import ExchangeResult
 from gateway.state import StateStore
+from gateway.state_postgres import PostgresStateStore
+from tests import pg
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None for SQLite; for PostgreSQL a fresh schema (blocking setup: a sync fixture)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with pg.fresh_schema(create=False) as schema:
+        yield schema
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
-    s = StateStore(tmp_path / "state.db")
-    yield s
-    s.close()
+async def store(backend: str | None, tmp_path: Path) -> AsyncIterator[Any]:
+    """Each decision on both state stores: the SQLite one and the shared PostgreSQL one."""
+    if backend is None:
+        s = StateStore(tmp_path / "state.db")
+        yield s
+        s.close()
+        return
+    p = await PostgresStateStore.open(pg.schema_dsn(backend))
+    yield p
+    await p.aclose()
 
 
 async def _begin(store: StateStore, sha: str = "h1") -> Any:
