@@ -13,9 +13,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import token_hash
 from gateway.crypto import devpki
+from gateway.crypto.keys import PrivateKey
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 GATEWAY_ID = "hcm.ttcds.gw"
 ORIGIN = "gateway.ttcds.hcm.dev/audit"
@@ -105,12 +110,15 @@ def _toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def init_deployment(target: Path, *, port: int = 8080, now: datetime | None = None) -> list[str]:
-    """Write the deployment into ``target`` (must be empty or absent); return its tokens' owners."""
-    now = now or datetime.now(UTC)
-    if target.exists() and any(target.iterdir()):
-        raise FileExistsError(f"{target} is not empty; choose a new directory")
-    target.mkdir(parents=True, exist_ok=True)
+def _dev_token(path: Path) -> str:
+    """A fresh development bearer token, also written to ``path`` (0600) for the developer."""
+    token = "dev-" + secrets.token_urlsafe(24)
+    _write(path, token.encode() + b"\n", private=True)
+    return token
+
+
+def _write_gateway_pki(target: Path, now: datetime) -> tuple[PrivateKey, x509.Certificate]:
+    """The CA and the gateway's own keys (signing, TLS, checkpoint, witness); returns the CA."""
     ca_key, ca_cert = devpki.make_ca("HCM DTC", now=now)
     _write(target / "pki/ca.crt", devpki.pem_certificate(ca_cert))
     _write(target / "pki/ca.key", devpki.pem_private_key(ca_key), private=True)
@@ -133,25 +141,32 @@ def init_deployment(target: Path, *, port: int = 8080, now: datetime | None = No
     _write(target / "pki/checkpoint.key", devpki.pem_private_key(cp_key), private=True)
     w_key = devpki.generate_key("ed25519")
     _write(target / "pki/witness.key", devpki.pem_private_key(w_key), private=True)
+    return ca_key, ca_cert
+
+
+def _write_roles(target: Path) -> list[str]:
+    """One token per operator role; returns the ``[[roles]]`` TOML blocks."""
     roles_toml = []
     for rid, role in ROLES:
-        token = "dev-" + secrets.token_urlsafe(24)
-        _write(target / "roles" / f"{rid}.token", token.encode() + b"\n", private=True)
+        token = _dev_token(target / "roles" / f"{rid}.token")
         roles_toml.append(
             f"[[roles]]\nid = {_toml_str(rid)}\nrole = {_toml_str(role)}\n"
             f"token_sha256 = {_toml_str(token_hash(token))}\n"
         )
+    return roles_toml
 
+
+def _write_participants(
+    target: Path, ca: tuple[PrivateKey, x509.Certificate], now: datetime
+) -> list[str]:
+    """A certificate, key and token per participant; returns the ``[[participants]]`` blocks."""
     participants_toml = []
     for p in PARTICIPANTS:
-        key, cert = devpki.issue(
-            ca_key, ca_cert, p.id, now=now, purposes=("signing", "client_auth")
-        )
+        key, cert = devpki.issue(*ca, p.id, now=now, purposes=("signing", "client_auth"))
         d = target / "participants" / p.id
         _write(d / "cert.pem", devpki.pem_certificate(cert))
         _write(d / "key.pem", devpki.pem_private_key(key), private=True)
-        token = "dev-" + secrets.token_urlsafe(24)
-        _write(d / "token", token.encode() + b"\n", private=True)
+        token = _dev_token(d / "token")
         participants_toml.append(
             "[[participants]]\n"
             f"id = {_toml_str(p.id)}\n"
@@ -161,7 +176,11 @@ def init_deployment(target: Path, *, port: int = 8080, now: datetime | None = No
             f'certificate = "participants/{p.id}/cert.pem"\n'
             f"token_sha256 = {_toml_str(token_hash(token))}\n"
         )
+    return participants_toml
 
+
+def _write_services(target: Path) -> list[str]:
+    """Schemas and example requests copied in; returns the ``[[services]]`` TOML blocks."""
     src = schemas_dir()
     shutil.copytree(src, target / "schemas", ignore=shutil.ignore_patterns("examples"))
     services_toml = []
@@ -185,7 +204,12 @@ def init_deployment(target: Path, *, port: int = 8080, now: datetime | None = No
             'mode = "sync"\n'
             f"{grants}"
         )
-    config = (
+    return services_toml
+
+
+def _config_header(port: int) -> str:
+    """The fixed sections of gateway.toml, ahead of the roles, participants and services."""
+    return (
         "# DEVELOPMENT deployment written by `gateway init`: development CA, bearer tokens on.\n"
         "# Do not use these keys or tokens anywhere else.\n\n"
         "[gateway]\n"
@@ -218,6 +242,21 @@ def init_deployment(target: Path, *, port: int = 8080, now: datetime | None = No
         "[witness]\n"
         'key = "pki/witness.key"\n'
         f'name = "{GATEWAY_ID}/witness"\n\n'
+    )
+
+
+def init_deployment(target: Path, *, port: int = 8080, now: datetime | None = None) -> list[str]:
+    """Write the deployment into ``target`` (must be empty or absent); return its tokens' owners."""
+    now = now or datetime.now(UTC)
+    if target.exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target} is not empty; choose a new directory")
+    target.mkdir(parents=True, exist_ok=True)
+    ca = _write_gateway_pki(target, now)
+    roles_toml = _write_roles(target)
+    participants_toml = _write_participants(target, ca, now)
+    services_toml = _write_services(target)
+    config = (
+        _config_header(port)
         + "\n".join(roles_toml)
         + "\n"
         + "\n".join(participants_toml)
