@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import Deployment
+from gateway.config import Deployment, LoadedService
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
@@ -115,9 +115,9 @@ _OPERATIONS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
 )
 
 
-def openapi_document(dep: Deployment) -> dict[str, Any]:
-    paths: dict[str, Any] = {}
-    schemas: dict[str, Any] = {
+def _base_schemas() -> dict[str, Any]:
+    """The shared components: the problem document and a flattened JWS (JSON serialization)."""
+    return {
         "Problem": {
             "type": "object",
             "required": ["type", "title", "status"],
@@ -146,87 +146,113 @@ def openapi_document(dep: Deployment) -> dict[str, Any]:
             "additionalProperties": False,
         },
     }
-    for sid, svc in dep.services.items():
-        req_name, resp_name = f"{sid}.request", f"{sid}.response"
-        schemas[req_name] = svc.request_schema
-        schemas[resp_name] = svc.response_schema
-        paths[f"/v1/exchange/{sid}"] = {
-            "post": {
-                "summary": svc.spec.description or f"Exchange with {svc.spec.provider}",
-                "operationId": f"exchange_{sid.replace('.', '_').replace('-', '_')}",
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string"},
-                    }
-                ],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": f"#/components/schemas/{req_name}"}
-                        },
-                        "application/jose+json": {"schema": {"$ref": "#/components/schemas/Jws"}},
+
+
+def _delivered_response(resp_name: str) -> dict[str, Any]:
+    """The 200 answer of an exchange: the provider's response (its own schema) and a receipt."""
+    return {
+        "description": "delivered, with the provider's answer and a signed receipt",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "exchange_id": {"type": "string"},
+                        "status": {"const": "delivered"},
+                        "response": {"$ref": f"#/components/schemas/{resp_name}"},
+                        "receipt": {"$ref": "#/components/schemas/Jws"},
                     },
-                },
-                "responses": {
-                    "200": {
-                        "description": "delivered, with the provider's answer and a signed receipt",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "exchange_id": {"type": "string"},
-                                        "status": {"const": "delivered"},
-                                        "response": {"$ref": f"#/components/schemas/{resp_name}"},
-                                        "receipt": {"$ref": "#/components/schemas/Jws"},
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    **_problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 502, 503, 504),
-                },
-            }
-        }
-    for path, method, summary, who, params in _OPERATIONS:
-        op: dict[str, Any] = {
-            "summary": summary,
-            "description": f"Who: {who}.",
-            "responses": {"200": {"description": "OK"}, **_problem_responses(400, 401, 403, 404)},
-        }
-        if params:
-            op["parameters"] = [
-                {
-                    "name": n,
-                    "in": "path" if "{" + n + "}" in path else "query",
-                    "required": "{" + n + "}" in path,
-                    "schema": {"type": "string"},
                 }
-                for n in params
-            ]
-        paths.setdefault(path, {})[method] = op
-    paths["/.well-known/jwks.json"] = {
-        "get": {
-            "summary": "Public keys, current and retired",
-            "responses": {"200": {"description": "JWK set"}},
-        }
+            }
+        },
     }
-    paths["/v1/openapi.json"] = {
-        "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
+
+
+def _exchange_operation(sid: str, svc: LoadedService) -> dict[str, Any]:
+    """``POST /v1/exchange/{sid}``: plain JSON against the service's schema, or a signed JWS."""
+    return {
+        "summary": svc.spec.description or f"Exchange with {svc.spec.provider}",
+        "operationId": f"exchange_{sid.replace('.', '_').replace('-', '_')}",
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{sid}.request"}},
+                "application/jose+json": {"schema": {"$ref": "#/components/schemas/Jws"}},
+            },
+        },
+        "responses": {
+            "200": _delivered_response(f"{sid}.response"),
+            **_problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 502, 503, 504),
+        },
     }
-    paths["/healthz"] = {
-        "get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}
+
+
+def _operation(path: str, summary: str, who: str, params: tuple[str, ...]) -> dict[str, Any]:
+    """One of ``_OPERATIONS``; a parameter named in the path template is a path parameter."""
+    op: dict[str, Any] = {
+        "summary": summary,
+        "description": f"Who: {who}.",
+        "responses": {"200": {"description": "OK"}, **_problem_responses(400, 401, 403, 404)},
     }
-    paths["/readyz"] = {
-        "get": {
-            "summary": "Readiness",
-            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
-        }
+    if params:
+        op["parameters"] = [
+            {
+                "name": n,
+                "in": "path" if "{" + n + "}" in path else "query",
+                "required": "{" + n + "}" in path,
+                "schema": {"type": "string"},
+            }
+            for n in params
+        ]
+    return op
+
+
+def _public_paths() -> dict[str, Any]:
+    """Keys, this document and the probes: no authentication, no problem responses."""
+    return {
+        "/.well-known/jwks.json": {
+            "get": {
+                "summary": "Public keys, current and retired",
+                "responses": {"200": {"description": "JWK set"}},
+            }
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1"}},
+            }
+        },
+        "/healthz": {
+            "get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        },
     }
+
+
+def openapi_document(dep: Deployment) -> dict[str, Any]:
+    """The document: one exchange path per service, then ``_OPERATIONS``, then the public paths."""
+    paths: dict[str, Any] = {}
+    schemas = _base_schemas()
+    for sid, svc in dep.services.items():
+        schemas[f"{sid}.request"] = svc.request_schema
+        schemas[f"{sid}.response"] = svc.response_schema
+        paths[f"/v1/exchange/{sid}"] = {"post": _exchange_operation(sid, svc)}
+    for path, method, summary, who, params in _OPERATIONS:
+        paths.setdefault(path, {})[method] = _operation(path, summary, who, params)
+    paths.update(_public_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Integration gateway {dep.config.gateway.id}", "version": "1"},
