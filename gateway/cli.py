@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from gateway import config as config_mod
 from gateway.errors import ConfigError
@@ -69,20 +69,20 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
-    # Imported here, not at the top: the command modules import the helpers above from this one.
-    from gateway.cli_audit import cmd_audit_tail, cmd_audit_verify
-    from gateway.cli_exchange import cmd_send, cmd_verify
-    from gateway.cli_keys import cmd_keys_rotate
-    from gateway.cli_serve import cmd_serve
+# The command modules are imported inside the ``_add_*`` helpers, not at the top: they import the
+# helpers above from this one.
+_Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-    p = argparse.ArgumentParser(prog="gateway", description="Data-sharing integration gateway")
-    sub = p.add_subparsers(dest="command", required=True)
 
+def _add_init(sub: _Subparsers) -> None:
     s = sub.add_parser("init", help="write a development deployment into DIR")
     s.add_argument("dir")
     s.add_argument("--port", type=int, default=8080)
     s.set_defaults(func=cmd_init)
+
+
+def _add_serve(sub: _Subparsers) -> None:
+    from gateway.cli_serve import cmd_serve
 
     s = sub.add_parser("serve", help="run the gateway")
     s.add_argument("--config")
@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int)
     s.add_argument("--workers", type=int)
     s.set_defaults(func=cmd_serve)
+
+
+def _add_exchange(sub: _Subparsers) -> None:
+    """``send`` and ``verify``: a participant's side of an exchange."""
+    from gateway.cli_exchange import cmd_send, cmd_verify
 
     s = sub.add_parser("send", help="sign FILE as a unit system and send it to SERVICE")
     s.add_argument("service")
@@ -113,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config")
     s.add_argument("--vkey", action="append", help="checkpoint verifier key (note vkey)")
     s.set_defaults(func=cmd_verify)
+
+
+def _add_audit(sub: _Subparsers) -> None:
+    from gateway.cli_audit import cmd_audit_tail, cmd_audit_verify
 
     s = sub.add_parser("audit", help="the audit log")
     audit_sub = s.add_subparsers(dest="audit_command", required=True)
@@ -140,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max", type=int, help="stop after this many records")
     t.set_defaults(func=cmd_audit_tail)
 
+
+def _add_keys(sub: _Subparsers) -> None:
+    from gateway.cli_keys import cmd_keys_rotate
+
     s = sub.add_parser("keys", help="the gateway's signing keys")
     keys_sub = s.add_subparsers(dest="keys_command", required=True)
     k = keys_sub.add_parser("rotate", help="new signing key and certificate; the old one retires")
@@ -147,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--key", help="install: the key made by an earlier rotate (production CA)")
     k.add_argument("--certificate", help="install: the certificate your CA issued for --key")
     k.set_defaults(func=cmd_keys_rotate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="Data-sharing integration gateway")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_init(sub)
+    _add_serve(sub)
+    _add_exchange(sub)
+    _add_audit(sub)
+    _add_keys(sub)
     return p
 
 

@@ -126,7 +126,7 @@ def _published_note(data: bytes) -> bytes:
 def _db_source(db: Path) -> _AuditSource:
     from urllib.parse import quote
 
-    from gateway.audit.verify import Head, NoteToCheck
+    from gateway.audit.verify import Head
 
     if not db.is_file():
         raise ValueError(f"no audit database at {db}")
@@ -159,16 +159,23 @@ def _db_source(db: Path) -> _AuditSource:
         )
     )
     if "audit_checkpoints" in tables:
-        source.has_notes = (
-            conn.execute("SELECT 1 FROM audit_checkpoints LIMIT 1").fetchone() is not None
-        )
-        source.checkpoints = (
-            NoteToCheck(bytes(note), f"stored checkpoint {n}", size=n, root=bytes(r))
-            for n, r, note in source.timed(
-                conn.execute("SELECT size, root, note FROM audit_checkpoints ORDER BY size")
-            )
-        )
+        _read_stored_checkpoints(source, conn)
     return source
+
+
+def _read_stored_checkpoints(source: _AuditSource, conn: sqlite3.Connection) -> None:
+    """The notes in ``audit_checkpoints`` (when the database has that table), read lazily."""
+    from gateway.audit.verify import NoteToCheck
+
+    source.has_notes = (
+        conn.execute("SELECT 1 FROM audit_checkpoints LIMIT 1").fetchone() is not None
+    )
+    source.checkpoints = (
+        NoteToCheck(bytes(note), f"stored checkpoint {n}", size=n, root=bytes(r))
+        for n, r, note in source.timed(
+            conn.execute("SELECT size, root, note FROM audit_checkpoints ORDER BY size")
+        )
+    )
 
 
 def _export_source(export: Path, checkpoints: str | None) -> _AuditSource:

@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -36,13 +37,9 @@ def _participant_files(dep: config_mod.Deployment, pid: str) -> tuple[bytes, byt
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from gateway.crypto import jws
-    from gateway.crypto.keys import load_certificates, load_private_key
-    from gateway.models import rfc3339
     from gateway.strictjson import JsonError, loads
 
     dep = _load(args)
-    g = dep.config.gateway
     sender = args.as_ or _default_sender(dep)
     try:
         payload = loads(Path(args.file).read_bytes())
@@ -52,34 +49,15 @@ def cmd_send(args: argparse.Namespace) -> int:
     except JsonError as e:
         _err(f"{args.file} is not valid JSON: {e}")
         return EXIT_USAGE
-    key_pem, cert_pem = _participant_files(dep, sender)
-    key = load_private_key(key_pem)
-    chain = load_certificates(cert_pem)
-    request = {
-        "id": str(uuid.uuid4()),
-        "sender": sender,
-        "service": args.service,
-        "created": rfc3339(datetime.now(UTC)).replace(".000Z", "Z"),
-        "payload": payload,
-    }
-    body = jws.serialize(jws.sign(request, key, chain, typ="request+jws"))
-    base = args.url or f"{'https' if g.tls else 'http'}://{g.host}:{g.port}"
-    url = f"{base.rstrip('/')}/v1/exchange/{args.service}"
+    body = _signed_request(dep, sender, args.service, payload)
+    url = _exchange_url(dep, args.url, args.service)
     headers = {"Content-Type": "application/jose+json", "Accept": "application/json"}
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
-    ctx = None
-    if url.startswith("https:"):
-        ctx = ssl.create_default_context(cafile=str(dep.resolve(g.trust_anchors[0])))
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
-    try:
-        with urllib.request.urlopen(req, timeout=args.timeout, context=ctx) as resp:  # noqa: S310
-            status, data = resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        status, data = e.code, e.read()
-    except (urllib.error.URLError, OSError) as e:
-        _err(f"cannot reach {url}: {getattr(e, 'reason', e)}")
+    answer = _post(url, body, headers, _tls_context(dep, url), args.timeout)
+    if answer is None:
         return EXIT_FAILED
+    status, data = answer
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -93,6 +71,57 @@ def cmd_send(args: argparse.Namespace) -> int:
     out.write_bytes(orjson.dumps(doc["receipt"], option=orjson.OPT_INDENT_2) + b"\n")
     print(f"receipt saved to {out}", file=sys.stderr)
     return EXIT_OK
+
+
+def _signed_request(dep: config_mod.Deployment, sender: str, service: str, payload: Any) -> bytes:
+    """The request JWS, signed with ``sender``'s key from the deployment's participants/."""
+    from gateway.crypto import jws
+    from gateway.crypto.keys import load_certificates, load_private_key
+    from gateway.models import rfc3339
+
+    key_pem, cert_pem = _participant_files(dep, sender)
+    key = load_private_key(key_pem)
+    chain = load_certificates(cert_pem)
+    request = {
+        "id": str(uuid.uuid4()),
+        "sender": sender,
+        "service": service,
+        "created": rfc3339(datetime.now(UTC)).replace(".000Z", "Z"),
+        "payload": payload,
+    }
+    return jws.serialize(jws.sign(request, key, chain, typ="request+jws"))
+
+
+def _exchange_url(dep: config_mod.Deployment, base_url: str | None, service: str) -> str:
+    """``--url`` if given, else the configured listening address."""
+    g = dep.config.gateway
+    base = base_url or f"{'https' if g.tls else 'http'}://{g.host}:{g.port}"
+    return f"{base.rstrip('/')}/v1/exchange/{service}"
+
+
+def _tls_context(dep: config_mod.Deployment, url: str) -> ssl.SSLContext | None:
+    """For https, trust the deployment's first anchor (the development CA after ``init``)."""
+    if url.startswith("https:"):
+        return ssl.create_default_context(
+            cafile=str(dep.resolve(dep.config.gateway.trust_anchors[0]))
+        )
+    return None
+
+
+def _post(
+    url: str, body: bytes, headers: dict[str, str], ctx: ssl.SSLContext | None, timeout: float
+) -> tuple[int, bytes] | None:
+    """Status and body, error statuses included; None (reported) if the gateway is unreachable."""
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
+            status, data = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, data = e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        _err(f"cannot reach {url}: {getattr(e, 'reason', e)}")
+        return None
+    return status, data
 
 
 def _default_sender(dep: config_mod.Deployment) -> str:
