@@ -143,7 +143,6 @@ def rotate(
     """
     dep = config_mod.load(config_path)
     old = _current(dep)
-    gateway_id = dep.config.gateway.id
     if certificate is not None or key is not None:
         if certificate is None or key is None:
             raise RotationError("installing a certificate needs both --key and --certificate")
@@ -153,19 +152,41 @@ def rotate(
     new_key_path = key_dir / f"gateway-{stamp}.key"
     ca_key_path = dep.base_dir / DEV_CA_KEY
     if not ca_key_path.is_file():
-        new_key = devpki.generate_key(_KEY_TYPES[old.alg])
-        csr = devpki.csr_pem(new_key, gateway_id)
-        csr_path = new_key_path.with_suffix(".csr")
-        _write_new(new_key_path, devpki.pem_private_key(new_key), private=True)
-        _write_new(csr_path, csr, private=False)
-        return RotationResult(
-            mode="csr",
-            key_path=new_key_path,
-            old_kid=old.kid,
-            new_kid=jwk_thumbprint(new_key.public_key()),
-            csr_path=csr_path,
-            csr_pem=csr,
-        )
+        return _write_csr(new_key_path, old, dep.config.gateway.id)
+    return _issue_with_dev_ca(dep, old, ca_key_path, new_key_path, stamp, now)
+
+
+def _write_csr(new_key_path: Path, old: SigningKey, gateway_id: str) -> RotationResult:
+    """Production CA: write the new key and its CSR only; the config keeps the current key."""
+    new_key = devpki.generate_key(_KEY_TYPES[old.alg])
+    csr = devpki.csr_pem(new_key, gateway_id)
+    csr_path = new_key_path.with_suffix(".csr")
+    _write_new(new_key_path, devpki.pem_private_key(new_key), private=True)
+    _write_new(csr_path, csr, private=False)
+    return RotationResult(
+        mode="csr",
+        key_path=new_key_path,
+        old_kid=old.kid,
+        new_kid=jwk_thumbprint(new_key.public_key()),
+        csr_path=csr_path,
+        csr_pem=csr,
+    )
+
+
+def _issue_with_dev_ca(
+    dep: config_mod.Deployment,
+    old: SigningKey,
+    ca_key_path: Path,
+    new_key_path: Path,
+    stamp: str,
+    now: datetime,
+) -> RotationResult:
+    """Development CA: issue the certificate here and install it.
+
+    The edited config is prepared (and checked) before any file is written, so a config that
+    cannot be edited safely leaves no stray key behind.
+    """
+    gateway_id = dep.config.gateway.id
     ca_key, ca_cert = _dev_ca(dep, ca_key_path)
     new_key, cert = devpki.issue(
         ca_key, ca_cert, gateway_id, now=now, key_type=_KEY_TYPES[old.alg], purposes=("signing",)
