@@ -331,6 +331,27 @@ def _read_json(config_path: Path, field: str, rel: str) -> dict[str, Any]:
     return doc
 
 
+def _read_all(config_path: Path, field: str, rels: list[str]) -> tuple[bytes, ...]:
+    """Each file of a list field, reported as ``field[i]`` when it cannot be read."""
+    return tuple(_read(config_path, f"{field}[{i}]", rel) for i, rel in enumerate(rels))
+
+
+def _read_optional(config_path: Path, field: str, rel: str | None) -> bytes | None:
+    """An optional file: None when the field is unset (or empty)."""
+    return _read(config_path, field, rel) if rel else None
+
+
+def _read_services(path: Path, specs: list[Service]) -> dict[str, LoadedService]:
+    return {
+        s.id: LoadedService(
+            spec=s,
+            request_schema=_read_json(path, f"services[{i}].request_schema", s.request_schema),
+            response_schema=_read_json(path, f"services[{i}].response_schema", s.response_schema),
+        )
+        for i, s in enumerate(specs)
+    }
+
+
 def load(path: Path) -> Deployment:
     """Read the config and every file it names. Raises ConfigError; never half-loads."""
     path = path.resolve()
@@ -342,54 +363,27 @@ def load(path: Path) -> Deployment:
         raise ConfigError(str(path), "(file)", "not UTF-8 text") from None
     cfg = parse_config(text, source=str(path))
     g = cfg.gateway
-    key = _read(path, "gateway.key", g.key)
-    cert = _read(path, "gateway.certificate", g.certificate)
-    anchors = tuple(
-        _read(path, f"gateway.trust_anchors[{i}]", a) for i, a in enumerate(g.trust_anchors)
-    )
-    intermediates = tuple(
-        _read(path, f"gateway.intermediates[{i}]", a) for i, a in enumerate(g.intermediates)
-    )
-    pcerts = {
-        p.id: _read(path, f"participants[{i}].certificate", p.certificate)
-        for i, p in enumerate(cfg.participants)
-        if p.certificate
-    }
-    services: dict[str, LoadedService] = {}
-    for i, s in enumerate(cfg.services):
-        services[s.id] = LoadedService(
-            spec=s,
-            request_schema=_read_json(path, f"services[{i}].request_schema", s.request_schema),
-            response_schema=_read_json(path, f"services[{i}].response_schema", s.response_schema),
-        )
-    tls_cert = tls_key = None
-    if g.tls:
-        tls_cert = _read(path, "gateway.tls.certificate", g.tls.certificate)
-        tls_key = _read(path, "gateway.tls.key", g.tls.key)
-    retired = tuple(
-        _read(path, f"gateway.retired_certificates[{i}]", c)
-        for i, c in enumerate(g.retired_certificates)
-    )
-    cp_key = (
-        _read(path, "audit.checkpoint_key", cfg.audit.checkpoint_key)
-        if cfg.audit.checkpoint_key
-        else None
-    )
-    w_key = _read(path, "witness.key", cfg.witness.key) if cfg.witness.key else None
+    # Read in the order of the arguments: the first file that fails is the one reported.
     return Deployment(
-        retired_certificate_pems=retired,
-        checkpoint_key_pem=cp_key,
-        witness_key_pem=w_key,
         path=path,
         config=cfg,
-        key_pem=key,
-        certificate_pem=cert,
-        trust_anchor_pems=anchors,
-        intermediate_pems=intermediates,
-        participant_cert_pems=pcerts,
-        services=services,
-        tls_cert_pem=tls_cert,
-        tls_key_pem=tls_key,
+        key_pem=_read(path, "gateway.key", g.key),
+        certificate_pem=_read(path, "gateway.certificate", g.certificate),
+        trust_anchor_pems=_read_all(path, "gateway.trust_anchors", g.trust_anchors),
+        intermediate_pems=_read_all(path, "gateway.intermediates", g.intermediates),
+        participant_cert_pems={
+            p.id: _read(path, f"participants[{i}].certificate", p.certificate)
+            for i, p in enumerate(cfg.participants)
+            if p.certificate
+        },
+        services=_read_services(path, cfg.services),
+        tls_cert_pem=_read(path, "gateway.tls.certificate", g.tls.certificate) if g.tls else None,
+        tls_key_pem=_read(path, "gateway.tls.key", g.tls.key) if g.tls else None,
+        retired_certificate_pems=_read_all(
+            path, "gateway.retired_certificates", g.retired_certificates
+        ),
+        checkpoint_key_pem=_read_optional(path, "audit.checkpoint_key", cfg.audit.checkpoint_key),
+        witness_key_pem=_read_optional(path, "witness.key", cfg.witness.key),
     )
 
 
