@@ -7,9 +7,11 @@ cleanup_ctx, so a failed start-up closes what it had opened and a stop flushes t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -174,6 +176,177 @@ def server_ssl_context(dep: Deployment) -> ssl.SSLContext | None:
     return ctx
 
 
+def build_access(dep: Deployment) -> AccessList:
+    return AccessList(
+        {
+            sid: [Grant(g.participant, g.purpose, g.legal_basis) for g in s.spec.access]
+            for sid, s in dep.services.items()
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Stages:
+    """The parts of the pipeline built (and checked) by create_app, before anything is opened."""
+
+    keyring: Keyring
+    anchors: pki.TrustAnchors
+    participants: dict[str, ParticipantAuth]
+    schemas: dict[str, tuple[CompiledSchema, CompiledSchema]]
+    connectors: dict[str, Connector]
+    access: AccessList
+
+
+def build_limits(dep: Deployment) -> Limits:
+    limits = dep.config.limits
+    return Limits(
+        max_body_bytes=limits.max_body_bytes,
+        max_depth=limits.max_json_depth,
+        delivery_timeout=limits.delivery_timeout_seconds,
+        idempotency_ttl=limits.idempotency_ttl_seconds,
+        replay_ttl=2 * limits.clock_skew_seconds + 60,
+        rate_per_second=limits.rate_per_second,
+        rate_burst=limits.rate_burst,
+    )
+
+
+def _build_pipeline(
+    dep: Deployment,
+    stages: _Stages,
+    *,
+    audit: AuditLog | RemoteAppender,
+    state: StateStore,
+    clock: Callable[[], datetime],
+) -> Pipeline:
+    """The pipeline over the opened audit sink and state store (built at start-up)."""
+    cfg = dep.config
+    return Pipeline(
+        authenticator=Authenticator(
+            stages.participants,
+            stages.anchors,
+            skew_seconds=cfg.limits.clock_skew_seconds,
+            max_depth=cfg.limits.max_json_depth,
+            development=cfg.gateway.development,
+        ),
+        access=stages.access,
+        services={
+            sid: ServiceRuntime(
+                sid,
+                s.spec.provider,
+                stages.schemas[sid][0],
+                stages.schemas[sid][1],
+                stages.connectors[sid],
+            )
+            for sid, s in dep.services.items()
+        },
+        signer=jws.Signer(stages.keyring.current, stages.keyring.chain),
+        audit=audit,
+        idempotency=state,
+        limits=build_limits(dep),
+        clock=clock,
+        gateway_id=cfg.gateway.id,
+    )
+
+
+# One context manager per resource: it opens the resource and closes it, nothing else.
+@contextlib.asynccontextmanager
+async def _audit_log(dep: Deployment) -> AsyncIterator[AuditLog]:
+    audit = await AuditLog.open(open_store(dep), max_batch=dep.config.audit.max_batch)
+    try:
+        yield audit
+    finally:
+        await audit.aclose()
+
+
+@contextlib.contextmanager
+def _state_store(dep: Deployment) -> Iterator[StateStore]:
+    state = StateStore(dep.state_path())
+    try:
+        yield state
+    finally:
+        state.close()
+
+
+@contextlib.asynccontextmanager
+async def _remote_appender(address: str | None) -> AsyncIterator[RemoteAppender | None]:
+    """Under `gateway serve` records go to the appender process (one writer for all workers);
+    an app built alone (tests, tools) has none and appends from its own writer thread."""
+    if address is None:
+        yield None
+        return
+    remote = await RemoteAppender.connect(address)
+    try:
+        yield remote
+    finally:
+        await remote.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _checkpoint_publisher(
+    app: web.Application, dep: Deployment, audit: AuditLog, *, periodic: bool
+) -> AsyncIterator[None]:
+    """Set ``app[PUBLISHER]`` (POST /v1/audit/checkpoint) when a checkpoint key is configured;
+    publish periodically only if ``periodic`` (under `gateway serve` the appender does that)."""
+    from gateway.http import audit_api
+
+    signer = note_signer(dep)
+    if signer is None:
+        yield
+        return
+    publisher = CheckpointPublisher(
+        audit,
+        signer,
+        signer.name,  # the log's origin: note_signer names the key after it
+        interval=dep.config.audit.checkpoint_interval_seconds,
+        published_path=dep.published_path(),
+    )
+    app[audit_api.PUBLISHER] = publisher
+    try:
+        if periodic:
+            await publisher.start()
+        yield
+    finally:
+        await publisher.stop()
+
+
+@contextlib.asynccontextmanager
+async def _started(connectors: dict[str, Connector]) -> AsyncIterator[None]:
+    """Start the connectors in turn; close the ones that started (the last started, first)."""
+    async with contextlib.AsyncExitStack() as stack:
+        for c in connectors.values():
+            await c.start()
+            stack.push_async_callback(c.close)
+        yield
+
+
+def _resources(
+    dep: Deployment,
+    stages: _Stages,
+    clock: Callable[[], datetime],
+    appender_address: str | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The app's cleanup_ctx: opens every resource in order, closes them in reverse order."""
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            audit = await stack.enter_async_context(_audit_log(dep))
+            state = stack.enter_context(_state_store(dep))
+            remote = await stack.enter_async_context(_remote_appender(appender_address))
+            size, _ = await audit.tree_head()
+            await check_not_rolled_back(dep.published_path(), size, audit.root_at)
+            await stack.enter_async_context(
+                _checkpoint_publisher(app, dep, audit, periodic=remote is None)
+            )
+            await stack.enter_async_context(_started(stages.connectors))
+            app[AUDIT] = audit
+            app[STATE] = state
+            sink = remote if remote is not None else audit
+            app[PIPELINE] = _build_pipeline(dep, stages, audit=sink, state=state, clock=clock)
+            yield
+
+    return resources
+
+
 def create_app(
     dep: Deployment,
     *,
@@ -184,99 +357,23 @@ def create_app(
     from gateway.http import audit_api, handlers, middlewares, verify_api, witness_api
 
     now = clock or (lambda: datetime.now(UTC))
-    cfg = dep.config
-    keyring = build_keyring(dep)
-    anchors = build_anchors(dep)
-    participants = build_participants(dep)
-    schemas = build_schemas(dep)
-    connectors = build_connectors(dep)
-    access = AccessList(
-        {
-            sid: [Grant(g.participant, g.purpose, g.legal_basis) for g in s.spec.access]
-            for sid, s in dep.services.items()
-        }
+    stages = _Stages(  # built in this order (as keyword arguments run): the first bad field fails
+        keyring=build_keyring(dep),
+        anchors=build_anchors(dep),
+        participants=build_participants(dep),
+        schemas=build_schemas(dep),
+        connectors=build_connectors(dep),
+        access=build_access(dep),
     )
     app = web.Application(
         middlewares=[middlewares.request_context, middlewares.problems],
-        client_max_size=cfg.limits.max_body_bytes + 1,
+        client_max_size=dep.config.limits.max_body_bytes + 1,
     )
     app.on_response_prepare.append(middlewares.echo_request_id)
     app[DEPLOYMENT] = dep
-    app[KEYRING] = keyring
-    app[CONNECTORS] = connectors
-
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        audit = await AuditLog.open(open_store(dep), max_batch=cfg.audit.max_batch)
-        state = StateStore(dep.state_path())
-        started: list[Connector] = []
-        publisher: CheckpointPublisher | None = None
-        remote: RemoteAppender | None = None
-        try:
-            # Under `gateway serve` records go to the appender process (one writer for all
-            # workers); an app built alone (tests, tools) appends from its own writer thread.
-            if appender_address is not None:
-                remote = await RemoteAppender.connect(appender_address)
-            size, _ = await audit.tree_head()
-            await check_not_rolled_back(dep.published_path(), size, audit.root_at)
-            signer = note_signer(dep)
-            if signer is not None:
-                publisher = CheckpointPublisher(
-                    audit,
-                    signer,
-                    signer.name,  # the log's origin: note_signer names the key after it
-                    interval=cfg.audit.checkpoint_interval_seconds,
-                    published_path=dep.published_path(),
-                )
-                app[audit_api.PUBLISHER] = publisher  # POST /v1/audit/checkpoint
-                if remote is None:  # under `gateway serve`, the appender publishes periodically
-                    await publisher.start()
-            for c in connectors.values():
-                await c.start()
-                started.append(c)
-            app[AUDIT] = audit
-            app[STATE] = state
-            app[PIPELINE] = Pipeline(
-                authenticator=Authenticator(
-                    participants,
-                    anchors,
-                    skew_seconds=cfg.limits.clock_skew_seconds,
-                    max_depth=cfg.limits.max_json_depth,
-                    development=cfg.gateway.development,
-                ),
-                access=access,
-                services={
-                    sid: ServiceRuntime(
-                        sid, s.spec.provider, schemas[sid][0], schemas[sid][1], connectors[sid]
-                    )
-                    for sid, s in dep.services.items()
-                },
-                signer=jws.Signer(keyring.current, keyring.chain),
-                audit=remote if remote is not None else audit,
-                idempotency=state,
-                limits=Limits(
-                    max_body_bytes=cfg.limits.max_body_bytes,
-                    max_depth=cfg.limits.max_json_depth,
-                    delivery_timeout=cfg.limits.delivery_timeout_seconds,
-                    idempotency_ttl=cfg.limits.idempotency_ttl_seconds,
-                    replay_ttl=2 * cfg.limits.clock_skew_seconds + 60,
-                    rate_per_second=cfg.limits.rate_per_second,
-                    rate_burst=cfg.limits.rate_burst,
-                ),
-                clock=now,
-                gateway_id=cfg.gateway.id,
-            )
-            yield
-        finally:
-            if publisher is not None:
-                await publisher.stop()
-            if remote is not None:
-                await remote.aclose()
-            for c in started:
-                await c.close()
-            await audit.aclose()
-            state.close()
-
-    app.cleanup_ctx.append(resources)
+    app[KEYRING] = stages.keyring
+    app[CONNECTORS] = stages.connectors
+    app.cleanup_ctx.append(_resources(dep, stages, now, appender_address))
     handlers.add_routes(app, clock=now)
     verify_api.add_routes(app, clock=now)
     witness_api.add_routes(app, clock=now)
