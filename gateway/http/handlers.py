@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -36,84 +37,101 @@ async def _read_body(request: web.Request, limit: int) -> tuple[bytes, int | Non
         return b"", max(declared or 0, limit + 1)
 
 
+@dataclass(frozen=True, slots=True)
+class _ExchangeSettings:
+    """What the exchange handler needs besides the pipeline, fixed when the routes are added."""
+
+    clock: Callable[[], datetime]
+    max_body_bytes: int
+
+
+_EXCHANGE = web.AppKey("exchange_settings", _ExchangeSettings)
+
+
 def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
     limit = app[keys.DEPLOYMENT].config.limits.max_body_bytes
-
-    async def exchange(request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        received_at = clock()
-        body, declared = await _read_body(request, limit)
-        raw = RawRequest(
-            service=request.match_info["service"],
-            body=body,
-            content_type=request.content_type,
-            received_at=received_at,
-            received_text=rfc3339(received_at),
-            peer_cert_der=peer_certificate(request),
-            authorization=request.headers.get("Authorization"),
-            idempotency_key=request.headers.get("Idempotency-Key"),
-            remote=request.remote,
-            declared_length=declared,
-        )
-        try:
-            result = await request.app[keys.PIPELINE].process(raw)
-        except (AuditUnavailable, StateUnavailable) as e:
-            log.error("exchange.unavailable", error=str(e))
-            return problem_response(NotReady("the audit or state store is unavailable; retry"))
-        headers = dict(result.headers)
-        if result.exchange_id:
-            headers["X-Exchange-Id"] = result.exchange_id
-        fields: dict[str, Any] = {k: v for k, v in result.log.items() if k != "event"}
-        fields.update(
-            exchange_id=result.exchange_id,
-            status=result.status,
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-        log.info(result.log.get("event", "exchange"), **fields)
-        return web.Response(
-            status=result.status,
-            body=result.body,
-            content_type=result.content_type,
-            headers=headers,
-        )
-
-    async def jwks(request: web.Request) -> web.Response:
-        return _json_response(request.app[keys.KEYRING].jwks())
-
-    async def healthz(request: web.Request) -> web.Response:
-        return _json_response({"status": "ok"})
-
-    async def readyz(request: web.Request) -> web.Response:
-        checks: dict[str, str] = {}
-        try:
-            await asyncio.to_thread(request.app[keys.STATE].ping)  # disk I/O: not on the loop
-            checks["state"] = "ok"
-        except Exception as e:
-            checks["state"] = f"failed: {e}"
-        try:
-            await request.app[keys.AUDIT].tree_head()
-            checks["audit"] = "ok"
-        except Exception as e:
-            checks["audit"] = f"failed: {type(e).__name__}"
-        checks["keys"] = "ok"
-        for sid, c in request.app[keys.CONNECTORS].items():
-            try:
-                checks[f"connector:{sid}"] = "ok" if await c.ready() else "not ready"
-            except Exception as e:
-                checks[f"connector:{sid}"] = f"failed: {type(e).__name__}"
-        ok = all(v == "ok" for v in checks.values())
-        return _json_response(
-            {"status": "ok" if ok else "not ready", "checks": checks}, 200 if ok else 503
-        )
-
-    async def openapi(request: web.Request) -> web.Response:
-        return _json_response(openapi_document(request.app[keys.DEPLOYMENT]))
-
+    app[_EXCHANGE] = _ExchangeSettings(clock, limit)
     app.router.add_post("/v1/exchange/{service}", exchange)
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/openapi.json", openapi)
+
+
+async def exchange(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    settings = request.app[_EXCHANGE]
+    received_at = settings.clock()
+    body, declared = await _read_body(request, settings.max_body_bytes)
+    raw = RawRequest(
+        service=request.match_info["service"],
+        body=body,
+        content_type=request.content_type,
+        received_at=received_at,
+        received_text=rfc3339(received_at),
+        peer_cert_der=peer_certificate(request),
+        authorization=request.headers.get("Authorization"),
+        idempotency_key=request.headers.get("Idempotency-Key"),
+        remote=request.remote,
+        declared_length=declared,
+    )
+    try:
+        result = await request.app[keys.PIPELINE].process(raw)
+    except (AuditUnavailable, StateUnavailable) as e:
+        log.error("exchange.unavailable", error=str(e))
+        return problem_response(NotReady("the audit or state store is unavailable; retry"))
+    headers = dict(result.headers)
+    if result.exchange_id:
+        headers["X-Exchange-Id"] = result.exchange_id
+    fields: dict[str, Any] = {k: v for k, v in result.log.items() if k != "event"}
+    fields.update(
+        exchange_id=result.exchange_id,
+        status=result.status,
+        ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    log.info(result.log.get("event", "exchange"), **fields)
+    return web.Response(
+        status=result.status,
+        body=result.body,
+        content_type=result.content_type,
+        headers=headers,
+    )
+
+
+async def jwks(request: web.Request) -> web.Response:
+    return _json_response(request.app[keys.KEYRING].jwks())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.to_thread(request.app[keys.STATE].ping)  # disk I/O: not on the loop
+        checks["state"] = "ok"
+    except Exception as e:
+        checks["state"] = f"failed: {e}"
+    try:
+        await request.app[keys.AUDIT].tree_head()
+        checks["audit"] = "ok"
+    except Exception as e:
+        checks["audit"] = f"failed: {type(e).__name__}"
+    checks["keys"] = "ok"
+    for sid, c in request.app[keys.CONNECTORS].items():
+        try:
+            checks[f"connector:{sid}"] = "ok" if await c.ready() else "not ready"
+        except Exception as e:
+            checks[f"connector:{sid}"] = f"failed: {type(e).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    return _json_response(
+        {"status": "ok" if ok else "not ready", "checks": checks}, 200 if ok else 503
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json_response(openapi_document(request.app[keys.DEPLOYMENT]))
 
 
 def _json_response(doc: Any, status: int = 200) -> web.Response:
