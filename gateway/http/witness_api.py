@@ -220,17 +220,8 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime] | None = N
     Needs ``app[DEPLOYMENT]``; raises ConfigError for an unusable witness configuration.
     The route's rule in gateway.authz.RULES is public (see the module docstring).
     """
-    dep = app[keys.DEPLOYMENT]
-    app[WITNESS] = witness = build_witness(dep)
+    app[WITNESS] = witness = build_witness(app[keys.DEPLOYMENT])
     now = clock or (lambda: datetime.now(UTC))
-
-    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = await WitnessStore.open(dep.state_path())
-        app[WITNESS_STORE] = store
-        try:
-            yield
-        finally:
-            await store.aclose()
 
     async def add_checkpoint(request: web.Request) -> web.Response:
         """The tlog-witness add-checkpoint call (statuses in gateway.witness)."""
@@ -245,21 +236,36 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime] | None = N
         except WitnessStoreUnavailable as e:
             log.error("witness.store_unavailable", error=str(e))
             raise NotReady("the witness state is unavailable; nothing was cosigned") from None
-        assert witness.signer is not None  # A known origin implies a configured key.
-        timestamp = max(1, int(now().timestamp()))  # The spec forbids a zero timestamp.
-        line = cosign(sub.checkpoint_text, witness.signer, timestamp=timestamp)
-        log.info(
-            "witness.cosigned",
-            origin=sub.origin,
-            size=sub.checkpoint.size,
-            old_size=sub.request.old_size,
-        )
-        return web.Response(
-            body=line,
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"Cache-Control": "no-store"},
-        )
+        return _cosigned(sub, witness, now)
 
-    app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(_store_ctx)
     app.router.add_post(ADD_CHECKPOINT_PATH, add_checkpoint)
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Opens and closes ``app[WITNESS_STORE]`` (in the deployment's state database)."""
+    store = await WitnessStore.open(app[keys.DEPLOYMENT].state_path())
+    app[WITNESS_STORE] = store
+    try:
+        yield
+    finally:
+        await store.aclose()
+
+
+def _cosigned(sub: Submission, witness: Witness, now: Callable[[], datetime]) -> web.Response:
+    """The 200 answer: the cosignature line of a checkpoint now durably the latest cosigned."""
+    assert witness.signer is not None  # A known origin implies a configured key.
+    timestamp = max(1, int(now().timestamp()))  # The spec forbids a zero timestamp.
+    line = cosign(sub.checkpoint_text, witness.signer, timestamp=timestamp)
+    log.info(
+        "witness.cosigned",
+        origin=sub.origin,
+        size=sub.checkpoint.size,
+        old_size=sub.request.old_size,
+    )
+    return web.Response(
+        body=line,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
