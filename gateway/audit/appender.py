@@ -84,9 +84,7 @@ def serve(
     ``publisher`` (the periodic checkpoint publisher) runs beside it on the same store, from
     when the store is open until before it is closed.
     """
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(address)
-    listener.listen(64)
+    listener = _listen(address)
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, None)
     stop = False
@@ -108,35 +106,11 @@ def serve(
     behind = index_pending is not None
     try:
         while not stop and not (stop_event is not None and stop_event.is_set()):
-            batch: list[tuple[_Conn, list[Any]]] = []
             events = sel.select(timeout=0.005 if behind else 0.5)
             if not events and behind and index_pending is not None:
-                # Idle for 5 ms: index a few records for search, then look at the sockets again.
-                try:
-                    behind = index_pending(256) > 0
-                except Exception:  # the lock was busy or the step failed: try again later
-                    behind = True
+                behind = _index_some(index_pending)  # idle for 5 ms: then look at the sockets again
                 continue
-            for key, _ in events:
-                if key.data is None:
-                    sock, _addr = listener.accept()
-                    conn = _Conn(sock)
-                    conns[sock.fileno()] = conn
-                    sel.register(sock, selectors.EVENT_READ, conn)
-                    continue
-                conn = key.data
-                try:
-                    data = conn.sock.recv(1 << 20)
-                except OSError:
-                    data = b""
-                if not data:
-                    sel.unregister(conn.sock)
-                    conns.pop(conn.sock.fileno(), None)
-                    conn.sock.close()
-                    continue
-                conn.buf += data
-                for frame in _frames(conn):
-                    batch.append((conn, frame))
+            batch = _accept_and_read(events, listener, sel, conns)
             if batch:
                 _write(store, batch)
                 behind = index_pending is not None
@@ -147,6 +121,55 @@ def serve(
             conn.sock.close()
         listener.close()
         store.close()
+
+
+def _listen(address: str) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(64)
+    return listener
+
+
+def _index_some(index_pending: Callable[[int], int]) -> bool:
+    """Index a few records for search while idle; True while some are still pending."""
+    try:
+        return index_pending(256) > 0
+    except Exception:  # the lock was busy or the step failed: try again later
+        return True
+
+
+def _accept_and_read(
+    events: list[tuple[selectors.SelectorKey, int]],
+    listener: socket.socket,
+    sel: selectors.BaseSelector,
+    conns: dict[int, _Conn],
+) -> list[tuple[_Conn, list[Any]]]:
+    """Accept new workers, read what the others sent; return the complete frames, in order.
+
+    A worker whose connection closed (or failed) is dropped; its partial frame goes with it.
+    """
+    batch: list[tuple[_Conn, list[Any]]] = []
+    for key, _ in events:
+        if key.data is None:
+            sock, _addr = listener.accept()
+            conn = _Conn(sock)
+            conns[sock.fileno()] = conn
+            sel.register(sock, selectors.EVENT_READ, conn)
+            continue
+        conn = key.data
+        try:
+            data = conn.sock.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(conn.sock)
+            conns.pop(conn.sock.fileno(), None)
+            conn.sock.close()
+            continue
+        conn.buf += data
+        for frame in _frames(conn):
+            batch.append((conn, frame))
+    return batch
 
 
 def _write(store: AuditStore, batch: list[tuple[_Conn, list[Any]]]) -> None:
