@@ -304,6 +304,56 @@ def _check_head(head: Head, frontier: merkle.Frontier) -> None:
         )
 
 
+class _Checkpoints:
+    """The checkpoints in size order, each compared with the recomputed root at its size."""
+
+    def __init__(self, points: Iterator[_Point], signers: set[str]) -> None:
+        self._points = points
+        self.signers = signers  # filled in by ``points`` as it verifies each note
+        self.pending = next(points, None)  # the next checkpoint to compare; None when done
+        self.last_good = 0
+        self.stored = 0
+        self.latest: int | None = None
+        self.trusted: list[tuple[str, int]] = []
+
+    def reached(self, frontier: merkle.Frontier) -> int:
+        """Compare the checkpoints of the frontier's size; return the next size due (-1: none)."""
+        while (point := self.pending) is not None and point.size == frontier.size:
+            if point.root != frontier.root():
+                raise _fork(point, self.last_good)
+            self.last_good = point.size
+            if point.trusted:
+                self.trusted.append((point.label, point.size))
+            else:
+                self.stored += 1
+                self.latest = point.size
+            self.pending = next(self._points, None)
+        return -1 if self.pending is None else self.pending.size
+
+
+def _end(
+    frontier: merkle.Frontier, head: Head | None, points: _Checkpoints, node_check: _Nodes | None
+) -> LogReport:
+    """After the last record: check the head, that nothing lies beyond it; report."""
+    size = frontier.size
+    if head is not None:
+        _check_head(head, frontier)
+    if points.pending is not None:
+        raise _ahead(points.pending, size)
+    if node_check is not None:
+        node_check.check_no_more(size)
+    return LogReport(
+        size=size,
+        root=frontier.root(),
+        head_checked=head is not None,
+        nodes_checked=node_check.checked if node_check is not None else 0,
+        checkpoints_checked=points.stored,
+        latest_checkpoint=points.latest,
+        trusted=points.trusted,
+        signers=sorted(points.signers),
+    )
+
+
 def verify_log(
     rows: Iterable[Row],
     *,
@@ -325,31 +375,15 @@ def verify_log(
     the source has one (an export does not: its latest checkpoint is then the head).
     """
     signers: set[str] = set()
-    points = _points(checkpoints, trusted, verifiers, origin, signers)
+    points = _Checkpoints(_points(checkpoints, trusted, verifiers, origin, signers), signers)
     node_check = _Nodes(nodes) if nodes is not None else None
     frontier = merkle.Frontier()
     leaf_hash, append = merkle.leaf_hash, frontier.append
-    n_stored = 0
-    trusted_seen: list[tuple[str, int]] = []
-    last_good = 0
-    latest: int | None = None
-    point = next(points, None)
-    due = -1 if point is None else point.size
-    expected = 0
+    due = expected = 0  # due: the size of the next checkpoint (0: look at once; -1: none left)
     rows_iter = iter(rows)
     while True:
-        while expected == due:  # Checkpoints of this size: compare before the next leaf.
-            assert point is not None
-            if point.root != frontier.root():
-                raise _fork(point, last_good)
-            last_good = point.size
-            if point.trusted:
-                trusted_seen.append((point.label, point.size))
-            else:
-                n_stored += 1
-                latest = point.size
-            point = next(points, None)
-            due = -1 if point is None else point.size
+        if expected == due:  # Checkpoints of this size: compare before the next leaf.
+            due = points.reached(frontier)
         row = next(rows_iter, None)
         if row is None:
             break
@@ -369,19 +403,4 @@ def verify_log(
             for node in completed:
                 node_check.check(node)
         expected += 1
-    if head is not None:
-        _check_head(head, frontier)
-    if point is not None:
-        raise _ahead(point, expected)
-    if node_check is not None:
-        node_check.check_no_more(expected)
-    return LogReport(
-        size=expected,
-        root=frontier.root(),
-        head_checked=head is not None,
-        nodes_checked=node_check.checked if node_check is not None else 0,
-        checkpoints_checked=n_stored,
-        latest_checkpoint=latest,
-        trusted=trusted_seen,
-        signers=sorted(signers),
-    )
+    return _end(frontier, head, points, node_check)
