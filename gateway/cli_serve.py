@@ -15,10 +15,13 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import config as config_mod
 from gateway.cli import EXIT_FAILED, EXIT_OK, _err, _load
+
+if TYPE_CHECKING:  # fork contexts do not exist on every platform
+    from multiprocessing.context import ForkContext, ForkProcess
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -125,17 +128,11 @@ def _supervise(dep: config_mod.Deployment, sock: socket.socket, workers: int) ->
     """
     from multiprocessing.connection import wait
 
-    from gateway.audit.appender import new_address
-
     ctx = multiprocessing.get_context("fork")
-    address = new_address()
-    ready = ctx.Event()
-    appender = ctx.Process(target=_run_appender, args=(dep, address, ready), name="appender")
-    appender.start()
-    if not ready.wait(60) or not appender.is_alive():
-        _err("the audit appender did not start")
-        appender.terminate()
+    started = _start_appender(ctx, dep)
+    if started is None:
         return EXIT_FAILED
+    appender, address = started
     procs = [
         ctx.Process(target=_run_worker, args=(dep, sock, i, address), name=f"worker-{i}")
         for i in range(workers)
@@ -158,10 +155,30 @@ def _supervise(dep: config_mod.Deployment, sock: socket.socket, workers: int) ->
     if not stopping:
         _err("a gateway process exited unexpectedly; stopping the others")
         stop(signal.SIGTERM, None)
+    _join_all(procs, appender)
+    ok = stopping and all(p.exitcode == 0 for p in [*procs, appender])
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _start_appender(ctx: ForkContext, dep: config_mod.Deployment) -> tuple[ForkProcess, str] | None:
+    """Fork the appender and wait until its store is open; None (said on stderr) if it fails."""
+    from gateway.audit.appender import new_address
+
+    address = new_address()
+    ready = ctx.Event()
+    appender = ctx.Process(target=_run_appender, args=(dep, address, ready), name="appender")
+    appender.start()
+    if not ready.wait(60) or not appender.is_alive():
+        _err("the audit appender did not start")
+        appender.terminate()
+        return None
+    return appender, address
+
+
+def _join_all(procs: list[ForkProcess], appender: ForkProcess) -> None:
+    """Wait for the workers (already sent SIGTERM), then stop the appender and wait for it."""
     for p in procs:
         p.join(timeout=30)
     if appender.is_alive() and appender.pid:
         os.kill(appender.pid, signal.SIGTERM)
     appender.join(timeout=30)
-    ok = stopping and all(p.exitcode == 0 for p in [*procs, appender])
-    return EXIT_OK if ok else EXIT_FAILED
