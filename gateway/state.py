@@ -22,9 +22,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway import sqlitedb
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 T = TypeVar("T")
 
@@ -247,4 +250,48 @@ def _purge(conn: sqlite3.Connection, now: float) -> int:
     return max(0, cur.rowcount)
 
 
-__all__ = ["BatchWriter", "IdempotencyEntry", "StateStore", "StateUnavailable"]
+class ExchangeState(Protocol):
+    """What the gateway needs of a state store: SQLite (:class:`StateStore`) or PostgreSQL
+    (:class:`gateway.state_postgres.PostgresStateStore`)."""
+
+    async def idempotency_begin(
+        self, sender: str, service: str, key: str, request_sha256: str, ttl: float
+    ) -> IdempotencyEntry | None: ...
+
+    async def idempotency_finish(
+        self, sender: str, service: str, key: str, status: int | None, body: bytes | None
+    ) -> None: ...
+
+    async def check(self) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def opened(kind: str, path: Path, dsn: str | None) -> AsyncIterator[ExchangeState]:
+    """The state store beside the audit log: with ``kind`` "postgres" (a log shared by several
+    instances) the keys are shared too, in the log's database; otherwise in ``path``."""
+    if kind == "postgres":
+        from gateway.state_postgres import PostgresStateStore  # asyncpg: the postgres extra
+
+        if dsn is None:
+            raise ValueError("a PostgreSQL state store needs the audit DSN")
+        shared = await PostgresStateStore.open(dsn)
+        try:
+            yield shared
+        finally:
+            await shared.aclose()
+        return
+    local = StateStore(path)
+    try:
+        yield local
+    finally:
+        local.close()
+
+
+__all__ = [
+    "BatchWriter",
+    "ExchangeState",
+    "IdempotencyEntry",
+    "StateStore",
+    "StateUnavailable",
+    "opened",
+]

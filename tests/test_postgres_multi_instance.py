@@ -114,7 +114,7 @@ def _ready(url: str) -> None:
 
     with urllib.request.urlopen(f"{url}/readyz", timeout=5) as r:
         body = orjson.loads(r.read())
-    assert r.status == 200 and body["checks"]["audit"] == "ok", body
+    assert r.status == 200 and body["checks"]["audit"] == body["checks"]["state"] == "ok", body
 
 
 def test_two_instances_under_load_build_one_gap_free_verifiable_tree(
@@ -179,3 +179,73 @@ def _verify_tree(
         assert records[index].leaf_hash.hex() == receipt["audit"]["leaf_hash"]
         assert by_xid[xid]["exchange.delivered"] > index
     assert size == 2 * EXCHANGES  # Nothing else was appended: no rejection, no failure.
+
+
+async def _keyed(url: str, token: str, key: str) -> tuple[int, dict[str, Any], str | None]:
+    body = (REPO / "schemas" / "examples" / f"{SERVICE}.json").read_bytes()
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {token}",
+        "Idempotency-Key": key,
+    }
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(f"{url}/v1/exchange/{SERVICE}", data=body, headers=headers) as r,
+    ):
+        answer: dict[str, Any] = await r.json(content_type=None)
+        return r.status, answer, r.headers.get("Idempotent-Replayed")
+
+
+def test_an_idempotency_key_delivers_once_whichever_instance_the_retry_reaches(
+    deployment: tuple[Path, str],
+) -> None:
+    """Behind a load balancer a retry may reach the other instance: it must get the stored
+    answer, and two instances racing on one key must not both deliver."""
+    import hashlib
+    import shutil
+
+    cfg, schema = deployment
+    token = (cfg.parent / "participants/hcm.quan-1/token").read_text().strip()
+    keys = [f"order-{i}" for i in range(6)]
+    # Two hosts: the same configuration in two directories, so nothing on disk is shared.
+    other = cfg.parent.parent / "host-b"
+    shutil.copytree(cfg.parent, other)
+    servers: list[ServerProcess] = []
+    try:
+        servers.append(ServerProcess(cfg, workers=1))
+        servers.append(ServerProcess(other / cfg.name, workers=1))
+        urls = [s.url for s in servers]
+
+        async def race() -> list[list[tuple[int, dict[str, Any], str | None]]]:
+            return list(
+                await asyncio.gather(
+                    *(asyncio.gather(*(_keyed(u, token, k) for u in urls)) for k in keys)
+                )
+            )
+
+        first = dict(zip(keys, asyncio.run(race()), strict=True))
+        for key, answers in first.items():
+            statuses = sorted(status for status, _, _ in answers)
+            assert statuses in ([200, 200], [200, 409]), (key, answers)
+            fresh = [s for s, _, replayed in answers if s == 200 and replayed != "true"]
+            assert len(fresh) == 1, (key, answers)  # one delivery; the other is a replay
+        # Every retry, on either instance, is the stored answer of the one delivered exchange.
+        for key in keys:
+            originals = {a["exchange_id"] for s, a, replayed in first[key] if s == 200}
+            for url in urls:
+                status, answer, replayed = asyncio.run(_keyed(url, token, key))
+                assert (status, replayed) == (200, "true")
+                assert answer["exchange_id"] in originals
+        for url in urls:
+            _ready(url)
+    finally:
+        for s in servers:
+            with contextlib.suppress(Exception):
+                s.stop()
+    records = [
+        orjson.loads(bytes(row[0]))
+        for row in pg.fetch(f'SELECT record FROM "{schema}".audit_records')
+    ]
+    digests = [r["idempotency_key_sha256"] for r in records if r["event"] == "exchange.accepted"]
+    assert sorted(digests) == sorted(hashlib.sha256(k.encode()).hexdigest() for k in keys)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -36,13 +36,14 @@ from gateway.crypto.keys import (
 )
 from gateway.errors import ConfigError
 from gateway.pipeline import Limits, Pipeline, ServiceRuntime
-from gateway.state import StateStore
+from gateway.state import ExchangeState, StateStore
+from gateway.state import opened as opened_state
 from gateway.validation import CompiledSchema, compile_schema
 
 DEPLOYMENT = web.AppKey("deployment", Deployment)
 KEYRING = web.AppKey("keyring", Keyring)
 AUDIT = web.AppKey("audit", AuditLog)
-STATE = web.AppKey("state", StateStore)
+STATE: web.AppKey[ExchangeState] = web.AppKey("state")
 PIPELINE = web.AppKey("pipeline", Pipeline)
 CONNECTORS = web.AppKey("connectors", dict[str, Connector])
 
@@ -215,7 +216,7 @@ def _build_pipeline(
     stages: _Stages,
     *,
     audit: AuditLog | RemoteAppender,
-    state: StateStore,
+    state: ExchangeState,
     clock: Callable[[], datetime],
 ) -> Pipeline:
     """The pipeline over the opened audit sink and state store (built at start-up)."""
@@ -256,15 +257,6 @@ async def _audit_log(dep: Deployment) -> AsyncIterator[AuditLog]:
         yield audit
     finally:
         await audit.aclose()
-
-
-@contextlib.contextmanager
-def _state_store(dep: Deployment) -> Iterator[StateStore]:
-    state = StateStore(dep.state_path())
-    try:
-        yield state
-    finally:
-        state.close()
 
 
 @contextlib.asynccontextmanager
@@ -330,7 +322,10 @@ def _resources(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             audit = await stack.enter_async_context(_audit_log(dep))
-            state = stack.enter_context(_state_store(dep))
+            cfg = dep.config.audit
+            state = await stack.enter_async_context(
+                opened_state(cfg.store, dep.state_path(), cfg.dsn)
+            )
             remote = await stack.enter_async_context(_remote_appender(appender_address))
             size, _ = await audit.tree_head()
             await check_not_rolled_back(dep.published_path(), size, audit.root_at)

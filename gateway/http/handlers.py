@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,7 +108,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     try:
-        await asyncio.to_thread(request.app[keys.STATE].ping)  # disk I/O: not on the loop
+        await request.app[keys.STATE].check()  # reads the table; never blocks the loop
         checks["state"] = "ok"
     except Exception as e:
         checks["state"] = f"failed: {e}"
