@@ -51,6 +51,16 @@ async def test_concurrent_appends_from_two_workers_are_gap_free_and_match_the_tr
     await b.aclose()
 
 
+async def test_a_frame_larger_than_one_read_arrives_whole(appender: str) -> None:
+    """The appender reads 64 KiB at a time: a bigger frame is assembled over several reads."""
+    w = await RemoteAppender.connect(appender)
+    big = b'{"pad":"' + b"x" * 300_000 + b'"}'
+    results = await asyncio.gather(w.append(b'{"n":1}'), w.append(big), w.append(b'{"n":2}'))
+    assert [r.index for r in results] == [0, 1, 2]
+    assert results[1].leaf_hash == merkle.leaf_hash(big)
+    await w.aclose()
+
+
 async def test_a_taken_claim_is_refused_through_the_appender(appender: str) -> None:
     address = appender
     w = await RemoteAppender.connect(address)

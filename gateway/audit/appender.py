@@ -38,6 +38,10 @@ from gateway.audit.store import AuditStore, Claim
 
 _LEN = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
+# Per recv: below malloc's mmap threshold. recv(1 MiB) allocated (mmap) and released (munmap)
+# a fresh megabyte on every wake-up, 14 us against 1.4 us here; a larger frame simply takes
+# a few reads (the socket stays readable).
+_RECV_BYTES = 64 * 1024
 
 
 def new_address() -> str:
@@ -158,7 +162,7 @@ def _accept_and_read(
             continue
         conn = key.data
         try:
-            data = conn.sock.recv(1 << 20)
+            data = conn.sock.recv(_RECV_BYTES)
         except OSError:
             data = b""
         if not data:
