@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.audit import merkle
@@ -73,15 +76,20 @@ async def test_a_taken_claim_is_refused_through_the_appender(appender: str) -> N
     await w.aclose()
 
 
-async def test_waiters_get_audit_unavailable_when_the_appender_goes_away(tmp_path: Path) -> None:
-    import socket
-
+async def _fake_appender() -> tuple[RemoteAppender, socket.socket, socket.socket]:
+    """A worker's RemoteAppender connected to a bare socket the test plays the appender on:
+    (worker end, the accepted connection, the listener)."""
     address = new_address()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(1)
     w = await RemoteAppender.connect(address)
     conn, _ = listener.accept()
+    return w, conn, listener
+
+
+async def test_waiters_get_audit_unavailable_when_the_appender_goes_away(tmp_path: Path) -> None:
+    w, conn, listener = await _fake_appender()
     fut = w.append_nowait(b'{"a":1}')
     await asyncio.sleep(0.05)
     conn.close()
@@ -96,17 +104,7 @@ async def test_waiters_get_audit_unavailable_when_the_appender_goes_away(tmp_pat
 async def test_records_wait_while_a_frame_is_unanswered_then_travel_as_one_frame() -> None:
     """Nagle's rule on commits: an idle worker sends at once; while its frame is unanswered
     (the appender is committing it), later records wait and then go together in one write."""
-    import socket
-    import struct
-
-    import orjson
-
-    address = new_address()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(address)
-    listener.listen(1)
-    w = await RemoteAppender.connect(address)
-    conn, _ = listener.accept()
+    w, conn, listener = await _fake_appender()
     conn.settimeout(5)
 
     def read_frame() -> list[list[object]]:
