@@ -35,9 +35,12 @@ class HttpConn:
             self._w.close()
             self._w = None
 
-    def build(self, path: str, body: bytes, content_type: str) -> bytes:
+    def build(
+        self, path: str, body: bytes, content_type: str, request_id: str | None = None
+    ) -> bytes:
+        rid = f"X-Request-Id: {request_id}\r\n" if request_id else ""
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{rid}"
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         return head.encode("ascii") + body
@@ -121,15 +124,21 @@ async def sequential(
     *,
     keep_samples: int = 0,
     timeout: float = 10.0,
+    request_ids: str | None = None,
 ) -> Outcome:
-    """Send each body in turn on one connection; latency = answer read - request written."""
+    """Send each body in turn on one connection; latency = answer read - request written.
+
+    ``request_ids``: a prefix; request i then carries ``X-Request-Id: <prefix><i>``, so the
+    server's log lines of exactly these requests can be found afterwards.
+    """
     out = Outcome()
     conn = await HttpConn(host, port).open()
     clock = time.perf_counter
     start = clock()
     try:
-        for body in bodies:
-            request = conn.build(path, body, content_type)
+        for i, body in enumerate(bodies):
+            rid = None if request_ids is None else f"{request_ids}{i}"
+            request = conn.build(path, body, content_type, rid)
             t0 = clock()
             try:
                 status, answer = await asyncio.wait_for(conn.send(request), timeout)

@@ -73,6 +73,7 @@ SENDER = "hcm.quan-1"
 JOSE = "application/jose+json"
 PATH = f"/v1/exchange/{SERVICE}"
 HOST = "127.0.0.1"
+SEQ_IDS = "bench-seq-"  # X-Request-Id prefix of the unloaded requests (found in the log)
 LUA = BENCH / "wrk_signed.lua"
 SERVICES = ("citizen-lookup.v1", "pilot-progress-report.v1", "budget-proposal.v1")
 
@@ -692,7 +693,13 @@ async def latency_suite(
         port = ports[target]
         await sequential(HOST, port, PATH, warm, JOSE)
         res.unloaded[target] = await sequential(
-            HOST, port, PATH, seq, JOSE, keep_samples=3 if target == "gateway" else 0
+            HOST,
+            port,
+            PATH,
+            seq,
+            JOSE,
+            keep_samples=3 if target == "gateway" else 0,
+            request_ids=SEQ_IDS if target == "gateway" else None,
         )
     await asyncio.sleep(s.gap)
     for target in ("proxy", "gateway"):
@@ -834,6 +841,29 @@ def audit_summary(dep_dir: Path, acknowledged: int, citizen_id: str) -> tuple[bo
     return ok, lines
 
 
+def unloaded_parts(path: Path, prefix: str = SEQ_IDS) -> dict[str, list[float]]:
+    """Where the unloaded requests' time went inside the gateway, from its log lines.
+
+    Each ``exchange.delivered`` line has ``ms`` (the handler, body read to response built),
+    ``audit_ms`` (waiting for the two durable appends) and ``upstream_ms`` (the provider
+    through the connector); the rest is the gateway's own work. Only lines whose request id
+    starts with ``prefix`` (the sequential run) are used.
+    """
+    parts: dict[str, list[float]] = {"handler": [], "audit": [], "upstream": [], "own": []}
+    with path.open("rb") as f:
+        for raw in f:
+            if b'"exchange.delivered"' not in raw or prefix.encode() not in raw:
+                continue
+            doc = orjson.loads(raw)
+            if not str(doc.get("request_id", "")).startswith(prefix) or "audit_ms" not in doc:
+                continue
+            ms, audit, upstream = doc["ms"], doc["audit_ms"], doc["upstream_ms"]
+            values = (ms, audit, upstream, ms - audit - upstream)
+            for name, value in zip(parts, values, strict=True):
+                parts[name].append(value / 1000)  # seconds, as pct() expects
+    return parts
+
+
 def scan_log(path: Path, start: int = 0, end: int | None = None) -> tuple[int, list[str]]:
     """Problems in the gateway's log: warning/error JSON lines, and Python tracebacks.
 
@@ -958,12 +988,29 @@ def _mark(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
 
 
+def _print_parts(parts: dict[str, list[float]], w: int) -> None:
+    """The unloaded gateway's time by part (its log), p50 and p99 of each."""
+    if not parts or not parts.get("handler"):
+        return
+    labels = {
+        "handler": "handler in all",
+        "audit": "durable audit appends",
+        "upstream": "provider via connector",
+        "own": "gateway's own work",
+    }
+    print(f"{'  gateway log, unloaded (ms)':34}{'':>{w}}{'p50':>{w}}{'p99':>{w}}")
+    for name, label in labels.items():
+        values = parts.get(name, [])
+        print(f"{'    ' + label:34}{'':>{w}}{pct(values, 50):>{w}.3f}{pct(values, 99):>{w}.3f}")
+
+
 def print_summary(
     s: Settings,
     rounds: list[WrkResult],
     lat: LatencyResults,
     checks: list[tuple[str, bool]],
     notes: Sequence[str] = (),
+    parts: dict[str, list[float]] | None = None,
 ) -> None:
     by = {t: [r for r in rounds if r.target == t] for t in ("proxy", "gateway")}
     rate = {t: _median([r.rate for r in rs]) for t, rs in by.items()}
@@ -1007,6 +1054,7 @@ def print_summary(
         f"{'unloaded p99 (ms)':34}{u['proxy'][1]:>{w}.3f}{u['gateway'][1]:>{w}.3f}"
         f"{'added ' + format(added_u, '.3f'):>{w}}"
     )
+    _print_parts(parts or {}, w)
     label = f"at {s.rate:,.0f}/s open loop"
     print(
         f"{label + ' p50 (ms)':34}{a['proxy'][0]:>{w}.3f}{a['gateway'][0]:>{w}.3f}"
@@ -1399,7 +1447,7 @@ def _run(s: Settings, tmp: Path, servers: list[Server]) -> int:
             f"gateway shutdown on SIGTERM logged {n_stop} traceback(s)/error(s): "
             + "; ".join(stop_lines[:3])
         )
-    print_summary(s, rounds, lat, checks, notes)
+    print_summary(s, rounds, lat, checks, notes, unloaded_parts(gw_log))
     return 0 if all(ok for _, ok in checks) else 1
 
 

@@ -107,3 +107,30 @@ class ExchangeResult:
     headers: Mapping[str, str] = field(default_factory=dict)
     exchange_id: str | None = None
     log: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int
+    max_depth: int
+    delivery_timeout: float
+    idempotency_ttl: float
+    replay_ttl: float
+    rate_per_second: float = 200.0
+    rate_burst: int = 400
+
+
+@dataclass(slots=True)
+class Timings:
+    """Where one exchange's time went, for its log line: waiting for durable audit appends
+    and for the provider. The rest of ``ms`` (the handler's total) is the gateway's own work,
+    so an operator can tell a slow provider or disk from a slow gateway."""
+
+    audit: float = 0.0
+    upstream: float = 0.0
+
+    def fields(self) -> dict[str, float]:
+        return {
+            "audit_ms": round(self.audit * 1000, 2),
+            "upstream_ms": round(self.upstream * 1000, 2),
+        }

@@ -53,7 +53,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.idempotency import IdempotencyStore
-from gateway.models import ExchangeResult, RawRequest, Sender, rfc3339, uuid7
+from gateway.models import ExchangeResult, Limits, RawRequest, Sender, Timings, rfc3339, uuid7
 from gateway.ratelimit import TokenBuckets
 from gateway.records import sha256_hex
 from gateway.strictjson import JsonError, loads
@@ -84,17 +84,6 @@ class ServiceRuntime:
     connector: Connector
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_body_bytes: int
-    max_depth: int
-    delivery_timeout: float
-    idempotency_ttl: float
-    replay_ttl: float
-    rate_per_second: float = 200.0
-    rate_burst: int = 400
-
-
 def _canonical_payload(payload: Any) -> Canonical:
     """The payload's RFC 8785 form, which every digest and signature is computed over."""
     try:
@@ -123,6 +112,13 @@ def _checked_response(svc: ServiceRuntime, response: Any) -> bytes:
             f"the provider {svc.provider} answered with JSON that cannot be canonicalized: {e}",
             slug="provider-contract-broken",
         ) from None
+
+
+def _replay(sender: Sender) -> Replay:
+    return Replay(
+        f"request id {sender.request_id!r} was already used by {sender.id}; "
+        "sign each request with a new id"
+    )
 
 
 def _json(obj: Any) -> bytes:
@@ -229,20 +225,13 @@ class Pipeline:
             trusted=True,  # strings from config and the verified JWS, the Canonical payload
         )
         envelope_bytes = _json(envelope)
+        spent = Timings()
         try:
             accepted = await self._accept(  # (5)
-                raw, xid, sender, svc, grant, request_sha, envelope_bytes
+                raw, xid, sender, svc, grant, request_sha, envelope_bytes, spent
             )
         except ClaimRefused:
-            return await self._reject(
-                raw,
-                xid,
-                sender,
-                Replay(
-                    f"request id {sender.request_id!r} was already used by {sender.id}; "
-                    "sign each request with a new id"
-                ),
-            )
+            return await self._reject(raw, xid, sender, _replay(sender))
         message = OutboundMessage(
             exchange_id=xid,
             service=svc.id,
@@ -255,12 +244,12 @@ class Pipeline:
             timeout=self._limits.delivery_timeout,
         )
         try:
-            response, attempts = await self._deliver(svc, message)  # (6)
+            response, attempts = await self._deliver(svc, message, spent)  # (6)
             response_canon = _checked_response(svc, response)  # (7)
         except GatewayError as e:
-            return await self._failed(raw, xid, sender, svc, accepted, e)
+            return await self._failed(raw, xid, sender, svc, accepted, e, spent)
         return await self._complete(
-            raw, xid, sender, svc, request_sha, accepted, response, response_canon, attempts
+            raw, xid, sender, svc, request_sha, accepted, response, response_canon, attempts, spent
         )
 
     async def _complete(
@@ -274,6 +263,7 @@ class Pipeline:
         response: Any,
         response_canon: bytes,
         attempts: int,
+        spent: Timings,
     ) -> ExchangeResult:
         """(8) the receipt, (9) the outcome record; the answer once that record is durable."""
         completed_at = rfc3339(self._clock())
@@ -296,10 +286,11 @@ class Pipeline:
         body = _json(
             {"exchange_id": xid, "status": "delivered", "response": response, "receipt": receipt}
         )
-        outcome = await self._audit.append(
+        outcome = await self._append(
             records.delivered_record(
                 xid, svc, sender, completed_at, attempts, accepted, response_sha, _json(receipt)
-            )
+            ),
+            spent,
         )
         return ExchangeResult(
             status=200,
@@ -311,6 +302,7 @@ class Pipeline:
                 "service": svc.id,
                 "auth": sender.method,
                 "audit_index": outcome.index,
+                **spent.fields(),
             },
         )
 
@@ -323,6 +315,7 @@ class Pipeline:
         grant: Grant,
         request_sha: str,
         envelope_bytes: bytes,
+        spent: Timings,
     ) -> Any:
         """The "accepted" record, durable (with the request id spent) before any delivery."""
         claim = None
@@ -330,9 +323,20 @@ class Pipeline:
             now = time.time()
             claim = Claim(f"{sender.id}\n{sender.request_id}", now + self._limits.replay_ttl, now)
         record = records.accepted_record(raw, xid, svc, sender, grant, request_sha, envelope_bytes)
-        return await self._audit.append(record, claim=claim)
+        return await self._append(record, spent, claim=claim)
 
-    async def _deliver(self, svc: ServiceRuntime, message: OutboundMessage) -> tuple[Any, int]:
+    async def _append(self, record: bytes, spent: Timings, *, claim: Claim | None = None) -> Any:
+        """An exchange's audit append (durable when it returns), timed into ``spent``."""
+        started = time.perf_counter()
+        try:
+            return await self._audit.append(record, claim=claim)
+        finally:
+            spent.audit += time.perf_counter() - started
+
+    async def _deliver(
+        self, svc: ServiceRuntime, message: OutboundMessage, spent: Timings
+    ) -> tuple[Any, int]:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._limits.delivery_timeout):
                 result = await svc.connector.deliver(message)
@@ -342,6 +346,8 @@ class Pipeline:
             ) from None
         except DeliveryFailed as e:
             raise ProviderFailed(f"{svc.provider} could not be reached or failed: {e}") from None
+        finally:
+            spent.upstream += time.perf_counter() - started
         return result.response, result.attempts
 
     async def _failed(
@@ -352,12 +358,13 @@ class Pipeline:
         svc: ServiceRuntime,
         accepted: Any,
         err: GatewayError,
+        spent: Timings,
     ) -> ExchangeResult:
         at = rfc3339(self._clock())
-        await self._audit.append(
-            records.failed_record(xid, svc, sender, at, err.status, err.slug, accepted)
+        await self._append(
+            records.failed_record(xid, svc, sender, at, err.status, err.slug, accepted), spent
         )
-        return self._problem(err, xid, "exchange.failed", sender.id, svc.id)
+        return self._problem(err, xid, "exchange.failed", sender.id, svc.id, spent.fields())
 
     async def _reject(
         self, raw: RawRequest, xid: str, sender: Sender | None, err: GatewayError
@@ -371,7 +378,12 @@ class Pipeline:
 
     @staticmethod
     def _problem(
-        err: GatewayError, xid: str, event: str, sender: str | None, service: str | None
+        err: GatewayError,
+        xid: str,
+        event: str,
+        sender: str | None,
+        service: str | None,
+        timings: Mapping[str, float] | None = None,
     ) -> ExchangeResult:
         return ExchangeResult(
             status=err.status,
@@ -386,5 +398,6 @@ class Pipeline:
                 "cause": err.slug,
                 "status": err.status,
                 "reason": err.log_detail,
+                **(timings or {}),
             },
         )

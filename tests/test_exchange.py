@@ -554,3 +554,35 @@ def test_a_forked_worker_does_not_reuse_its_parents_random_bytes_for_exchange_id
     os.close(w)
     parent = uuid7()
     assert child[19:] != parent[19:]  # random parts differ
+
+
+async def test_the_exchange_log_line_says_where_the_time_went(
+    gw: Gateway, provider: Provider
+) -> None:
+    """audit_ms (durable appends) and upstream_ms (the provider) are parts of ms (the whole):
+    an operator can tell a slow provider or disk from a slow gateway."""
+    import structlog
+
+    provider.mode, provider.delay = "slow", 0.2
+    body = signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN))
+    with structlog.testing.capture_logs() as logs:
+        got, _, doc = await post(gw, CITIZEN, body, JOSE)
+    assert got == 200, doc
+    (line,) = [e for e in logs if e["event"] == "exchange.delivered"]
+    assert line["upstream_ms"] >= 200
+    assert line["audit_ms"] > 0  # two durable appends, each waited for
+    assert line["upstream_ms"] + line["audit_ms"] <= line["ms"]
+
+
+async def test_a_provider_timeout_is_logged_with_the_time_it_took(
+    gw: Gateway, provider: Provider
+) -> None:
+    import structlog
+
+    provider.mode, provider.delay = "slow", 5  # beyond the deployment's 1 s delivery timeout
+    body = signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN))
+    with structlog.testing.capture_logs() as logs:
+        got, _, doc = await post(gw, CITIZEN, body, JOSE)
+    assert got == 504, doc
+    (line,) = [e for e in logs if e["event"] == "exchange.failed"]
+    assert 1000 <= line["upstream_ms"] <= line["ms"] and line["audit_ms"] > 0

@@ -35,7 +35,8 @@ from gateway.crypto.keys import (
     load_private_key,
 )
 from gateway.errors import ConfigError
-from gateway.pipeline import Limits, Pipeline, ServiceRuntime
+from gateway.models import Limits
+from gateway.pipeline import Pipeline, ServiceRuntime
 from gateway.state import ExchangeState, StateStore
 from gateway.state import opened as opened_state
 from gateway.validation import CompiledSchema, compile_schema
