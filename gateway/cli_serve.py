@@ -58,7 +58,7 @@ def _run_appender(dep: config_mod.Deployment, address: str, ready: Any) -> None:
 
     _name_process("gw-appender")
     configure(dep.config.logging.level)
-    store = open_store(dep)
+    store = open_store(dep, appends=True)
     serve(store, address, ready=ready.set, publisher=periodic_publisher(dep, store))
 
 

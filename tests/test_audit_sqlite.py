@@ -554,3 +554,40 @@ def test_filters_use_their_index_and_need_no_sort(tmp_path: Path, field: str) ->
     assert "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
     assert "TEMP B-TREE" not in plan, plan
     store.close()
+
+
+def test_the_appending_store_checkpoints_its_wal_on_a_thread_not_in_its_commits(
+    tmp_path: Path,
+) -> None:
+    """With background_checkpoints the writer's commits never copy the WAL into the file
+    (their automatic threshold is the far backstop); the checkpointer thread does, beside."""
+    path = str(tmp_path / "audit.db")
+    store = SqliteAuditStore(path, background_checkpoints=True)
+    records = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * 2000) for i in range(300)]
+    for i in range(0, 300, 3):
+        store.append_batch(records[i : i + 3])
+    conn = store._connection()
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    # In WAL mode only a checkpoint writes the database file itself; the writer's threshold
+    # (10,000 pages) is far above these ~150 pages, so only the thread can have grown it.
+    deadline = time.monotonic() + 10
+    while os.path.getsize(path) < 300 * 2000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.getsize(path) >= 300 * 2000 and checkpointer.checkpoints > 0
+    store.close()
+    assert not checkpointer._thread.is_alive()  # close() stops it
+    # Everything committed is there for a fresh reader, checkpointed or not.
+    again = SqliteAuditStore(path)
+    assert again.size() == 300 and again.get(299) is not None
+    assert again.tree_head()[1] == merkle.root([merkle.leaf_hash(r) for r in records])
+    again.close()
+
+
+def test_a_store_that_only_reads_keeps_sqlite_automatic_checkpoints(tmp_path: Path) -> None:
+    store = SqliteAuditStore(str(tmp_path / "audit.db"))
+    store.append_batch([b'{"n":1}'])
+    assert store._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    assert store._checkpointer is None
+    store.close()

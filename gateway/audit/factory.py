@@ -10,13 +10,17 @@ from gateway.crypto.keys import load_private_key
 from gateway.errors import ConfigError
 
 
-def open_store(dep: Deployment) -> AuditStore:
-    """Build (not connect) the store; connecting happens on the audit writer thread."""
+def open_store(dep: Deployment, *, appends: bool = False) -> AuditStore:
+    """Build (not connect) the store; connecting happens on the audit writer thread.
+
+    ``appends``: this process is the one that appends (the appender, or an app without one);
+    a SQLite store then checkpoints its WAL on a thread of its own, off the commit path.
+    """
     audit = dep.config.audit
     if audit.store == "sqlite":
         from gateway.audit.sqlite import SqliteAuditStore
 
-        return SqliteAuditStore(str(dep.audit_path()))
+        return SqliteAuditStore(str(dep.audit_path()), background_checkpoints=appends)
     if audit.store == "postgres":
         try:
             from gateway.audit.postgres import PostgresAuditStore

@@ -33,6 +33,7 @@ import orjson
 from gateway import sqlitedb
 from gateway.audit import merkle
 from gateway.audit import sqlite_schema as sql
+from gateway.audit.sqlite_checkpointer import BACKSTOP_PAGES, Checkpointer
 from gateway.audit.store import Claim, RecordQuery, StoredCheckpoint, StoredRecord
 
 __all__ = ["SqliteAuditStore", "StoreCorrupted"]
@@ -48,14 +49,20 @@ class StoreCorrupted(sqlite3.DatabaseError):
 class SqliteAuditStore:
     """:class:`gateway.audit.store.AuditStore` on one SQLite file. Blocking; see module doc."""
 
-    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self, path: str, *, busy_timeout: float = 10.0, background_checkpoints: bool = False
+    ) -> None:
         """Remember where the database lives; the file is opened on first use, not here.
 
         ``path`` must be a file (WAL and multi-process sharing need one). ``busy_timeout`` (s)
         bounds how long a batch waits for another process's write transaction.
+        ``background_checkpoints``: for the process that appends (the appender, or an AuditLog
+        writing itself), WAL checkpoints run on a thread of their own instead of inside a
+        commit (see gateway.audit.sqlite_checkpointer).
         """
         self._path = path
         self._busy_timeout = busy_timeout
+        self._checkpointer = Checkpointer(path) if background_checkpoints else None
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._claims_since_purge = 0
@@ -81,6 +88,9 @@ class SqliteAuditStore:
                     conn.execute(statement)
                 conn.execute(sql.INIT_HEAD, (merkle.EMPTY_ROOT, merkle.Frontier().to_bytes()))
                 _check_head(conn)
+            if self._checkpointer is not None:
+                conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+                self._checkpointer.start()
         except BaseException:
             conn.close()
             raise
@@ -287,6 +297,8 @@ class SqliteAuditStore:
 
     def close(self) -> None:
         """Close the connection; later calls raise sqlite3.ProgrammingError. Idempotent."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._lock:
             self._closed = True
             if self._conn is not None:

@@ -252,8 +252,9 @@ def _build_pipeline(
 
 # One context manager per resource: it opens the resource and closes it, nothing else.
 @contextlib.asynccontextmanager
-async def _audit_log(dep: Deployment) -> AsyncIterator[AuditLog]:
-    audit = await AuditLog.open(open_store(dep), max_batch=dep.config.audit.max_batch)
+async def _audit_log(dep: Deployment, *, appends: bool) -> AsyncIterator[AuditLog]:
+    store = open_store(dep, appends=appends)
+    audit = await AuditLog.open(store, max_batch=dep.config.audit.max_batch)
     try:
         yield audit
     finally:
@@ -322,7 +323,8 @@ def _resources(
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            audit = await stack.enter_async_context(_audit_log(dep))
+            appends = appender_address is None  # else the appender process writes the log
+            audit = await stack.enter_async_context(_audit_log(dep, appends=appends))
             cfg = dep.config.audit
             state = await stack.enter_async_context(
                 opened_state(cfg.store, dep.state_path(), cfg.dsn)
