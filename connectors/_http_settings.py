@@ -87,50 +87,21 @@ def _path(settings: Mapping[str, Any], key: str, config_dir: str) -> str | None:
 
 
 def parse_settings(settings: Mapping[str, Any], context: ConnectorContext) -> Settings:
-    """Validate the settings table; every refusal names the key."""
+    """Validate the settings table; every refusal names the key (checked in table order)."""
     unknown = sorted(set(settings) - _KNOWN)
     if unknown:
         raise SettingsError(f"http connector: unknown setting {unknown[0]!r}")
-    url = settings.get("url")
-    if not isinstance(url, str):
-        raise SettingsError("http connector: 'url' is required (an http:// or https:// URL)")
-    parts = urlsplit(url)
-    try:
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # not a number, or out of range
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise SettingsError("http connector: 'url' must be an absolute http:// or https:// URL")
+    url, parts = _url(settings)
     send = settings.get("send", "envelope")
     if send not in CONTENT_TYPES:
         raise SettingsError("http connector: 'send' must be 'envelope' or 'payload'")
-    headers = settings.get("headers", {})
-    if not isinstance(headers, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) and "\r" not in k + v and "\n" not in k + v
-        for k, v in headers.items()
-    ):
-        raise SettingsError("http connector: 'headers' must map names to single-line strings")
-    clash = sorted(k for k in headers if k.lower() in _MANAGED_HEADERS)
-    if clash:
-        raise SettingsError(f"http connector: 'headers' may not set {clash[0]!r}")
+    headers = _headers(settings)
     static = _static_headers(parts, headers)
     retries = settings.get("retries", 0)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
         raise SettingsError("http connector: 'retries' must be an integer from 0 to 10")
-    breaker = settings.get("circuit_breaker", {})
-    if not isinstance(breaker, Mapping) or set(breaker) - {"failure_threshold", "open_seconds"}:
-        raise SettingsError(
-            "http connector: 'circuit_breaker' takes only 'failure_threshold' and 'open_seconds'"
-        )
-    tls = {
-        k: _path(settings, k, context.config_dir) for k in ("ca_file", "client_cert", "client_key")
-    }
-    if any(tls.values()) and parts.scheme != "https":
-        raise SettingsError(
-            "http connector: 'ca_file'/'client_cert'/'client_key' need an https url"
-        )
-    if (tls["client_cert"] is None) != (tls["client_key"] is None):
-        raise SettingsError("http connector: 'client_cert' and 'client_key' go together")
+    breaker = _breaker(settings)
+    tls = _tls(settings, parts, context.config_dir)
     return Settings(
         url=url,
         origin=f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}",
@@ -149,6 +120,55 @@ def parse_settings(settings: Mapping[str, Any], context: ConnectorContext) -> Se
         failure_threshold=_number(breaker, "failure_threshold", 5, integer=True),
         open_seconds=float(_number(breaker, "open_seconds", 30, integer=False)),
     )
+
+
+def _url(settings: Mapping[str, Any]) -> tuple[str, SplitResult]:
+    url = settings.get("url")
+    if not isinstance(url, str):
+        raise SettingsError("http connector: 'url' is required (an http:// or https:// URL)")
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # not a number, or out of range
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise SettingsError("http connector: 'url' must be an absolute http:// or https:// URL")
+    return url, parts
+
+
+def _headers(settings: Mapping[str, Any]) -> Mapping[str, str]:
+    headers = settings.get("headers", {})
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) and "\r" not in k + v and "\n" not in k + v
+        for k, v in headers.items()
+    ):
+        raise SettingsError("http connector: 'headers' must map names to single-line strings")
+    clash = sorted(k for k in headers if k.lower() in _MANAGED_HEADERS)
+    if clash:
+        raise SettingsError(f"http connector: 'headers' may not set {clash[0]!r}")
+    return headers
+
+
+def _breaker(settings: Mapping[str, Any]) -> Mapping[str, Any]:
+    breaker = settings.get("circuit_breaker", {})
+    if not isinstance(breaker, Mapping) or set(breaker) - {"failure_threshold", "open_seconds"}:
+        raise SettingsError(
+            "http connector: 'circuit_breaker' takes only 'failure_threshold' and 'open_seconds'"
+        )
+    return breaker
+
+
+def _tls(settings: Mapping[str, Any], parts: SplitResult, config_dir: str) -> dict[str, str | None]:
+    """The TLS files (resolved against the config directory); they need https, and a client
+    certificate comes with its key."""
+    tls = {k: _path(settings, k, config_dir) for k in ("ca_file", "client_cert", "client_key")}
+    if any(tls.values()) and parts.scheme != "https":
+        raise SettingsError(
+            "http connector: 'ca_file'/'client_cert'/'client_key' need an https url"
+        )
+    if (tls["client_cert"] is None) != (tls["client_key"] is None):
+        raise SettingsError("http connector: 'client_cert' and 'client_key' go together")
+    return tls
 
 
 def _target(parts: SplitResult) -> str:
