@@ -21,6 +21,11 @@ scheduled send time). Correctness: non-2xx answers are counted (the gateway must
 receipts are verified (gateway's verifier, jwcrypto, the audit log's leaf), and the audit log must
 hold an outcome record for every acknowledged exchange.
 
+Where the time goes: the unloaded requests are tagged (``X-Request-Id: bench-seq-N``) and their
+``ms``, ``audit_ms`` and ``upstream_ms`` are read back from the gateway's log lines; and a note
+sets what a gateway at 0.65x the proxy could spend per exchange on this machine against what
+the ES256 work (measured alone before the servers start) and the audit appender cost.
+
     .venv/bin/python bench/bench_exchange.py                 # full run, about 2 minutes
     .venv/bin/python bench/bench_exchange.py --quick         # smoke check, under a minute
     .venv/bin/python bench/bench_exchange.py --profile       # plus py-spy on a gateway worker
@@ -670,6 +675,59 @@ def commit_floor(path: Path, n: int = 500) -> tuple[float, float, int]:
     return pct(times, 50), pct(times, 99), n
 
 
+def crypto_floor(cfg: Path, body: bytes, n: int = 300) -> float:
+    """CPU us of the ES256 work every exchange must do, measured alone in this process (the
+    best of three repeats of ``n``).
+
+    The gateway's own code on the deployment's keys: verify the sender's signed request (its
+    chain cached, as in steady state) and sign an envelope and a receipt of the real sizes.
+    """
+    from gateway.config import load
+    from gateway.crypto import jws
+    from gateway.http.app import build_anchors, build_keyring
+
+    dep = load(cfg)
+    anchors, ring = build_anchors(dep), build_keyring(dep)
+    signer = jws.Signer(ring.current, ring.chain)
+    doc = jws.parse(body)
+    now = datetime.now(UTC)
+    envelope = {"exchange_id": str(uuid.uuid4()), "sender_signature": doc, "pad": "x" * 600}
+    receipt = {"exchange_id": str(uuid.uuid4()), "pad": "x" * 700}
+
+    def one() -> None:
+        jws.verify(doc, anchors, now=now, expected_typ="request+jws")
+        signer.sign(envelope, typ="envelope+jws", trusted=True)  # as the pipeline signs
+        signer.sign(receipt, typ="receipt+jws", trusted=True)
+
+    for _ in range(20):
+        one()
+    best = float("inf")
+    for _ in range(3):  # best of three: a floor, so the least disturbed repeat is the estimate
+        t0 = time.process_time()
+        for _ in range(n):
+            one()
+        best = min(best, (time.process_time() - t0) / n * 1e6)
+    return best
+
+
+def floor_note(rounds: Sequence[WrkResult], crypto_us: float, target: float = 0.65) -> str:
+    """What a gateway at ``target`` x the proxy may spend per exchange on this machine, against
+    what the ES256 work and the audit appender alone cost (measured in this run)."""
+    by = {t: [r for r in rounds if r.target == t] for t in ("proxy", "gateway")}
+    proxy_rate = _median([r.rate for r in by["proxy"]])
+    gw = by["gateway"]
+    others = _median([r.us_per_request(r.provider_cpu + r.wrk_cpu) for r in gw])
+    appender = _median([r.us_per_request(r.roles.get("appender", 0.0)) for r in gw])
+    budget = (os.cpu_count() or 1) * 1e6 / (target * proxy_rate) - others
+    return (
+        f"at {target}x the proxy ({target * proxy_rate:,.0f}/s) a gateway could spend about "
+        f"{budget:,.0f} us of CPU per exchange here (the cores, minus the provider's and wrk's "
+        f"{others:,.0f} us); the ES256 work alone (one verification, two signatures) takes "
+        f"{crypto_us:,.0f} us and the audit appender {appender:,.0f} us: "
+        f"{crypto_us + appender:,.0f} us before anything else"
+    )
+
+
 def pct(values: Sequence[float], p: float) -> float:
     """p-th percentile (nearest rank), in milliseconds; NaN when there are no values."""
     if not values:
@@ -1192,6 +1250,9 @@ def _run(s: Settings, tmp: Path, servers: list[Server]) -> int:
         flush=True,
     )
 
+    crypto_us = crypto_floor(cfg, read_lines(bodies / "r0-0.txt")[0])
+    print(f"  ES256 per exchange (verify + two signatures), best of 3: {crypto_us:.0f} us CPU")
+
     # --- servers
     provider = Server(
         "provider",
@@ -1442,6 +1503,7 @@ def _run(s: Settings, tmp: Path, servers: list[Server]) -> int:
         f"commit on this disk took p50 {floor[0]:.2f} / p99 {floor[1]:.2f} ms, measured alone "
         "before the rounds: the floor under the added-latency figures"
     )
+    notes.append(floor_note(rounds, crypto_us))
     if n_stop:
         notes.append(
             f"gateway shutdown on SIGTERM logged {n_stop} traceback(s)/error(s): "
