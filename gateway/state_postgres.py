@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
+from gateway.audit.postgres_schema import ensure_created, qualified
 from gateway.audit.postgres_session import split_dsn
 from gateway.state import PURGE_EVERY_SECONDS, IdempotencyEntry, StateUnavailable
 
@@ -31,17 +32,8 @@ __all__ = ["PostgresStateStore"]
 T = TypeVar("T")
 PURGE_MAX_ROWS: Final = 1000
 _TABLE: Final = "gateway_idempotency"
-# Any advisory lock id unlikely to collide with an application's; only serializes our DDL.
-_DDL_LOCK: Final = 0x6477_6964_656D  # "dwidem"
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 # Statement templates; {t} is the (quoted, schema-qualified) table name, never input.
 _SQL: Final = {
-    "exists": "SELECT to_regclass($1) IS NOT NULL",
     "create": (
         "CREATE TABLE IF NOT EXISTS {t} ("
         ' sender TEXT COLLATE "C" NOT NULL,'
@@ -95,7 +87,7 @@ class PostgresStateStore:
         """Use :meth:`open`; this only keeps what it is given."""
         self._pool = pool
         self._schema = schema
-        self._table = _TABLE if schema is None else f"{_quote_ident(schema)}.{_TABLE}"
+        self._table = qualified(schema, _TABLE)
         self._sql = _statements(self._table)
         self._clock = clock
         self._next_purge = 0.0  # clock time of the next purge (the first begin purges)
@@ -138,17 +130,9 @@ class PostgresStateStore:
         return store
 
     async def _create(self, conn: Any) -> None:
-        """Create the schema, table and index unless they exist (DDL serialized by a lock)."""
-        if await conn.fetchval(self._sql["exists"], self._table):
-            return
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", _DDL_LOCK)
-            if self._schema is not None and not await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", self._schema
-            ):
-                await conn.execute(f"CREATE SCHEMA {_quote_ident(self._schema)}")
-            await conn.execute(self._sql["create"])
-            await conn.execute(self._sql["index"])
+        """Create the schema, table and index unless they exist (the audit store's way)."""
+        ddl = [self._sql["create"], self._sql["index"]]
+        await ensure_created(conn, self._schema, [self._table], ddl)
 
     async def _run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """``fn(connection)`` on a pooled connection; any database failure is StateUnavailable,

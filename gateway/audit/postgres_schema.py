@@ -35,7 +35,7 @@ Schema (the logical schema of :mod:`gateway.audit.sqlite`, BYTEA for hashes and 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -48,8 +48,11 @@ __all__ = [
     "QUERY_HEAD",
     "QUERY_TAIL",
     "create_tables",
+    "ensure_created",
     "index_columns",
+    "qualified",
     "query_statement",
+    "quote_ident",
     "statements",
     "table_names",
 ]
@@ -62,8 +65,10 @@ _DDL_LOCK: Final = int.from_bytes(
 )
 _TABLES: Final = ("records", "nodes", "claims", "head", "checkpoints")
 
+_TABLES_EXIST: Final = "SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest($1::text[]) AS t"
+
 _SQL: Final = {
-    "tables_exist": "SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest($1::text[]) AS t",
+    "tables_exist": _TABLES_EXIST,
     "init_head": "INSERT INTO {head} (id, size, root, frontier) VALUES (0, 0, $1, $2)"
     " ON CONFLICT (id) DO NOTHING",
     # One statement, so one snapshot: a concurrent append cannot land between the two reads.
@@ -148,8 +153,12 @@ def query_statement(head: str, query: RecordQuery, limit: int) -> tuple[str, lis
 
 def table_names(schema: str | None) -> dict[str, str]:
     """Each table's name as SQL text (``audit_records``...), qualified by ``schema`` if given."""
-    prefix = "" if schema is None else _quote_ident(schema) + "."
-    return {name: f"{prefix}audit_{name}" for name in _TABLES}
+    return {name: qualified(schema, f"audit_{name}") for name in _TABLES}
+
+
+def qualified(schema: str | None, table: str) -> str:
+    """``table`` as SQL text, in ``schema`` (quoted) if given: ``"s".audit_records``."""
+    return table if schema is None else f"{quote_ident(schema)}.{table}"
 
 
 def statements(tables: Mapping[str, str]) -> dict[str, str]:
@@ -160,13 +169,30 @@ def statements(tables: Mapping[str, str]) -> dict[str, str]:
 async def create_tables(
     conn: Connection, sql: Mapping[str, str], tables: Mapping[str, str], schema: str | None
 ) -> None:
-    """Create what is missing, serialized across instances by a transaction advisory lock.
+    """Create the log's tables if missing (see :func:`ensure_created`), then its empty head.
 
     ``sql`` and ``tables`` are what :func:`statements` and :func:`table_names` gave for
-    ``schema``. No DDL runs when every table exists already.
+    ``schema``.
     """
-    exists = await conn.fetchval(sql["tables_exist"], list(tables.values()))
-    if exists:
+
+    async def init_head(conn: Connection) -> None:
+        await conn.execute(sql["init_head"], merkle.EMPTY_ROOT, merkle.Frontier().to_bytes())
+
+    await ensure_created(conn, schema, list(tables.values()), _ddl(tables), then=init_head)
+
+
+async def ensure_created(
+    conn: Connection,
+    schema: str | None,
+    tables: Sequence[str],
+    ddl: Sequence[str],
+    *,
+    then: Callable[[Connection], Awaitable[None]] | None = None,
+) -> None:
+    """Run ``ddl`` (all IF NOT EXISTS), and ``then``, unless every one of ``tables`` (as
+    :func:`qualified` names them) exists; creates ``schema`` first if missing. Serialized across
+    instances (and across the gateway's stores) by one transaction advisory lock."""
+    if await conn.fetchval(_TABLES_EXIST, list(tables)):
         return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", _DDL_LOCK)
@@ -174,10 +200,11 @@ async def create_tables(
         if schema is not None and not await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema
         ):
-            await conn.execute(f"CREATE SCHEMA {_quote_ident(schema)}")
-        for statement in _ddl(tables):
+            await conn.execute(f"CREATE SCHEMA {quote_ident(schema)}")
+        for statement in ddl:
             await conn.execute(statement)
-        await conn.execute(sql["init_head"], merkle.EMPTY_ROOT, merkle.Frontier().to_bytes())
+        if then is not None:
+            await then(conn)
 
 
 def _ddl(t: Mapping[str, str]) -> list[str]:
@@ -221,7 +248,7 @@ def _ddl(t: Mapping[str, str]) -> list[str]:
     ]
 
 
-def _quote_ident(name: str) -> str:
+def quote_ident(name: str) -> str:
     """``name`` as a quoted SQL identifier; ValueError if it holds NUL."""
     if "\x00" in name:
         raise ValueError("schema name contains NUL")
