@@ -10,7 +10,8 @@ pending entry (409 in progress) or, once the first has finished, its stored answ
 asyncpg on the worker's own event loop, through a small pool opened by the app's cleanup
 context: only requests that carry an Idempotency-Key come here, and every call is one or two
 single-statement transactions. Commits are durable (``synchronous_commit`` forced on, as the
-audit store does). The table lives in the audit DSN's schema, next to the log's tables.
+audit store does, even if the DSN asks otherwise). The table lives in the audit DSN's schema,
+next to the log's tables.
 
 Same methods and semantics as :class:`gateway.state.StateStore` (the SQLite one).
 """
@@ -107,9 +108,12 @@ class PostgresStateStore:
         ``dsn`` is the audit store's: a ``schema`` parameter puts the table in that schema.
         """
         plain, schema, given = split_dsn(dsn)
-        settings = {"application_name": "dtc-gateway state", "synchronous_commit": "on"}
+        settings = {"application_name": "dtc-gateway state"}
         for name in given:
             settings.pop(name, None)
+        # A startup setting, not a SET: the pool's RESET ALL on release returns a session to
+        # its startup values, so a SET (or a DSN's "off") would not last.
+        settings["synchronous_commit"] = "on"
         try:
             pool = await asyncpg.create_pool(
                 plain,

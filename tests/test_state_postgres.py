@@ -114,3 +114,17 @@ async def test_expired_keys_are_reclaimed_and_purged_in_bounded_steps(
 async def test_an_unreachable_database_is_state_unavailable_not_a_crash() -> None:
     with pytest.raises(StateUnavailable):
         await PostgresStateStore.open("postgresql://postgres@127.0.0.1:9/test", connect_timeout=2)
+
+
+async def test_a_dsn_asking_for_synchronous_commit_off_still_gets_durable_commits(
+    schema: str,
+) -> None:
+    """As the audit store: a stored answer is on disk before the exchange goes on."""
+    dsn = pg.with_params(pg.schema_dsn(schema), synchronous_commit="off")
+    store = await PostgresStateStore.open(dsn)
+    try:
+        async with store._pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        assert await store.idempotency_begin("s", "svc.v1", "k", "h", ttl=60) is None
+    finally:
+        await store.aclose()
