@@ -241,17 +241,7 @@ def csr_pem(key: PrivateKey, participant_id: str) -> bytes:
     from cryptography.hazmat.primitives.asymmetric import ed25519
     from cryptography.x509.oid import NameOID
 
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    usage = _usage(digital_signature=True)
     san = x509.SubjectAlternativeName(
         [x509.UniformResourceIdentifier(PARTICIPANT_URI_PREFIX + participant_id)]
     )
