@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway import sqlitedb
+from gateway.idempotency import IdempotencyStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -250,17 +251,10 @@ def _purge(conn: sqlite3.Connection, now: float) -> int:
     return max(0, cur.rowcount)
 
 
-class ExchangeState(Protocol):
-    """What the gateway needs of a state store: SQLite (:class:`StateStore`) or PostgreSQL
-    (:class:`gateway.state_postgres.PostgresStateStore`)."""
-
-    async def idempotency_begin(
-        self, sender: str, service: str, key: str, request_sha256: str, ttl: float
-    ) -> IdempotencyEntry | None: ...
-
-    async def idempotency_finish(
-        self, sender: str, service: str, key: str, status: int | None, body: bytes | None
-    ) -> None: ...
+class ExchangeState(IdempotencyStore, Protocol):
+    """What the gateway needs of a state store, SQLite (:class:`StateStore`) or PostgreSQL
+    (:class:`gateway.state_postgres.PostgresStateStore`): the pipeline's idempotency calls,
+    and a readiness check."""
 
     async def check(self) -> None: ...
 
