@@ -23,6 +23,8 @@ import sqlite3
 import threading
 from typing import Final
 
+from gateway import sqlitedb
+
 __all__ = ["BACKSTOP_PAGES", "Checkpointer"]
 
 #: The writer's own ``wal_autocheckpoint`` while a Checkpointer runs (about 40 MB of WAL).
@@ -53,7 +55,9 @@ class Checkpointer:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        # The project's one way to open this database: WAL checked, synchronous=FULL (so the
+        # checkpoint's copy is fsynced before the WAL is reused), no busy handler.
+        conn = sqlitedb.connect(self._path)
         try:
             while not self._stop.wait(self._interval):
                 try:
