@@ -63,7 +63,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -72,6 +72,9 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 from _client import Outcome, open_loop, sequential  # noqa: E402
+
+if TYPE_CHECKING:
+    from gateway.config import Deployment
 
 SERVICE = "citizen-lookup.v1"
 SENDER = "hcm.quan-1"
@@ -675,18 +678,16 @@ def commit_floor(path: Path, n: int = 500) -> tuple[float, float, int]:
     return pct(times, 50), pct(times, 99), n
 
 
-def crypto_floor(cfg: Path, body: bytes, n: int = 300) -> float:
+def crypto_floor(dep: Deployment, body: bytes, n: int = 300) -> float:
     """CPU us of the ES256 work every exchange must do, measured alone in this process (the
     best of three repeats of ``n``).
 
     The gateway's own code on the deployment's keys: verify the sender's signed request (its
     chain cached, as in steady state) and sign an envelope and a receipt of the real sizes.
     """
-    from gateway.config import load
     from gateway.crypto import jws
     from gateway.http.app import build_anchors, build_keyring
 
-    dep = load(cfg)
     anchors, ring = build_anchors(dep), build_keyring(dep)
     signer = jws.Signer(ring.current, ring.chain)
     doc = jws.parse(body)
@@ -1199,7 +1200,8 @@ def _run(s: Settings, tmp: Path, servers: list[Server]) -> int:
     print(f"bench_exchange: deployment in {dep}", flush=True)
     from gateway.config import load
 
-    loaded = load(cfg).config
+    deployment = load(cfg)
+    loaded = deployment.config
     skew = float(loaded.limits.clock_skew_seconds)
     svc = next((x for x in loaded.services if x.id == SERVICE), None)
     want = f"http://{HOST}:{ports['provider']}/{SERVICE}"
@@ -1250,7 +1252,7 @@ def _run(s: Settings, tmp: Path, servers: list[Server]) -> int:
         flush=True,
     )
 
-    crypto_us = crypto_floor(cfg, read_lines(bodies / "r0-0.txt")[0])
+    crypto_us = crypto_floor(deployment, read_lines(bodies / "r0-0.txt")[0])
     print(f"  ES256 per exchange (verify + two signatures), best of 3: {crypto_us:.0f} us CPU")
 
     # --- servers
