@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -623,3 +624,30 @@ def test_intermediates_must_be_ca_certificates_and_the_der_must_parse(
         TrustAnchors([pki.root], intermediates=[pki.leaf])
     with pytest.raises(ChainInvalid, match="not a DER"):
         TrustAnchors([pki.root]).validate_leaf_der(b"\x30\x03junk", now=NOW, purpose="client_auth")
+
+
+_P256_OID = bytes.fromhex("06082a8648ce3d030107")  # namedCurve prime256v1 in the leaf's SPKI
+_EC_POINT = bytes.fromhex("03420004")  # BIT STRING of 66 bytes: 0, then 04 || X || Y
+
+
+def _unknown_curve(der: bytes) -> bytes:
+    return der.replace(_P256_OID, _P256_OID[:-1] + b"\x08")  # 1.2.840.10045.3.1.8
+
+
+def _point_off_the_curve(der: bytes) -> bytes:
+    x = der.index(_EC_POINT) + len(_EC_POINT)  # first byte of X: one bit flipped
+    return der[:x] + bytes([der[x] ^ 1]) + der[x + 1 :]
+
+
+@pytest.mark.parametrize("damage", [_unknown_curve, _point_off_the_curve])
+def test_a_leaf_whose_key_does_not_parse_is_a_refused_chain_not_a_crash(
+    pki: SimpleNamespace, damage: Callable[[bytes], bytes]
+) -> None:
+    """cryptography parses a certificate's key lazily: a DER that loads can still hold a key that
+    does not (found by tests/test_exchange_fuzz.py: a 500 for an x5c altered in transit)."""
+    der = pki.leaf.public_bytes(serialization.Encoding.DER)
+    damaged = damage(der)
+    assert damaged != der and len(damaged) == len(der)
+    leaf = x509.load_der_x509_certificate(damaged)
+    with pytest.raises(ChainInvalid, match="malformed"):
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")

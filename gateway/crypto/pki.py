@@ -37,7 +37,7 @@ from datetime import datetime
 from typing import Final, NamedTuple, TypeAlias
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import (
@@ -173,16 +173,21 @@ class TrustAnchors:
         if purpose not in self._builders:
             raise ValueError(f"unknown purpose {purpose!r}")
         chain = tuple(chain)
-        precheck(chain, now, purpose, self._subjects, self._certs)
-        leaf_key = check_leaf_key(chain[0])
-        verifier = self._builders[purpose].time(now).build_client_verifier()
         try:
+            precheck(chain, now, purpose, self._subjects, self._certs)
+            leaf_key = check_leaf_key(chain[0])
+            verifier = self._builders[purpose].time(now).build_client_verifier()
             path = tuple(verifier.verify(chain[0], list(chain[1:])).chain)
         except VerificationError as exc:
             raise ChainInvalid(
                 f"the chain of {name_of(chain[0])} was refused by path validation against the "
                 f"trust anchors: {exc}"
             ) from exc
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            # cryptography parses a certificate's key, names and extensions lazily, on first
+            # use: a DER that loaded can still hold a point off its curve or an unknown curve
+            # (an x5c altered in transit). That is a refused chain, not an internal error.
+            raise ChainInvalid(f"a certificate of the chain is malformed: {exc}") from exc
         return ValidatedChain(
             chain=chain,
             path=path,

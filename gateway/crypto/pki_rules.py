@@ -35,7 +35,10 @@ class ChainInvalid(CryptoError):
 
 def name_of(cert: x509.Certificate) -> str:
     """The subject for a reason text, cut short: certificates come from untrusted senders."""
-    text = cert.subject.rfc4514_string() or "(empty subject)"
+    try:
+        text = cert.subject.rfc4514_string() or "(empty subject)"
+    except ValueError:  # parsed lazily: a subject that does not decode
+        return "(malformed subject)"
     return text if len(text) <= 120 else text[:117] + "..."
 
 
