@@ -62,6 +62,9 @@ from gateway.validation import CompiledSchema
 ENVELOPE_TYP = "envelope+jws"
 RECEIPT_TYP = "receipt+jws"
 _SERVICE_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*\.v[0-9]+$")
+# Visible ASCII only: the key is stored (state store) and compared byte for byte; a header byte
+# above 0x7f reaches us as a lone surrogate that no store can encode.
+_IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 _MEDIA_TYPES = ("application/json", SIGNED_MEDIA_TYPE)
 
 
@@ -188,6 +191,9 @@ class Pipeline:
             raise PayloadTooLarge(
                 f"the body exceeds the limit of {self._limits.max_body_bytes} bytes"
             )
+        key = raw.idempotency_key
+        if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
+            raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID)")
         if raw.content_type not in _MEDIA_TYPES:
             raise UnsupportedMediaType(
                 f"send application/json (mTLS or bearer) or {SIGNED_MEDIA_TYPE} (signed request),"

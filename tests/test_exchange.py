@@ -383,6 +383,35 @@ async def test_same_idempotency_key_with_another_body_is_409(
     assert gw.records()[-1]["cause"] == "idempotency-conflict"
 
 
+@pytest.mark.parametrize("key", ["khóa-1", "two words", "k" * 256, ""])
+async def test_an_idempotency_key_that_is_not_1_to_255_visible_ascii_is_a_400(
+    gw: Gateway, provider: Provider, key: str
+) -> None:
+    """The key is stored and compared byte for byte; a byte above 0x7f in it used to reach the
+    state store as a lone surrogate and fail there as a 503 (tests/test_exchange_fuzz.py)."""
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": key,
+    }
+    status, _, doc = await post(gw, CITIZEN, orjson.dumps(example(CITIZEN)), headers)
+    assert_rejected(gw, provider, status, doc, "bad-request", 400)
+    assert "Idempotency-Key" in doc["detail"]
+
+
+async def test_a_service_name_outside_the_default_route_pattern_is_an_audited_404(
+    gw: Gateway, provider: Provider
+) -> None:
+    """aiohttp's default {service} pattern leaves out braces: such a name got the router's 404,
+    which no exchange handler saw and nothing audited."""
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": "application/json",
+    }
+    status, _, doc = await post(gw, "%7Bx%7D", orjson.dumps(example(CITIZEN)), headers)
+    assert_rejected(gw, provider, status, doc, "unknown-service", 404)
+
+
 # ------------------------------------------------------------------ (6)/(7) provider failures
 @pytest.mark.parametrize(
     ("mode", "slug", "code"),

@@ -50,7 +50,10 @@ _EXCHANGE = web.AppKey("exchange_settings", _ExchangeSettings)
 def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
     limit = app[keys.DEPLOYMENT].config.limits.max_body_bytes
     app[_EXCHANGE] = _ExchangeSettings(clock, limit)
-    app.router.add_post("/v1/exchange/{service}", exchange)
+    # Any segment is an exchange attempt (audited; a name that is no service is a 404 problem
+    # from the pipeline): aiohttp's default segment pattern leaves out "{" and "}", and the
+    # router's own 404 for those would not be audited.
+    app.router.add_post("/v1/exchange/{service:[^/]+}", exchange)
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
