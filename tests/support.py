@@ -222,7 +222,16 @@ def free_port() -> int:
 class ServerProcess:
     """`gateway serve` as a real process (own process group, so kill -9 takes its workers too)."""
 
-    def __init__(self, config: Path, *, workers: int = 1, port: int | None = None):
+    def __init__(
+        self,
+        config: Path,
+        *,
+        workers: int = 1,
+        port: int | None = None,
+        stdout_to_file: bool = False,
+    ):
+        """``stdout_to_file``: the log goes to the stderr file too, so a long run cannot fill
+        (and block on) the stdout pipe; ``stop`` then returns everything from that file."""
         import subprocess
         import sys
 
@@ -243,7 +252,7 @@ class ServerProcess:
                 "--workers",
                 str(workers),
             ],
-            stdout=subprocess.PIPE,
+            stdout=self._stderr if stdout_to_file else subprocess.PIPE,
             stderr=self._stderr,
             start_new_session=True,
         )

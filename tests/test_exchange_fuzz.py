@@ -1,0 +1,303 @@
+"""Generated bad input against a real `gateway serve`: never a 5xx, always audited.
+
+The rejection tests in test_exchange.py pin one cause each; these throw what nobody thought of
+(hypothesis-generated bodies, payloads, tampered signed requests, odd headers and service names)
+at one real server process, and check for every request what CONTRACT.md promises for bad input:
+a 2xx or a 4xx, never a 5xx; every 4xx an RFC 9457 problem naming its exchange; and every
+attempt in the audit log before the answer left (a rejection as one record with its status, a
+delivery as two). At the end the server's log must hold no traceback and no error line.
+
+The server runs the `gateway init` deployment (demo connector, SQLite log) as a process of its
+own, so what is checked is the command an operator runs, not an app object.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import sqlite3
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import example as case
+from hypothesis import strategies as st
+
+from gateway.crypto import jws
+from gateway.crypto.keys import load_certificates, load_private_key
+from gateway.devinit import init_deployment
+from gateway.models import rfc3339
+from tests.support import ServerProcess, example, signed_request
+
+SERVICES = ("citizen-lookup.v1", "pilot-progress-report.v1", "budget-proposal.v1")
+SIGNER = "hcm.quan-1"  # allowed on all three services, signing its requests
+BEARER = "hcm.thu-duc"  # allowed on all three services, with its development token
+EXAMPLES = 120  # per test: each is one real HTTP request (and a signature for signed ones)
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@dataclass
+class Served:
+    server: ServerProcess
+    dir: Path
+
+    def token(self, participant: str) -> str:
+        return (self.dir / "participants" / participant / "token").read_text().strip()
+
+    def audit(self) -> list[dict[str, Any]]:
+        conn = sqlite3.connect(self.dir / "audit.db")
+        try:
+            rows = conn.execute("SELECT record FROM audit_records ORDER BY idx").fetchall()
+        finally:
+            conn.close()
+        return [orjson.loads(r[0]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    target = tmp_path_factory.mktemp("fuzz") / "dep"
+    init_deployment(target)
+    cfg = target / "gateway.toml"
+    # Hundreds of requests from two senders: lift the per-sender rate limit (429 is tested
+    # elsewhere) so that every request reaches the stage the fuzzing aims at.
+    text = cfg.read_text()
+    assert "[limits]\n" in text
+    cfg.write_text(text.replace("[limits]\n", "[limits]\nrate_per_second = 100000\n", 1))
+    server = ServerProcess(cfg, stdout_to_file=True)
+    try:
+        yield Served(server, target)
+    finally:
+        log = server.stop()
+    lines = [orjson.loads(x) for x in log.splitlines() if x.startswith("{")]
+    assert "Traceback" not in log, log[-3000:]
+    bad = [x for x in lines if x.get("level") in ("error", "critical", "exception")]
+    assert not bad, bad[:3]
+
+
+def post(
+    served: Served, service: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=30)
+    try:
+        path = "/v1/exchange/" + urllib.parse.quote(service, safe="")
+        conn.request("POST", path, body=body, headers=headers)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def check_answer(
+    served: Served, before: int, status: int, headers: dict[str, str], raw: bytes
+) -> int:
+    """What every answer to bad (or odd) input must be; returns the status."""
+    assert status < 500, (status, raw[:500])
+    doc = orjson.loads(raw)
+    records = served.audit()
+    if status >= 400:
+        assert headers["content-type"].startswith("application/problem+json"), headers
+        assert doc["status"] == status and doc["type"] and doc["title"] and doc["detail"], doc
+        assert len(records) == before + 1, "a rejection must add exactly one audit record"
+        last = records[-1]
+        assert last["event"] == "exchange.rejected" and last["status"] == status, last
+        assert last["exchange_id"] == doc["exchange_id"] == headers["x-exchange-id"]
+    else:
+        assert status == 200 and doc["status"] == "delivered", doc
+        assert len(records) == before + 2, "a delivery must add its accepted and outcome records"
+        assert [r["event"] for r in records[-2:]] == ["exchange.accepted", "exchange.delivered"]
+        assert records[-1]["exchange_id"] == doc["exchange_id"]
+    return status
+
+
+# ------------------------------------------------------------------------------ strategies
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
+    ),
+    max_leaves=25,
+)
+content_types = st.sampled_from(
+    [
+        "application/json",
+        "application/jose+json",
+        "text/plain",
+        "application/json; charset=utf-8",
+        "",
+    ]
+) | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30)
+
+
+@st.composite
+def mutated_example(draw: st.DrawFn, service: str) -> Any:
+    """A service's valid example with one member replaced, removed or added."""
+    doc = example(service)
+    keys = sorted(doc)
+    how = draw(st.sampled_from(["replace", "remove", "add", "whole"]))
+    if how == "whole":
+        return draw(json_value)
+    if how == "add":
+        doc[draw(st.text(max_size=12))] = draw(json_value)
+    elif how == "remove":
+        doc.pop(draw(st.sampled_from(keys)))
+    else:
+        doc[draw(st.sampled_from(keys))] = draw(json_value)
+    return doc
+
+
+def _count(served: Served) -> int:
+    return len(served.audit())
+
+
+# ------------------------------------------------------------------------------ tests
+@FUZZ
+@given(body=st.binary(max_size=600), ctype=content_types, service=st.sampled_from(SERVICES))
+def test_arbitrary_bytes_are_refused_with_a_problem_and_audited(
+    served: Served, body: bytes, ctype: str, service: str
+) -> None:
+    before = _count(served)
+    status, headers, raw = post(
+        served,
+        service,
+        body,
+        {"Content-Type": ctype, "Authorization": f"Bearer {served.token(BEARER)}"},
+    )
+    assert check_answer(served, before, status, headers, raw) >= 400
+
+
+@FUZZ
+@given(data=st.data(), service=st.sampled_from(SERVICES), signed=st.booleans())
+def test_any_payload_from_an_allowed_sender_is_delivered_or_refused_never_a_5xx(
+    served: Served, data: st.DataObject, service: str, signed: bool
+) -> None:
+    """Schema validation, canonicalization and the demo provider meet payloads nobody wrote."""
+    payload = data.draw(mutated_example(service))
+    before = _count(served)
+    if signed:
+        body = signed_any(served, service, payload)
+        headers = {"Content-Type": "application/jose+json"}
+    else:
+        body = json.dumps(payload).encode()  # stdlib: integers of any size, as a client may send
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {served.token(BEARER)}",
+        }
+    check_answer(served, before, *post(served, service, body, headers))
+
+
+def signed_any(served: Served, service: str, payload: Any) -> bytes:
+    """A signed request carrying ``payload``; signed over plain JSON where RFC 8785 refuses it
+    (integers beyond I-JSON), as a careless client would."""
+    try:
+        return signed_request(served.dir, SIGNER, service, payload)
+    except ValueError:
+        pass
+    d = served.dir / "participants" / SIGNER
+    key = load_private_key((d / "key.pem").read_bytes())
+    chain = load_certificates((d / "cert.pem").read_bytes())
+    req = {
+        "id": str(uuid.uuid4()),
+        "sender": SIGNER,
+        "service": service,
+        "created": rfc3339(datetime.now(UTC)),
+        "payload": payload,
+    }
+    return jws.serialize(jws.sign_bytes(json.dumps(req).encode(), key, chain, typ="request+jws"))
+
+
+def _b64u(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@st.composite
+def tampered_jws(draw: st.DrawFn, served: Served, service: str) -> bytes:
+    """A correctly signed request, then changed in one place after signing."""
+    token = orjson.loads(signed_request(served.dir, SIGNER, service, example(service)))
+    member = draw(st.sampled_from(["protected", "payload", "signature", "other"]))
+    how = draw(st.sampled_from(["flip", "replace", "remove", "json"]))
+    if member == "other":
+        token[draw(st.text(max_size=10))] = draw(json_value)
+    elif how == "remove":
+        del token[member]
+    elif how == "json":
+        token[member] = draw(json_value)
+    elif how == "replace":
+        token[member] = _b64u(draw(st.binary(max_size=300)))
+    else:
+        text = token[member]
+        i = draw(st.integers(min_value=0, max_value=len(text) - 1))
+        token[member] = text[:i] + draw(st.characters(max_codepoint=0x7F)) + text[i + 1 :]
+    return json.dumps(token).encode()
+
+
+@FUZZ
+@given(data=st.data(), service=st.sampled_from(SERVICES))
+def test_a_signed_request_changed_after_signing_is_never_a_5xx(
+    served: Served, data: st.DataObject, service: str
+) -> None:
+    body = data.draw(tampered_jws(served, service))
+    before = _count(served)
+    status, headers, raw = post(served, service, body, {"Content-Type": "application/jose+json"})
+    # A change can leave the request valid (a flipped character re-encoding the same bytes,
+    # or an unknown top-level member that is ignored), so a delivery is a legitimate answer.
+    check_answer(served, before, status, headers, raw)
+
+
+# What HTTP allows in a field value (VCHAR, SP, HTAB, obs-text). A DEL or a control character
+# makes the message itself malformed: aiohttp's parser answers that with a plain 400 before any
+# exchange exists, so there is nothing to audit (README, "Errors").
+header_text = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f")
+    | st.just("\t"),
+    max_size=300,
+)
+# A path segment that still routes to /v1/exchange/{service}: no "/" (even percent-encoded,
+# aiohttp decodes it before routing), and no dot segments (normalized away).
+service_names = st.text(
+    st.characters(exclude_characters="/\\", exclude_categories=["Cs"]), min_size=1, max_size=60
+).filter(lambda s: s not in (".", ".."))
+
+
+@FUZZ
+@case(service="citizen-lookup.v1", key="\x80", request_id=None, auth="good")  # was a 503
+@case(service="{x}", key=None, request_id=None, auth="good")  # was an unaudited 404
+@given(
+    service=st.sampled_from(SERVICES) | service_names,
+    key=st.none() | header_text,
+    request_id=st.none() | header_text,
+    auth=st.sampled_from(["good", "none"]) | header_text,
+)
+def test_odd_service_names_and_headers_are_never_a_5xx(
+    served: Served, service: str, key: str | None, request_id: str | None, auth: str
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    if auth == "good":
+        headers["Authorization"] = f"Bearer {served.token(BEARER)}"
+    elif auth != "none":
+        headers["Authorization"] = auth
+    if key is not None:  # a fresh prefix: two examples never share a key by accident
+        headers["Idempotency-Key"] = f"{uuid.uuid4()}{key}"
+    if request_id is not None:
+        headers["X-Request-Id"] = request_id
+    body = orjson.dumps(example(service) if service in SERVICES else {"x": 1})
+    before = _count(served)
+    check_answer(served, before, *post(served, service, body, headers))
