@@ -388,7 +388,7 @@ async def test_an_idempotency_key_that_is_not_1_to_255_visible_ascii_is_a_400(
     gw: Gateway, provider: Provider, key: str
 ) -> None:
     """The key is stored and compared byte for byte; a byte above 0x7f in it used to reach the
-    state store as a lone surrogate and fail there as a 503 (tests/test_exchange_fuzz.py)."""
+    state store as a lone surrogate and fail there as a 503 (tests/test_fuzz.py)."""
     headers = {
         "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
         "Content-Type": "application/json",

@@ -644,7 +644,7 @@ def test_a_leaf_whose_key_does_not_parse_is_a_refused_chain_not_a_crash(
     pki: SimpleNamespace, damage: Callable[[bytes], bytes]
 ) -> None:
     """cryptography parses a certificate's key lazily: a DER that loads can still hold a key that
-    does not (found by tests/test_exchange_fuzz.py: a 500 for an x5c altered in transit)."""
+    does not (found by tests/test_fuzz.py: a 500 for an x5c altered in transit)."""
     der = pki.leaf.public_bytes(serialization.Encoding.DER)
     damaged = damage(der)
     assert damaged != der and len(damaged) == len(der)

@@ -301,3 +301,134 @@ def test_odd_service_names_and_headers_are_never_a_5xx(
     body = orjson.dumps(example(service) if service in SERVICES else {"x": 1})
     before = _count(served)
     check_answer(served, before, *post(served, service, body, headers))
+
+
+# ------------------------------------------------------------------ the other public inputs
+@dataclass
+class Artifacts:
+    receipt: bytes
+    checkpoint: bytes
+    bundle: bytes
+
+
+def get(served: Served, path: str, token: str | None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def role(served: Served, name: str) -> str:
+    return (served.dir / "roles" / f"dtc-{name}.token").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def artifacts(served: Served) -> Artifacts:
+    """A real receipt, checkpoint and inclusion proof bundle, for /v1/verify to be fed altered."""
+    service = "citizen-lookup.v1"
+    body = signed_request(served.dir, SIGNER, service, example(service))
+    status, _, raw = post(served, service, body, {"Content-Type": "application/jose+json"})
+    assert status == 200, raw
+    doc = orjson.loads(raw)
+    # An admin publishes a checkpoint now, so that it covers the exchange (proof below).
+    conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=30)
+    admin = {"Authorization": f"Bearer {role(served, 'admin')}"}
+    try:
+        conn.request("POST", "/v1/audit/checkpoint", headers=admin)
+        r = conn.getresponse()
+        assert r.status in (200, 201), r.read()
+    finally:
+        conn.close()
+    status, _, note = get(served, "/v1/audit/checkpoint", None)
+    assert status == 200, note
+    path = f"/v1/exchanges/{doc['exchange_id']}/proof"
+    status, _, bundle = get(served, path, role(served, "operator"))
+    assert status == 200, bundle
+    return Artifacts(orjson.dumps(doc["receipt"]), note, bundle)
+
+
+def check_problem_or_ok(status: int, headers: dict[str, str], raw: bytes) -> Any:
+    assert status < 500, (status, raw[:500])
+    if status >= 400:
+        assert headers["content-type"].startswith("application/problem+json"), headers
+        doc = orjson.loads(raw)
+        assert doc["status"] == status and doc["title"] and doc["detail"], doc
+        return doc
+    return raw
+
+
+@st.composite
+def altered(draw: st.DrawFn, text: bytes) -> bytes:
+    """An artifact with one byte replaced, a slice cut out, or bytes inserted."""
+    i = draw(st.integers(min_value=0, max_value=len(text) - 1))
+    how = draw(st.sampled_from(["replace", "cut", "insert"]))
+    if how == "replace":
+        return text[:i] + bytes([draw(st.integers(0, 255))]) + text[i + 1 :]
+    if how == "cut":
+        return text[:i] + text[i + draw(st.integers(1, 40)) :]
+    return text[:i] + draw(st.binary(min_size=1, max_size=20)) + text[i:]
+
+
+@FUZZ
+@given(data=st.data(), kind=st.sampled_from(["receipt", "checkpoint", "bundle", "bytes"]))
+def test_verify_answers_any_artifact_with_a_report_or_a_400_never_a_5xx(
+    served: Served, artifacts: Artifacts, data: st.DataObject, kind: str
+) -> None:
+    """POST /v1/verify is public: altered receipts, notes and proof bundles, and plain bytes."""
+    if kind == "bytes":
+        body = data.draw(st.binary(max_size=600))
+    else:
+        body = data.draw(altered(getattr(artifacts, kind)))
+    conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=30)
+    try:
+        conn.request("POST", "/v1/verify", body=body)
+        r = conn.getresponse()
+        status, headers, raw = r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+    check_problem_or_ok(status, headers, raw)
+    if status == 200:
+        report = orjson.loads(raw)
+        # An alteration may leave what is signed intact (whitespace in the JSON, a member
+        # the format does not sign), so "valid" can be either; the report must be whole.
+        assert isinstance(report["valid"], bool) and report["checks"], report
+
+
+AUDIT_PARAMS = (
+    "limit", "since", "until", "sender", "service", "provider", "outcome", "exchange_id",
+    "cursor", "index", "tree_size", "first", "second", "from", "x",
+)  # fmt: skip
+query_values = st.text(max_size=40) | st.integers(min_value=-(2**70), max_value=2**70).map(str)
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(
+        [
+            "/v1/audit/records",
+            "/v1/audit/proof/inclusion",
+            "/v1/audit/proof/consistency",
+            "/v1/audit/checkpoint",
+        ]
+    ),
+    params=st.dictionaries(st.sampled_from(AUDIT_PARAMS), query_values, max_size=4),
+    segment=st.none() | st.text(min_size=1, max_size=60),
+    who=st.sampled_from(["operator", "auditor", "admin", "nobody"]),
+)
+def test_audit_queries_with_any_parameters_are_never_a_5xx(
+    served: Served, path: str, params: dict[str, str], segment: str | None, who: str
+) -> None:
+    """The operators' read API: any parameters, any record index or exchange id in the path."""
+    if segment is not None:  # /v1/audit/records/{index}, /v1/exchanges/{id}[/proof]
+        quoted = urllib.parse.quote(segment, safe="")
+        path = {
+            "/v1/audit/records": f"/v1/audit/records/{quoted}",
+            "/v1/audit/proof/inclusion": f"/v1/exchanges/{quoted}",
+            "/v1/audit/proof/consistency": f"/v1/exchanges/{quoted}/proof",
+        }.get(path, path)
+    query = urllib.parse.urlencode(params)
+    token = None if who == "nobody" else role(served, who)
+    check_problem_or_ok(*get(served, f"{path}?{query}" if query else path, token))
