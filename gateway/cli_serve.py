@@ -50,16 +50,32 @@ def _name_process(name: str) -> None:
         pass
 
 
+STOP_SIGNAL = signal.SIGUSR2
+"""How the supervisor stops a worker or the appender. Not SIGTERM/SIGINT: systemd (its default
+KillMode=control-group) and a terminal's Ctrl-C send those to every process of the gateway at
+once. The appender then stopped while workers still finished their exchanges (delivered, but
+answered 503 for want of their outcome record), and each worker got the signal twice (the
+second broke its cleanup half way). The children ignore SIGTERM/SIGINT; the supervisor
+stops the workers first, then the appender, whichever way it was told to stop."""
+
+
+def _ignore_group_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_appender(dep: config_mod.Deployment, address: str, ready: Any) -> None:
     """The audit appender process: the only writer of audit records while the gateway runs."""
     from gateway.audit.appender import serve
     from gateway.audit.factory import open_store, periodic_publisher
     from gateway.logging import configure
 
+    _ignore_group_signals()
     _name_process("gw-appender")
     configure(dep.config.logging.level)
     store = open_store(dep, appends=True)
-    serve(store, address, ready=ready.set, publisher=periodic_publisher(dep, store))
+    publisher = periodic_publisher(dep, store)
+    serve(store, address, ready=ready.set, publisher=publisher, stop_signals=(STOP_SIGNAL,))
 
 
 def _run_worker(
@@ -69,6 +85,7 @@ def _run_worker(
     from gateway.http.app import create_app, run, server_ssl_context
     from gateway.logging import configure
 
+    _ignore_group_signals()
     _name_process(f"gw-worker-{worker}")
     configure(dep.config.logging.level)
     # Helper threads (reads for proofs and search, the state store) need the GIL for a few
@@ -86,7 +103,7 @@ def _run_worker(
     # generations, so full collections under load stay short (they show up in p99 latency).
     gc.collect()
     gc.freeze()
-    run(app, sock, server_ssl_context(dep))
+    run(app, sock, server_ssl_context(dep), stop_signal=STOP_SIGNAL)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -147,7 +164,7 @@ def _supervise(dep: config_mod.Deployment, sock: socket.socket, workers: int) ->
         stopping = True
         for p in procs:
             if p.is_alive() and p.pid:
-                os.kill(p.pid, signal.SIGTERM)
+                os.kill(p.pid, STOP_SIGNAL)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -156,8 +173,10 @@ def _supervise(dep: config_mod.Deployment, sock: socket.socket, workers: int) ->
         _err("a gateway process exited unexpectedly; stopping the others")
         stop(signal.SIGTERM, None)
     _join_all(procs, appender)
-    ok = stopping and all(p.exitcode == 0 for p in [*procs, appender])
-    return EXIT_OK if ok else EXIT_FAILED
+    failed = [f"{p.name} ({p.exitcode})" for p in [*procs, appender] if p.exitcode != 0]
+    if failed:
+        _err(f"not stopped cleanly, with exit codes: {', '.join(failed)}")
+    return EXIT_OK if stopping and not failed else EXIT_FAILED
 
 
 def _start_appender(ctx: ForkContext, dep: config_mod.Deployment) -> tuple[ForkProcess, str] | None:
@@ -176,9 +195,9 @@ def _start_appender(ctx: ForkContext, dep: config_mod.Deployment) -> tuple[ForkP
 
 
 def _join_all(procs: list[ForkProcess], appender: ForkProcess) -> None:
-    """Wait for the workers (already sent SIGTERM), then stop the appender and wait for it."""
+    """Wait for the workers (already told to stop), then stop the appender and wait for it."""
     for p in procs:
         p.join(timeout=30)
     if appender.is_alive() and appender.pid:
-        os.kill(appender.pid, signal.SIGTERM)
+        os.kill(appender.pid, STOP_SIGNAL)
     appender.join(timeout=30)

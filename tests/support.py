@@ -290,12 +290,13 @@ class ServerProcess:
             self.proc.stdout.close()
         self._stderr.close()
 
-    def stop(self) -> str:
+    def stop(self, signum: int = 15) -> str:
+        """Signal the whole process group (as systemd and a terminal's Ctrl-C do); wait; log."""
         import os
         import signal
 
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, signum)
             try:
                 self.proc.wait(timeout=15)
             except Exception:

@@ -82,8 +82,9 @@ def serve(
     ready: Callable[[], None] | None = None,
     stop_event: threading.Event | None = None,
     publisher: PublisherThread | None = None,
+    stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
 ) -> None:
-    """Run the appender until SIGTERM/SIGINT (main thread) or ``stop_event``. Blocking.
+    """Run the appender until one of ``stop_signals`` (main thread) or ``stop_event``. Blocking.
 
     ``publisher`` (the periodic checkpoint publisher) runs beside it on the same store, from
     when the store is open until before it is closed.
@@ -98,8 +99,8 @@ def serve(
         stop = True
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        for signum in stop_signals:
+            signal.signal(signum, on_signal)
     store.size()  # open (and check) the store before anyone may append
     if publisher is not None:
         publisher.start()
