@@ -1,10 +1,15 @@
 """GET /metrics: Prometheus text, counts by bounded labels, summed across `serve` workers.
 
-The tests drive a real app on 127.0.0.1 (tests.support).
+The app-level tests drive a real app on 127.0.0.1 (tests.support); the multi-worker test runs
+`gateway serve --workers 2` as a real process and scrapes it repeatedly.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import stat
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -17,11 +22,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from gateway.devinit import init_deployment
 from gateway.http import app as keys
 from gateway.metrics import UNKNOWN_SERVICE
 from tests.support import (
     Gateway,
     Provider,
+    ServerProcess,
     example,
     make_deployment,
     running_gateway,
@@ -181,3 +188,49 @@ async def test_a_failed_collection_is_logged_and_answered_503_as_a_problem(
         doc = await r.json(content_type=None)
     assert doc["type"].endswith(":not-ready") and doc["instance"] == "/metrics"
     assert "directory is gone" not in doc["detail"]
+
+
+def _metrics_dirs(tmp: Path) -> list[Path]:
+    return sorted(tmp.glob("gateway-metrics-*"))
+
+
+@pytest.mark.slow
+async def test_every_scrape_of_two_workers_shows_the_same_totals_and_the_dir_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrape lands on one worker; it must still count what both workers served."""
+    d = tmp_path / "demo"
+    init_deployment(d)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))  # where the supervisor makes its private directory
+    server = ServerProcess(d / "gateway.toml", workers=2)
+    try:
+        [mdir] = _metrics_dirs(tmp)
+        assert stat.S_IMODE(mdir.stat().st_mode) == 0o700
+        headers = bearer(d, "hcm.thu-duc")
+        body = orjson.dumps(example(BUDGET))
+        sent = 0
+        # Concurrent connections until both workers have counted some (each writes its own file).
+        while len(list(mdir.glob("counter_*.db"))) < 2 and sent < 400:
+            got = await asyncio.gather(*(post(server.url, BUDGET, body, headers) for _ in range(8)))
+            assert got == [200] * 8
+            sent += 8
+        assert len(list(mdir.glob("counter_*.db"))) == 2, "one worker served everything"
+        for _ in range(12):
+            status, _, text = await scrape(server.url)
+            assert status == 200
+            got_samples = samples(text)
+            total = "gateway_exchanges_total"
+            delivered = {"service": BUDGET, "outcome": "delivered", "status": "200"}
+            assert value(got_samples, total, **delivered) == sent
+            by = {"service": BUDGET, "outcome": "delivered"}
+            count = "gateway_exchange_duration_seconds_count"
+            assert value(got_samples, count, **by) == sent
+            assert value(got_samples, "gateway_build_info", version="0.1.0") == 1
+        # SIGTERM to the supervisor alone, as `docker stop` does: it stops its workers itself.
+        os.kill(server.proc.pid, signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    assert _metrics_dirs(tmp) == [] and os.listdir(tmp) == []
