@@ -21,10 +21,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from structlog.testing import capture_logs
 
 from gateway.devinit import init_deployment
 from gateway.http import app as keys
-from gateway.metrics import UNKNOWN_SERVICE
+from gateway.http import handlers
+from gateway.metrics import UNKNOWN_SERVICE, ExchangeMetrics
 from tests.support import (
     Gateway,
     Provider,
@@ -188,6 +190,18 @@ async def test_a_failed_collection_is_logged_and_answered_503_as_a_problem(
         doc = await r.json(content_type=None)
     assert doc["type"].endswith(":not-ready") and doc["instance"] == "/metrics"
     assert "directory is gone" not in doc["detail"]
+
+
+class _Unwritable(ExchangeMetrics):
+    def observe(self, *args: Any, **kwargs: Any) -> None:
+        raise OSError("No space left on device")
+
+
+def test_a_failure_to_record_is_logged_and_does_not_fail_the_exchange() -> None:
+    """The handler records after the exchange is audited: it must still answer."""
+    with capture_logs() as logs:
+        handlers._count(_Unwritable([CITIZEN]), CITIZEN, "exchange.delivered", 200, 0.01)
+    assert [e["event"] for e in logs] == ["metrics.record_failed"]
 
 
 def _metrics_dirs(tmp: Path) -> list[Path]:

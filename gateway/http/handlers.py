@@ -20,7 +20,7 @@ from gateway.http.middlewares import peer_certificate, problem_response
 from gateway.http.openapi import openapi_document
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import ExchangeMetrics
-from gateway.models import RawRequest, rfc3339
+from gateway.models import ExchangeResult, RawRequest, Timings, rfc3339
 from gateway.state import StateUnavailable
 
 log = structlog.get_logger("gateway.exchange")
@@ -85,23 +85,46 @@ async def exchange(request: web.Request) -> web.StreamResponse:
         log.error("exchange.unavailable", error=str(e))
         err = NotReady("the audit or state store is unavailable; retry")
         elapsed = time.perf_counter() - started
-        settings.metrics.observe(raw.service, "exchange.unavailable", err.status, elapsed)
+        _count(settings.metrics, raw.service, "exchange.unavailable", err.status, elapsed)
         return problem_response(err)
     headers = dict(result.headers)
     if result.exchange_id:
         headers["X-Exchange-Id"] = result.exchange_id
-    elapsed = time.perf_counter() - started
-    event = result.log.get("event", "exchange")
-    fields: dict[str, Any] = {k: v for k, v in result.log.items() if k != "event"}
-    fields.update(exchange_id=result.exchange_id, status=result.status, ms=round(elapsed * 1000, 2))
-    log.info(event, **fields)
-    settings.metrics.observe(raw.service, event, result.status, elapsed, result.timings)
+    _log_and_count(settings.metrics, raw.service, result, started)
     return web.Response(
         status=result.status,
         body=result.body,
         content_type=result.content_type,
         headers=headers,
     )
+
+
+def _log_and_count(
+    metrics: ExchangeMetrics, service: str, result: ExchangeResult, started: float
+) -> None:
+    """The exchange's one log line and its metrics, from the same outcome and times."""
+    elapsed = time.perf_counter() - started
+    event = result.log.get("event", "exchange")
+    fields: dict[str, Any] = {k: v for k, v in result.log.items() if k != "event"}
+    fields.update(exchange_id=result.exchange_id, status=result.status, ms=round(elapsed * 1000, 2))
+    log.info(event, **fields)
+    _count(metrics, service, event, result.status, elapsed, result.timings)
+
+
+def _count(
+    metrics: ExchangeMetrics,
+    service: str,
+    event: str,
+    status: int,
+    seconds: float,
+    timings: Timings | None = None,
+) -> None:
+    """Record an answered exchange; a failure to (e.g. a full disk under the workers' metrics
+    files) is logged and never costs the sender an answer that is already audited."""
+    try:
+        metrics.observe(service, event, status, seconds, timings)
+    except Exception:
+        log.exception("metrics.record_failed")
 
 
 async def jwks(request: web.Request) -> web.Response:
