@@ -9,12 +9,17 @@ functions of this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import config as config_mod
@@ -79,15 +84,23 @@ def _run_appender(dep: config_mod.Deployment, address: str, ready: Any) -> None:
 
 
 def _run_worker(
-    dep: config_mod.Deployment, sock: socket.socket, worker: int, appender: str
+    dep: config_mod.Deployment,
+    sock: socket.socket,
+    worker: int,
+    appender: str,
+    metrics_dir: Path | None,
 ) -> None:
-    """One worker process: its own event loop and app; the shared socket and appender."""
+    """One worker process: its own event loop and app; the shared socket, appender and
+    metrics directory."""
     from gateway.http.app import create_app, run, server_ssl_context
     from gateway.logging import configure
+    from gateway.metrics import use_multiprocess_dir
 
     _ignore_group_signals()
     _name_process(f"gw-worker-{worker}")
     configure(dep.config.logging.level)
+    if metrics_dir is not None:  # before create_app builds the metrics
+        use_multiprocess_dir(metrics_dir)
     # Helper threads (reads for proofs and search, the state store) need the GIL for a few
     # microseconds at a time; with the default 5 ms switch interval a busy event loop keeps
     # them waiting that long. 0.5 ms keeps those waits short.
@@ -98,7 +111,7 @@ def _run_worker(
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    app = create_app(dep, appender_address=appender)
+    app = create_app(dep, appender_address=appender, metrics_dir=metrics_dir)
     # Everything built so far lives as long as the process: keep it out of the collector's
     # generations, so full collections under load stay short (they show up in p99 latency).
     gc.collect()
@@ -134,10 +147,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f" --url {base}",
         flush=True,
     )
-    return _supervise(dep, sock, workers)
+    with _metrics_dir(workers) as metrics_dir:
+        return _supervise(dep, sock, workers, metrics_dir)
 
 
-def _supervise(dep: config_mod.Deployment, sock: socket.socket, workers: int) -> int:
+@contextlib.contextmanager
+def _metrics_dir(workers: int) -> Iterator[Path | None]:
+    """The workers' shared metrics directory (see gateway.metrics), private to this run: made
+    before the fork (mkdtemp: mode 0700, owner only), removed when the gateway stops (not after
+    a SIGKILL of the supervisor). A single worker keeps its metrics in memory and needs none."""
+    if workers < 2:
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _supervise(
+    dep: config_mod.Deployment, sock: socket.socket, workers: int, metrics_dir: Path | None
+) -> int:
     """Fork the appender, then the workers; if any dies, stop all and exit non-zero.
 
     Stop order matters: workers first (they finish in-flight exchanges, whose audit records the
@@ -151,7 +182,9 @@ def _supervise(dep: config_mod.Deployment, sock: socket.socket, workers: int) ->
         return EXIT_FAILED
     appender, address = started
     procs = [
-        ctx.Process(target=_run_worker, args=(dep, sock, i, address), name=f"worker-{i}")
+        ctx.Process(
+            target=_run_worker, args=(dep, sock, i, address, metrics_dir), name=f"worker-{i}"
+        )
         for i in range(workers)
     ]
     for p in procs:
@@ -172,7 +205,7 @@ def _supervise(dep: config_mod.Deployment, sock: socket.socket, workers: int) ->
     if not stopping:
         _err("a gateway process exited unexpectedly; stopping the others")
         stop(signal.SIGTERM, None)
-    _join_all(procs, appender)
+    _join_all(procs, appender, metrics_dir)
     failed = [f"{p.name} ({p.exitcode})" for p in [*procs, appender] if p.exitcode != 0]
     if failed:
         _err(f"not stopped cleanly, with exit codes: {', '.join(failed)}")
@@ -194,10 +227,17 @@ def _start_appender(ctx: ForkContext, dep: config_mod.Deployment) -> tuple[ForkP
     return appender, address
 
 
-def _join_all(procs: list[ForkProcess], appender: ForkProcess) -> None:
-    """Wait for the workers (already told to stop), then stop the appender and wait for it."""
+def _join_all(procs: list[ForkProcess], appender: ForkProcess, metrics_dir: Path | None) -> None:
+    """Wait for the workers (already told to stop), then stop the appender and wait for it.
+
+    Each worker that exited is marked dead in the metrics directory, as prometheus_client's
+    multiprocess mode asks (its live gauges go; its counts stay in the sums)."""
+    from gateway.metrics import mark_worker_dead
+
     for p in procs:
         p.join(timeout=30)
+        if metrics_dir is not None and p.pid and p.exitcode is not None:
+            mark_worker_dead(metrics_dir, p.pid)
     if appender.is_alive() and appender.pid:
         os.kill(appender.pid, STOP_SIGNAL)
     appender.join(timeout=30)

@@ -99,7 +99,8 @@ class Sender:
 
 @dataclass(frozen=True, slots=True)
 class ExchangeResult:
-    """What the HTTP layer sends back: status, JSON body bytes, extra headers."""
+    """What the HTTP layer sends back: status, JSON body bytes, extra headers; and for its log
+    line and metrics, the log fields and (once accepted) where the exchange's time went."""
 
     status: int
     body: bytes
@@ -107,6 +108,7 @@ class ExchangeResult:
     headers: Mapping[str, str] = field(default_factory=dict)
     exchange_id: str | None = None
     log: Mapping[str, Any] = field(default_factory=dict)
+    timings: Timings | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -310,6 +310,7 @@ class Pipeline:
                 "audit_index": outcome.index,
                 **spent.fields(),
             },
+            timings=spent,
         )
 
     async def _accept(
@@ -370,7 +371,7 @@ class Pipeline:
         await self._append(
             records.failed_record(xid, svc, sender, at, err.status, err.slug, accepted), spent
         )
-        return self._problem(err, xid, "exchange.failed", sender.id, svc.id, spent.fields())
+        return self._problem(err, xid, "exchange.failed", sender.id, svc.id, spent)
 
     async def _reject(
         self, raw: RawRequest, xid: str, sender: Sender | None, err: GatewayError
@@ -389,7 +390,7 @@ class Pipeline:
         event: str,
         sender: str | None,
         service: str | None,
-        timings: Mapping[str, float] | None = None,
+        spent: Timings | None = None,
     ) -> ExchangeResult:
         return ExchangeResult(
             status=err.status,
@@ -404,6 +405,7 @@ class Pipeline:
                 "cause": err.slug,
                 "status": err.status,
                 "reason": err.log_detail,
-                **(timings or {}),
+                **(spent.fields() if spent else {}),
             },
+            timings=spent,
         )

@@ -32,9 +32,13 @@ async def _load(url: str, token: str, acked: list[str], stop_at: float, n_max: i
                 return  # the server died under us
 
 
-async def test_kill_9_under_load_loses_no_acknowledged_exchange(tmp_path: Path) -> None:
+async def test_kill_9_under_load_loses_no_acknowledged_exchange(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     d = tmp_path / "dep"
     init_deployment(d)
+    # kill -9 gives the supervisor no chance to remove its metrics directory: keep it here.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     server = ServerProcess(d / "gateway.toml", workers=2)
     token = (d / "participants/hcm.quan-1/token").read_text().strip()
     acked: list[str] = []

@@ -14,6 +14,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
 
@@ -36,6 +37,7 @@ from gateway.crypto.keys import (
     load_private_key,
 )
 from gateway.errors import ConfigError
+from gateway.metrics import ExchangeMetrics
 from gateway.models import Limits
 from gateway.pipeline import Pipeline, ServiceRuntime
 from gateway.state import ExchangeState, StateStore
@@ -48,6 +50,7 @@ AUDIT = web.AppKey("audit", AuditLog)
 STATE: web.AppKey[ExchangeState] = web.AppKey("state")
 PIPELINE = web.AppKey("pipeline", Pipeline)
 CONNECTORS = web.AppKey("connectors", dict[str, Connector])
+METRICS = web.AppKey("metrics", ExchangeMetrics)
 
 
 def build_keyring(dep: Deployment) -> Keyring:
@@ -351,8 +354,12 @@ def create_app(
     *,
     clock: Callable[[], datetime] | None = None,
     appender_address: str | None = None,
+    metrics_dir: Path | None = None,
 ) -> web.Application:
-    """Build the application; everything that can be checked before serving is checked here."""
+    """Build the application; everything that can be checked before serving is checked here.
+
+    ``metrics_dir``: the workers' shared metrics directory under `gateway serve --workers N`
+    (see gateway.metrics); without it the metrics are this process's own."""
     from gateway.http import audit_api, handlers, middlewares, verify_api, witness_api
 
     now = clock or (lambda: datetime.now(UTC))
@@ -372,6 +379,7 @@ def create_app(
     app[DEPLOYMENT] = dep
     app[KEYRING] = stages.keyring
     app[CONNECTORS] = stages.connectors
+    app[METRICS] = ExchangeMetrics(dep.services, multiprocess_dir=metrics_dir)
     app.cleanup_ctx.append(_resources(dep, stages, now, appender_address))
     handlers.add_routes(app, clock=now)
     verify_api.add_routes(app, clock=now)

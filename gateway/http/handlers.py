@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from gateway.errors import NotReady
 from gateway.http import app as keys
 from gateway.http.middlewares import peer_certificate, problem_response
 from gateway.http.openapi import openapi_document
-from gateway.models import RawRequest, rfc3339
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import ExchangeMetrics
+from gateway.models import ExchangeResult, RawRequest, Timings, rfc3339
 from gateway.state import StateUnavailable
 
 log = structlog.get_logger("gateway.exchange")
@@ -42,6 +45,7 @@ class _ExchangeSettings:
 
     clock: Callable[[], datetime]
     max_body_bytes: int
+    metrics: ExchangeMetrics
 
 
 _EXCHANGE = web.AppKey("exchange_settings", _ExchangeSettings)
@@ -49,7 +53,7 @@ _EXCHANGE = web.AppKey("exchange_settings", _ExchangeSettings)
 
 def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
     limit = app[keys.DEPLOYMENT].config.limits.max_body_bytes
-    app[_EXCHANGE] = _ExchangeSettings(clock, limit)
+    app[_EXCHANGE] = _ExchangeSettings(clock, limit, app[keys.METRICS])
     # Any segment is an exchange attempt (audited; a name that is no service is a 404 problem
     # from the pipeline): aiohttp's default segment pattern leaves out "{" and "}", and the
     # router's own 404 for those would not be audited.
@@ -57,6 +61,7 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/openapi.json", openapi)
 
 
@@ -81,23 +86,48 @@ async def exchange(request: web.Request) -> web.StreamResponse:
         result = await request.app[keys.PIPELINE].process(raw)
     except (AuditUnavailable, StateUnavailable) as e:
         log.error("exchange.unavailable", error=str(e))
-        return problem_response(NotReady("the audit or state store is unavailable; retry"))
+        err = NotReady("the audit or state store is unavailable; retry")
+        elapsed = time.perf_counter() - started
+        _count(settings.metrics, raw.service, "exchange.unavailable", err.status, elapsed)
+        return problem_response(err)
     headers = dict(result.headers)
     if result.exchange_id:
         headers["X-Exchange-Id"] = result.exchange_id
-    fields: dict[str, Any] = {k: v for k, v in result.log.items() if k != "event"}
-    fields.update(
-        exchange_id=result.exchange_id,
-        status=result.status,
-        ms=round((time.perf_counter() - started) * 1000, 2),
-    )
-    log.info(result.log.get("event", "exchange"), **fields)
+    _log_and_count(settings.metrics, raw.service, result, started)
     return web.Response(
         status=result.status,
         body=result.body,
         content_type=result.content_type,
         headers=headers,
     )
+
+
+def _log_and_count(
+    metrics: ExchangeMetrics, service: str, result: ExchangeResult, started: float
+) -> None:
+    """The exchange's one log line and its metrics, from the same outcome and times."""
+    elapsed = time.perf_counter() - started
+    event = result.log.get("event", "exchange")
+    fields: dict[str, Any] = {k: v for k, v in result.log.items() if k != "event"}
+    fields.update(exchange_id=result.exchange_id, status=result.status, ms=round(elapsed * 1000, 2))
+    log.info(event, **fields)
+    _count(metrics, service, event, result.status, elapsed, result.timings)
+
+
+def _count(
+    metrics: ExchangeMetrics,
+    service: str,
+    event: str,
+    status: int,
+    seconds: float,
+    timings: Timings | None = None,
+) -> None:
+    """Record an answered exchange; a failure to (e.g. a full disk under the workers' metrics
+    files) is logged and never costs the sender an answer that is already audited."""
+    try:
+        metrics.observe(service, event, status, seconds, timings)
+    except Exception:
+        log.exception("metrics.record_failed")
 
 
 async def jwks(request: web.Request) -> web.Response:
@@ -130,6 +160,18 @@ async def readyz(request: web.Request) -> web.Response:
     return _json_response(
         {"status": "ok" if ok else "not ready", "checks": checks}, 200 if ok else 503
     )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. Collecting reads /proc or the workers' files: off the loop. A
+    failure is logged and answered 503 (Prometheus marks the target down), never a 500."""
+    try:
+        body = await asyncio.to_thread(request.app[keys.METRICS].exposition)
+    except Exception:
+        log.exception("metrics.collection_failed")
+        err = NotReady("the metrics could not be collected; the error was logged")
+        return problem_response(err, instance=request.path)
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def openapi(request: web.Request) -> web.Response:

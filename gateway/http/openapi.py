@@ -216,7 +216,8 @@ def _operation(path: str, summary: str, who: str, params: tuple[str, ...]) -> di
 
 
 def _public_paths() -> dict[str, Any]:
-    """Keys, this document and the probes: no authentication, no problem responses."""
+    """Keys, this document, the probes and the metrics: no authentication; a problem response
+    only where collecting can fail (the metrics)."""
     return {
         "/.well-known/jwks.json": {
             "get": {
@@ -237,6 +238,15 @@ def _public_paths() -> dict[str, Any]:
             "get": {
                 "summary": "Readiness",
                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text exposition format), summed over the workers",
+                "responses": {
+                    "200": {"description": "metrics", "content": {"text/plain": {}}},
+                    **_problem_responses(503),
+                },
             }
         },
     }
