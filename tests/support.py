@@ -153,13 +153,17 @@ class Gateway:
         return ctx
 
     def records(self) -> list[dict[str, Any]]:
-        """Every audit record, in index order (read straight from the SQLite file)."""
-        conn = sqlite3.connect(self.dir / "audit.db")
-        try:
-            rows = conn.execute("SELECT record FROM audit_records ORDER BY idx").fetchall()
-        finally:
-            conn.close()
-        return [orjson.loads(r[0]) for r in rows]
+        return audit_records(self.dir)
+
+
+def audit_records(deployment_dir: Path) -> list[dict[str, Any]]:
+    """Every audit record of a deployment, in index order (read straight from its SQLite file)."""
+    conn = sqlite3.connect(deployment_dir / "audit.db")
+    try:
+        rows = conn.execute("SELECT record FROM audit_records ORDER BY idx").fetchall()
+    finally:
+        conn.close()
+    return [orjson.loads(r[0]) for r in rows]
 
 
 @asynccontextmanager

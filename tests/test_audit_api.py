@@ -34,7 +34,6 @@ from tests.support import (
     example,
     make_deployment,
     running_gateway,
-    running_provider,
 )
 
 CITIZEN, BUDGET, PILOT = "citizen-lookup.v1", "budget-proposal.v1", "pilot-progress-report.v1"
@@ -54,12 +53,6 @@ async def audit_gateway(config: Path) -> AsyncIterator[Gateway]:
     """A real gateway on 127.0.0.1 (audit routes and checkpoint publisher included)."""
     async with running_gateway(config) as gw:
         yield gw
-
-
-@pytest.fixture
-async def provider() -> AsyncIterator[Provider]:
-    async with running_provider(Provider()) as p:
-        yield p
 
 
 @pytest.fixture

@@ -27,18 +27,11 @@ from tests.support import (
     example,
     make_deployment,
     running_gateway,
-    running_provider,
     signed_request,
 )
 
 CITIZEN = "citizen-lookup.v1"
 JOSE = {"Content-Type": "application/jose+json"}
-
-
-@pytest.fixture
-async def provider() -> AsyncIterator[Provider]:
-    async with running_provider(Provider()) as p:
-        yield p
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import sqlite3
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ from gateway.crypto import jws
 from gateway.crypto.keys import load_certificates, load_private_key
 from gateway.devinit import init_deployment
 from gateway.models import rfc3339
-from tests.support import ServerProcess, example, signed_request
+from tests.support import ServerProcess, audit_records, example, signed_request
 
 SERVICES = ("citizen-lookup.v1", "pilot-progress-report.v1", "budget-proposal.v1")
 SIGNER = "hcm.quan-1"  # allowed on all three services, signing its requests
@@ -57,12 +56,7 @@ class Served:
         return (self.dir / "participants" / participant / "token").read_text().strip()
 
     def audit(self) -> list[dict[str, Any]]:
-        conn = sqlite3.connect(self.dir / "audit.db")
-        try:
-            rows = conn.execute("SELECT record FROM audit_records ORDER BY idx").fetchall()
-        finally:
-            conn.close()
-        return [orjson.loads(r[0]) for r in rows]
+        return audit_records(self.dir)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ from tests.support import (
     example,
     make_deployment,
     running_gateway,
-    running_provider,
     signed_request,
 )
 
@@ -42,12 +41,6 @@ CITIZEN = "citizen-lookup.v1"
 BUDGET = "budget-proposal.v1"
 JOSE = {"Content-Type": "application/jose+json"}
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-async def provider() -> AsyncIterator[Provider]:
-    async with running_provider(Provider()) as p:
-        yield p
 
 
 @pytest.fixture

@@ -17,7 +17,14 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.support import Provider, ServerProcess, example, make_deployment, running_provider
+from tests.support import (
+    Provider,
+    ServerProcess,
+    audit_records,
+    example,
+    make_deployment,
+    running_provider,
+)
 
 SERVICE = "budget-proposal.v1"
 IN_FLIGHT = 6
@@ -58,16 +65,6 @@ async def test_a_signal_to_every_gateway_process_lets_in_flight_exchanges_finish
     # already running") although every exchange was answered and every process exited 0.
     lines = [orjson.loads(x) for x in log.splitlines() if x.startswith("{")]
     assert not [x for x in lines if x.get("level") in ("error", "critical")], log[-3000:]
-    records = _records(cfg.parent / "audit.db")
+    records = audit_records(cfg.parent)
     delivered = {r["exchange_id"] for r in records if r["event"] == "exchange.delivered"}
     assert {doc["exchange_id"] for _, doc in answers} <= delivered
-
-
-def _records(db: Path) -> list[dict[str, object]]:
-    import sqlite3
-
-    conn = sqlite3.connect(db)
-    try:
-        return [orjson.loads(r[0]) for r in conn.execute("SELECT record FROM audit_records")]
-    finally:
-        conn.close()
