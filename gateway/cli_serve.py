@@ -64,9 +64,18 @@ second broke its cleanup half way). The children ignore SIGTERM/SIGINT; the supe
 stops the workers first, then the appender, whichever way it was told to stop."""
 
 
-def _ignore_group_signals() -> None:
+def _take_over_signals() -> None:
+    """First thing in a child: ignore the group's signals; until the child serves (and puts
+    its own handler in place), the supervisor's stop signal ends it at once, cleanly. Its
+    default action would kill it: a worker still starting up when the gateway was stopped
+    made the supervisor exit 1."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(STOP_SIGNAL, _stop_before_serving)
+
+
+def _stop_before_serving(signum: int, _: Any) -> None:
+    raise SystemExit(0)  # nothing is in flight yet
 
 
 def _run_appender(dep: config_mod.Deployment, address: str, ready: Any) -> None:
@@ -75,7 +84,7 @@ def _run_appender(dep: config_mod.Deployment, address: str, ready: Any) -> None:
     from gateway.audit.factory import open_store, periodic_publisher
     from gateway.logging import configure
 
-    _ignore_group_signals()
+    _take_over_signals()
     _name_process("gw-appender")
     configure(dep.config.logging.level)
     store = open_store(dep, appends=True)
@@ -96,7 +105,7 @@ def _run_worker(
     from gateway.logging import configure
     from gateway.metrics import use_multiprocess_dir
 
-    _ignore_group_signals()
+    _take_over_signals()
     _name_process(f"gw-worker-{worker}")
     configure(dep.config.logging.level)
     if metrics_dir is not None:  # before create_app builds the metrics

@@ -4,7 +4,7 @@ systemd (KillMode=control-group, its default) and a terminal's Ctrl-C signal eve
 the gateway at once, not just the supervisor; the supervisor then forwards the signal to the
 workers, so each worker gets it twice, and the audit appender gets it while workers still
 finish their exchanges. Those exchanges must still be answered 200 with durable audit records,
-and the processes must exit cleanly (status 0).
+and the processes must exit cleanly: status 0, no traceback.
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ async def test_a_signal_to_every_gateway_process_lets_in_flight_exchanges_finish
         answers = await asyncio.gather(*calls)
         log = await stopping
     assert [status for status, _ in answers] == [200] * IN_FLIGHT, answers
-    assert server.proc.returncode == 0, log[-3000:]  # every process stopped cleanly
-    # Not asserted: a traceback-free log. In about one stop in ten under load, asyncio still
-    # reports the app's cleanup generator as interrupted ("athrow(): asynchronous generator is
-    # already running") although every exchange was answered and every process exited 0.
+    # Every process stopped cleanly, also a worker still starting up (the readiness check
+    # passes with the first worker that serves): it used to die of the stop signal.
+    assert server.proc.returncode == 0, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
     lines = [orjson.loads(x) for x in log.splitlines() if x.startswith("{")]
     assert not [x for x in lines if x.get("level") in ("error", "critical")], log[-3000:]
     records = audit_records(cfg.parent)
