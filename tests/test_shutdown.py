@@ -63,7 +63,7 @@ async def test_a_signal_to_every_gateway_process_lets_in_flight_exchanges_finish
     # passes with the first worker that serves): it used to die of the stop signal.
     assert server.proc.returncode == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
-    lines = [orjson.loads(x) for x in log.splitlines() if x.startswith("{")]
+    lines = [orjson.loads(x) for x in log.split("\n") if x.startswith("{")]
     assert not [x for x in lines if x.get("level") in ("error", "critical")], log[-3000:]
     records = audit_records(cfg.parent)
     delivered = {r["exchange_id"] for r in records if r["event"] == "exchange.delivered"}
