@@ -90,17 +90,30 @@ def _json_object(line: str) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def post(
-    served: Served, service: str, body: bytes, headers: dict[str, str]
-) -> tuple[int, dict[str, str], bytes]:
+Answer = tuple[int, dict[str, str], bytes]
+
+
+def call(
+    served: Served,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    """One request on a fresh connection (http.client sends the bytes and headers as given)."""
     conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=30)
     try:
-        path = "/v1/exchange/" + urllib.parse.quote(service, safe="")
-        conn.request("POST", path, body=body, headers=headers)
+        conn.request(method, path, body=body, headers=headers or {})
         r = conn.getresponse()
         return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
         conn.close()
+
+
+def post(served: Served, service: str, body: bytes, headers: dict[str, str]) -> Answer:
+    return call(
+        served, "POST", "/v1/exchange/" + urllib.parse.quote(service, safe=""), body, headers
+    )
 
 
 def check_answer(
@@ -315,14 +328,8 @@ class Artifacts:
     bundle: bytes
 
 
-def get(served: Served, path: str, token: str | None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=30)
-    try:
-        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
-        r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        conn.close()
+def get(served: Served, path: str, token: str | None) -> Answer:
+    return call(served, "GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
 
 
 def role(served: Served, name: str) -> str:
@@ -338,14 +345,9 @@ def artifacts(served: Served) -> Artifacts:
     assert status == 200, raw
     doc = orjson.loads(raw)
     # An admin publishes a checkpoint now, so that it covers the exchange (proof below).
-    conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=30)
     admin = {"Authorization": f"Bearer {role(served, 'admin')}"}
-    try:
-        conn.request("POST", "/v1/audit/checkpoint", headers=admin)
-        r = conn.getresponse()
-        assert r.status in (200, 201), r.read()
-    finally:
-        conn.close()
+    status, _, answer = call(served, "POST", "/v1/audit/checkpoint", headers=admin)
+    assert status in (200, 201), answer
     status, _, note = get(served, "/v1/audit/checkpoint", None)
     assert status == 200, note
     path = f"/v1/exchanges/{doc['exchange_id']}/proof"
@@ -386,13 +388,7 @@ def test_verify_answers_any_artifact_with_a_report_or_a_400_never_a_5xx(
         body = data.draw(st.binary(max_size=600))
     else:
         body = data.draw(altered(getattr(artifacts, kind)))
-    conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=30)
-    try:
-        conn.request("POST", "/v1/verify", body=body)
-        r = conn.getresponse()
-        status, headers, raw = r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        conn.close()
+    status, headers, raw = call(served, "POST", "/v1/verify", body)
     check_problem_or_ok(status, headers, raw)
     if status == 200:
         report = orjson.loads(raw)
@@ -452,13 +448,7 @@ def test_witness_add_checkpoint_answers_any_submission_without_a_5xx(
         lines = b"".join(base64.b64encode(p) + b"\n" for p in proof)
         note = data.draw(st.just(artifacts.checkpoint) | altered(artifacts.checkpoint))
         body = b"old %d\n" % old + lines + b"\n" + note
-    conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=30)
-    try:
-        conn.request("POST", "/v1/witness/add-checkpoint", body=body)
-        r = conn.getresponse()
-        status, headers, answer = r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        conn.close()
+    status, headers, answer = call(served, "POST", "/v1/witness/add-checkpoint", body)
     if status == 409 and headers["content-type"].startswith("text/x.tlog.size"):
         assert answer.rstrip(b"\n").isdigit(), answer  # the spec's stale-size answer
         return
