@@ -101,7 +101,8 @@ def _run_worker(
 ) -> None:
     """One worker process: its own event loop and app; the shared socket, appender and
     metrics directory."""
-    from gateway.http.app import create_app, run, server_ssl_context
+    from gateway.http.app import create_app, server_ssl_context
+    from gateway.http.serving import run
     from gateway.logging import configure
     from gateway.metrics import use_multiprocess_dir
 

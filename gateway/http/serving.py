@@ -1,0 +1,47 @@
+"""Serve one worker's app on its inherited socket until it is told to stop.
+
+Why a module of its own: how a worker stops is a contract with its supervisor
+(gateway.cli_serve), not part of composing the app (gateway.http.app).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import ssl
+
+from aiohttp import web
+
+
+def run(
+    app: web.Application,
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    stop_signal: int | None = None,
+) -> None:
+    """Serve ``app`` on an already bound socket (one worker process) until SIGTERM/SIGINT, or
+    only until ``stop_signal`` when given (the supervisor's; see gateway.cli_serve)."""
+    loop = asyncio.new_event_loop()
+    if stop_signal is not None:
+        stopping = False
+
+        def stop() -> None:
+            nonlocal stopping
+            if not stopping:  # one graceful shutdown; a repeat must not break its cleanup
+                stopping = True
+                signal.signal(stop_signal, signal.SIG_IGN)  # nor, the loop closed, kill us
+                raise web.GracefulExit()
+
+        loop.add_signal_handler(stop_signal, stop)
+    web.run_app(
+        app,
+        sock=sock,
+        ssl_context=ssl_context,
+        access_log=None,  # one structured line per exchange instead (handlers.py)
+        print=None,
+        handle_signals=stop_signal is None,
+        shutdown_timeout=10,
+        loop=loop,
+    )
