@@ -30,10 +30,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import example as case
 from hypothesis import strategies as st
 
+from gateway.config import load
 from gateway.crypto import jws
 from gateway.crypto.keys import load_certificates, load_private_key
 from gateway.devinit import init_deployment
 from gateway.models import rfc3339
+from gateway.verify import describe_verification
 from tests.support import ServerProcess, audit_records, example, signed_request
 
 SERVICES = ("citizen-lookup.v1", "pilot-progress-report.v1", "budget-proposal.v1")
@@ -453,3 +455,32 @@ def test_witness_add_checkpoint_answers_any_submission_without_a_5xx(
         assert answer.rstrip(b"\n").isdigit(), answer  # the spec's stale-size answer
         return
     check_problem_or_ok(status, headers, answer)
+
+
+@FUZZ
+@given(
+    data=st.data(),
+    kind=st.sampled_from(["receipt", "bundle", "bytes"]),
+    request=st.none() | st.binary(max_size=300) | json_value.map(lambda v: json.dumps(v).encode()),
+)
+def test_gateway_verify_reports_on_any_file_and_request_without_raising(
+    served: Served, artifacts: Artifacts, data: st.DataObject, kind: str, request: bytes | None
+) -> None:
+    """`gateway verify FILE [--request R]` offline: what it prints for whatever it is given,
+    including a request payload to bind (the one input POST /v1/verify does not take)."""
+    dep = load(served.dir / "gateway.toml")
+    if kind == "bytes":
+        raw = data.draw(st.binary(max_size=600))
+    else:
+        raw = data.draw(st.just(getattr(artifacts, kind)) | altered(getattr(artifacts, kind)))
+    ok, lines = describe_verification(
+        raw,
+        dep.trust_anchor_pems,
+        now=datetime.now(UTC),
+        payloads={} if request is None else {"request": request},
+        gateway_id=dep.config.gateway.id,
+        origin=dep.config.audit.origin,
+    )
+    assert isinstance(ok, bool) and lines and all(isinstance(x, str) for x in lines)
+    if raw == artifacts.receipt and request is not None:
+        assert not ok, lines  # a payload that is not the one the receipt binds
