@@ -308,7 +308,6 @@ class Pipeline:
                 "service": svc.id,
                 "auth": sender.method,
                 "audit_index": outcome.index,
-                **spent.fields(),
             },
             timings=spent,
         )
@@ -405,7 +404,6 @@ class Pipeline:
                 "cause": err.slug,
                 "status": err.status,
                 "reason": err.log_detail,
-                **(spent.fields() if spent else {}),
             },
             timings=spent,
         )

@@ -110,6 +110,8 @@ def _log_and_count(
     event = result.log.get("event", "exchange")
     fields: dict[str, Any] = {k: v for k, v in result.log.items() if k != "event"}
     fields.update(exchange_id=result.exchange_id, status=result.status, ms=round(elapsed * 1000, 2))
+    if result.timings is not None:  # accepted: where its time went (audit_ms, upstream_ms)
+        fields.update(result.timings.fields())
     log.info(event, **fields)
     _count(metrics, service, event, result.status, elapsed, result.timings)
 
