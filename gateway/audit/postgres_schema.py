@@ -38,10 +38,8 @@ import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
-import orjson
-
 from gateway.audit import merkle
-from gateway.audit.store import RecordQuery
+from gateway.audit.store import SEARCH_FIELDS, RecordQuery, search_values
 
 __all__ = [
     "COLUMNS",
@@ -59,7 +57,7 @@ __all__ = [
 
 Connection = Any  # asyncpg.Connection; asyncpg ships no type information.
 
-COLUMNS: Final = ("at", "sender", "service", "provider", "event", "exchange_id")
+COLUMNS: Final = SEARCH_FIELDS
 _DDL_LOCK: Final = int.from_bytes(
     hashlib.sha256(b"dtc-gateway audit ddl").digest()[:8], signed=True
 )
@@ -110,20 +108,12 @@ _SQL: Final = {
 # query(): the filters (column names from COLUMNS only) go between these two halves.
 QUERY_HEAD: Final = "SELECT idx, leaf_hash, record FROM {records} WHERE "
 QUERY_TAIL: Final = " ORDER BY idx LIMIT "
-_NO_COLUMNS: Final[tuple[str | None, ...]] = (None,) * len(COLUMNS)
 
 
 def index_columns(record: bytes) -> tuple[str | None, ...]:
-    """The query columns of one record: its string members, NULL where absent or not text."""
-    try:
-        obj = orjson.loads(record)
-    except orjson.JSONDecodeError:
-        return _NO_COLUMNS
-    if not isinstance(obj, dict):
-        return _NO_COLUMNS
-    values = (obj.get(c) for c in COLUMNS)
-    # PostgreSQL text cannot hold NUL: such a value is left unindexed rather than failing.
-    return tuple(v if isinstance(v, str) and "\x00" not in v else None for v in values)
+    """The query columns of one record (:func:`gateway.audit.store.search_values`), except that
+    PostgreSQL text cannot hold NUL: such a value is left unindexed rather than failing."""
+    return tuple(None if v is not None and "\x00" in v else v for v in search_values(record))
 
 
 def query_statement(head: str, query: RecordQuery, limit: int) -> tuple[str, list[Any]]:

@@ -28,13 +28,17 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-import orjson
-
 from gateway import sqlitedb
 from gateway.audit import merkle
 from gateway.audit import sqlite_schema as sql
 from gateway.audit.sqlite_checkpointer import BACKSTOP_PAGES, Checkpointer
-from gateway.audit.store import Claim, RecordQuery, StoredCheckpoint, StoredRecord
+from gateway.audit.store import (
+    Claim,
+    RecordQuery,
+    StoredCheckpoint,
+    StoredRecord,
+    search_values,
+)
 
 __all__ = ["SqliteAuditStore", "StoreCorrupted"]
 
@@ -285,7 +289,7 @@ class SqliteAuditStore:
                         sql.UNINDEXED, (-1 if last is None else last, max(1, max_records))
                     ).fetchall()
                     conn.executemany(
-                        sql.INSERT_SEARCH, ((i, *_search_fields(bytes(r))) for i, r in rows)
+                        sql.INSERT_SEARCH, ((i, *search_values(bytes(r))) for i, r in rows)
                     )
             finally:
                 conn.execute("PRAGMA synchronous=FULL")
@@ -352,17 +356,6 @@ def _check_head(conn: sqlite3.Connection) -> None:
     (last,) = conn.execute(sql.LAST_RECORD).fetchone()
     if (-1 if last is None else last) != size - 1:
         raise StoreCorrupted(f"audit_head says {size} records, audit_records ends at {last}")
-
-
-def _search_fields(record: bytes) -> tuple[str | None, ...]:
-    """The audit_search columns of a record: string members only, else NULL (also non-JSON)."""
-    try:
-        obj = orjson.loads(record)
-    except orjson.JSONDecodeError:
-        return (None,) * len(sql.FIELDS)
-    if not isinstance(obj, dict):
-        return (None,) * len(sql.FIELDS)
-    return tuple(v if isinstance(v := obj.get(f), str) else None for f in sql.FIELDS)
 
 
 def _clamp(value: int) -> int:

@@ -49,6 +49,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from gateway.audit.store import SEARCH_FIELDS
+
 IDS_PER_QUERY: Final = 400  # Subtree ids per statement (2 variables each).
 # One statement for all the subtrees of a proof: each id is a primary-key probe, of
 # audit_records for leaves (level 0) and of audit_nodes above (checked with EXPLAIN QUERY PLAN).
@@ -59,7 +61,7 @@ SUBTREES: Final = (
     " LEFT JOIN audit_records r ON w.level = 0 AND r.idx = w.idx"
 )
 # Top-level record members copied into audit_search, in column order (see the module doc).
-FIELDS: Final = ("at", "sender", "service", "provider", "event", "exchange_id")
+FIELDS: Final = SEARCH_FIELDS
 
 SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS audit_records (

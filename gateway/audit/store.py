@@ -19,17 +19,37 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
+
+import orjson
 
 from gateway.audit import proofs
 
 __all__ = [
+    "SEARCH_FIELDS",
     "AuditStore",
     "Claim",
     "RecordQuery",
     "StoredCheckpoint",
     "StoredRecord",
+    "search_values",
 ]
+
+SEARCH_FIELDS: Final = ("at", "sender", "service", "provider", "event", "exchange_id")
+"""The top-level record members every store copies into its search columns, in this order."""
+_NO_VALUES: Final[tuple[str | None, ...]] = (None,) * len(SEARCH_FIELDS)
+
+
+def search_values(record: bytes) -> tuple[str | None, ...]:
+    """A record's :data:`SEARCH_FIELDS`: its string members, None where absent or not text
+    (all None for bytes that are no JSON object)."""
+    try:
+        obj = orjson.loads(record)
+    except orjson.JSONDecodeError:
+        return _NO_VALUES
+    if not isinstance(obj, dict):
+        return _NO_VALUES
+    return tuple(v if isinstance(v := obj.get(f), str) else None for f in SEARCH_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
