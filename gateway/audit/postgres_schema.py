@@ -66,7 +66,6 @@ _TABLES: Final = ("records", "nodes", "claims", "head", "checkpoints")
 _TABLES_EXIST: Final = "SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest($1::text[]) AS t"
 
 _SQL: Final = {
-    "tables_exist": _TABLES_EXIST,
     "init_head": "INSERT INTO {head} (id, size, root, frontier) VALUES (0, 0, $1, $2)"
     " ON CONFLICT (id) DO NOTHING",
     # One statement, so one snapshot: a concurrent append cannot land between the two reads.
