@@ -53,6 +53,25 @@ CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency (expires_at);
 PURGE_EVERY_SECONDS = 60.0
 PURGE_MAX_ROWS = 1000
 
+
+class PurgeSchedule:
+    """When a store purges expired keys: due at the first begin, then every
+    ``PURGE_EVERY_SECONDS``, and at once again after a purge that hit ``PURGE_MAX_ROWS``."""
+
+    def __init__(self) -> None:
+        self._next = 0.0  # clock time of the next purge
+
+    def due(self, now: float) -> bool:
+        if now < self._next:
+            return False
+        self._next = now + PURGE_EVERY_SECONDS
+        return True
+
+    def purged(self, deleted: int, now: float) -> None:
+        if deleted >= PURGE_MAX_ROWS:
+            self._next = now  # more to delete: again at the next begin
+
+
 _STOP = object()
 
 
@@ -170,7 +189,7 @@ class StateStore:
         self._reader = sqlitedb.connect(path, timeout=30)
         self._reader_lock = threading.Lock()
         self._writer = BatchWriter(conn)
-        self._next_purge = 0.0  # clock time of the next purge (the first begin purges)
+        self._purges = PurgeSchedule()
 
     async def idempotency_begin(
         self, sender: str, service: str, key: str, request_sha256: str, ttl: float
@@ -180,9 +199,7 @@ class StateStore:
         Also purges expired keys now and then (see ``PURGE_EVERY_SECONDS``).
         """
         now = self._clock()
-        purge = now >= self._next_purge
-        if purge:
-            self._next_purge = now + PURGE_EVERY_SECONDS
+        purge = self._purges.due(now)
 
         def op(conn: sqlite3.Connection) -> IdempotencyEntry | None:
             row = conn.execute(
@@ -190,8 +207,8 @@ class StateStore:
                 "WHERE sender=? AND service=? AND key=?",
                 (sender, service, key),
             ).fetchone()
-            if purge and _purge(conn, now) >= PURGE_MAX_ROWS:
-                self._next_purge = now  # more to delete: again at the next begin
+            if purge:
+                self._purges.purged(_purge(conn, now), now)
             if row is not None and row[4] > now:
                 return IdempotencyEntry(row[0], row[1], row[2], row[3])
             conn.execute(
@@ -285,6 +302,7 @@ __all__ = [
     "BatchWriter",
     "ExchangeState",
     "IdempotencyEntry",
+    "PurgeSchedule",
     "StateStore",
     "StateUnavailable",
     "opened",

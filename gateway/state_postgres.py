@@ -24,14 +24,14 @@ from typing import Any, Final, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
+from gateway import state
 from gateway.audit.postgres_schema import ensure_created, qualified
 from gateway.audit.postgres_session import split_dsn
-from gateway.state import PURGE_EVERY_SECONDS, IdempotencyEntry, StateUnavailable
+from gateway.state import IdempotencyEntry, PurgeSchedule, StateUnavailable
 
 __all__ = ["PostgresStateStore"]
 
 T = TypeVar("T")
-PURGE_MAX_ROWS: Final = 1000
 _TABLE: Final = "gateway_idempotency"
 # Statement templates; {t} is the (quoted, schema-qualified) table name, never input.
 _SQL: Final = {
@@ -91,7 +91,7 @@ class PostgresStateStore:
         self._table = qualified(schema, _TABLE)
         self._sql = _statements(self._table)
         self._clock = clock
-        self._next_purge = 0.0  # clock time of the next purge (the first begin purges)
+        self._purges = PurgeSchedule()
 
     @classmethod
     async def open(
@@ -152,14 +152,12 @@ class PostgresStateStore:
     ) -> IdempotencyEntry | None:
         """Claim the key; None when claimed now, else the live entry (any state).
 
-        Also purges expired keys now and then (at most every ``PURGE_EVERY_SECONDS`` per
-        instance, ``PURGE_MAX_ROWS`` at a time).
+        Also purges expired keys now and then, as the SQLite store does (see
+        :class:`gateway.state.PurgeSchedule`), each instance on its own schedule.
         """
         now = self._clock()
-        if now >= self._next_purge:
-            self._next_purge = now + PURGE_EVERY_SECONDS
-            if await self.purge_expired() >= PURGE_MAX_ROWS:
-                self._next_purge = now  # more to delete: again at the next begin
+        if self._purges.due(now):
+            self._purges.purged(await self.purge_expired(), now)
 
         async def op(conn: Any) -> IdempotencyEntry | None:
             # A live entry may be released (deleted) between the two statements; then the
@@ -202,7 +200,7 @@ class PostgresStateStore:
         now = self._clock()
 
         async def op(conn: Any) -> int:
-            tag: str = await conn.execute(self._sql["purge"], now, PURGE_MAX_ROWS)
+            tag: str = await conn.execute(self._sql["purge"], now, state.PURGE_MAX_ROWS)
             return int(tag.rsplit(" ", 1)[-1])
 
         return await self._run(op)

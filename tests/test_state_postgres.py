@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from gateway import state_postgres
+from gateway import state
 from gateway.state import StateUnavailable
 from gateway.state_postgres import PostgresStateStore
 from tests import pg
@@ -81,7 +81,7 @@ async def test_instances_racing_on_new_keys_let_exactly_one_exchange_through(sch
 async def test_expired_keys_are_reclaimed_and_purged_in_bounded_steps(
     schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(state_postgres, "PURGE_MAX_ROWS", 10)
+    monkeypatch.setattr(state, "PURGE_MAX_ROWS", 10)
     clock = Clock()
     store = await PostgresStateStore.open(pg.schema_dsn(schema), clock=clock)
     try:
@@ -92,7 +92,7 @@ async def test_expired_keys_are_reclaimed_and_purged_in_bounded_steps(
         entry = await store.idempotency_begin("s", "svc", "old-0", "h", ttl=10)
         assert entry is not None and entry.state == "done"
         assert await _rows(schema) == 25
-        clock.now += state_postgres.PURGE_EVERY_SECONDS  # all 25 expired
+        clock.now += state.PURGE_EVERY_SECONDS  # all 25 expired
         assert await store.idempotency_begin("s", "svc", "fresh", "h", ttl=1000) is None
         assert await _rows(schema) == 25 - 10 + 1  # purged 10 (the cap), then claimed
         await store.idempotency_begin("s", "svc", "a", "h", ttl=1000)  # cap hit: purge again
