@@ -126,7 +126,7 @@ def _run_worker(
     # generations, so full collections under load stay short (they show up in p99 latency).
     gc.collect()
     gc.freeze()
-    run(app, sock, server_ssl_context(dep), stop_signal=STOP_SIGNAL)
+    run(app, sock, server_ssl_context(dep), STOP_SIGNAL)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -15,33 +15,28 @@ from aiohttp import web
 
 
 def run(
-    app: web.Application,
-    sock: socket.socket,
-    ssl_context: ssl.SSLContext | None,
-    *,
-    stop_signal: int | None = None,
+    app: web.Application, sock: socket.socket, ssl_context: ssl.SSLContext | None, stop_signal: int
 ) -> None:
-    """Serve ``app`` on an already bound socket (one worker process) until SIGTERM/SIGINT, or
-    only until ``stop_signal`` when given (the supervisor's; see gateway.cli_serve)."""
+    """Serve ``app`` on an already bound socket (one worker process) until ``stop_signal``, the
+    supervisor's (see gateway.cli_serve)."""
     loop = asyncio.new_event_loop()
-    if stop_signal is not None:
-        stopping = False
+    stopping = False
 
-        def stop() -> None:
-            nonlocal stopping
-            if not stopping:  # one graceful shutdown; a repeat must not break its cleanup
-                stopping = True
-                signal.signal(stop_signal, signal.SIG_IGN)  # nor, the loop closed, kill us
-                raise web.GracefulExit()
+    def stop() -> None:
+        nonlocal stopping
+        if not stopping:  # one graceful shutdown; a repeat must not break its cleanup
+            stopping = True
+            signal.signal(stop_signal, signal.SIG_IGN)  # nor, the loop closed, kill us
+            raise web.GracefulExit()
 
-        loop.add_signal_handler(stop_signal, stop)
+    loop.add_signal_handler(stop_signal, stop)
     web.run_app(
         app,
         sock=sock,
         ssl_context=ssl_context,
         access_log=None,  # one structured line per exchange instead (handlers.py)
         print=None,
-        handle_signals=stop_signal is None,
+        handle_signals=False,  # stop() instead: SIGTERM/SIGINT are the supervisor's
         shutdown_timeout=10,
         loop=loop,
     )
