@@ -126,7 +126,13 @@ def _run_worker(
     # generations, so full collections under load stay short (they show up in p99 latency).
     gc.collect()
     gc.freeze()
-    run(app, sock, server_ssl_context(dep), STOP_SIGNAL)
+    run(
+        app,
+        sock,
+        server_ssl_context(dep),
+        STOP_SIGNAL,
+        idle_timeout=dep.config.limits.idle_timeout_seconds,
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

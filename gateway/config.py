@@ -69,6 +69,11 @@ class Limits(_Model):
     max_json_depth: int = Field(default=64, ge=2, le=512)
     clock_skew_seconds: int = Field(default=300, ge=1, le=3600)
     delivery_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # A connection must complete a request's headers within idle_timeout_seconds of opening
+    # (or of its previous response), and then send the whole body within body_timeout_seconds;
+    # otherwise slow or silent clients could hold connections and handlers without end.
+    idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    body_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
     rate_per_second: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=400, ge=1)

@@ -230,7 +230,9 @@ def _config_header(port: int) -> str:
         "max_body_bytes = 1048576\n"
         "max_json_depth = 64\n"
         "clock_skew_seconds = 300\n"
-        "delivery_timeout_seconds = 10\n\n"
+        "delivery_timeout_seconds = 10\n"
+        "idle_timeout_seconds = 60\n"
+        "body_timeout_seconds = 60\n\n"
         "[audit]\n"
         'store = "sqlite"\n'
         'path = "audit.db"\n'

@@ -10,6 +10,7 @@ contract (clients switch on it), so it never changes once published.
     +-- Forbidden                403  forbidden
     +-- NotFound                 404  unknown-service, not-found
     +-- MethodNotAllowed         405  method-not-allowed
+    +-- RequestTimeout           408  request-timeout (the body did not arrive in time)
     +-- Conflict                 409  replay, idempotency-conflict
     +-- PayloadTooLarge          413  payload-too-large
     +-- UnsupportedMediaType     415  unsupported-media-type
@@ -149,6 +150,23 @@ class Replay(Conflict):
 class IdempotencyConflict(Conflict):
     default_slug = "idempotency-conflict"
     title = "Idempotency key reused with another body"
+
+
+class RequestTimeout(GatewayError):
+    """The request's body did not arrive within ``limits.body_timeout_seconds``: a client too
+    slow (or holding connections open on purpose) must not keep a handler waiting forever."""
+
+    status = 408
+    default_slug = "request-timeout"
+    title = "Request body not received in time"
+
+    @classmethod
+    def after(cls, what: str, seconds: float) -> RequestTimeout:
+        """The one wording of this cause, wherever a body was too slow."""
+        return cls(
+            f"{what} did not arrive within {seconds:g} s of the request headers; send the whole"
+            " body at once (on a new connection: this one is closed)"
+        )
 
 
 class PayloadTooLarge(GatewayError):

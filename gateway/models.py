@@ -80,6 +80,7 @@ class RawRequest:
     remote: str | None = None
     declared_length: int | None = None
     received_text: str = ""  # rfc3339(received_at), when the caller has it already
+    body_timed_out: bool = False  # the body did not arrive within limits.body_timeout
 
     @property
     def received(self) -> str:
@@ -120,6 +121,7 @@ class Limits:
     replay_ttl: float
     rate_per_second: float = 200.0
     rate_burst: int = 400
+    body_timeout: float = 60.0
 
 
 @dataclass(slots=True)

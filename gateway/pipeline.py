@@ -48,6 +48,7 @@ from gateway.errors import (
     ProviderFailed,
     ProviderTimeout,
     Replay,
+    RequestTimeout,
     SchemaInvalid,
     UnknownService,
     UnsupportedMediaType,
@@ -186,6 +187,8 @@ class Pipeline:
 
     # (0)
     def _parse(self, raw: RawRequest) -> Any:
+        if raw.body_timed_out:
+            raise RequestTimeout.after("the body", self._limits.body_timeout)
         declared = raw.declared_length or 0
         if len(raw.body) > self._limits.max_body_bytes or declared > self._limits.max_body_bytes:
             raise PayloadTooLarge(

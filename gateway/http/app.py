@@ -211,6 +211,7 @@ def build_limits(dep: Deployment) -> Limits:
         replay_ttl=2 * limits.clock_skew_seconds + 60,
         rate_per_second=limits.rate_per_second,
         rate_burst=limits.rate_burst,
+        body_timeout=limits.body_timeout_seconds,
     )
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.audit.log import AuditUnavailable
 from gateway.errors import NotReady
 from gateway.http import app as keys
+from gateway.http.bodies import read_body
 from gateway.http.middlewares import peer_certificate, problem_response
 from gateway.http.openapi import openapi_document
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -28,23 +29,13 @@ log = structlog.get_logger("gateway.exchange")
 _JSON = "application/json"
 
 
-async def _read_body(request: web.Request, limit: int) -> tuple[bytes, int | None]:
-    """The body, or b"" with the declared size when it is over the limit (never read whole)."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        return b"", declared
-    try:
-        return await request.read(), declared
-    except web.HTTPRequestEntityTooLarge:
-        return b"", max(declared or 0, limit + 1)
-
-
 @dataclass(frozen=True, slots=True)
 class _ExchangeSettings:
     """What the exchange handler needs besides the pipeline, fixed when the routes are added."""
 
     clock: Callable[[], datetime]
     max_body_bytes: int
+    body_timeout: float
     metrics: ExchangeMetrics
 
 
@@ -52,8 +43,10 @@ _EXCHANGE = web.AppKey("exchange_settings", _ExchangeSettings)
 
 
 def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
-    limit = app[keys.DEPLOYMENT].config.limits.max_body_bytes
-    app[_EXCHANGE] = _ExchangeSettings(clock, limit, app[keys.METRICS])
+    limits = app[keys.DEPLOYMENT].config.limits
+    app[_EXCHANGE] = _ExchangeSettings(
+        clock, limits.max_body_bytes, limits.body_timeout_seconds, app[keys.METRICS]
+    )
     # Any segment is an exchange attempt (audited; a name that is no service is a 404 problem
     # from the pipeline): aiohttp's default segment pattern leaves out "{" and "}", and the
     # router's own 404 for those would not be audited.
@@ -69,10 +62,10 @@ async def exchange(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     settings = request.app[_EXCHANGE]
     received_at = settings.clock()
-    body, declared = await _read_body(request, settings.max_body_bytes)
+    body = await read_body(request, limit=settings.max_body_bytes, time_limit=settings.body_timeout)
     raw = RawRequest(
         service=request.match_info["service"],
-        body=body,
+        body=body.data,
         content_type=request.content_type,
         received_at=received_at,
         received_text=rfc3339(received_at),
@@ -80,7 +73,8 @@ async def exchange(request: web.Request) -> web.StreamResponse:
         authorization=request.headers.get("Authorization"),
         idempotency_key=request.headers.get("Idempotency-Key"),
         remote=request.remote,
-        declared_length=declared,
+        declared_length=body.declared,
+        body_timed_out=body.timed_out,
     )
     try:
         result = await request.app[keys.PIPELINE].process(raw)
@@ -94,12 +88,15 @@ async def exchange(request: web.Request) -> web.StreamResponse:
     if result.exchange_id:
         headers["X-Exchange-Id"] = result.exchange_id
     _log_and_count(settings.metrics, raw.service, result, started)
-    return web.Response(
+    response = web.Response(
         status=result.status,
         body=result.body,
         content_type=result.content_type,
         headers=headers,
     )
+    if body.timed_out:  # the rest of that body is still on its way: never read it as a request
+        response.force_close()
+    return response
 
 
 def _log_and_count(

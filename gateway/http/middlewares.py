@@ -10,7 +10,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound
+from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound, RequestTimeout
 from gateway.models import uuid7
 
 log = structlog.get_logger("gateway.http")
@@ -73,7 +73,10 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return await handler(request)
     except GatewayError as e:
         log.info("http.problem", path=request.path, status=e.status, cause=e.slug)
-        return problem_response(e, instance=request.path)
+        response = problem_response(e, instance=request.path)
+        if isinstance(e, RequestTimeout):  # the body's rest may still come: never parse it
+            response.force_close()
+        return response
     except web.HTTPException as e:
         if e.status == 404:
             return problem_response(NotFound(f"no route {request.method} {request.path[:200]}"))

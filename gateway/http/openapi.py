@@ -190,17 +190,21 @@ def _exchange_operation(sid: str, svc: LoadedService) -> dict[str, Any]:
         },
         "responses": {
             "200": _delivered_response(f"{sid}.response"),
-            **_problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 502, 503, 504),
+            **_problem_responses(400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 502, 503, 504),
         },
     }
 
 
-def _operation(path: str, summary: str, who: str, params: tuple[str, ...]) -> dict[str, Any]:
-    """One of ``_OPERATIONS``; a parameter named in the path template is a path parameter."""
+def _operation(
+    path: str, method: str, summary: str, who: str, params: tuple[str, ...]
+) -> dict[str, Any]:
+    """One of ``_OPERATIONS``; a parameter named in the path template is a path parameter.
+    A POST reads a body, held to the body limits (413, 408)."""
+    codes = (400, 401, 403, 404, *((408, 413) if method == "post" else ()))
     op: dict[str, Any] = {
         "summary": summary,
         "description": f"Who: {who}.",
-        "responses": {"200": {"description": "OK"}, **_problem_responses(400, 401, 403, 404)},
+        "responses": {"200": {"description": "OK"}, **_problem_responses(*codes)},
     }
     if params:
         op["parameters"] = [
@@ -261,7 +265,7 @@ def openapi_document(dep: Deployment) -> dict[str, Any]:
         schemas[f"{sid}.response"] = svc.response_schema
         paths[f"/v1/exchange/{sid}"] = {"post": _exchange_operation(sid, svc)}
     for path, method, summary, who, params in _OPERATIONS:
-        paths.setdefault(path, {})[method] = _operation(path, summary, who, params)
+        paths.setdefault(path, {})[method] = _operation(path, method, summary, who, params)
     paths.update(_public_paths())
     return {
         "openapi": "3.1.0",

@@ -15,10 +15,22 @@ from aiohttp import web
 
 
 def run(
-    app: web.Application, sock: socket.socket, ssl_context: ssl.SSLContext | None, stop_signal: int
+    app: web.Application,
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext | None,
+    stop_signal: int,
+    *,
+    idle_timeout: float,
 ) -> None:
     """Serve ``app`` on an already bound socket (one worker process) until ``stop_signal``, the
-    supervisor's (see gateway.cli_serve)."""
+    supervisor's (see gateway.cli_serve).
+
+    ``idle_timeout`` (``limits.idle_timeout_seconds``) becomes aiohttp's keep-alive timeout,
+    which closes a connection that has not completed a request's headers that long after it
+    opened or after its last response: a silent or trickling client cannot hold a connection
+    (and a file descriptor) for aiohttp's default of an hour. Streams (the audit SSE tail) are
+    responses in progress, which it leaves alone; request bodies have their own limit
+    (gateway.http.bodies)."""
     loop = asyncio.new_event_loop()
     stopping = False
 
@@ -38,5 +50,6 @@ def run(
         print=None,
         handle_signals=False,  # stop() instead: SIGTERM/SIGINT are the supervisor's
         shutdown_timeout=10,
+        keepalive_timeout=idle_timeout,
         loop=loop,
     )

@@ -24,8 +24,9 @@ from aiohttp import web
 
 from gateway.audit.checkpoint import NoteError
 from gateway.crypto.keys import CryptoError, jwk_thumbprint
-from gateway.errors import BadRequest, ConfigError, PayloadTooLarge
+from gateway.errors import BadRequest, ConfigError
 from gateway.http import app as keys
+from gateway.http.bodies import read_whole
 from gateway.verify import Trust, Unreadable, checkpoint_verifiers, verify_artifact
 
 __all__ = ["VERIFY_PATH", "add_routes", "build_trust"]
@@ -60,13 +61,16 @@ def build_trust(app: web.Application) -> Trust:
 def add_routes(app: web.Application, *, clock: Callable[[], datetime] | None = None) -> None:
     """Register ``POST /v1/verify`` (needs DEPLOYMENT and KEYRING set on ``app``)."""
     trust = build_trust(app)
+    limits = app[keys.DEPLOYMENT].config.limits
     now = clock or (lambda: datetime.now(UTC))
 
     async def verify(request: web.Request) -> web.Response:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge("the artifact is larger than the configured body limit") from None
+        body = await read_whole(
+            request,
+            limit=limits.max_body_bytes,
+            time_limit=limits.body_timeout_seconds,
+            what="the artifact",
+        )
         if not body.strip():
             raise BadRequest(
                 "send the artifact (JWS JSON, proof bundle or signed note) as the body"

@@ -45,9 +45,9 @@ from gateway.errors import (
     GatewayError,
     NotFound,
     NotReady,
-    PayloadTooLarge,
 )
 from gateway.http import app as keys
+from gateway.http.bodies import read_whole
 from gateway.witness import (
     SIZE_CONTENT_TYPE,
     PeerLogs,
@@ -145,10 +145,13 @@ def build_witness(dep: Deployment) -> Witness:
 
 
 async def _read(request: web.Request) -> bytes:
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge("the add-checkpoint request is larger than the body limit") from None
+    limits = request.app[keys.DEPLOYMENT].config.limits
+    return await read_whole(
+        request,
+        limit=limits.max_body_bytes,
+        time_limit=limits.body_timeout_seconds,
+        what="the add-checkpoint request",
+    )
 
 
 def _refused(r: WitnessRefusal) -> web.Response:

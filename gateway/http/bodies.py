@@ -1,0 +1,61 @@
+"""Reading a request body within the body limit and the body timeout.
+
+Why a module of its own: every POST route reads a body, and each must hold the same two limits.
+The size cap alone is not enough: a client that declares a body and then sends it a byte a
+minute (or not at all) would keep a handler and a connection for as long as it likes. So the
+whole body must arrive within ``limits.body_timeout_seconds`` of the headers (the headers
+themselves are bounded by ``limits.idle_timeout_seconds``, which gateway.http.serving gives
+aiohttp as its keep-alive timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.errors import PayloadTooLarge, RequestTimeout
+
+__all__ = ["Body", "read_body", "read_whole"]
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """What arrived: the bytes (empty when over the limit or late), the declared length, and
+    whether the body was cut short by the timeout."""
+
+    data: bytes
+    declared: int | None
+    timed_out: bool = False
+
+
+async def read_body(request: web.Request, *, limit: int, time_limit: float) -> Body:
+    """The body, never read whole when over ``limit`` (``declared`` then says more than
+    ``limit``), and given up after ``time_limit`` seconds (``timed_out``).
+
+    The caller decides what each means (the exchange pipeline audits both as rejections). A
+    body given up on leaves unread bytes on the connection: the answer must close it
+    (``web.StreamResponse.force_close``), or they would be read as the next request.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return Body(b"", declared)
+    try:
+        async with asyncio.timeout(time_limit):
+            return Body(await request.read(), declared)
+    except web.HTTPRequestEntityTooLarge:
+        return Body(b"", max(declared or 0, limit + 1))
+    except TimeoutError:
+        return Body(b"", declared, timed_out=True)
+
+
+async def read_whole(request: web.Request, *, limit: int, time_limit: float, what: str) -> bytes:
+    """The body, or the problem a route that is not an exchange answers: 413 over ``limit``,
+    408 after ``time_limit`` (the connection then closes; see :func:`read_body`)."""
+    body = await read_body(request, limit=limit, time_limit=time_limit)
+    if body.timed_out:
+        raise RequestTimeout.after(what, time_limit)
+    if len(body.data) > limit or (body.declared is not None and body.declared > limit):
+        raise PayloadTooLarge(f"{what} is larger than the body limit of {limit} bytes")
+    return body.data
