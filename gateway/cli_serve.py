@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import config as config_mod
 from gateway.cli import EXIT_FAILED, EXIT_OK, _err, _load
+from gateway.ratelimit_shared import SharedBuckets
 
 if TYPE_CHECKING:  # fork contexts do not exist on every platform
     from multiprocessing.context import ForkContext, ForkProcess
@@ -86,7 +87,7 @@ def _run_appender(dep: config_mod.Deployment, address: str, ready: Any) -> None:
 
     _take_over_signals()
     _name_process("gw-appender")
-    configure(dep.config.logging.level)
+    configure(dep.config.logging.level, process="appender")
     store = open_store(dep, appends=True)
     publisher = periodic_publisher(dep, store)
     serve(store, address, ready=ready.set, publisher=publisher, stop_signals=(STOP_SIGNAL,))
@@ -98,9 +99,10 @@ def _run_worker(
     worker: int,
     appender: str,
     metrics_dir: Path | None,
+    rate: SharedBuckets,
 ) -> None:
-    """One worker process: its own event loop and app; the shared socket, appender and
-    metrics directory."""
+    """One worker process: its own event loop and app; the shared socket, appender, metrics
+    directory and rate buckets."""
     from gateway.http.app import create_app, server_ssl_context
     from gateway.http.serving import run
     from gateway.logging import configure
@@ -108,7 +110,7 @@ def _run_worker(
 
     _take_over_signals()
     _name_process(f"gw-worker-{worker}")
-    configure(dep.config.logging.level)
+    configure(dep.config.logging.level, process=f"worker-{worker}")
     if metrics_dir is not None:  # before create_app builds the metrics
         use_multiprocess_dir(metrics_dir)
     # Helper threads (reads for proofs and search, the state store) need the GIL for a few
@@ -121,7 +123,7 @@ def _run_worker(
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    app = create_app(dep, appender_address=appender, metrics_dir=metrics_dir)
+    app = create_app(dep, appender_address=appender, metrics_dir=metrics_dir, rate=rate)
     # Everything built so far lives as long as the process: keep it out of the collector's
     # generations, so full collections under load stay short (they show up in p99 latency).
     gc.collect()
@@ -197,9 +199,16 @@ def _supervise(
     if started is None:
         return EXIT_FAILED
     appender, address = started
+    limits = dep.config.limits
+    # One set of buckets for all workers: the configured rate is the gateway's, not a worker's.
+    rate = SharedBuckets(
+        (p.id for p in dep.config.participants), limits.rate_per_second, limits.rate_burst
+    )
     procs = [
         ctx.Process(
-            target=_run_worker, args=(dep, sock, i, address, metrics_dir), name=f"worker-{i}"
+            target=_run_worker,
+            args=(dep, sock, i, address, metrics_dir, rate),
+            name=f"worker-{i}",
         )
         for i in range(workers)
     ]

@@ -39,10 +39,22 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
-def configure(level: str = "info") -> None:
+def _name(process: str) -> structlog.typing.Processor:
+    def add(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event["process"] = process
+        return event
+
+    return add
+
+
+def configure(level: str = "info", *, process: str | None = None) -> None:
+    """JSON lines at ``level`` and above. ``process`` (``worker-0``, ``appender``) goes into
+    every line: with ``--workers N`` an operator can tell which process wrote what."""
     lvl = getattr(logging, level.upper())
+    named: list[structlog.typing.Processor] = [] if process is None else [_name(process)]
     structlog.configure(
         processors=[
+            *named,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

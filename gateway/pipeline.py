@@ -55,7 +55,7 @@ from gateway.errors import (
 )
 from gateway.idempotency import IdempotencyStore
 from gateway.models import ExchangeResult, Limits, RawRequest, Sender, Timings, rfc3339, uuid7
-from gateway.ratelimit import TokenBuckets
+from gateway.ratelimit import RateLimiter, TokenBuckets
 from gateway.records import sha256_hex
 from gateway.strictjson import JsonError, loads
 from gateway.validation import CompiledSchema
@@ -142,6 +142,7 @@ class Pipeline:
         limits: Limits,
         clock: Callable[[], datetime],
         gateway_id: str,
+        rate: RateLimiter | None = None,
     ):
         self._authn = authenticator
         self._acl = access
@@ -152,7 +153,8 @@ class Pipeline:
         self._limits = limits
         self._clock = clock
         self._gateway_id = gateway_id
-        self._rate = TokenBuckets(limits.rate_per_second, limits.rate_burst)
+        # The workers' shared buckets under `gateway serve`; else this process's own.
+        self._rate = rate or TokenBuckets(limits.rate_per_second, limits.rate_burst)
 
     async def process(self, raw: RawRequest) -> ExchangeResult:
         """Run one exchange; every outcome, good or bad, is audited before it is returned."""

@@ -38,6 +38,7 @@ from gateway.errors import ConfigError
 from gateway.metrics import ExchangeMetrics
 from gateway.models import Limits
 from gateway.pipeline import Pipeline, ServiceRuntime
+from gateway.ratelimit import RateLimiter
 from gateway.state import ExchangeState, StateStore
 from gateway.state import opened as opened_state
 from gateway.validation import CompiledSchema, compile_schema
@@ -222,6 +223,7 @@ def _build_pipeline(
     audit: AuditLog | RemoteAppender,
     state: ExchangeState,
     clock: Callable[[], datetime],
+    rate: RateLimiter | None,
 ) -> Pipeline:
     """The pipeline over the opened audit sink and state store (built at start-up)."""
     cfg = dep.config
@@ -250,6 +252,7 @@ def _build_pipeline(
         limits=build_limits(dep),
         clock=clock,
         gateway_id=cfg.gateway.id,
+        rate=rate,
     )
 
 
@@ -321,6 +324,7 @@ def _resources(
     stages: _Stages,
     clock: Callable[[], datetime],
     appender_address: str | None,
+    rate: RateLimiter | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """The app's cleanup_ctx: opens every resource in order, closes them in reverse order."""
 
@@ -342,7 +346,9 @@ def _resources(
             app[AUDIT] = audit
             app[STATE] = state
             sink = remote if remote is not None else audit
-            app[PIPELINE] = _build_pipeline(dep, stages, audit=sink, state=state, clock=clock)
+            app[PIPELINE] = _build_pipeline(
+                dep, stages, audit=sink, state=state, clock=clock, rate=rate
+            )
             yield
 
     return resources
@@ -354,11 +360,13 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     appender_address: str | None = None,
     metrics_dir: Path | None = None,
+    rate: RateLimiter | None = None,
 ) -> web.Application:
     """Build the application; everything that can be checked before serving is checked here.
 
-    ``metrics_dir``: the workers' shared metrics directory under `gateway serve --workers N`
-    (see gateway.metrics); without it the metrics are this process's own."""
+    ``metrics_dir`` and ``rate``: the workers' shared metrics directory and rate buckets under
+    `gateway serve` (see gateway.metrics, gateway.ratelimit_shared); without them the metrics
+    and the buckets are this process's own."""
     from gateway.http import audit_api, handlers, middlewares, verify_api, witness_api
 
     now = clock or (lambda: datetime.now(UTC))
@@ -379,7 +387,7 @@ def create_app(
     app[KEYRING] = stages.keyring
     app[CONNECTORS] = stages.connectors
     app[METRICS] = ExchangeMetrics(dep.services, multiprocess_dir=metrics_dir)
-    app.cleanup_ctx.append(_resources(dep, stages, now, appender_address))
+    app.cleanup_ctx.append(_resources(dep, stages, now, appender_address, rate))
     handlers.add_routes(app, clock=now)
     verify_api.add_routes(app, clock=now)
     witness_api.add_routes(app, clock=now)
