@@ -238,6 +238,20 @@ async def test_bad_search_parameters_are_400_problems_naming_the_parameter(
     assert repr(named) in doc["detail"]
 
 
+@pytest.mark.parametrize("path", ["/v1/audit/records", "/v1/audit/export"])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("since", "9999-12-31T23:59:59-01:00"), ("until", "0001-01-01T00:00:00+01:00")],
+)
+async def test_a_time_that_moves_outside_years_1_to_9999_in_utc_is_a_400_not_a_500(
+    gw: Gateway, path: str, name: str, value: str
+) -> None:
+    status, headers, doc = await call(gw, path, role(gw, AUDITOR), params={name: value})
+    assert status == 400, doc
+    assert headers["Content-Type"].startswith("application/problem+json")
+    assert repr(name) in doc["detail"]
+
+
 async def test_one_record_by_index_with_its_leaf_hash_and_404_past_the_end(gw: Gateway) -> None:
     await send(gw, "hcm.quan-1", CITIZEN)
     status, _, doc = await call(gw, "/v1/audit/records/1", role(gw, OPERATOR))
