@@ -463,6 +463,21 @@ async def test_bad_inclusion_requests(
         assert headers["Retry-After"] == "1"
 
 
+@pytest.mark.parametrize("index", ["2", "4611686018427387904"])
+async def test_inclusion_of_an_index_past_the_logs_end_is_404_not_retry_later(
+    gw: Gateway, index: str
+) -> None:
+    """Without tree_size, a record that does not exist is no checkpoint away: a 503 with
+    Retry-After would have the client retry forever."""
+    await send(gw, "hcm.quan-1", CITIZEN)  # Records 0 and 1.
+    await publish(gw)
+    got, headers, doc = await call(
+        gw, "/v1/audit/proof/inclusion", role(gw, AUDITOR), params={"index": index}
+    )
+    assert got == 404, doc
+    assert "Retry-After" not in headers and index in doc["detail"]
+
+
 async def test_consistency_proofs_verify_between_any_two_sizes(gw: Gateway) -> None:
     for _ in range(3):
         await send(gw, "hcm.quan-1", BUDGET)
