@@ -141,7 +141,8 @@ def _db_source(db: Path) -> _AuditSource:
         if not {"audit_records", "audit_head", "audit_nodes"} <= tables:
             raise ValueError(f"{db} is not an audit database (no audit_records/audit_head)")
         size, root, frontier = conn.execute(
-            "SELECT size, root, frontier FROM audit_head WHERE id = 0"
+            # CAST: SQLite keeps a TEXT value put in a BLOB column, and bytes(str) would crash.
+            "SELECT size, CAST(root AS BLOB), CAST(frontier AS BLOB) FROM audit_head WHERE id = 0"
         ).fetchone()
     except (sqlite3.DatabaseError, TypeError) as e:
         source.close()
@@ -173,7 +174,10 @@ def _read_stored_checkpoints(source: _AuditSource, conn: sqlite3.Connection) -> 
     source.checkpoints = (
         NoteToCheck(bytes(note), f"stored checkpoint {n}", size=n, root=bytes(r))
         for n, r, note in source.timed(
-            conn.execute("SELECT size, root, note FROM audit_checkpoints ORDER BY size")
+            conn.execute(
+                "SELECT size, CAST(root AS BLOB), CAST(note AS BLOB) FROM audit_checkpoints"
+                " ORDER BY size"
+            )
         )
     )
 

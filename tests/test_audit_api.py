@@ -238,6 +238,20 @@ async def test_bad_search_parameters_are_400_problems_naming_the_parameter(
     assert repr(named) in doc["detail"]
 
 
+@pytest.mark.parametrize("path", ["/v1/audit/records", "/v1/audit/export"])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("since", "9999-12-31T23:59:59-01:00"), ("until", "0001-01-01T00:00:00+01:00")],
+)
+async def test_a_time_that_moves_outside_years_1_to_9999_in_utc_is_a_400_not_a_500(
+    gw: Gateway, path: str, name: str, value: str
+) -> None:
+    status, headers, doc = await call(gw, path, role(gw, AUDITOR), params={name: value})
+    assert status == 400, doc
+    assert headers["Content-Type"].startswith("application/problem+json")
+    assert repr(name) in doc["detail"]
+
+
 async def test_one_record_by_index_with_its_leaf_hash_and_404_past_the_end(gw: Gateway) -> None:
     await send(gw, "hcm.quan-1", CITIZEN)
     status, _, doc = await call(gw, "/v1/audit/records/1", role(gw, OPERATOR))
@@ -447,6 +461,21 @@ async def test_bad_inclusion_requests(
         assert repr(named) in doc["detail"]
     if status == 503:
         assert headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("index", ["2", "4611686018427387904"])
+async def test_inclusion_of_an_index_past_the_logs_end_is_404_not_retry_later(
+    gw: Gateway, index: str
+) -> None:
+    """Without tree_size, a record that does not exist is no checkpoint away: a 503 with
+    Retry-After would have the client retry forever."""
+    await send(gw, "hcm.quan-1", CITIZEN)  # Records 0 and 1.
+    await publish(gw)
+    got, headers, doc = await call(
+        gw, "/v1/audit/proof/inclusion", role(gw, AUDITOR), params={"index": index}
+    )
+    assert got == 404, doc
+    assert "Retry-After" not in headers and index in doc["detail"]
 
 
 async def test_consistency_proofs_verify_between_any_two_sizes(gw: Gateway) -> None:

@@ -350,6 +350,20 @@ def test_a_checkpoint_signed_by_another_key_is_refused(
     assert code == 1 and "[checkpoint-invalid] stored checkpoint 37" in out
 
 
+def test_a_head_root_or_checkpoint_note_rewritten_as_text_is_named_not_a_crash(
+    log: Log, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite keeps a TEXT value in a BLOB column: the reader must still compare bytes."""
+    db = log.copy_db(tmp_path, "root.db")
+    tamper(db, ("UPDATE audit_head SET root = 'forged'", ()))
+    code, out = run(capsys, "--config", str(log.config), "--db", str(db))
+    assert code == 1 and "[head-mismatch] the stored head root" in out
+    db = log.copy_db(tmp_path, "note.db")
+    tamper(db, ("UPDATE audit_checkpoints SET note = 'forged' WHERE size = 37", ()))
+    code, out = run(capsys, "--config", str(log.config), "--db", str(db))
+    assert code == 1 and "[checkpoint-invalid] stored checkpoint 37" in out
+
+
 def test_a_missing_database_is_a_usage_error(
     log: Log, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -300,6 +300,14 @@ def test_malformed_checkpoint_bodies_are_refused(body: bytes) -> None:
         parse_checkpoint(body)
 
 
+def test_a_size_line_of_thousands_of_digits_is_a_note_error_not_a_crash() -> None:
+    """int() refuses strings over 4300 digits with a bare ValueError: callers catching NoteError
+    (the witness, `gateway verify`, `gateway audit verify`) must get a NoteError instead."""
+    body = b"origin\n" + b"1" * 5000 + b"\n" + base64.b64encode(ROOT) + b"\n"
+    with pytest.raises(NoteError, match="size"):
+        parse_checkpoint(body)
+
+
 def test_checkpoint_fields_are_validated_on_construction() -> None:
     for args in [("", 1, ROOT), ("a\nb", 1, ROOT), ("o", -1, ROOT), ("o", 2**64, ROOT)]:
         with pytest.raises(NoteError):

@@ -222,6 +222,14 @@ def test_a_note_that_is_no_checkpoint_is_400() -> None:
         assert r.status == 400, note
 
 
+def test_a_checkpoint_whose_size_has_thousands_of_digits_is_400_malformed() -> None:
+    log = _signer()
+    peers = PeerLogs.from_config([(LOG, log.vkey())])
+    body = b"%s\n%s\n%s\n" % (LOG.encode(), b"9" * 5000, base64.b64encode(bytes(32)))
+    r = _refusal(_submit, peers, 0, [], body + b"\n" + log.sign(body))
+    assert (r.cause, r.status) == (Refusal.MALFORMED, 400)
+
+
 def test_peer_configuration_errors_are_refused() -> None:
     log = _signer()
     with pytest.raises(ValueError, match="peer #0"):

@@ -70,7 +70,9 @@ __all__ = [
 
 _ROOT_SIZE: Final = 32  # SHA-256: this module checkpoints RFC 9162 SHA-256 trees only.
 _MAX_SIZE: Final = 2**64 - 1  # Tree sizes are uint64 in RFC 9162 and every tlog tool.
-_DECIMAL: Final = re.compile(r"0|[1-9][0-9]*")
+# At most 20 digits (2^64 - 1 has 20): int() of a longer line could raise a bare ValueError
+# (over 4300 digits) instead of a NoteError; the range check in Checkpoint does the rest.
+_DECIMAL: Final = re.compile(r"0|[1-9][0-9]{0,19}")
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -121,7 +123,9 @@ def parse_checkpoint(body: bytes) -> Checkpoint:
         raise NoteError("checkpoint needs origin, size and root lines")
     origin, size, root, *extensions = lines
     if not _DECIMAL.fullmatch(size):
-        raise NoteError("checkpoint size is not a decimal number without leading zeros")
+        raise NoteError(
+            "checkpoint size is not a decimal number (at most 20 digits, no leading zeros)"
+        )
     return Checkpoint(origin, int(size), b64decode(root, "checkpoint root"), tuple(extensions))
 
 

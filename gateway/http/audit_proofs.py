@@ -80,6 +80,8 @@ async def inclusion(request: web.Request) -> web.Response:
     else:
         index = req_int(q["index"], "index")
     tree_size = int_param(q.get("tree_size"), "tree_size")
+    if tree_size is None and index >= head:  # No checkpoint will cover it: not a 503 to retry.
+        raise NotFound(f"the audit log has no record at index {index}")
     if tree_size is None:
         tree_size, _ = await _default_size(audit, index)
     elif tree_size > head:

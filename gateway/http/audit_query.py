@@ -72,7 +72,7 @@ def time_param(value: str | None, name: str) -> str | None:
     text = value.upper().replace(" ", "+")
     try:
         return rfc3339(datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC))
-    except ValueError:
+    except (ValueError, OverflowError):  # Overflow: 9999-12-31T23:59:59-01:00 is past year 9999.
         raise bad(name, "a valid RFC 3339 date-time") from None
 
 
