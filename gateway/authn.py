@@ -96,7 +96,10 @@ def bearer_digest(authorization: str) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("Authorization header is not a bearer token")
-    return token_hash(token)
+    try:
+        return token_hash(token)
+    except UnicodeEncodeError:  # header bytes that are not UTF-8 reach us as lone surrogates
+        raise Unauthenticated("bearer token is not UTF-8 text") from None
 
 
 class Authenticator:

@@ -246,6 +246,37 @@ async def test_unknown_bearer_token_is_401(gw: Gateway, provider: Provider) -> N
     assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
 
 
+async def _post_raw_header(gw: Gateway, path: str, header: bytes) -> tuple[int, Any]:
+    """POST with one raw header line, its bytes exactly as given (no client re-encodes them)."""
+    import asyncio
+
+    host, port = gw.url.removeprefix("http://").split(":")
+    body = orjson.dumps(example(CITIZEN))
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n".encode()
+            + header
+            + b"\r\n\r\n"
+            + body
+        )
+        response = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, payload = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), orjson.loads(payload)
+
+
+async def test_a_bearer_token_that_is_not_utf8_is_an_audited_401_not_a_500(
+    gw: Gateway, provider: Provider
+) -> None:
+    status, doc = await _post_raw_header(
+        gw, f"/v1/exchange/{CITIZEN}", b"Authorization: Bearer \xff\xfe"
+    )
+    assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
+
+
 async def test_tampered_signed_request_is_401(gw: Gateway, provider: Provider) -> None:
     token = orjson.loads(signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN)))
     other = orjson.loads(
