@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 from gateway.config import token_hash
 from gateway.crypto import jws, pki
+from gateway.crypto.canonical import canonicalize
 from gateway.crypto.jws import CryptoError
 from gateway.errors import BadRequest, MalformedJson, Unauthenticated
 from gateway.models import RawRequest, Sender
@@ -49,6 +50,24 @@ def parse_created(value: str) -> datetime:
     if t.tzinfo is None:
         raise ValueError("created has no time zone")
     return t.astimezone(UTC)
+
+
+def _require_canonical(req: dict[str, Any], signed: bytes) -> None:
+    """The signed bytes must be the RFC 8785 form of the request, as the contract says.
+
+    Why here: the sender's JWS travels on inside the envelope, and every verifier downstream
+    (``gateway verify`` included) refuses a payload that is not canonical; forwarding one would
+    hand the provider a signature that cannot be checked. Refused before any id is spent.
+    """
+    try:
+        canonical = canonicalize(req)
+    except (ValueError, TypeError):  # integers beyond 2**53 - 1, lone surrogates
+        canonical = None
+    if canonical != signed:
+        raise BadRequest(
+            "the signed payload must be the RFC 8785 (JCS) canonical JSON of the request: "
+            "members sorted, no whitespace, integers within +-(2**53 - 1)"
+        )
 
 
 class CertificateFacts:
@@ -171,6 +190,7 @@ class Authenticator:
                 "the signed payload must be an object with exactly the members "
                 "id, sender, service, created, payload"
             )
+        _require_canonical(req, verified.payload)
         rid, sender, service, created = req["id"], req["sender"], req["service"], req["created"]
         if not (isinstance(rid, str) and 1 <= len(rid) <= 128 and rid.isprintable()):
             raise BadRequest("signed request 'id' must be a printable string of 1 to 128 chars")

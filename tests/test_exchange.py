@@ -21,6 +21,7 @@ from cryptography import x509
 from jwcrypto import jwk
 from jwcrypto import jws as jwcrypto_jws
 
+from gateway.crypto import jws
 from tests.support import (
     Gateway,
     Provider,
@@ -342,6 +343,35 @@ async def test_request_signed_for_another_service_is_400(gw: Gateway, provider: 
     body = signed_request(gw.dir, "hcm.quan-1", "budget-proposal.v1", example(CITIZEN))
     status, _, doc = await post(gw, CITIZEN, body, JOSE)
     assert_rejected(gw, provider, status, doc, "bad-request", 400)
+
+
+async def test_a_signed_request_whose_payload_is_not_canonical_json_is_a_400_not_forwarded(
+    gw: Gateway, provider: Provider
+) -> None:
+    """The contract signs the RFC 8785 form, and `gateway verify` refuses any other: a request
+    the gateway forwarded anyway would make the envelope fail its own verifier downstream."""
+    from gateway.crypto.keys import load_certificates, load_private_key
+    from gateway.models import rfc3339
+
+    d = gw.dir / "participants" / "hcm.quan-1"
+    req = {
+        "id": "0193a5c2-0000-7000-8000-00000000c0de",
+        "sender": "hcm.quan-1",
+        "service": CITIZEN,
+        "created": rfc3339(datetime.now(UTC)),
+        "payload": example(CITIZEN),
+    }
+    body = jws.serialize(
+        jws.sign_bytes(
+            json.dumps(req, indent=1).encode(),  # valid JSON, members unsorted, whitespace
+            load_private_key((d / "key.pem").read_bytes()),
+            load_certificates((d / "cert.pem").read_bytes()),
+            typ="request+jws",
+        )
+    )
+    status, _, doc = await post(gw, CITIZEN, body, JOSE)
+    assert_rejected(gw, provider, status, doc, "bad-request", 400)
+    assert "RFC 8785" in doc["detail"]
 
 
 # ------------------------------------------------------------------ (2) authorize
