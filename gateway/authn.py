@@ -11,6 +11,7 @@ as the "accepted" audit record: one fsync for both, and only an accepted exchang
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,14 +43,31 @@ class ParticipantAuth:
     token_sha256: str | None = None
 
 
+#: RFC 3339 section 5.6 ``date-time`` in UTC (``Z``/``z`` or ``+00:00``); ASCII digits only.
+_CREATED_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:[Zz]|\+00:00)", re.ASCII
+)
+
+
 def parse_created(value: str) -> datetime:
-    """RFC 3339 UTC (``Z`` or ``+00:00``) to an aware datetime; ValueError otherwise."""
-    if not (value.endswith("Z") or value.endswith("+00:00")):
-        raise ValueError("created must be UTC (end in Z)")
-    t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if t.tzinfo is None:
-        raise ValueError("created has no time zone")
-    return t.astimezone(UTC)
+    """RFC 3339 UTC (``Z`` or ``+00:00``) to an aware datetime; ValueError otherwise.
+
+    Why not ``datetime.fromisoformat``: it also takes ISO 8601 forms the contract does not
+    allow (basic format, week dates, no seconds, a space for ``T``), which other verifiers of
+    the same signed request would read differently or refuse. A leap second (``:60``) is the
+    first instant of the next minute.
+    """
+    m = _CREATED_RE.fullmatch(value)
+    if m is None:
+        raise ValueError("created must be an RFC 3339 UTC time, e.g. 2026-11-28T09:00:00Z")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    micro = int((m.group(7) or "0")[:6].ljust(6, "0"))
+    leap = second == 60
+    t = datetime(year, month, day, hour, minute, 59 if leap else second, micro, tzinfo=UTC)
+    try:
+        return t + timedelta(seconds=1) if leap else t
+    except OverflowError:  # 9999-12-31T23:59:60Z
+        raise ValueError("created is beyond the last representable time") from None
 
 
 def _require_canonical(req: dict[str, Any], signed: bytes) -> None:
