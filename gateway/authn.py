@@ -11,6 +11,7 @@ as the "accepted" audit record: one fsync for both, and only an accepted exchang
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 from gateway.config import token_hash
 from gateway.crypto import jws, pki
+from gateway.crypto.canonical import canonicalize
 from gateway.crypto.jws import CryptoError
 from gateway.errors import BadRequest, MalformedJson, Unauthenticated
 from gateway.models import RawRequest, Sender
@@ -41,14 +43,49 @@ class ParticipantAuth:
     token_sha256: str | None = None
 
 
+#: RFC 3339 section 5.6 ``date-time`` in UTC (``Z``/``z`` or ``+00:00``); ASCII digits only.
+_CREATED_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:[Zz]|\+00:00)", re.ASCII
+)
+
+
 def parse_created(value: str) -> datetime:
-    """RFC 3339 UTC (``Z`` or ``+00:00``) to an aware datetime; ValueError otherwise."""
-    if not (value.endswith("Z") or value.endswith("+00:00")):
-        raise ValueError("created must be UTC (end in Z)")
-    t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if t.tzinfo is None:
-        raise ValueError("created has no time zone")
-    return t.astimezone(UTC)
+    """RFC 3339 UTC (``Z`` or ``+00:00``) to an aware datetime; ValueError otherwise.
+
+    Why not ``datetime.fromisoformat``: it also takes ISO 8601 forms the contract does not
+    allow (basic format, week dates, no seconds, a space for ``T``), which other verifiers of
+    the same signed request would read differently or refuse. A leap second (``:60``) is the
+    first instant of the next minute.
+    """
+    m = _CREATED_RE.fullmatch(value)
+    if m is None:
+        raise ValueError("created must be an RFC 3339 UTC time, e.g. 2026-11-28T09:00:00Z")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    micro = int((m.group(7) or "0")[:6].ljust(6, "0"))
+    leap = second == 60
+    t = datetime(year, month, day, hour, minute, 59 if leap else second, micro, tzinfo=UTC)
+    try:
+        return t + timedelta(seconds=1) if leap else t
+    except OverflowError:  # 9999-12-31T23:59:60Z
+        raise ValueError("created is beyond the last representable time") from None
+
+
+def _require_canonical(req: dict[str, Any], signed: bytes) -> None:
+    """The signed bytes must be the RFC 8785 form of the request, as the contract says.
+
+    Why here: the sender's JWS travels on inside the envelope, and every verifier downstream
+    (``gateway verify`` included) refuses a payload that is not canonical; forwarding one would
+    hand the provider a signature that cannot be checked. Refused before any id is spent.
+    """
+    try:
+        canonical = canonicalize(req)
+    except (ValueError, TypeError):  # integers beyond 2**53 - 1, lone surrogates
+        canonical = None
+    if canonical != signed:
+        raise BadRequest(
+            "the signed payload must be the RFC 8785 (JCS) canonical JSON of the request: "
+            "members sorted, no whitespace, integers within +-(2**53 - 1)"
+        )
 
 
 class CertificateFacts:
@@ -96,7 +133,10 @@ def bearer_digest(authorization: str) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("Authorization header is not a bearer token")
-    return token_hash(token)
+    try:
+        return token_hash(token)
+    except UnicodeEncodeError:  # header bytes that are not UTF-8 reach us as lone surrogates
+        raise Unauthenticated("bearer token is not UTF-8 text") from None
 
 
 class Authenticator:
@@ -168,6 +208,7 @@ class Authenticator:
                 "the signed payload must be an object with exactly the members "
                 "id, sender, service, created, payload"
             )
+        _require_canonical(req, verified.payload)
         rid, sender, service, created = req["id"], req["sender"], req["service"], req["created"]
         if not (isinstance(rid, str) and 1 <= len(rid) <= 128 and rid.isprintable()):
             raise BadRequest("signed request 'id' must be a printable string of 1 to 128 chars")

@@ -250,3 +250,16 @@ def test_participant_tokens_only_in_development_role_tokens_always(tmp_path: Pat
         with pytest.raises(Unauthenticated) as e:
             prod.resolve(creds, now=now)
         assert e.value.detail == Unauthenticated.PUBLIC_DETAIL
+
+
+def test_a_bearer_token_that_is_not_utf8_is_unauthenticated_for_the_api_too(
+    tmp_path: Path,
+) -> None:
+    """aiohttp hands non-UTF-8 header bytes over as lone surrogates; they are a 401, not a 500."""
+    dep = load(make_deployment(tmp_path / "dep"))
+    resolver = authz.PrincipalResolver(
+        dep.config.roles, keys.build_participants(dep), keys.build_anchors(dep), development=True
+    )
+    with pytest.raises(Unauthenticated) as e:
+        resolver.resolve(authz.Credentials("Bearer \udcff\udcfe"), now=datetime.now(UTC))
+    assert e.value.detail == Unauthenticated.PUBLIC_DETAIL

@@ -21,6 +21,7 @@ from cryptography import x509
 from jwcrypto import jwk
 from jwcrypto import jws as jwcrypto_jws
 
+from gateway.crypto import jws
 from tests.support import (
     Gateway,
     Provider,
@@ -246,6 +247,37 @@ async def test_unknown_bearer_token_is_401(gw: Gateway, provider: Provider) -> N
     assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
 
 
+async def _post_raw_header(gw: Gateway, path: str, header: bytes) -> tuple[int, Any]:
+    """POST with one raw header line, its bytes exactly as given (no client re-encodes them)."""
+    import asyncio
+
+    host, port = gw.url.removeprefix("http://").split(":")
+    body = orjson.dumps(example(CITIZEN))
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n".encode()
+            + header
+            + b"\r\n\r\n"
+            + body
+        )
+        response = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, payload = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), orjson.loads(payload)
+
+
+async def test_a_bearer_token_that_is_not_utf8_is_an_audited_401_not_a_500(
+    gw: Gateway, provider: Provider
+) -> None:
+    status, doc = await _post_raw_header(
+        gw, f"/v1/exchange/{CITIZEN}", b"Authorization: Bearer \xff\xfe"
+    )
+    assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
+
+
 async def test_tampered_signed_request_is_401(gw: Gateway, provider: Provider) -> None:
     token = orjson.loads(signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN)))
     other = orjson.loads(
@@ -311,6 +343,35 @@ async def test_request_signed_for_another_service_is_400(gw: Gateway, provider: 
     body = signed_request(gw.dir, "hcm.quan-1", "budget-proposal.v1", example(CITIZEN))
     status, _, doc = await post(gw, CITIZEN, body, JOSE)
     assert_rejected(gw, provider, status, doc, "bad-request", 400)
+
+
+async def test_a_signed_request_whose_payload_is_not_canonical_json_is_a_400_not_forwarded(
+    gw: Gateway, provider: Provider
+) -> None:
+    """The contract signs the RFC 8785 form, and `gateway verify` refuses any other: a request
+    the gateway forwarded anyway would make the envelope fail its own verifier downstream."""
+    from gateway.crypto.keys import load_certificates, load_private_key
+    from gateway.models import rfc3339
+
+    d = gw.dir / "participants" / "hcm.quan-1"
+    req = {
+        "id": "0193a5c2-0000-7000-8000-00000000c0de",
+        "sender": "hcm.quan-1",
+        "service": CITIZEN,
+        "created": rfc3339(datetime.now(UTC)),
+        "payload": example(CITIZEN),
+    }
+    body = jws.serialize(
+        jws.sign_bytes(
+            json.dumps(req, indent=1).encode(),  # valid JSON, members unsorted, whitespace
+            load_private_key((d / "key.pem").read_bytes()),
+            load_certificates((d / "cert.pem").read_bytes()),
+            typ="request+jws",
+        )
+    )
+    status, _, doc = await post(gw, CITIZEN, body, JOSE)
+    assert_rejected(gw, provider, status, doc, "bad-request", 400)
+    assert "RFC 8785" in doc["detail"]
 
 
 # ------------------------------------------------------------------ (2) authorize

@@ -472,6 +472,38 @@ def test_participant_id_is_not_case_folded(pki: SimpleNamespace) -> None:
     assert participant_id(_custom_leaf(pki.inter_key, pki.inter, cn="HCM.QUAN-1")) is None
 
 
+def _der_length(n: int) -> bytes:
+    if n < 128:
+        return bytes([n])
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(size)]) + size
+
+
+def _resigned(cert: x509.Certificate, tbs: bytes, issuer_key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The DER of ``cert`` with its TBS replaced by ``tbs`` and signed again (ES256 issuer)."""
+    signature = issuer_key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    ecdsa_with_sha256 = bytes.fromhex("300a06082a8648ce3d040302")
+    bits = b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature
+    body = tbs + ecdsa_with_sha256 + bits
+    return b"\x30" + _der_length(len(body)) + body
+
+
+def test_participant_id_refuses_a_subject_that_does_not_decode_instead_of_crashing(
+    pki: SimpleNamespace,
+) -> None:
+    """Path validation does not decode names, so a CA-signed leaf whose CN is not UTF-8 passes
+    it; naming its participant must then be a refusal (401 / a failed check), not a 500."""
+    cert = _custom_leaf(pki.inter_key, pki.inter, key_usage=_ku(digital_signature=True))
+    tbs = cert.tbs_certificate_bytes
+    assert tbs.count(b"hcm.quan-1") == 1
+    leaf = x509.load_der_x509_certificate(
+        _resigned(cert, tbs.replace(b"hcm.quan-1", b"hcm.qua\xff-1"), pki.inter_key)
+    )
+    verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+    with pytest.raises(ChainInvalid, match="malformed"):
+        participant_id(leaf)
+
+
 # --- mTLS on loopback with the dev certificates -------------------------------------------------
 
 

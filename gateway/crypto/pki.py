@@ -317,7 +317,10 @@ def participant_id(cert: x509.Certificate) -> str | None:
     that names two identities must not authenticate either. None: the certificate names no
     participant (a CA, for instance).
     """
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    try:  # parsed lazily, and path validation does not decode names: a CA may sign bad DER
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError as exc:
+        raise ChainInvalid(f"certificate has a malformed subject: {exc}") from exc
     if len(cns) > 1:
         raise ChainInvalid(f"certificate {name_of(cert)} has several common names")
     cn = cns[0].value if cns else None
