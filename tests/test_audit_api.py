@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -334,6 +335,61 @@ async def test_stream_stops_on_client_disconnect_and_on_shutdown(
         assert time.monotonic() - started < 5
         assert (await r.read()).startswith(b"retry: 2000")
         r.close()
+
+
+def _fill(config: Path, count: int, pad: int) -> None:
+    """``count`` records of about ``pad`` bytes in the deployment's log, before the app starts."""
+    from gateway.audit.factory import open_store
+
+    store = open_store(load(config), appends=True)
+    try:
+        for first in range(0, count, 500):
+            store.append_batch(
+                [
+                    orjson.dumps({"event": "test.padding", "n": n, "pad": "x" * pad})
+                    for n in range(first, min(count, first + 500))
+                ]
+            )
+    finally:
+        store.close()
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    """tcpi_state of TCP_INFO (1 established; 7 closed, e.g. after a reset)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+@pytest.mark.parametrize("path", ["/v1/audit/stream?from=0", "/v1/audit/export"])
+async def test_a_client_that_stops_reading_is_dropped_after_the_idle_timeout(
+    tmp_path: Path, provider: Provider, path: str
+) -> None:
+    """6 MB of records to a client that reads only the status line: the server's buffers
+    fill, and after idle_timeout_seconds (1 here) without progress it resets the connection
+    and frees the stream slot, instead of holding both until shutdown."""
+    cfg = make_deployment(tmp_path / "dep", provider_port=provider.port)
+    text = cfg.read_text()
+    assert "idle_timeout_seconds = 60\n" in text
+    cfg.write_text(text.replace("idle_timeout_seconds = 60\n", "idle_timeout_seconds = 1\n"))
+    _fill(cfg, 3000, 2000)
+    async with audit_gateway(cfg) as gw:
+        port = int(gw.url.rsplit(":", 1)[1])
+        token = role(gw, AUDITOR)["Authorization"]
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            request = f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n\r\n"
+            await loop.sock_sendall(sock, request.encode())
+            assert (await loop.sock_recv(sock, 12)) == b"HTTP/1.1 200"
+            deadline = time.monotonic() + 30  # and then read nothing more
+            while _tcp_state(sock) == 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert _tcp_state(sock) != 1, "the server kept writing to a client that stopped reading"
+            assert not gw.app[audit_api.TAIL].streams
+        finally:
+            sock.close()
 
 
 async def test_bad_last_event_id_is_a_400(gw: Gateway) -> None:

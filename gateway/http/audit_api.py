@@ -71,7 +71,7 @@ from gateway.http.audit_query import (
     text_param,
     time_param,
 )
-from gateway.http.audit_stream import TAIL, Tail, abort, stream
+from gateway.http.audit_stream import TAIL, Tail, abort, stream, write_or_drop
 from gateway.http.middlewares import peer_certificate
 
 __all__ = [
@@ -187,6 +187,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     resp.content_type = _NDJSON
     resp.enable_chunked_encoding()
     await resp.prepare(request)
+    stall = request.app[keys.DEPLOYMENT].config.limits.idle_timeout_seconds
     after = -1
     try:
         while True:
@@ -195,7 +196,8 @@ async def export(request: web.Request) -> web.StreamResponse:
             )
             rows = [r for r in rows if r.index < size]
             if rows:
-                await resp.write(b"".join(orjson.dumps(record_item(r)) + b"\n" for r in rows))
+                lines = b"".join(orjson.dumps(record_item(r)) + b"\n" for r in rows)
+                await write_or_drop(resp, lines, stall)
                 after = rows[-1].index
             if len(rows) < EXPORT_BATCH:
                 break

@@ -14,6 +14,9 @@ Why this shape:
 * A stream resumes after ``Last-Event-ID`` (each event's ``id`` is its record's index), else
   starts at ``?from=``, else at the current end of the log. A comment line is sent after
   ``HEARTBEAT_SECONDS`` of quiet so proxies keep the connection open.
+* A client that takes none of a write for ``limits.idle_timeout_seconds`` is dropped: without
+  that, one that stops reading would keep its stream slot (and its buffers) until shutdown, and
+  ``MAX_STREAMS`` such clients would shut operators out of the live tail.
 * On shutdown every stream finishes its response; one stuck writing to a client that does not
   read is cancelled after two seconds.
 """
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from typing import Any
 
 import orjson
@@ -42,18 +47,41 @@ STREAM_BATCH = 256
 MAX_STREAMS = 64  # Per process; more get 429 with Retry-After.
 
 
+class ClientStalled(Exception):
+    """The client took none of a write for the idle timeout: it is dropped."""
+
+
 def abort(request: web.Request, event: str, error: Exception, **fields: Any) -> None:
     """A streamed answer failed after its status was sent: cut the connection, log why.
 
     No problem document can follow a 200 that is already on the wire; an unterminated
-    chunked body is how HTTP tells the client the transfer failed.
+    chunked body is how HTTP tells the client the transfer failed. A stalled client's
+    connection is aborted (reset), not closed: a close would wait, with the socket and its
+    buffers, for the client to read what is queued.
     """
     if isinstance(error, ConnectionResetError):  # The client left: nothing went wrong here.
         log.info(event, reason="client disconnected", **fields)
+    elif isinstance(error, ClientStalled):  # Nor here: the client stopped reading.
+        log.info(event, reason=str(error), **fields)
     else:
         log.error(event, error=f"{type(error).__name__}: {error}", **fields)
-    if request.transport is not None:
-        request.transport.close()
+    transport = request.transport
+    if transport is None:
+        return
+    if isinstance(error, ClientStalled):
+        _reset(transport)
+    else:
+        transport.close()
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Drop the connection with a reset: SO_LINGER 0, so the kernel discards what the client
+    never took (a plain close would leave it trying to deliver that for minutes)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class Tail:
@@ -149,6 +177,7 @@ async def _pump(
 ) -> None:
     """Send records from ``start`` on as they are committed, until shutdown or disconnect."""
     loop = asyncio.get_running_loop()
+    stall = request.app[keys.DEPLOYMENT].config.limits.idle_timeout_seconds
     nxt, quiet_since = start, loop.time()
     size = max(tail.size, (await audit.tree_head())[0])
     while not tail.stopping:
@@ -158,7 +187,7 @@ async def _pump(
         if size > nxt:
             rows = await audit.records(nxt, min(size, nxt + STREAM_BATCH))
             if rows:
-                await resp.write(b"".join(_sse(r) for r in rows))
+                await write_or_drop(resp, b"".join(_sse(r) for r in rows), stall)
                 nxt, quiet_since = rows[-1].index + 1, loop.time()
                 continue
         changed = tail.changed  # Taken before checking the size: no wake-up is lost.
@@ -170,9 +199,19 @@ async def _pump(
                 await changed.wait()
         size = max(size, tail.size)
         if loop.time() - quiet_since >= HEARTBEAT_SECONDS:
-            await resp.write(b": keepalive\n\n")
+            await write_or_drop(resp, b": keepalive\n\n", stall)
             quiet_since = loop.time()
     await resp.write_eof()
+
+
+async def write_or_drop(resp: web.StreamResponse, data: bytes, stall: float) -> None:
+    """Write, waiting at most ``stall`` seconds for the client to take the data, else raise
+    ClientStalled (for :func:`abort`): the stream and the export both write this way."""
+    try:
+        async with asyncio.timeout(stall):
+            await resp.write(data)
+    except TimeoutError:
+        raise ClientStalled(f"client stopped reading for {stall:g} s") from None
 
 
 def _sse(r: StoredRecord) -> bytes:
