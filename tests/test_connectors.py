@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import ipaddress
@@ -1302,6 +1303,62 @@ async def test_max_connections_bounds_the_pool(raw, connect):
     results = await asyncio.gather(*(connector.deliver(message()) for _ in range(8)))
     assert all(r.response == {"status": "found"} for r in results)
     assert provider.most_open == 2 and provider.connections == 2
+
+
+def _sockets_held_to(port: int) -> int:
+    """Established TCP sockets to 127.0.0.1:``port`` that this process still holds by a descriptor.
+
+    From /proc/self/net/tcp: a socket the process closed but the kernel still flushes has no inode.
+    """
+    held = 0
+    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].rpartition(":")[2], 16) == port and fields[3] == "01" and fields[9] != "0":
+            held += 1
+    return held
+
+
+async def test_a_request_the_provider_never_reads_is_dropped_not_flushed_forever(loop_errors):
+    """The provider answers after the request head and never reads the (large) body.
+
+    The answer is complete, but most of the request still sits in the client's write buffer:
+    closing that connection gracefully would wait for a peer that never reads, holding a socket
+    and the buffer outside ``max_connections``, one more per exchange.
+    """
+    held: list[asyncio.StreamWriter] = []
+
+    async def answer_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # kept open, never read again
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer())
+            await writer.drain()
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small receive window
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    server = await asyncio.start_server(answer_at_once, sock=listener)
+    port = listener.getsockname()[1]
+    big = dataclasses.replace(message(), envelope_bytes=b'{"p":"' + b"x" * (16 << 20) + b'"}')
+    settings = {"url": f"http://127.0.0.1:{port}/x", "max_connections": 1}
+    connector = HttpConnector(settings, context())
+    await connector.start()
+    try:
+        for _ in range(3):
+            assert (await connector.deliver(big)).response == {"status": "found"}
+        for _ in range(50):
+            if not _sockets_held_to(port):
+                break
+            await asyncio.sleep(0.01)
+        assert _sockets_held_to(port) == 0
+    finally:
+        await connector.close()
+        for writer in held:
+            writer.transport.abort()
+        server.close()
+        await server.wait_closed()
+    assert not loop_errors()
 
 
 async def test_closing_the_connector_closes_its_connections(raw, loop_errors):
