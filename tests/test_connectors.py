@@ -368,6 +368,20 @@ async def test_connect_refused_is_retried_only_with_an_idempotency_key(connect):
         await connector.deliver(message(idempotency_key="k"))
 
 
+async def test_a_refusing_provider_is_a_failure_not_a_timeout_when_retries_outlast_the_budget(
+    connect,
+):
+    """More back-off than budget: the refused connections are reported (502), not a 504.
+
+    Back-off for 10 retries is far over 0.3 s; sleeping into the deadline and then calling it
+    "did not answer in time" would blame a slow provider for one that is down.
+    """
+    url = f"http://127.0.0.1:{free_port()}/x"
+    connector = await connect({"url": url, "retries": 10, "timeout_seconds": 0.3})
+    with pytest.raises(DeliveryFailed, match="cannot connect to the provider"):
+        await connector.deliver(message(idempotency_key="k"))
+
+
 async def test_retry_reaches_a_provider_that_comes_up(connect):
     """First connect refused; the provider starts during the back-off; a retry gets through."""
     port = free_port()
