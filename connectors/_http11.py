@@ -14,8 +14,8 @@ before any connection is taken, and the framing fields are the client's alone.
 Connections: one slot per connection, at most ``limit``; requests beyond wait for a slot. A
 connection goes back to the pool only after a complete response that allows keep-alive (HTTP/1.1
 without ``Connection: close``, or HTTP/1.0 with ``keep-alive``) with no stray bytes after it and
-the request fully written; on any error or cancellation it is aborted, and so is one answered
-before its request was all written (closing it would wait on a peer that may never read). Idle
+the request fully written; otherwise it is aborted, not closed gracefully (that could wait on
+the peer: to flush a request it stopped reading, for a TLS close_notify it never sends). Idle
 connections are used most recent first, and dropped after ``keepalive_timeout``; one idle for
 over a second first gets two loop turns to take in a close that arrived meanwhile. A pooled
 connection found closed before the request goes out is skipped; one whose write fails at once
@@ -255,13 +255,11 @@ class Http11Pool:
             and not transport.get_write_buffer_size()
         ):
             self._release(conn)
-        elif transport is not None and transport.get_write_buffer_size():
-            # Answered before the request was all written: drop it. A graceful close would wait
-            # to flush to a peer that may never read, holding the socket outside ``limit``.
-            conn.abort()
-            self._free_slot()
         else:
-            conn.close()
+            # Not reused: drop it now, nothing more is owed to the peer. A graceful close would
+            # wait on it (to flush a request it stopped reading, for a TLS close_notify it never
+            # sends), holding the socket outside ``limit``.
+            conn.abort()
             self._free_slot()
         return parser.response()
 

@@ -1497,6 +1497,57 @@ async def test_tls_with_chunked_answers_and_timeouts(dev_tls_provider, dev_pki, 
     backend.release.set()
 
 
+async def test_a_tls_connection_not_kept_alive_is_dropped_at_once(dev_pki, connect, loop_errors):
+    """The provider says ``Connection: close``, then neither closes nor answers close_notify.
+
+    Nothing more is owed to it once the answer is in; waiting for its close_notify (asyncio
+    waits up to 30 s) would hold one more socket per exchange, outside ``max_connections``.
+    """
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ssl.load_cert_chain(dev_pki / "server.pem", dev_pki / "server.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                raw_conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            held.append(raw_conn)  # never read again, never closed while the test runs
+            with contextlib.suppress(OSError):
+                raw_conn.settimeout(5)
+                conn = server_ssl.wrap_socket(raw_conn, server_side=True)
+                held.append(conn)
+                data = b""
+                while not data.endswith(message().envelope_bytes):
+                    data += conn.recv(65536)
+                conn.sendall(answer(extra="Connection: close\r\n"))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        settings = {"url": f"https://127.0.0.1:{port}/x", "ca_file": "ca.pem", "max_connections": 1}
+        connector = await connect(settings, ctx=context(config_dir=str(dev_pki)))
+        for _ in range(3):
+            assert (await connector.deliver(message())).response == {"status": "found"}
+        for _ in range(50):
+            if not _sockets_held_to(port):
+                break
+            await asyncio.sleep(0.01)
+        assert _sockets_held_to(port) == 0
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert not loop_errors()
+
+
 # --- http: the same client on uvloop (what production runs) ------------------------------------
 
 
