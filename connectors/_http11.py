@@ -14,12 +14,14 @@ before any connection is taken, and the framing fields are the client's alone.
 Connections: one slot per connection, at most ``limit``; requests beyond wait for a slot. A
 connection goes back to the pool only after a complete response that allows keep-alive (HTTP/1.1
 without ``Connection: close``, or HTTP/1.0 with ``keep-alive``) with no stray bytes after it and
-the request fully written; on any error or cancellation it is aborted. Idle connections are used
-most recent first, and dropped after ``keepalive_timeout``; one idle for over a second first gets
-two loop turns to take in a close that arrived meanwhile. A pooled connection found closed
-before the request goes out is skipped; one whose write fails at once (nothing reached the peer)
-is replaced by ONE fresh connection. Once a byte may have reached the provider the error is
-surfaced, never retried here: a POST must not be sent twice behind the caller's back.
+the request fully written; otherwise it is aborted, not closed gracefully (that could wait on
+the peer: to flush a request it stopped reading, for a TLS close_notify it never sends). Idle
+connections are used most recent first, and dropped after ``keepalive_timeout``; one idle for
+over a second first gets two loop turns to take in a close that arrived meanwhile. A pooled
+connection found closed before the request goes out is skipped; one whose write fails at once
+(nothing reached the peer) is replaced by ONE fresh connection. Once a byte may have reached
+the provider the error is surfaced, never retried here: a POST must not be sent twice behind the
+caller's back.
 
 Timeouts other than ``connect_timeout`` are the caller's (``asyncio.timeout``): cancellation
 aborts the connection in use.
@@ -254,7 +256,10 @@ class Http11Pool:
         ):
             self._release(conn)
         else:
-            conn.close()
+            # Not reused: drop it now, nothing more is owed to the peer. A graceful close would
+            # wait on it (to flush a request it stopped reading, for a TLS close_notify it never
+            # sends), holding the socket outside ``limit``.
+            conn.abort()
             self._free_slot()
         return parser.response()
 

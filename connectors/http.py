@@ -206,7 +206,9 @@ class HttpConnector:
             except TlsError as exc:
                 raise DeliveryFailed(f"TLS with the provider failed: {exc}") from None
             except ConnectError as exc:  # nothing was sent: safe to retry
-                if attempt == attempts_allowed:
+                pause = _RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1)
+                if attempt == attempts_allowed or loop.time() + pause >= deadline:
+                    # No attempt could follow the back-off: report the cause now (not a timeout).
                     raise DeliveryFailed(
                         f"cannot connect to the provider after {attempt} attempt(s): {exc}"
                     ) from None
@@ -223,8 +225,7 @@ class HttpConnector:
                 raise DeliveryFailed(f"request cannot be sent: {exc}") from None
             else:
                 return _result(response, attempt)
-            pause = _RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1)
-            await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
+            await asyncio.sleep(pause)
         raise DeliveryTimeout(f"provider did not answer within {budget:g} s")
 
     def _request(self, message: OutboundMessage) -> tuple[bytes, list[tuple[bytes, bytes]]]:

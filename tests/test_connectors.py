@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import ipaddress
@@ -364,6 +365,20 @@ async def test_connect_refused_is_delivery_failed_without_retry_by_default(conne
 async def test_connect_refused_is_retried_only_with_an_idempotency_key(connect):
     connector = await connect({"url": f"http://127.0.0.1:{free_port()}/x", "retries": 2})
     with pytest.raises(DeliveryFailed, match=r"after 3 attempt\(s\)"):
+        await connector.deliver(message(idempotency_key="k"))
+
+
+async def test_a_refusing_provider_is_a_failure_not_a_timeout_when_retries_outlast_the_budget(
+    connect,
+):
+    """More back-off than budget: the refused connections are reported (502), not a 504.
+
+    Back-off for 10 retries is far over 0.3 s; sleeping into the deadline and then calling it
+    "did not answer in time" would blame a slow provider for one that is down.
+    """
+    url = f"http://127.0.0.1:{free_port()}/x"
+    connector = await connect({"url": url, "retries": 10, "timeout_seconds": 0.3})
+    with pytest.raises(DeliveryFailed, match="cannot connect to the provider"):
         await connector.deliver(message(idempotency_key="k"))
 
 
@@ -1304,6 +1319,62 @@ async def test_max_connections_bounds_the_pool(raw, connect):
     assert provider.most_open == 2 and provider.connections == 2
 
 
+def _sockets_held_to(port: int) -> int:
+    """Established TCP sockets to 127.0.0.1:``port`` that this process still holds by a descriptor.
+
+    From /proc/self/net/tcp: a socket the process closed but the kernel still flushes has no inode.
+    """
+    held = 0
+    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].rpartition(":")[2], 16) == port and fields[3] == "01" and fields[9] != "0":
+            held += 1
+    return held
+
+
+async def test_a_request_the_provider_never_reads_is_dropped_not_flushed_forever(loop_errors):
+    """The provider answers after the request head and never reads the (large) body.
+
+    The answer is complete, but most of the request still sits in the client's write buffer:
+    closing that connection gracefully would wait for a peer that never reads, holding a socket
+    and the buffer outside ``max_connections``, one more per exchange.
+    """
+    held: list[asyncio.StreamWriter] = []
+
+    async def answer_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # kept open, never read again
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer())
+            await writer.drain()
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small receive window
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    server = await asyncio.start_server(answer_at_once, sock=listener)
+    port = listener.getsockname()[1]
+    big = dataclasses.replace(message(), envelope_bytes=b'{"p":"' + b"x" * (16 << 20) + b'"}')
+    settings = {"url": f"http://127.0.0.1:{port}/x", "max_connections": 1}
+    connector = HttpConnector(settings, context())
+    await connector.start()
+    try:
+        for _ in range(3):
+            assert (await connector.deliver(big)).response == {"status": "found"}
+        for _ in range(50):
+            if not _sockets_held_to(port):
+                break
+            await asyncio.sleep(0.01)
+        assert _sockets_held_to(port) == 0
+    finally:
+        await connector.close()
+        for writer in held:
+            writer.transport.abort()
+        server.close()
+        await server.wait_closed()
+    assert not loop_errors()
+
+
 async def test_closing_the_connector_closes_its_connections(raw, loop_errors):
     provider = await raw(replying(answer()))
     connector = HttpConnector({"url": provider.url()}, context())
@@ -1424,6 +1495,57 @@ async def test_tls_with_chunked_answers_and_timeouts(dev_tls_provider, dev_pki, 
     with pytest.raises(DeliveryTimeout):
         await slow_connector.deliver(message())
     backend.release.set()
+
+
+async def test_a_tls_connection_not_kept_alive_is_dropped_at_once(dev_pki, connect, loop_errors):
+    """The provider says ``Connection: close``, then neither closes nor answers close_notify.
+
+    Nothing more is owed to it once the answer is in; waiting for its close_notify (asyncio
+    waits up to 30 s) would hold one more socket per exchange, outside ``max_connections``.
+    """
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ssl.load_cert_chain(dev_pki / "server.pem", dev_pki / "server.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                raw_conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            held.append(raw_conn)  # never read again, never closed while the test runs
+            with contextlib.suppress(OSError):
+                raw_conn.settimeout(5)
+                conn = server_ssl.wrap_socket(raw_conn, server_side=True)
+                held.append(conn)
+                data = b""
+                while not data.endswith(message().envelope_bytes):
+                    data += conn.recv(65536)
+                conn.sendall(answer(extra="Connection: close\r\n"))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        settings = {"url": f"https://127.0.0.1:{port}/x", "ca_file": "ca.pem", "max_connections": 1}
+        connector = await connect(settings, ctx=context(config_dir=str(dev_pki)))
+        for _ in range(3):
+            assert (await connector.deliver(message())).response == {"status": "found"}
+        for _ in range(50):
+            if not _sockets_held_to(port):
+                break
+            await asyncio.sleep(0.01)
+        assert _sockets_held_to(port) == 0
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert not loop_errors()
 
 
 # --- http: the same client on uvloop (what production runs) ------------------------------------
