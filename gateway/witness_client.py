@@ -113,7 +113,8 @@ async def request_cosignature(
 async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> list[bytes]:
     async with session.post(url, data=body, timeout=_TIMEOUT) as resp:
         raw = await _read_capped(resp)
-        if resp.status == 409 and resp.headers.get("Content-Type") == SIZE_CONTENT_TYPE:
+        # The media type without its parameters: a witness may add "; charset=utf-8".
+        if resp.status == 409 and resp.content_type == SIZE_CONTENT_TYPE:
             try:
                 latest = parse_size_body(raw)
             except ValueError as e:

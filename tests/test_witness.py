@@ -670,3 +670,29 @@ def test_an_unusable_witness_configuration_stops_the_gateway(
 def test_a_deployment_without_peers_serves_the_route_and_knows_no_origin(tmp_path: Path) -> None:
     witness = witness_api.build_witness(load(make_deployment(tmp_path / "d")))
     assert witness.peers.origins == frozenset() and witness.signer is not None
+
+
+@pytest.mark.parametrize("ctype", ["text/x.tlog.size", "text/x.tlog.size; charset=utf-8"])
+async def test_the_client_reads_a_stale_size_answer_whatever_its_media_type_parameters(
+    ctype: str,
+) -> None:
+    """A witness of another make may add parameters to ``text/x.tlog.size``: still a 409 that
+    tells the size, not a generic refusal."""
+    from aiohttp import web
+
+    async def add_checkpoint(_: web.Request) -> web.Response:
+        return web.Response(status=409, body=b"7\n", headers={"Content-Type": ctype})
+
+    app = web.Application()
+    app.router.add_post("/add-checkpoint", add_checkpoint)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        with pytest.raises(StaleOldSize) as stale:
+            await request_cosignature(f"http://127.0.0.1:{port}", b"note\n", 0, [])
+        assert stale.value.latest_size == 7
+    finally:
+        await runner.cleanup()
