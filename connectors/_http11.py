@@ -359,7 +359,7 @@ class Http11Pool:
         while idle and now - idle[0].idle_since > self._keepalive:
             stale = idle.popleft()
             stale.in_idle = False
-            stale.close()
+            stale.abort()  # idle: nothing is owed; a TLS close would wait for close_notify
             self._free_slot()
         idle.append(conn)
         self._wake_one()
