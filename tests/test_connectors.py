@@ -1332,6 +1332,15 @@ def _sockets_held_to(port: int) -> int:
     return held
 
 
+async def _until_no_socket_held_to(port: int) -> None:
+    """Give the loop half a second (50 short turns) to drop them; then none may be held."""
+    for _ in range(50):
+        if not _sockets_held_to(port):
+            break
+        await asyncio.sleep(0.01)
+    assert _sockets_held_to(port) == 0
+
+
 async def test_a_request_the_provider_never_reads_is_dropped_not_flushed_forever(loop_errors):
     """The provider answers after the request head and never reads the (large) body.
 
@@ -1361,11 +1370,7 @@ async def test_a_request_the_provider_never_reads_is_dropped_not_flushed_forever
     try:
         for _ in range(3):
             assert (await connector.deliver(big)).response == {"status": "found"}
-        for _ in range(50):
-            if not _sockets_held_to(port):
-                break
-            await asyncio.sleep(0.01)
-        assert _sockets_held_to(port) == 0
+        await _until_no_socket_held_to(port)
     finally:
         await connector.close()
         for writer in held:
@@ -1534,11 +1539,7 @@ async def test_a_tls_connection_not_kept_alive_is_dropped_at_once(dev_pki, conne
         connector = await connect(settings, ctx=context(config_dir=str(dev_pki)))
         for _ in range(3):
             assert (await connector.deliver(message())).response == {"status": "found"}
-        for _ in range(50):
-            if not _sockets_held_to(port):
-                break
-            await asyncio.sleep(0.01)
-        assert _sockets_held_to(port) == 0
+        await _until_no_socket_held_to(port)
     finally:
         stop.set()
         thread.join(5)
