@@ -19,6 +19,7 @@ import structlog
 _SENSITIVE_KEYS = frozenset(
     {"payload", "body", "response", "token", "authorization", "password", "key", "citizen_id"}
 )
+_CONTAINERS = (list, tuple, dict)
 _CITIZEN_ID = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
 
 
@@ -27,16 +28,33 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 
     One regex search over all string values joined (NUL is not a digit, so no run spans two
     values) decides whether any masking is needed: the usual line has none, and this runs
-    for every line, a regex substitution per value was a quarter of a log line's cost.
+    for every line, a regex substitution per value was a quarter of a log line's cost. A line
+    with a list or a mapping among its values (rare) takes the slow path: every string in it,
+    keys included, at any depth, and sensitive keys inside it too.
     """
     for k in _SENSITIVE_KEYS.intersection(event):
         event[k] = "[redacted]"
-    strings = [v for v in event.values() if isinstance(v, str)]
-    if strings and _CITIZEN_ID.search("\0".join(strings)):
+    values = event.values()
+    strings = [v for v in values if isinstance(v, str)]
+    nested = len(strings) < len(values) and any(isinstance(v, _CONTAINERS) for v in values)
+    if nested or (strings and _CITIZEN_ID.search("\0".join(strings))):
         for k, v in event.items():
-            if isinstance(v, str):
-                event[k] = _CITIZEN_ID.sub("[redacted-id]", v)
+            event[k] = _masked(v)
     return event
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with every string in it masked, and sensitive keys of mappings dropped."""
+    if isinstance(value, str):
+        return _CITIZEN_ID.sub("[redacted-id]", value)
+    if isinstance(value, dict):
+        return {
+            _masked(k): "[redacted]" if k in _SENSITIVE_KEYS else _masked(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    return value
 
 
 def _name(process: str) -> structlog.typing.Processor:

@@ -13,18 +13,21 @@ from gateway.logging import redact
 _ID = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
 
 
-def _reference(event: dict[str, Any]) -> dict[str, Any]:
+_SENSITIVE = {"payload", "body", "response", "token", "authorization", "password", "key"}
+_SENSITIVE.add("citizen_id")
+
+
+def _reference(event: Any) -> Any:
     """The rule, written the slow obvious way: the oracle for the fast processor."""
-    sensitive = {"payload", "body", "response", "token", "authorization", "password", "key"}
-    sensitive.add("citizen_id")
-    out: dict[str, Any] = {}
+    if isinstance(event, str):
+        return _ID.sub("[redacted-id]", event)
+    if isinstance(event, list | tuple):
+        return [_reference(v) for v in event]
+    if not isinstance(event, dict):
+        return event
+    out: dict[Any, Any] = {}
     for k, v in event.items():
-        if k in sensitive:
-            out[k] = "[redacted]"
-        elif isinstance(v, str):
-            out[k] = _ID.sub("[redacted-id]", v)
-        else:
-            out[k] = v
+        out[_reference(k)] = "[redacted]" if k in _SENSITIVE else _reference(v)
     return out
 
 
@@ -44,17 +47,32 @@ def test_sensitive_keys_are_dropped_and_id_shaped_numbers_masked_in_every_string
     assert out["count"] == 123456789012
 
 
+def test_ids_and_sensitive_keys_inside_lists_and_mappings_are_masked_too() -> None:
+    event = {
+        "event": "x",
+        "errors": [{"pointer": "/079123456789", "message": "bad"}, "for 001122334455"],
+        "ctx": {"token": "s3cret", "079123456789": ("a", "id 079123456789")},
+    }
+    assert redact(None, "info", dict(event)) == {
+        "event": "x",
+        "errors": [{"pointer": "/[redacted-id]", "message": "bad"}, "for [redacted-id]"],
+        "ctx": {"token": "[redacted]", "[redacted-id]": ["a", "id [redacted-id]"]},
+    }
+
+
 def test_runs_of_other_lengths_and_runs_split_across_values_are_not_masked() -> None:
     event = {"a": "uuid 0193a3c0-1234-7abc-8def-0123456789ab", "b": "12345678901", "c": "1" * 13}
     event.update(d="123456", e="789012")  # 12 digits only if the values were glued together
     assert redact(None, "info", dict(event)) == event
 
 
-_values = st.one_of(
-    st.text(alphabet="0123456789 -ab", max_size=40),
-    st.integers(),
-    st.none(),
-    st.lists(st.text(alphabet="0123456789", max_size=14), max_size=2),
+_values = st.recursive(
+    st.one_of(st.text(alphabet="0123456789 -ab", max_size=40), st.integers(), st.none()),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["token", "id", "079123456789", "n"]), inner, max_size=3),
+    ),
+    max_leaves=8,
 )
 
 
