@@ -59,6 +59,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     except FileExistsError as e:
         _err(str(e))
         return EXIT_USAGE
+    except OSError as e:  # e.g. a parent that is a file, or no permission to write there
+        _err(f"cannot write the deployment into {target}: {e.strerror or e}")
+        return EXIT_USAGE
     print(f"Development deployment written to {target} (gateway {GATEWAY_ID}).")
     print(f"  config:        {target / 'gateway.toml'}")
     print(f"  trust anchor:  {target / 'pki/ca.crt'}  (DEVELOPMENT CA: not for production)")

@@ -250,6 +250,8 @@ def _config_header(port: int) -> str:
 def init_deployment(target: Path, *, port: int = 8080, now: datetime | None = None) -> list[str]:
     """Write the deployment into ``target`` (must be empty or absent); return its tokens' owners."""
     now = now or datetime.now(UTC)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a directory; choose a new directory")
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target} is not empty; choose a new directory")
     target.mkdir(parents=True, exist_ok=True)

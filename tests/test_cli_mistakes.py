@@ -1,0 +1,35 @@
+"""The `gateway` command given a user's mistake: a message naming the cause, never a traceback.
+
+Each test runs the real command in a subprocess, as a person would, and pins the exit status
+(2 for a usage or configuration problem, 1 when what was asked does not hold) and that stderr
+names the cause instead of showing a Python traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+GW = [sys.executable, "-m", "gateway.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GW, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def no_traceback(r: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+# -- init -----------------------------------------------------------------------------------
+def test_init_into_a_path_that_is_a_file_exits_2_and_says_so(tmp_path: Path) -> None:
+    f = tmp_path / "a-file"
+    f.write_text("keep me\n")
+    r = run("init", str(f))
+    no_traceback(r)
+    assert r.returncode == 2 and "not a directory" in r.stderr
+    assert f.read_text() == "keep me\n"
+    r = run("init", str(f / "sub"))
+    no_traceback(r)
+    assert r.returncode == 2 and str(f / "sub") in r.stderr
