@@ -49,6 +49,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     except JsonError as e:
         _err(f"{args.file} is not valid JSON: {e}")
         return EXIT_USAGE
+    if args.receipt and (Path(args.receipt).is_dir() or not Path(args.receipt).parent.is_dir()):
+        _err(f"--receipt {args.receipt}: not a file in an existing directory; nothing sent")
+        return EXIT_USAGE
     body = _signed_request(dep, sender, args.service, payload)
     url = _exchange_url(dep, args.url, args.service)
     headers = {"Content-Type": "application/jose+json", "Accept": "application/json"}
@@ -68,7 +71,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         _err(f"HTTP {status}: {doc.get('title', '')}: {doc.get('detail', '')}")
         return EXIT_FAILED
     out = Path(args.receipt or f"receipt-{doc.get('exchange_id', 'unknown')}.json")
-    out.write_bytes(orjson.dumps(doc["receipt"], option=orjson.OPT_INDENT_2) + b"\n")
+    try:
+        out.write_bytes(orjson.dumps(doc["receipt"], option=orjson.OPT_INDENT_2) + b"\n")
+    except OSError as e:  # The exchange happened: its receipt is in the response printed above.
+        _err(f"cannot save the receipt to {out}: {e.strerror} (it is in the response above)")
+        return EXIT_FAILED
     print(f"receipt saved to {out}", file=sys.stderr)
     return EXIT_OK
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+
+from tests.support import ServerProcess, audit_records
 
 GW = [sys.executable, "-m", "gateway.cli"]
 
@@ -33,3 +38,40 @@ def test_init_into_a_path_that_is_a_file_exits_2_and_says_so(tmp_path: Path) -> 
     r = run("init", str(f / "sub"))
     no_traceback(r)
     assert r.returncode == 2 and str(f / "sub") in r.stderr
+
+
+# -- send -----------------------------------------------------------------------------------
+SID = "citizen-lookup.v1"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("mistakes") / "demo"
+    assert run("init", str(d)).returncode == 0
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(deployment: Path) -> Iterator[ServerProcess]:
+    s = ServerProcess(deployment / "gateway.toml")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def send(d: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run("send", SID, str(d / "examples" / f"{SID}.json"), *extra, cwd=d)
+
+
+def test_send_with_a_receipt_path_that_cannot_be_written_sends_nothing_and_says_why(
+    deployment: Path, server: ServerProcess, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    before = len(audit_records(deployment))
+    for out in (blocker / "r.json", tmp_path):
+        r = send(deployment, "--url", server.url, "--receipt", str(out))
+        no_traceback(r)
+        assert r.returncode == 2 and "--receipt" in r.stderr and str(out) in r.stderr
+    assert len(audit_records(deployment)) == before  # refused before anything was sent
