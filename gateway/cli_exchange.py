@@ -9,6 +9,7 @@ the ones that handle a participant's keys and the gateway's certificates.
 from __future__ import annotations
 
 import argparse
+import re
 import ssl
 import sys
 import urllib.error
@@ -23,6 +24,8 @@ import orjson
 from gateway import config as config_mod
 from gateway.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _checkpoint_verifiers, _err, _load
 from gateway.errors import ConfigError
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 # ---------------------------------------------------------------- send
@@ -60,17 +63,33 @@ def cmd_send(args: argparse.Namespace) -> int:
     answer = _post(url, body, headers, _tls_context(dep, url), args.timeout)
     if answer is None:
         return EXIT_FAILED
-    status, data = answer
+    return _report_answer(*answer, args.receipt)
+
+
+def _report_answer(status: int, data: bytes, receipt: str | None) -> int:
+    """Print the gateway's answer; on a 2xx, save its receipt. Anything else is a failure.
+
+    The answer is checked for shape, not trusted: ``--url`` may name something that is not a
+    gateway (a proxy's error page, another service), and its JSON decides no file name.
+    """
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         _err(f"HTTP {status} with a non-JSON body")
         return EXIT_FAILED
     print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    if not isinstance(doc, dict):
+        _err(f"HTTP {status} with JSON that is not an object: not a gateway's answer")
+        return EXIT_FAILED
     if not 200 <= status < 300:
         _err(f"HTTP {status}: {doc.get('title', '')}: {doc.get('detail', '')}")
         return EXIT_FAILED
-    out = Path(args.receipt or f"receipt-{doc.get('exchange_id', 'unknown')}.json")
+    if not isinstance(doc.get("receipt"), dict):
+        _err(f"HTTP {status} without a receipt: not a gateway's exchange answer")
+        return EXIT_FAILED
+    xid = doc.get("exchange_id")
+    safe = isinstance(xid, str) and _UUID.fullmatch(xid) is not None
+    out = Path(receipt or f"receipt-{xid if safe else 'unknown'}.json")
     try:
         out.write_bytes(orjson.dumps(doc["receipt"], option=orjson.OPT_INDENT_2) + b"\n")
     except OSError as e:  # The exchange happened: its receipt is in the response printed above.

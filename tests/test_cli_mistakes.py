@@ -7,10 +7,13 @@ names the cause instead of showing a Python traceback.
 
 from __future__ import annotations
 
+import http.server
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -75,3 +78,84 @@ def test_send_with_a_receipt_path_that_cannot_be_written_sends_nothing_and_says_
         no_traceback(r)
         assert r.returncode == 2 and "--receipt" in r.stderr and str(out) in r.stderr
     assert len(audit_records(deployment)) == before  # refused before anything was sent
+
+
+class _Canned(http.server.BaseHTTPRequestHandler):
+    """Answers POST /<status>/<case>/... with a canned body: what a wrong --url may answer."""
+
+    BODIES: ClassVar[dict[str, bytes]] = {
+        "list": b"[1, 2]",
+        "null": b"null",
+        "string": b'"ok"',
+        "no-receipt": b'{"status": "ok"}',
+        "bad-id": b'{"exchange_id": "../../x", "receipt": {"protected": ""}}',
+    }
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        _, status, case = self.path.split("/")[:3]
+        body = self.BODIES[case]
+        self.send_response(int(status))
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def canned() -> Iterator[str]:
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), _Canned)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        t.join(timeout=10)
+
+
+def test_send_to_something_that_is_not_a_gateway_exits_1_without_a_traceback(
+    deployment: Path, canned: str, tmp_path: Path
+) -> None:
+    for status, case in [
+        (200, "list"),
+        (500, "list"),
+        (403, "null"),
+        (200, "string"),
+        (200, "no-receipt"),
+    ]:
+        r = run(
+            "send",
+            SID,
+            str(deployment / "examples" / f"{SID}.json"),
+            "--config",
+            str(deployment / "gateway.toml"),
+            "--url",
+            f"{canned}/{status}/{case}",
+            cwd=tmp_path,
+        )
+        no_traceback(r)
+        assert r.returncode == 1 and f"HTTP {status}" in r.stderr, (status, case, r.stderr)
+    assert list(tmp_path.iterdir()) == []  # no receipt file for an answer without a receipt
+
+
+def test_send_names_the_default_receipt_file_only_from_a_well_formed_exchange_id(
+    deployment: Path, canned: str, tmp_path: Path
+) -> None:
+    r = run(
+        "send",
+        SID,
+        str(deployment / "examples" / f"{SID}.json"),
+        "--config",
+        str(deployment / "gateway.toml"),
+        "--url",
+        f"{canned}/200/bad-id",
+        cwd=tmp_path,
+    )
+    no_traceback(r)
+    assert r.returncode == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["receipt-unknown.json"]
