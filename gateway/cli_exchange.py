@@ -102,12 +102,10 @@ def _report_answer(status: int, data: bytes, receipt: str | None) -> int:
 def _signed_request(dep: config_mod.Deployment, sender: str, service: str, payload: Any) -> bytes:
     """The request JWS, signed with ``sender``'s key from the deployment's participants/."""
     from gateway.crypto import jws
-    from gateway.crypto.keys import load_certificates, load_private_key
+    from gateway.crypto.keys import CryptoError, load_certificates, load_private_key
     from gateway.models import rfc3339
 
     key_pem, cert_pem = _participant_files(dep, sender)
-    key = load_private_key(key_pem)
-    chain = load_certificates(cert_pem)
     request = {
         "id": str(uuid.uuid4()),
         "sender": sender,
@@ -115,7 +113,14 @@ def _signed_request(dep: config_mod.Deployment, sender: str, service: str, paylo
         "created": rfc3339(datetime.now(UTC)).replace(".000Z", "Z"),
         "payload": payload,
     }
-    return jws.serialize(jws.sign(request, key, chain, typ="request+jws"))
+    try:
+        key, chain = load_private_key(key_pem), load_certificates(cert_pem)
+        return jws.serialize(jws.sign(request, key, chain, typ="request+jws"))
+    except CryptoError as e:
+        where = dep.base_dir / "participants" / sender
+        raise ConfigError(
+            str(dep.path), "--as", f"{sender}'s key.pem/cert.pem in {where}: {e.reason}"
+        ) from None
 
 
 def _exchange_url(dep: config_mod.Deployment, base_url: str | None, service: str) -> str:
@@ -128,9 +133,13 @@ def _exchange_url(dep: config_mod.Deployment, base_url: str | None, service: str
 def _tls_context(dep: config_mod.Deployment, url: str) -> ssl.SSLContext | None:
     """For https, trust the deployment's first anchor (the development CA after ``init``)."""
     if url.startswith("https:"):
-        return ssl.create_default_context(
-            cafile=str(dep.resolve(dep.config.gateway.trust_anchors[0]))
-        )
+        cafile = dep.resolve(dep.config.gateway.trust_anchors[0])
+        try:
+            return ssl.create_default_context(cafile=str(cafile))
+        except ssl.SSLError as e:
+            raise ConfigError(
+                str(dep.path), "gateway.trust_anchors[0]", f"{cafile} is no usable CA: {e}"
+            ) from None
     return None
 
 

@@ -159,3 +159,25 @@ def test_send_names_the_default_receipt_file_only_from_a_well_formed_exchange_id
     no_traceback(r)
     assert r.returncode == 0
     assert [p.name for p in tmp_path.iterdir()] == ["receipt-unknown.json"]
+
+
+def test_send_with_an_unusable_participant_key_or_ca_file_exits_2_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path / "demo"
+    assert run("init", str(d)).returncode == 0
+    mine = d / "participants/hcm.quan-1"
+    good_key, good_cert = (mine / "key.pem").read_bytes(), (mine / "cert.pem").read_bytes()
+    cases = [
+        ("key.pem", b"not a key\n", "http://127.0.0.1:9", str(mine)),
+        ("cert.pem", b"not a certificate\n", "http://127.0.0.1:9", str(mine)),
+        ("cert.pem", (d / "pki/gateway.crt").read_bytes(), "http://127.0.0.1:9", str(mine)),
+        ("../../pki/ca.crt", b"not a CA\n", "https://127.0.0.1:9", "trust_anchors"),
+    ]
+    for name, content, url, named in cases:
+        (mine / name).write_bytes(content)
+        r = send(d, "--url", url)
+        no_traceback(r)
+        assert r.returncode == 2 and named in r.stderr, (name, r.stderr)
+        (mine / "key.pem").write_bytes(good_key)
+        (mine / "cert.pem").write_bytes(good_cert)
