@@ -181,3 +181,22 @@ def test_send_with_an_unusable_participant_key_or_ca_file_exits_2_naming_the_fil
         assert r.returncode == 2 and named in r.stderr, (name, r.stderr)
         (mine / "key.pem").write_bytes(good_key)
         (mine / "cert.pem").write_bytes(good_cert)
+
+
+def test_send_refuses_a_url_that_is_not_http_and_a_timeout_that_is_not_positive(
+    deployment: Path,
+) -> None:
+    for bad in (["--url", "ftp://127.0.0.1:9"], ["--url", "127.0.0.1:9"], ["--url", "file:///"]):
+        r = send(deployment, *bad)
+        no_traceback(r)
+        assert r.returncode == 2 and "--url" in r.stderr and "http://" in r.stderr, r.stderr
+    for bad in ("0", "-1", "nan"):
+        r = send(deployment, "--url", "http://127.0.0.1:9", "--timeout", bad)
+        no_traceback(r)
+        assert r.returncode == 2 and "--timeout" in r.stderr, r.stderr
+
+
+def test_audit_tail_refuses_a_url_that_is_not_http(deployment: Path) -> None:
+    r = run("audit", "tail", "--url", "ftp://127.0.0.1:9", "--max", "1", cwd=deployment)
+    no_traceback(r)
+    assert r.returncode == 2 and "--url" in r.stderr
