@@ -200,3 +200,15 @@ def test_audit_tail_refuses_a_url_that_is_not_http(deployment: Path) -> None:
     r = run("audit", "tail", "--url", "ftp://127.0.0.1:9", "--max", "1", cwd=deployment)
     no_traceback(r)
     assert r.returncode == 2 and "--url" in r.stderr
+
+
+# -- verify ---------------------------------------------------------------------------------
+def test_verify_with_a_damaged_trust_anchor_file_exits_2_naming_it(tmp_path: Path) -> None:
+    d = tmp_path / "demo"
+    assert run("init", str(d)).returncode == 0
+    receipt = tmp_path / "receipt.json"
+    receipt.write_text('{"protected": "e30", "payload": "e30", "signature": ""}')
+    (d / "pki/ca.crt").write_text("not a certificate\n")
+    r = run("verify", str(receipt), cwd=d)
+    no_traceback(r)
+    assert r.returncode == 2 and "gateway.trust_anchors[0]" in r.stderr, r.stderr
