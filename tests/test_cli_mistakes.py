@@ -8,6 +8,7 @@ names the cause instead of showing a Python traceback.
 from __future__ import annotations
 
 import http.server
+import socket
 import subprocess
 import sys
 import threading
@@ -212,3 +213,16 @@ def test_verify_with_a_damaged_trust_anchor_file_exits_2_naming_it(tmp_path: Pat
     r = run("verify", str(receipt), cwd=d)
     no_traceback(r)
     assert r.returncode == 2 and "gateway.trust_anchors[0]" in r.stderr, r.stderr
+
+
+# -- serve ----------------------------------------------------------------------------------
+def test_serve_on_a_port_in_use_exits_2_naming_the_address(tmp_path: Path) -> None:
+    d = tmp_path / "demo"
+    assert run("init", str(d)).returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = run("serve", "--port", str(port), cwd=d)
+    no_traceback(r)
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
