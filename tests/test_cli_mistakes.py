@@ -203,6 +203,19 @@ def test_audit_tail_refuses_a_url_that_is_not_http(deployment: Path) -> None:
     assert r.returncode == 2 and "--url" in r.stderr
 
 
+def test_audit_tail_with_a_token_file_that_holds_no_token_exits_2_naming_it(
+    deployment: Path, tmp_path: Path
+) -> None:
+    for name, content in [("binary", b"\xf5\x00\xff"), ("two-lines", b"dev-a\ndev-b\n")]:
+        f = tmp_path / name
+        f.write_bytes(content)
+        r = run(
+            "audit", "tail", "--token-file", str(f), "--url", "http://127.0.0.1:9", cwd=deployment
+        )
+        no_traceback(r)
+        assert r.returncode == 2 and str(f) in r.stderr, r.stderr
+
+
 # -- verify ---------------------------------------------------------------------------------
 def test_verify_with_a_damaged_trust_anchor_file_exits_2_naming_it(tmp_path: Path) -> None:
     d = tmp_path / "demo"
