@@ -239,3 +239,47 @@ def test_serve_on_a_port_in_use_exits_2_naming_the_address(tmp_path: Path) -> No
         r = run("serve", "--port", str(port), cwd=d)
     no_traceback(r)
     assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
+
+
+_WATCH_INIT = """
+import os, stat, sys
+from pathlib import Path
+from gateway import cli
+
+target, seen, busy = Path(sys.argv[1]), [], [False]
+
+def private(p):
+    return p.suffix == ".key" or p.name in ("key.pem", "token") or p.suffix == ".token"
+
+def hook(event, args):
+    # Before every file opened or chmod-ed: no private file may be open to others, even briefly.
+    if event not in ("open", "os.chmod") or busy[0] or not target.exists():
+        return
+    busy[0] = True
+    try:
+        for p in target.rglob("*"):
+            if p.is_file() and private(p) and p.stat().st_mode & 0o077:
+                seen.append(f"{p.relative_to(target)} {stat.filemode(p.stat().st_mode)}")
+    finally:
+        busy[0] = False
+
+os.umask(0o022)
+sys.addaudithook(hook)
+code = cli.main(["init", str(target)])
+for line in sorted(set(seen)):
+    print("EXPOSED", line)
+sys.exit(code)
+"""
+
+
+def test_init_never_lets_a_private_key_or_token_be_readable_by_others_even_briefly(
+    tmp_path: Path,
+) -> None:
+    r = subprocess.run(
+        [sys.executable, "-c", _WATCH_INIT, str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert [line for line in r.stdout.splitlines() if line.startswith("EXPOSED")] == []
