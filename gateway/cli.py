@@ -49,6 +49,29 @@ def _checkpoint_verifiers(dep: config_mod.Deployment | None, vkeys: list[str]) -
         raise ValueError(f"audit.checkpoint_key: {e.reason}") from None
 
 
+def _base_url(value: str) -> str:
+    """``--url``: an http(s) base URL. urllib would also open ftp: and file: URLs (an ftp URL
+    at a gateway waits out the timeout and says only "timed out"), and a bare host:port is
+    taken for a scheme."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// base URL")
+    return value
+
+
+def _seconds(value: str) -> float:
+    """``--timeout``: a positive number of seconds (0 or less made urllib fail obscurely)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return seconds
+
+
 # ---------------------------------------------------------------- init
 def cmd_init(args: argparse.Namespace) -> int:
     from gateway.devinit import GATEWAY_ID, init_deployment
@@ -58,6 +81,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         owners = init_deployment(target, port=args.port)
     except FileExistsError as e:
         _err(str(e))
+        return EXIT_USAGE
+    except OSError as e:  # e.g. a parent that is a file, or no permission to write there
+        _err(f"cannot write the deployment into {target}: {e.strerror or e}")
         return EXIT_USAGE
     print(f"Development deployment written to {target} (gateway {GATEWAY_ID}).")
     print(f"  config:        {target / 'gateway.toml'}")
@@ -101,10 +127,10 @@ def _add_exchange(sub: _Subparsers) -> None:
     s.add_argument("file")
     s.add_argument("--config")
     s.add_argument("--as", dest="as_", metavar="PARTICIPANT")
-    s.add_argument("--url")
+    s.add_argument("--url", type=_base_url)
     s.add_argument("--receipt")
     s.add_argument("--idempotency-key")
-    s.add_argument("--timeout", type=float, default=30.0)
+    s.add_argument("--timeout", type=_seconds, default=30.0)
     s.set_defaults(func=cmd_send)
 
     s = sub.add_parser(
@@ -143,7 +169,9 @@ def _add_audit(sub: _Subparsers) -> None:
     a.set_defaults(func=cmd_audit_verify)
     t = audit_sub.add_parser("tail", help="follow the audit log live (GET /v1/audit/stream)")
     t.add_argument("--config")
-    t.add_argument("--url", help="the gateway's base URL (default: the configured address)")
+    t.add_argument(
+        "--url", type=_base_url, help="the gateway's base URL (default: the configured address)"
+    )
     t.add_argument("--token-file", help="a file holding an operator/auditor token")
     t.add_argument("--from", dest="from_index", type=int, help="start at this index")
     t.add_argument("--max", type=int, help="stop after this many records")

@@ -311,10 +311,14 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
     headers = {"Accept": "text/event-stream"}
     if args.token_file:
         try:
-            headers["Authorization"] = "Bearer " + Path(args.token_file).read_text().strip()
+            token = Path(args.token_file).read_bytes().strip()
         except OSError as e:
             _err(f"cannot read {args.token_file}: {e.strerror}")
             return EXIT_USAGE
+        if not token or not all(0x21 <= b < 0x7F for b in token):
+            _err(f"{args.token_file} does not hold a token (one line of printable ASCII)")
+            return EXIT_USAGE
+        headers["Authorization"] = "Bearer " + token.decode("ascii")
     ctx = None
     if url.startswith("https:"):
         ctx = ssl.create_default_context(cafile=str(dep.resolve(g.trust_anchors[0])))

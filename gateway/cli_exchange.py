@@ -9,6 +9,7 @@ the ones that handle a participant's keys and the gateway's certificates.
 from __future__ import annotations
 
 import argparse
+import re
 import ssl
 import sys
 import urllib.error
@@ -23,6 +24,8 @@ import orjson
 from gateway import config as config_mod
 from gateway.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _checkpoint_verifiers, _err, _load
 from gateway.errors import ConfigError
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 # ---------------------------------------------------------------- send
@@ -49,6 +52,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     except JsonError as e:
         _err(f"{args.file} is not valid JSON: {e}")
         return EXIT_USAGE
+    if args.receipt and (Path(args.receipt).is_dir() or not Path(args.receipt).parent.is_dir()):
+        _err(f"--receipt {args.receipt}: not a file in an existing directory; nothing sent")
+        return EXIT_USAGE
     body = _signed_request(dep, sender, args.service, payload)
     url = _exchange_url(dep, args.url, args.service)
     headers = {"Content-Type": "application/jose+json", "Accept": "application/json"}
@@ -57,18 +63,38 @@ def cmd_send(args: argparse.Namespace) -> int:
     answer = _post(url, body, headers, _tls_context(dep, url), args.timeout)
     if answer is None:
         return EXIT_FAILED
-    status, data = answer
+    return _report_answer(*answer, args.receipt)
+
+
+def _report_answer(status: int, data: bytes, receipt: str | None) -> int:
+    """Print the gateway's answer; on a 2xx, save its receipt. Anything else is a failure.
+
+    The answer is checked for shape, not trusted: ``--url`` may name something that is not a
+    gateway (a proxy's error page, another service), and its JSON decides no file name.
+    """
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         _err(f"HTTP {status} with a non-JSON body")
         return EXIT_FAILED
     print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    if not isinstance(doc, dict):
+        _err(f"HTTP {status} with JSON that is not an object: not a gateway's answer")
+        return EXIT_FAILED
     if not 200 <= status < 300:
         _err(f"HTTP {status}: {doc.get('title', '')}: {doc.get('detail', '')}")
         return EXIT_FAILED
-    out = Path(args.receipt or f"receipt-{doc.get('exchange_id', 'unknown')}.json")
-    out.write_bytes(orjson.dumps(doc["receipt"], option=orjson.OPT_INDENT_2) + b"\n")
+    if not isinstance(doc.get("receipt"), dict):
+        _err(f"HTTP {status} without a receipt: not a gateway's exchange answer")
+        return EXIT_FAILED
+    xid = doc.get("exchange_id")
+    safe = isinstance(xid, str) and _UUID.fullmatch(xid) is not None
+    out = Path(receipt or f"receipt-{xid if safe else 'unknown'}.json")
+    try:
+        out.write_bytes(orjson.dumps(doc["receipt"], option=orjson.OPT_INDENT_2) + b"\n")
+    except OSError as e:  # The exchange happened: its receipt is in the response printed above.
+        _err(f"cannot save the receipt to {out}: {e.strerror} (it is in the response above)")
+        return EXIT_FAILED
     print(f"receipt saved to {out}", file=sys.stderr)
     return EXIT_OK
 
@@ -76,12 +102,10 @@ def cmd_send(args: argparse.Namespace) -> int:
 def _signed_request(dep: config_mod.Deployment, sender: str, service: str, payload: Any) -> bytes:
     """The request JWS, signed with ``sender``'s key from the deployment's participants/."""
     from gateway.crypto import jws
-    from gateway.crypto.keys import load_certificates, load_private_key
+    from gateway.crypto.keys import CryptoError, load_certificates, load_private_key
     from gateway.models import rfc3339
 
     key_pem, cert_pem = _participant_files(dep, sender)
-    key = load_private_key(key_pem)
-    chain = load_certificates(cert_pem)
     request = {
         "id": str(uuid.uuid4()),
         "sender": sender,
@@ -89,7 +113,14 @@ def _signed_request(dep: config_mod.Deployment, sender: str, service: str, paylo
         "created": rfc3339(datetime.now(UTC)).replace(".000Z", "Z"),
         "payload": payload,
     }
-    return jws.serialize(jws.sign(request, key, chain, typ="request+jws"))
+    try:
+        key, chain = load_private_key(key_pem), load_certificates(cert_pem)
+        return jws.serialize(jws.sign(request, key, chain, typ="request+jws"))
+    except CryptoError as e:
+        where = dep.base_dir / "participants" / sender
+        raise ConfigError(
+            str(dep.path), "--as", f"{sender}'s key.pem/cert.pem in {where}: {e.reason}"
+        ) from None
 
 
 def _exchange_url(dep: config_mod.Deployment, base_url: str | None, service: str) -> str:
@@ -102,9 +133,13 @@ def _exchange_url(dep: config_mod.Deployment, base_url: str | None, service: str
 def _tls_context(dep: config_mod.Deployment, url: str) -> ssl.SSLContext | None:
     """For https, trust the deployment's first anchor (the development CA after ``init``)."""
     if url.startswith("https:"):
-        return ssl.create_default_context(
-            cafile=str(dep.resolve(dep.config.gateway.trust_anchors[0]))
-        )
+        cafile = dep.resolve(dep.config.gateway.trust_anchors[0])
+        try:
+            return ssl.create_default_context(cafile=str(cafile))
+        except ssl.SSLError as e:
+            raise ConfigError(
+                str(dep.path), "gateway.trust_anchors[0]", f"{cafile} is no usable CA: {e}"
+            ) from None
     return None
 
 
@@ -155,6 +190,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except ValueError as e:
         _err(f"checkpoint verifier key: {e}")
         return EXIT_USAGE
+    _check_anchors(dep)
     ok, lines = describe_verification(
         raw,
         dep.trust_anchor_pems,
@@ -168,6 +204,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def _check_anchors(dep: config_mod.Deployment) -> None:
+    """Every trust anchor file holds certificates, else a ConfigError naming it.
+
+    The config loader only reads the files; without this a damaged anchor file would end
+    ``gateway verify`` in a traceback instead of a message naming the file and field.
+    """
+    from gateway.crypto.keys import CryptoError, load_certificates
+
+    for i, pem in enumerate(dep.trust_anchor_pems):
+        try:
+            load_certificates(pem)
+        except CryptoError as e:
+            field = f"gateway.trust_anchors[{i}]"
+            path = dep.resolve(dep.config.gateway.trust_anchors[i])
+            raise ConfigError(str(dep.path), field, f"{path}: {e.reason}") from None
 
 
 def _gateway_kids(dep: config_mod.Deployment) -> dict[str, str]:

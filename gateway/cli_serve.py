@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import config as config_mod
-from gateway.cli import EXIT_FAILED, EXIT_OK, _err, _load
+from gateway.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _err, _load
 from gateway.ratelimit_shared import SharedBuckets
 
 if TYPE_CHECKING:  # fork contexts do not exist on every platform
@@ -155,7 +155,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except RolledBack as e:
         _err(f"refusing to serve: {e}")
         return EXIT_FAILED
-    sock = _bind(host, port)
+    try:
+        sock = _bind(host, port)
+    except OSError as e:  # port in use, address not on this host, unknown host name
+        _err(f"cannot listen on {host}:{port}: {e.strerror or e}")
+        return EXIT_USAGE
     actual_port = sock.getsockname()[1]
     scheme = "https" if g.tls else "http"
     base = f"{scheme}://{host}:{actual_port}"

@@ -7,6 +7,7 @@ deployment brings its own PKI and leaves tokens off.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -100,10 +101,15 @@ def schemas_dir() -> Path:
 
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> None:
+    """Create ``path`` with its final mode: a private key or token is 0600 from its first byte.
+
+    Writing first and chmod-ing after left each key readable by every local user (mode 0644
+    under the usual umask) until the chmod, and for good if the write failed half way.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    if private:
-        path.chmod(0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _toml_str(s: str) -> str:
@@ -250,6 +256,8 @@ def _config_header(port: int) -> str:
 def init_deployment(target: Path, *, port: int = 8080, now: datetime | None = None) -> list[str]:
     """Write the deployment into ``target`` (must be empty or absent); return its tokens' owners."""
     now = now or datetime.now(UTC)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a directory; choose a new directory")
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target} is not empty; choose a new directory")
     target.mkdir(parents=True, exist_ok=True)

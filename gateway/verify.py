@@ -70,6 +70,8 @@ class Report:
 
     kind: str
     checks: list[Check] = field(default_factory=list)
+    #: The payloads ("request", "response") compared with a digest the artifact signs.
+    compared: set[str] = field(default_factory=set)
 
     def ok(self, what: str) -> None:
         self.checks.append(Check(True, what))
@@ -154,7 +156,7 @@ def verify_artifact(
             verify_jws.check_artifact(doc, trust, now, payloads or {}, report)
         elif isinstance(doc, dict) and "proof" in doc and "checkpoint" in doc:
             report = Report("inclusion-proof")
-            verify_log.check_bundle(doc, trust, now, report)
+            verify_log.check_bundle(doc, trust, now, payloads or {}, report)
         elif isinstance(doc, dict) and isinstance(doc.get("note"), str):
             report = Report("checkpoint")
             verify_log.check_checkpoint_json(doc, trust, report)
@@ -162,6 +164,7 @@ def verify_artifact(
             raise Unreadable(
                 "a JSON object that is neither a JWS, an inclusion proof bundle nor a checkpoint"
             )
+        _require_compared(report, payloads or {})
         return report
     try:
         note = raw.decode("utf-8")
@@ -171,7 +174,23 @@ def verify_artifact(
         raise Unreadable("neither JSON nor a signed note (body, blank line, signature lines)")
     report = Report("checkpoint")
     verify_log.check_note(raw, trust, report)
+    _require_compared(report, payloads or {})
     return report
+
+
+def _require_compared(report: Report, payloads: Mapping[str, bytes]) -> None:
+    """A payload given to bind that the artifact could not be compared with is a failure.
+
+    Why: "does this receipt bind my request?" must never be answered by silence. A checkpoint
+    binds no payload, an envelope no response, and an artifact whose signature failed has no
+    digest worth comparing; saying OK to the rest would read as "the payload is bound".
+    """
+    for name in payloads:
+        if name not in report.compared:
+            report.fail(
+                f"the {name} payload was not checked: this {report.kind} has no verified "
+                f"{name}_sha256 to compare it with"
+            )
 
 
 def describe_verification(

@@ -68,7 +68,7 @@ def check_artifact(
         return
     if report.kind == "receipt":
         describe_receipt(body, report, "")
-        _check_payloads(body, payloads, report)
+        check_payloads(body, payloads, report)
     elif report.kind == "envelope":
         _check_envelope(body, trust, now, payloads, report)
     elif report.kind == "request":
@@ -76,6 +76,12 @@ def check_artifact(
             f"request {body.get('id')} from {body.get('sender')} to {body.get('service')}, "
             f"created {body.get('created')}"
         )
+        try:
+            carried = {"request_sha256": _digest_of(body.get("payload"))}
+        except (TypeError, ValueError) as e:
+            report.fail(f"signed request payload cannot be canonicalized: {e}")
+        else:
+            check_payloads(carried, {k: v for k, v in payloads.items() if k == "request"}, report)
 
 
 def check_jws(
@@ -177,12 +183,18 @@ def describe_receipt(body: Mapping[str, Any], report: Report, prefix: str) -> No
     report.info(f"{prefix}audit index {audit.get('index')} leaf {audit.get('leaf_hash')}")
 
 
+def _digest_of(value: Any) -> str:
+    return hashlib.sha256(canonicalize(value)).hexdigest()
+
+
 def _digest(value: bytes) -> str:
-    return hashlib.sha256(canonicalize(loads(value))).hexdigest()
+    return _digest_of(loads(value))
 
 
-def _check_payloads(body: Mapping[str, Any], payloads: Mapping[str, bytes], report: Report) -> None:
+def check_payloads(body: Mapping[str, Any], payloads: Mapping[str, bytes], report: Report) -> None:
+    """Compare each payload file with the ``<name>_sha256`` the signed ``body`` states."""
     for name, value in payloads.items():
+        report.compared.add(name)
         try:
             digest = _digest(value)
         except (JsonError, ValueError, TypeError) as e:
@@ -215,7 +227,7 @@ def _check_envelope(
             report.ok("envelope payload matches its request_sha256")
         else:
             report.fail("envelope payload does not match its request_sha256")
-    _check_payloads(body, {k: v for k, v in payloads.items() if k == "request"}, report)
+    check_payloads(body, {k: v for k, v in payloads.items() if k == "request"}, report)
     inner = body.get("sender_signature")
     if inner is None:
         report.info("no sender signature (the sender authenticated by mTLS or token)")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 from gateway.audit import checkpoint as cp
 from gateway.audit import merkle
 from gateway.crypto.canonical import canonicalize
-from gateway.verify_jws import check_jws, describe_receipt
+from gateway.verify_jws import check_jws, check_payloads, describe_receipt
 
 if TYPE_CHECKING:
     from gateway.verify import Report, Trust
@@ -98,9 +98,15 @@ def _bundle_fields(doc: Mapping[str, Any]) -> tuple[int, bytes, int, list[bytes]
 BUNDLE_FORMAT: Final = "dtc-gateway/inclusion-proof/v1"
 
 
-def check_bundle(doc: Mapping[str, Any], trust: Trust, now: datetime, report: Report) -> None:
+def check_bundle(
+    doc: Mapping[str, Any],
+    trust: Trust,
+    now: datetime,
+    payloads: Mapping[str, bytes],
+    report: Report,
+) -> None:
     """An inclusion proof bundle into ``report``: the checkpoint, the proof against its root, and
-    the record and receipt the bundle may carry."""
+    the record and receipt the bundle may carry (the receipt bound to ``payloads``)."""
     if doc.get("format", BUNDLE_FORMAT) != BUNDLE_FORMAT:
         report.fail(f"bundle format {doc.get('format')!r} is not {BUNDLE_FORMAT!r}")
         return
@@ -129,7 +135,9 @@ def check_bundle(doc: Mapping[str, Any], trust: Trust, now: datetime, report: Re
         _check_bundled_record(doc["record"], doc.get("exchange_id"), leaf, report)
     receipt = doc.get("receipt")
     if receipt is not None:
-        _check_bundled_receipt(receipt, doc.get("exchange_id"), index, leaf, trust, now, report)
+        _check_bundled_receipt(
+            receipt, doc.get("exchange_id"), (index, leaf), trust, now, payloads, report
+        )
 
 
 def _check_bundled_record(record: object, xid: object, leaf: bytes, report: Report) -> None:
@@ -154,12 +162,13 @@ def _check_bundled_record(record: object, xid: object, leaf: bytes, report: Repo
 def _check_bundled_receipt(
     receipt: object,
     xid: object,
-    index: int,
-    leaf: bytes,
+    at: tuple[int, bytes],
     trust: Trust,
     now: datetime,
+    payloads: Mapping[str, bytes],
     report: Report,
 ) -> None:
+    index, leaf = at
     if not isinstance(receipt, dict):
         report.fail("receipt is not a JWS object")
         return
@@ -167,6 +176,7 @@ def _check_bundled_receipt(
     if body is None:
         return
     describe_receipt(body, report, "receipt: ")
+    check_payloads(body, payloads, report)
     audit = body.get("audit")
     audit = audit if isinstance(audit, dict) else {}
     if xid is not None and body.get("exchange_id") != xid:

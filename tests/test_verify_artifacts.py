@@ -305,6 +305,30 @@ async def test_input_that_is_no_artifact_is_a_400_problem(
             assert status == 400 and doc["type"] == "urn:gateway:problem:bad-request", body
 
 
+async def test_a_payload_given_to_bind_fails_unless_the_artifact_binds_that_very_payload(
+    artifacts: Artifacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mine, other = tmp_path / "mine.json", tmp_path / "other.json"
+    mine.write_bytes(orjson.dumps(example(SID)))
+    other.write_bytes(orjson.dumps(dict(example(SID), citizen_id="079203009999")))
+    full, bare = bundle(artifacts), bundle(artifacts, with_receipt=False)
+    for raw, holds in [
+        (orjson.dumps(full), ["--request", str(mine)]),
+        (artifacts.request, ["--request", str(mine)]),
+    ]:
+        code, out = gateway_verify(capsys, artifacts, tmp_path, raw, *holds)
+        assert code == 0 and "OK    request payload matches request_sha256" in out, out
+    for raw, fails in [
+        (orjson.dumps(full), ["--request", str(other)]),  # the bundled receipt binds another
+        (artifacts.request, ["--request", str(other)]),  # the signed request carries another
+        (orjson.dumps(bare), ["--request", str(mine)]),  # no receipt: nothing binds it
+        (full["checkpoint"].encode(), ["--request", str(mine)]),  # a checkpoint binds none
+        (orjson.dumps(artifacts.envelope), ["--response", str(mine)]),  # no response in it
+    ]:
+        code, out = gateway_verify(capsys, artifacts, tmp_path, raw, *fails)
+        assert code == 1 and "FAIL  " in out and "payload" in out, (fails, out)
+
+
 # -- receipts outlive certificates --------------------------------------------------------------
 
 
