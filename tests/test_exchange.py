@@ -6,6 +6,7 @@ nothing reached the provider, and that the rejection is in the audit log with it
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -500,6 +501,34 @@ async def test_jwks_lists_the_signing_key_with_its_chain(gw: Gateway) -> None:
         doc = await r.json()
     key = doc["keys"][0]
     assert key["kid"] and key["x5c"] and key["alg"] == "ES256"
+
+
+async def test_jwks_publishes_the_checkpoint_key_that_verifies_the_checkpoints(
+    gw: Gateway,
+) -> None:
+    """CONTRACT.md: the checkpoint key "is published in the JWKS like the others". Its JWK
+    carries the C2SP verifier key too; both name the key that signs GET /v1/audit/checkpoint,
+    and an independent JOSE library reads the whole set."""
+    from gateway.audit.checkpoint import verify_note
+    from gateway.audit.signed_note import NoteVerifier
+
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gw.url}/.well-known/jwks.json") as r:
+            doc = await r.json()
+        for _ in range(100):  # the publisher signs the first checkpoint just after start-up
+            async with s.get(f"{gw.url}/v1/audit/checkpoint") as r:
+                if r.status == 200:
+                    note = await r.read()
+                    break
+            await asyncio.sleep(0.05)
+    [note_key] = [k for k in doc["keys"] if k["kty"] == "OKP" and "vkey" in k]
+    assert doc["keys"][-1] == note_key and "x5c" not in note_key
+    assert (note_key["crv"], note_key["alg"], note_key["use"]) == ("Ed25519", "EdDSA", "sig")
+    verifier = NoteVerifier.from_vkey(note_key["vkey"])
+    vkey_public = base64.b64decode(note_key["vkey"].split("+", 2)[2])[1:]  # name+id+key
+    assert base64.urlsafe_b64decode(note_key["x"] + "=") == vkey_public
+    verify_note(note, [verifier])
+    assert len(jwk.JWKSet.from_json(json.dumps(doc))["keys"]) == len(doc["keys"])
 
 
 async def test_a_request_refused_for_its_payload_does_not_spend_its_id(

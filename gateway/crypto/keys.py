@@ -208,6 +208,20 @@ def public_jwk(
     return jwk
 
 
+def note_key_jwk(public_raw: bytes, vkey: str) -> dict[str, Any]:
+    """The JWK of an Ed25519 signed-note key (the audit log's checkpoint key), for the JWKS.
+
+    No ``x5c``: the signed-note format names keys, it carries no certificates. ``vkey`` (a
+    member JOSE libraries ignore, RFC 7517 section 4) is the C2SP verifier key string that
+    transparency-log tools take, so the JWKS is one place to find every key of the gateway.
+    """
+    try:
+        key = ed25519.Ed25519PublicKey.from_public_bytes(public_raw)
+    except ValueError:
+        raise KeyInvalid("an Ed25519 public key is 32 bytes") from None
+    return {**public_jwk(key, alg="EdDSA"), "vkey": vkey}
+
+
 def _es256_signer(key: ec.EllipticCurvePrivateKey) -> Callable[[bytes], bytes]:
     algorithm = ec.ECDSA(hashes.SHA256())
 

@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from gateway import plugins
 from gateway.acl import AccessList, Grant
 from gateway.audit.appender import RemoteAppender
+from gateway.audit.checkpoint import NoteError
 from gateway.audit.factory import note_signer, open_store
 from gateway.audit.log import AuditLog
 from gateway.audit.publisher import CheckpointPublisher, check_not_rolled_back
@@ -33,6 +35,7 @@ from gateway.crypto.keys import (
     SigningKey,
     load_certificates,
     load_private_key,
+    note_key_jwk,
 )
 from gateway.errors import ConfigError
 from gateway.metrics import ExchangeMetrics
@@ -50,6 +53,8 @@ STATE: web.AppKey[ExchangeState] = web.AppKey("state")
 PIPELINE = web.AppKey("pipeline", Pipeline)
 CONNECTORS = web.AppKey("connectors", dict[str, Connector])
 METRICS = web.AppKey("metrics", ExchangeMetrics)
+# Published in the JWKS beside the keyring's keys: the audit log's checkpoint (note) key.
+NOTE_KEYS = web.AppKey("note_keys", tuple[dict[str, Any], ...])
 
 
 def build_keyring(dep: Deployment) -> Keyring:
@@ -72,6 +77,17 @@ def build_keyring(dep: Deployment) -> Keyring:
         return Keyring(key, chain, retired=retired)
     except CryptoError as e:
         raise ConfigError(str(dep.path), "gateway.certificate", str(e)) from None
+
+
+def build_note_keys(dep: Deployment) -> tuple[dict[str, Any], ...]:
+    """The checkpoint key's JWK (CONTRACT.md: published in the JWKS like the others), if any."""
+    try:
+        signer = note_signer(dep)
+    except (CryptoError, NoteError) as e:
+        raise ConfigError(str(dep.path), "audit.checkpoint_key", str(e)) from None
+    if signer is None:
+        return ()
+    return (note_key_jwk(signer.public_key, signer.vkey()),)
 
 
 def build_anchors(dep: Deployment) -> pki.TrustAnchors:
@@ -385,6 +401,7 @@ def create_app(
     app.on_response_prepare.append(middlewares.echo_request_id)
     app[DEPLOYMENT] = dep
     app[KEYRING] = stages.keyring
+    app[NOTE_KEYS] = build_note_keys(dep)
     app[CONNECTORS] = stages.connectors
     app[METRICS] = ExchangeMetrics(dep.services, multiprocess_dir=metrics_dir)
     app.cleanup_ctx.append(_resources(dep, stages, now, appender_address, rate))

@@ -130,7 +130,10 @@ def _count(
 
 
 async def jwks(request: web.Request) -> web.Response:
-    return _json_response(request.app[keys.KEYRING].jwks())
+    """The signing keys (current first, then retired, with ``x5c``), then the checkpoint key."""
+    doc = request.app[keys.KEYRING].jwks()
+    doc["keys"] += [dict(k) for k in request.app[keys.NOTE_KEYS]]
+    return _json_response(doc)
 
 
 async def healthz(request: web.Request) -> web.Response:
