@@ -2,9 +2,11 @@
 
 The same key with the same body (by its RFC 8785 digest) returns the first exchange's answer,
 marked ``Idempotent-Replayed: true``; the same key with another body is a 409; a key whose
-exchange is still under way is a 409 too (``idempotency-in-progress``). A 5xx outcome, or an
-exchange that ended in an exception, releases the key, so the sender may retry. Keys expire
-after the configured TTL; the state store keeps them (see gateway.state).
+exchange is still under way is a 409 too (``idempotency-in-progress``). Only an answered (2xx)
+exchange is kept: any other outcome (a 5xx, a refusal such as a replayed request id, an
+exception) releases the key, so a retry is processed, and audited, afresh; a stored refusal
+would be given again without an audit record and without its problem+json media type. Keys
+expire after the configured TTL; the state store keeps them (see gateway.state).
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ async def begin(
 async def finish(
     store: IdempotencyStore, sender: str, service: str, key: str, result: ExchangeResult | None
 ) -> None:
-    """Keep the answer for retries; a 5xx or no result (an exception) releases the key."""
-    keep = result is not None and result.status < 500
+    """Keep a 2xx answer for retries; anything else, or no result (an exception), releases
+    the key."""
+    keep = result is not None and 200 <= result.status < 300
     await store.idempotency_finish(
         sender,
         service,

@@ -437,6 +437,29 @@ async def test_same_idempotency_key_with_another_body_is_409(
     assert gw.records()[-1]["cause"] == "idempotency-conflict"
 
 
+async def test_a_refusal_under_an_idempotency_key_is_refused_again_as_a_problem_and_audited(
+    gw: Gateway, provider: Provider
+) -> None:
+    """Only an answered exchange is kept for its key. A replayed signed request sent under a
+    fresh key got a 409 that was stored, then given again as plain application/json and with
+    no audit record of the attempt."""
+    body = signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN))
+    status, _, _ = await post(gw, CITIZEN, body, {**JOSE, "Idempotency-Key": "k-first"})
+    assert status == 200
+    for _ in range(2):
+        headers = {**JOSE, "Idempotency-Key": "k-replayed"}
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"{gw.url}/v1/exchange/{CITIZEN}", data=body, headers=headers) as r,
+        ):
+            doc = orjson.loads(await r.read())
+            assert r.status == 409 and r.content_type == "application/problem+json"
+        assert doc["type"].endswith(":replay")
+        assert gw.records()[-1]["exchange_id"] == doc["exchange_id"]
+        assert gw.records()[-1]["cause"] == "replay"
+    assert len(provider.received) == 1
+
+
 @pytest.mark.parametrize("key", ["khóa-1", "two words", "k" * 256, ""])
 async def test_an_idempotency_key_that_is_not_1_to_255_visible_ascii_is_a_400(
     gw: Gateway, provider: Provider, key: str
