@@ -1,9 +1,10 @@
 """``Idempotency-Key``: a retried exchange gets the stored answer and is not delivered twice.
 
 The same key with the same body (by its RFC 8785 digest) returns the first exchange's answer,
-marked ``Idempotent-Replayed: true``; the same key with another body is a 409; a key whose
-exchange is still under way is a 409 too (``idempotency-in-progress``). Only an answered (2xx)
-exchange is kept: any other outcome (a 5xx, a refusal such as a replayed request id, an
+marked ``Idempotent-Replayed: true`` and audited as ``exchange.replayed`` under the first
+exchange's id (the answer is handed out again); the same key with another body is a 409; a key
+whose exchange is still under way is a 409 too (``idempotency-in-progress``). Only an answered
+(2xx) exchange is kept: any other outcome (a 5xx, a refusal such as a replayed request id, an
 exception) releases the key, so a retry is processed, and audited, afresh; a stored refusal
 would be given again without an audit record and without its problem+json media type. Keys
 expire after the configured TTL; the state store keeps them (see gateway.state).

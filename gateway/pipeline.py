@@ -178,7 +178,7 @@ class Pipeline:
             if isinstance(stored, GatewayError):
                 return await self._reject(raw, xid, sender, stored)
             if stored is not None:
-                return stored
+                return await self._replayed(raw, xid, sender, svc, request_sha, stored)
         result = None
         try:
             result = await self._exchange(raw, xid, sender, svc, grant, payload, canon, request_sha)
@@ -376,6 +376,22 @@ class Pipeline:
             records.failed_record(xid, svc, sender, at, err.status, err.slug, accepted), spent
         )
         return self._problem(err, xid, "exchange.failed", sender.id, svc.id, spent)
+
+    async def _replayed(
+        self,
+        raw: RawRequest,
+        xid: str,
+        sender: Sender,
+        svc: ServiceRuntime,
+        request_sha: str,
+        stored: ExchangeResult,
+    ) -> ExchangeResult:
+        """The stored answer again, once its handing out is audited: every attempt is."""
+        original = stored.exchange_id or xid
+        await self._audit.append(
+            records.replayed_record(raw, original, svc, sender, stored.status, request_sha)
+        )
+        return stored
 
     async def _reject(
         self, raw: RawRequest, xid: str, sender: Sender | None, err: GatewayError

@@ -421,6 +421,38 @@ async def test_same_idempotency_key_and_body_returns_the_stored_result_without_r
     assert provider.received[0]["headers"]["Idempotency-Key"] == "k-1"
 
 
+async def test_an_idempotent_replay_is_audited_under_the_exchange_it_answers_again(
+    gw: Gateway, provider: Provider
+) -> None:
+    """Every attempt gets an audit record (CONTRACT.md), and a replay hands the provider's
+    answer out once more: it was given with no record at all."""
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": "k-audited",
+    }
+    body = orjson.dumps(example(CITIZEN))
+    _, _, first = await post(gw, CITIZEN, body, headers)
+    status, h2, _ = await post(gw, CITIZEN, body, headers)
+    assert status == 200 and h2.get("Idempotent-Replayed") == "true"
+    records = gw.records()
+    assert [r["event"] for r in records] == [
+        "exchange.accepted",
+        "exchange.delivered",
+        "exchange.replayed",
+    ]
+    replayed = records[-1]
+    assert replayed["exchange_id"] == first["exchange_id"] == h2["X-Exchange-Id"]
+    assert (replayed["sender"], replayed["service"], replayed["status"]) == (
+        "hcm.quan-1",
+        CITIZEN,
+        200,
+    )
+    assert replayed["request_sha256"] == records[0]["request_sha256"]
+    assert replayed["idempotency_key_sha256"] == records[0]["idempotency_key_sha256"]
+    assert example(CITIZEN)["citizen_id"] not in json.dumps(replayed)
+
+
 async def test_same_idempotency_key_with_another_body_is_409(
     gw: Gateway, provider: Provider
 ) -> None:
