@@ -12,6 +12,7 @@ expire after the configured TTL; the state store keeps them (see gateway.state).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Protocol
 
 import orjson
@@ -28,6 +29,18 @@ class IdempotencyStore(Protocol):
     async def idempotency_finish(
         self, sender: str, service: str, key: str, status: int | None, body: bytes | None
     ) -> None: ...
+
+
+def provider_key(sender: str, service: str, key: str | None) -> str | None:
+    """The key the provider gets for a sender's key: a digest scoped to sender and service.
+
+    Why not the sender's key itself: keys are unique per sender and service only, while the
+    provider sees one client (the gateway), so two senders' equal keys would be one key to it.
+    Deterministic, so a retry after a released key reaches the provider with the same key.
+    """
+    if key is None:
+        return None
+    return hashlib.sha256(f"{sender}\n{service}\n{key}".encode()).hexdigest()
 
 
 async def begin(

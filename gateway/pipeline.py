@@ -251,7 +251,7 @@ class Pipeline:
             payload=payload,
             envelope=envelope,
             envelope_bytes=envelope_bytes,
-            idempotency_key=raw.idempotency_key,
+            idempotency_key=idempotency.provider_key(sender.id, svc.id, raw.idempotency_key),
             timeout=self._limits.delivery_timeout,
         )
         try:

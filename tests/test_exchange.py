@@ -418,7 +418,33 @@ async def test_same_idempotency_key_and_body_returns_the_stored_result_without_r
     assert s1 == s2 == 200
     assert d1 == d2 and h2.get("Idempotent-Replayed") == "true"
     assert len(provider.received) == 1
-    assert provider.received[0]["headers"]["Idempotency-Key"] == "k-1"
+    assert provider.received[0]["headers"]["Idempotency-Key"]
+
+
+async def test_the_key_a_provider_gets_is_scoped_to_the_sender_and_kept_across_retries(
+    gw: Gateway, provider: Provider
+) -> None:
+    """The provider sees one client, the gateway: forwarded verbatim, two senders' equal keys
+    were one key to it (a provider that deduplicates would answer one sender with the other's
+    stored answer, or refuse it). A retry after a 502 must still carry the same key."""
+    body = orjson.dumps(example(CITIZEN))
+
+    def headers(sender: str) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {gw.token(sender)}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": "shared-key",
+        }
+
+    provider.mode = "fail"
+    assert (await post(gw, CITIZEN, body, headers("hcm.quan-1")))[0] == 502
+    provider.mode = "ok"
+    assert (await post(gw, CITIZEN, body, headers("hcm.quan-1")))[0] == 200
+    assert (await post(gw, CITIZEN, body, headers("hcm.thu-duc")))[0] == 200
+    first, retry, other = (r["headers"]["Idempotency-Key"] for r in provider.received)
+    assert first == retry
+    assert other != first
+    assert "shared-key" not in (first, other)
 
 
 async def test_an_idempotent_replay_is_audited_under_the_exchange_it_answers_again(
