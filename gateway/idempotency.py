@@ -74,14 +74,21 @@ async def begin(
 
 async def finish(
     store: IdempotencyStore, sender: str, service: str, key: str, result: ExchangeResult | None
-) -> None:
+) -> bool:
     """Keep a 2xx answer for retries; anything else, or no result (an exception), releases
-    the key."""
+    the key. False when the store failed: the exchange is over and audited, so its answer
+    stands (a 503 would tell the sender to retry what was delivered); the key stays pending
+    until it expires, and a retry meanwhile gets ``idempotency-in-progress``, not a second
+    delivery."""
     keep = result is not None and 200 <= result.status < 300
-    await store.idempotency_finish(
-        sender,
-        service,
-        key,
-        result.status if keep and result is not None else None,
-        result.body if keep and result is not None else None,
-    )
+    try:
+        await store.idempotency_finish(
+            sender,
+            service,
+            key,
+            result.status if keep and result is not None else None,
+            result.body if keep and result is not None else None,
+        )
+    except Exception:
+        return False
+    return True

@@ -21,7 +21,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -183,8 +183,11 @@ class Pipeline:
         try:
             result = await self._exchange(raw, xid, sender, svc, grant, payload, canon, request_sha)
         finally:
-            if key is not None:
-                await idempotency.finish(self._idem, sender.id, svc.id, key, result)
+            saved = key is None or await idempotency.finish(
+                self._idem, sender.id, svc.id, key, result
+            )
+        if not saved:  # the answer stands; the log line says the key could not be settled
+            result = replace(result, log={**result.log, "idempotency": "state store failed"})
         return result
 
     # (0)
