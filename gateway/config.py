@@ -220,11 +220,18 @@ class Config(_Model):
         for s in self.services:
             if s.provider not in known:
                 raise ValueError(f"service {s.id}: provider {s.provider!r} is not a participant")
+            granted: set[str] = set()
             for g in s.access:
                 if g.participant not in known:
                     raise ValueError(
                         f"service {s.id}: access grant names unknown participant {g.participant!r}"
                     )
+                if g.participant in granted:  # one grant decides and is audited: which one?
+                    raise ValueError(
+                        f"service {s.id}: participant {g.participant!r} has more than one access "
+                        "grant; keep one, with its purpose and legal basis"
+                    )
+                granted.add(g.participant)
         return self
 
     def participant(self, pid: str) -> Participant | None:

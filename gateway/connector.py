@@ -36,6 +36,9 @@ class OutboundMessage:
     the sender's payload, and ``envelope_bytes`` its serialized form, ready to send as-is.
     ``payload`` is the sender's parsed payload, for connectors that speak to a provider which
     does not understand envelopes (the demo provider, a legacy REST system).
+    ``idempotency_key``, when the sender gave an ``Idempotency-Key``, is a digest of it scoped
+    to the sender and the service (equal for every retry of that request), to pass on to the
+    provider: the sender's own key is unique only among that sender's requests.
     """
 
     exchange_id: str

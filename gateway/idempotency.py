@@ -1,14 +1,18 @@
 """``Idempotency-Key``: a retried exchange gets the stored answer and is not delivered twice.
 
 The same key with the same body (by its RFC 8785 digest) returns the first exchange's answer,
-marked ``Idempotent-Replayed: true``; the same key with another body is a 409; a key whose
-exchange is still under way is a 409 too (``idempotency-in-progress``). A 5xx outcome, or an
-exchange that ended in an exception, releases the key, so the sender may retry. Keys expire
-after the configured TTL; the state store keeps them (see gateway.state).
+marked ``Idempotent-Replayed: true`` and audited as ``exchange.replayed`` under the first
+exchange's id (the answer is handed out again); the same key with another body is a 409; a key
+whose exchange is still under way is a 409 too (``idempotency-in-progress``). Only an answered
+(2xx) exchange is kept: any other outcome (a 5xx, a refusal such as a replayed request id, an
+exception) releases the key, so a retry is processed, and audited, afresh; a stored refusal
+would be given again without an audit record and without its problem+json media type. Keys
+expire after the configured TTL; the state store keeps them (see gateway.state).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Protocol
 
 import orjson
@@ -25,6 +29,18 @@ class IdempotencyStore(Protocol):
     async def idempotency_finish(
         self, sender: str, service: str, key: str, status: int | None, body: bytes | None
     ) -> None: ...
+
+
+def provider_key(sender: str, service: str, key: str | None) -> str | None:
+    """The key the provider gets for a sender's key: a digest scoped to sender and service.
+
+    Why not the sender's key itself: keys are unique per sender and service only, while the
+    provider sees one client (the gateway), so two senders' equal keys would be one key to it.
+    Deterministic, so a retry after a released key reaches the provider with the same key.
+    """
+    if key is None:
+        return None
+    return hashlib.sha256(f"{sender}\n{service}\n{key}".encode()).hexdigest()
 
 
 async def begin(
@@ -58,13 +74,21 @@ async def begin(
 
 async def finish(
     store: IdempotencyStore, sender: str, service: str, key: str, result: ExchangeResult | None
-) -> None:
-    """Keep the answer for retries; a 5xx or no result (an exception) releases the key."""
-    keep = result is not None and result.status < 500
-    await store.idempotency_finish(
-        sender,
-        service,
-        key,
-        result.status if keep and result is not None else None,
-        result.body if keep and result is not None else None,
-    )
+) -> bool:
+    """Keep a 2xx answer for retries; anything else, or no result (an exception), releases
+    the key. False when the store failed: the exchange is over and audited, so its answer
+    stands (a 503 would tell the sender to retry what was delivered); the key stays pending
+    until it expires, and a retry meanwhile gets ``idempotency-in-progress``, not a second
+    delivery."""
+    keep = result is not None and 200 <= result.status < 300
+    try:
+        await store.idempotency_finish(
+            sender,
+            service,
+            key,
+            result.status if keep and result is not None else None,
+            result.body if keep and result is not None else None,
+        )
+    except Exception:
+        return False
+    return True

@@ -21,7 +21,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -178,13 +178,16 @@ class Pipeline:
             if isinstance(stored, GatewayError):
                 return await self._reject(raw, xid, sender, stored)
             if stored is not None:
-                return stored
+                return await self._replayed(raw, xid, sender, svc, request_sha, stored)
         result = None
         try:
             result = await self._exchange(raw, xid, sender, svc, grant, payload, canon, request_sha)
         finally:
-            if key is not None:
-                await idempotency.finish(self._idem, sender.id, svc.id, key, result)
+            saved = key is None or await idempotency.finish(
+                self._idem, sender.id, svc.id, key, result
+            )
+        if not saved:  # the answer stands; the log line says the key could not be settled
+            result = replace(result, log={**result.log, "idempotency": "state store failed"})
         return result
 
     # (0)
@@ -251,7 +254,7 @@ class Pipeline:
             payload=payload,
             envelope=envelope,
             envelope_bytes=envelope_bytes,
-            idempotency_key=raw.idempotency_key,
+            idempotency_key=idempotency.provider_key(sender.id, svc.id, raw.idempotency_key),
             timeout=self._limits.delivery_timeout,
         )
         try:
@@ -376,6 +379,22 @@ class Pipeline:
             records.failed_record(xid, svc, sender, at, err.status, err.slug, accepted), spent
         )
         return self._problem(err, xid, "exchange.failed", sender.id, svc.id, spent)
+
+    async def _replayed(
+        self,
+        raw: RawRequest,
+        xid: str,
+        sender: Sender,
+        svc: ServiceRuntime,
+        request_sha: str,
+        stored: ExchangeResult,
+    ) -> ExchangeResult:
+        """The stored answer again, once its handing out is audited: every attempt is."""
+        original = stored.exchange_id or xid
+        await self._audit.append(
+            records.replayed_record(raw, original, svc, sender, stored.status, request_sha)
+        )
+        return stored
 
     async def _reject(
         self, raw: RawRequest, xid: str, sender: Sender | None, err: GatewayError

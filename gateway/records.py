@@ -1,5 +1,6 @@
 """What the gateway signs and audits about one exchange: the envelope and receipt claims, and
-the audit records of its four outcomes (accepted, delivered, failed, rejected).
+the audit records of its outcomes (accepted, delivered, failed, rejected, and replayed for an
+``Idempotency-Key`` retry).
 
 Apart from the pipeline so that the straight line in ``pipeline.py`` reads as stages, and so
 that every member of every signed or audited document is defined in one place (CONTRACT.md's
@@ -189,6 +190,33 @@ def failed_record(
             "status": status,
             "cause": cause,
             "accepted_index": accepted.index,
+        }
+    )
+
+
+def replayed_record(
+    raw: RawRequest, xid: str, svc: Service, sender: Sender, status: int, request_sha: str
+) -> bytes:
+    """An ``Idempotency-Key`` retry answered with the stored answer of exchange ``xid``.
+
+    Nothing is delivered, but the provider's answer is handed out again, so the attempt is
+    recorded under the exchange it repeats (whose state stays that of its own outcome).
+    """
+    return canonicalize_trusted(
+        {
+            "v": 1,
+            "event": "exchange.replayed",
+            "exchange_id": xid,
+            "at": raw.received,
+            "service": svc.id,
+            "sender": sender.id,
+            "provider": svc.provider,
+            "auth": sender.method,
+            "status": status,
+            "request_sha256": request_sha,
+            "idempotency_key_sha256": (
+                sha256_hex(raw.idempotency_key.encode()) if raw.idempotency_key else None
+            ),
         }
     )
 

@@ -303,8 +303,11 @@ def _describe(error: jsonschema_rs.ValidationError) -> list[PointerError]:
         message = f"property is not allowed here ({kind.name})"
         return [PointerError(_pointer([*path, name]), message) for name in kind.unexpected]
     if isinstance(kind, Kind.UnevaluatedItems):
-        message = "item is not allowed here (unevaluatedItems)"
-        return [PointerError(_pointer([*path, index]), message) for index in kind.unexpected]
+        # The engine lists these items by their JSON text, not their index: payload values,
+        # never pointer tokens. The array itself is pointed at instead.
+        count = len(kind.unexpected)
+        message = f"has {count} item(s) that are not allowed here (unevaluatedItems)"
+        return [PointerError(_pointer(path), message)]
     return [PointerError(_pointer(path), _clip(_message(kind, error.instance)))]
 
 

@@ -90,3 +90,16 @@ def test_toml_syntax_error_names_the_file(cfg: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load(cfg)
     assert e.value.field == "(syntax)"
+
+
+def test_two_grants_for_one_participant_on_one_service_stop_start_up(cfg: Path) -> None:
+    """The access list keeps one grant per participant: a second one silently replaced the
+    first, so every exchange was audited under the last purpose and legal basis listed."""
+    text = cfg.read_text()
+    old = 'participant = "hcm.thu-duc"'
+    assert old in text
+    cfg.write_text(text.replace(old, 'participant = "hcm.quan-1"', 1))
+    with pytest.raises(ConfigError) as e:
+        create_app(load(cfg))
+    assert e.value.file.endswith("gateway.toml")
+    assert "citizen-lookup.v1" in e.value.problem and "hcm.quan-1" in e.value.problem

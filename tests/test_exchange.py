@@ -419,7 +419,65 @@ async def test_same_idempotency_key_and_body_returns_the_stored_result_without_r
     assert s1 == s2 == 200
     assert d1 == d2 and h2.get("Idempotent-Replayed") == "true"
     assert len(provider.received) == 1
-    assert provider.received[0]["headers"]["Idempotency-Key"] == "k-1"
+    assert provider.received[0]["headers"]["Idempotency-Key"]
+
+
+async def test_the_key_a_provider_gets_is_scoped_to_the_sender_and_kept_across_retries(
+    gw: Gateway, provider: Provider
+) -> None:
+    """The provider sees one client, the gateway: forwarded verbatim, two senders' equal keys
+    were one key to it (a provider that deduplicates would answer one sender with the other's
+    stored answer, or refuse it). A retry after a 502 must still carry the same key."""
+    body = orjson.dumps(example(CITIZEN))
+
+    def headers(sender: str) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {gw.token(sender)}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": "shared-key",
+        }
+
+    provider.mode = "fail"
+    assert (await post(gw, CITIZEN, body, headers("hcm.quan-1")))[0] == 502
+    provider.mode = "ok"
+    assert (await post(gw, CITIZEN, body, headers("hcm.quan-1")))[0] == 200
+    assert (await post(gw, CITIZEN, body, headers("hcm.thu-duc")))[0] == 200
+    first, retry, other = (r["headers"]["Idempotency-Key"] for r in provider.received)
+    assert first == retry
+    assert other != first
+    assert "shared-key" not in (first, other)
+
+
+async def test_an_idempotent_replay_is_audited_under_the_exchange_it_answers_again(
+    gw: Gateway, provider: Provider
+) -> None:
+    """Every attempt gets an audit record (CONTRACT.md), and a replay hands the provider's
+    answer out once more: it was given with no record at all."""
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": "k-audited",
+    }
+    body = orjson.dumps(example(CITIZEN))
+    _, _, first = await post(gw, CITIZEN, body, headers)
+    status, h2, _ = await post(gw, CITIZEN, body, headers)
+    assert status == 200 and h2.get("Idempotent-Replayed") == "true"
+    records = gw.records()
+    assert [r["event"] for r in records] == [
+        "exchange.accepted",
+        "exchange.delivered",
+        "exchange.replayed",
+    ]
+    replayed = records[-1]
+    assert replayed["exchange_id"] == first["exchange_id"] == h2["X-Exchange-Id"]
+    assert (replayed["sender"], replayed["service"], replayed["status"]) == (
+        "hcm.quan-1",
+        CITIZEN,
+        200,
+    )
+    assert replayed["request_sha256"] == records[0]["request_sha256"]
+    assert replayed["idempotency_key_sha256"] == records[0]["idempotency_key_sha256"]
+    assert example(CITIZEN)["citizen_id"] not in json.dumps(replayed)
 
 
 async def test_same_idempotency_key_with_another_body_is_409(
@@ -436,6 +494,29 @@ async def test_same_idempotency_key_with_another_body_is_409(
     assert s1 == 200 and s2 == 409 and d2["type"].endswith(":idempotency-conflict")
     assert len(provider.received) == 1
     assert gw.records()[-1]["cause"] == "idempotency-conflict"
+
+
+async def test_a_refusal_under_an_idempotency_key_is_refused_again_as_a_problem_and_audited(
+    gw: Gateway, provider: Provider
+) -> None:
+    """Only an answered exchange is kept for its key. A replayed signed request sent under a
+    fresh key got a 409 that was stored, then given again as plain application/json and with
+    no audit record of the attempt."""
+    body = signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN))
+    status, _, _ = await post(gw, CITIZEN, body, {**JOSE, "Idempotency-Key": "k-first"})
+    assert status == 200
+    for _ in range(2):
+        headers = {**JOSE, "Idempotency-Key": "k-replayed"}
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"{gw.url}/v1/exchange/{CITIZEN}", data=body, headers=headers) as r,
+        ):
+            doc = orjson.loads(await r.read())
+            assert r.status == 409 and r.content_type == "application/problem+json"
+        assert doc["type"].endswith(":replay")
+        assert gw.records()[-1]["exchange_id"] == doc["exchange_id"]
+        assert gw.records()[-1]["cause"] == "replay"
+    assert len(provider.received) == 1
 
 
 @pytest.mark.parametrize("key", ["khóa-1", "two words", "k" * 256, ""])

@@ -88,3 +88,19 @@ async def test_an_unavailable_store_refuses_instead_of_delivering_twice() -> Non
 
     err = await idempotency.begin(Broken(), "s", "svc.v1", "k", "h", 60)
     assert isinstance(err, NotReady) and "state store unavailable" in err.detail
+
+
+async def test_a_store_failing_to_settle_a_finished_exchange_does_not_raise() -> None:
+    """The exchange is delivered and audited when its key is settled: a store failing then
+    used to raise out of the pipeline, and the sender got a 503 (retry) for a delivered
+    exchange, whose retries then met the key still pending."""
+
+    class Broken:
+        async def idempotency_begin(self, *args: Any) -> Any:
+            raise AssertionError("not reached")
+
+        async def idempotency_finish(self, *args: Any) -> None:
+            raise OSError("disk gone")
+
+    answered = ExchangeResult(status=200, body=b"{}")
+    assert await idempotency.finish(Broken(), "s", "svc.v1", "k", answered) is False

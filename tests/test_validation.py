@@ -280,6 +280,22 @@ def test_unexpected_properties_are_pointed_at_one_by_one():
     assert [e.pointer for e in error.errors] == ["/x", "/y"]
 
 
+def test_unevaluated_items_point_at_their_array_and_never_quote_the_items():
+    """The engine names unevaluated items by their JSON text, not their index: taken as pointer
+    tokens they made '/people/"079203001234"', a pointer to nothing that quoted a citizen id."""
+    compiled = compile_schema(
+        schema(
+            type="object",
+            properties={"people": {"prefixItems": [{"type": "string"}], "unevaluatedItems": False}},
+        ),
+        source="s.json",
+    )
+    error = errors_of(compiled, {"people": ["a", CITIZEN_ID, {"id": CITIZEN_ID}]})
+    assert [e.pointer for e in error.errors] == ["/people"]
+    assert "unevaluatedItems" in error.errors[0].message
+    assert CITIZEN_ID not in json.dumps(error.problem(), ensure_ascii=False)
+
+
 @pytest.mark.parametrize(
     ("payload", "pointer"),
     [
