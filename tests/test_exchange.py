@@ -478,6 +478,18 @@ async def test_an_idempotent_replay_is_audited_under_the_exchange_it_answers_aga
     assert replayed["request_sha256"] == records[0]["request_sha256"]
     assert replayed["idempotency_key_sha256"] == records[0]["idempotency_key_sha256"]
     assert example(CITIZEN)["citizen_id"] not in json.dumps(replayed)
+    # Operators find replays by outcome, like every other outcome.
+    token = (gw.dir / "roles" / "dtc-operator.token").read_text().strip()
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(
+            f"{gw.url}/v1/audit/records",
+            params={"outcome": "replayed"},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as r,
+    ):
+        found = (await r.json())["records"]
+    assert [item["record"]["event"] for item in found] == ["exchange.replayed"]
 
 
 async def test_same_idempotency_key_with_another_body_is_409(
