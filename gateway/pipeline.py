@@ -31,7 +31,7 @@ from gateway import idempotency, records
 from gateway.acl import AccessList, Grant
 from gateway.audit.log import ClaimRefused
 from gateway.audit.store import Claim
-from gateway.authn import SIGNED_MEDIA_TYPE, Authenticator
+from gateway.authn import Authenticator
 from gateway.connector import (
     Connector,
     DeliveryFailed,
@@ -42,31 +42,23 @@ from gateway.crypto.canonical import Canonical, canonical, canonicalize
 from gateway.errors import (
     BadRequest,
     GatewayError,
-    MalformedJson,
-    PayloadTooLarge,
     ProviderContractBroken,
     ProviderFailed,
     ProviderTimeout,
     Replay,
-    RequestTimeout,
     SchemaInvalid,
     UnknownService,
-    UnsupportedMediaType,
 )
 from gateway.idempotency import IdempotencyStore
 from gateway.models import ExchangeResult, Limits, RawRequest, Sender, Timings, rfc3339, uuid7
+from gateway.parse import parse_request
 from gateway.ratelimit import RateLimiter, TokenBuckets
 from gateway.records import sha256_hex
-from gateway.strictjson import JsonError, loads
 from gateway.validation import CompiledSchema
 
 ENVELOPE_TYP = "envelope+jws"
 RECEIPT_TYP = "receipt+jws"
 _SERVICE_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*\.v[0-9]+$")
-# Visible ASCII only: the key is stored (state store) and compared byte for byte; a header byte
-# above 0x7f reaches us as a lone surrogate that no store can encode.
-_IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
-_MEDIA_TYPES = ("application/json", SIGNED_MEDIA_TYPE)
 
 
 class AuditAppender(Protocol):
@@ -161,7 +153,7 @@ class Pipeline:
         xid = uuid7()
         sender: Sender | None = None
         try:
-            payload_in = self._parse(raw)  # (0)
+            payload_in = parse_request(raw, self._limits)  # (0)
             sender, payload = await self._authn.authenticate(raw, payload_in, raw.received_at)
             self._rate.take(sender.id, time.monotonic())
             svc = self._service(raw.service)  # (2)
@@ -189,28 +181,6 @@ class Pipeline:
         if not saved:  # the answer stands; the log line says the key could not be settled
             result = replace(result, log={**result.log, "idempotency": "state store failed"})
         return result
-
-    # (0)
-    def _parse(self, raw: RawRequest) -> Any:
-        if raw.body_timed_out:
-            raise RequestTimeout.after("the body", self._limits.body_timeout)
-        declared = raw.declared_length or 0
-        if len(raw.body) > self._limits.max_body_bytes or declared > self._limits.max_body_bytes:
-            raise PayloadTooLarge(
-                f"the body exceeds the limit of {self._limits.max_body_bytes} bytes"
-            )
-        key = raw.idempotency_key
-        if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
-            raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID)")
-        if raw.content_type not in _MEDIA_TYPES:
-            raise UnsupportedMediaType(
-                f"send application/json (mTLS or bearer) or {SIGNED_MEDIA_TYPE} (signed request),"
-                f" not {raw.content_type[:80]!r}"
-            )
-        try:
-            return loads(raw.body, max_depth=self._limits.max_depth)
-        except JsonError as e:
-            raise MalformedJson(f"the body is not valid JSON: {e}") from None
 
     # (2)
     def _service(self, service_id: str) -> ServiceRuntime:
