@@ -37,6 +37,7 @@ from gateway.audit.publisher import PublisherThread
 from gateway.audit.store import AuditStore, Claim
 
 _LEN = struct.Struct(">I")
+_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_FRAME = 64 * 1024 * 1024
 # Per recv: below malloc's mmap threshold. recv(1 MiB) allocated (mmap) and released (munmap)
 # a fresh megabyte on every wake-up, 14 us against 1.4 us here; a larger frame simply takes
@@ -45,7 +46,11 @@ _RECV_BYTES = 64 * 1024
 
 
 def new_address() -> str:
-    """A Linux abstract-namespace socket name: nothing to clean up, private to this host."""
+    """A Linux abstract-namespace socket name: nothing to clean up, private to this host.
+
+    Not private to this user: an abstract socket has no file mode and its name is listed in
+    /proc/net/unix for anyone to read, so the appender checks who connects (:func:`_own_user`).
+    """
     return f"\0dtc-gateway-appender-{os.getpid()}-{os.urandom(6).hex()}"
 
 
@@ -157,6 +162,9 @@ def _accept_and_read(
     for key, _ in events:
         if key.data is None:
             sock, _addr = listener.accept()
+            if not _own_user(sock):
+                sock.close()
+                continue
             conn = _Conn(sock)
             conns[sock.fileno()] = conn
             sel.register(sock, selectors.EVENT_READ, conn)
@@ -175,6 +183,17 @@ def _accept_and_read(
         for frame in _frames(conn):
             batch.append((conn, frame))
     return batch
+
+
+def _own_user(sock: socket.socket) -> bool:
+    """Whether the peer runs as this process's user (SO_PEERCRED, set by the kernel at connect).
+
+    Anyone else could otherwise append records of their choosing to the audit log (they would
+    be signed into checkpoints and served as the gateway's), or crash the appender.
+    """
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+    _pid, uid, _gid = _CREDS.unpack(creds)
+    return bool(uid == os.geteuid())
 
 
 def _write(store: AuditStore, batch: list[tuple[_Conn, list[Any]]]) -> None:
