@@ -299,3 +299,30 @@ def test_a_process_of_another_local_user_cannot_append_through_the_appender(
         t.join(10)
     assert said == b"refused"
     assert _store_size(tmp_path / "audit.db") == 0
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        struct.pack(">I", 5) + b"[1,2]",  # items that are not [seq, record, key, exp, now]
+        struct.pack(">I", 7) + b"not json",
+        _frame([[1, 2, None, 0.0, 0.0]]),  # a record that is not text
+        struct.pack(">I", 2**31),  # beyond any frame size
+    ],
+    ids=["not-items", "not-json", "record-not-text", "too-large"],
+)
+async def test_a_malformed_frame_drops_its_connection_and_the_appender_serves_on(
+    tmp_path: Path, appender: str, garbage: bytes
+) -> None:
+    """A bad frame used to raise out of the appender's loop: the appender died, and with it
+    every worker's audit log (the supervisor then stopped the whole gateway)."""
+    bad = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bad.connect(appender)
+    bad.settimeout(5)
+    bad.sendall(garbage)
+    assert await asyncio.to_thread(bad.recv, 4096) == b""  # dropped, nothing answered
+    bad.close()
+    w = await RemoteAppender.connect(appender)
+    result = await asyncio.wait_for(w.append(b'{"a":1}'), 5)
+    assert result.index == 0
+    await w.aclose()

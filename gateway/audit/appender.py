@@ -70,9 +70,30 @@ def _frames(conn: _Conn) -> list[Any]:
             raise ValueError("frame too large")
         if len(buf) < 4 + n:
             break
-        out.append(orjson.loads(bytes(buf[4 : 4 + n])))
+        out.append(_checked(orjson.loads(bytes(buf[4 : 4 + n]))))
         del buf[: 4 + n]
     return out
+
+
+def _checked(frame: Any) -> list[Any]:
+    """The frame if it is a list of ``[seq, record, claim_key, expires, now]``; else ValueError.
+
+    Checked on arrival, so a bad frame costs only its own connection: found in ``_write`` it
+    raised out of the appender's loop, and the appender (every worker's audit log) died.
+    """
+    if not isinstance(frame, list):
+        raise ValueError("a frame is a list of items")
+    for item in frame:
+        if not (
+            isinstance(item, list)
+            and len(item) == 5
+            and isinstance(item[0], int)
+            and isinstance(item[1], str)
+            and (item[2] is None or isinstance(item[2], str))
+            and all(isinstance(x, int | float) for x in item[3:])
+        ):
+            raise ValueError("an item is [seq, record, claim_key, expires, now]")
+    return frame
 
 
 def _send(sock: socket.socket, doc: Any) -> None:
@@ -175,14 +196,23 @@ def _accept_and_read(
         except OSError:
             data = b""
         if not data:
-            sel.unregister(conn.sock)
-            conns.pop(conn.sock.fileno(), None)
-            conn.sock.close()
+            _drop(conn, sel, conns)
             continue
         conn.buf += data
-        for frame in _frames(conn):
+        try:
+            frames = _frames(conn)
+        except ValueError:  # not a worker speaking (orjson's decode error is a ValueError)
+            _drop(conn, sel, conns)
+            continue
+        for frame in frames:
             batch.append((conn, frame))
     return batch
+
+
+def _drop(conn: _Conn, sel: selectors.BaseSelector, conns: dict[int, _Conn]) -> None:
+    sel.unregister(conn.sock)
+    conns.pop(conn.sock.fileno(), None)
+    conn.sock.close()
 
 
 def _own_user(sock: socket.socket) -> bool:
