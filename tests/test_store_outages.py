@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from gateway.devinit import init_deployment
-from tests.support import ServerProcess, example
+from tests.support import ServerProcess, example, running_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -59,3 +59,25 @@ async def test_removing_the_audit_databases_directory_turns_answers_to_503_not_l
         assert await _ready(server.url) == 503
     finally:
         server.stop()
+
+
+async def test_a_store_outage_503_is_a_problem_with_retry_after(tmp_path: Path) -> None:
+    """The store comes back by itself: the 503 tells the sender when to retry (RFC 9110
+    Retry-After), as the 429 does; before, it said nothing and clients guessed."""
+    d = tmp_path / "dep"
+    init_deployment(d)
+    cfg = d / "gateway.toml"
+    cfg.write_text(cfg.read_text().replace('path = "audit.db"', 'path = "data/audit.db"', 1))
+    (d / "data").mkdir()
+    token = (d / "participants/hcm.quan-1/token").read_text().strip()
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        shutil.rmtree(d / "data")
+        async with s.post(
+            f"{gw.url}/v1/exchange/budget-proposal.v1",
+            data=orjson.dumps(example("budget-proposal.v1")),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        ) as r:
+            assert r.status == 503
+            assert r.content_type == "application/problem+json"
+            assert (await r.json())["type"].endswith(":not-ready")
+            assert int(r.headers["Retry-After"]) >= 1
