@@ -17,7 +17,7 @@ contract (clients switch on it), so it never changes once published.
     +-- SchemaInvalid            422  schema-invalid (with JSON Pointer errors)
     +-- RateLimited              429  rate-limited (with Retry-After)
     +-- ProviderFailed           502  provider-failed, provider-contract-broken
-    +-- NotReady                 503  not-ready
+    +-- NotReady                 503  not-ready (a store outage: with Retry-After)
     +-- ProviderTimeout          504  provider-timeout
     +-- Internal                 500  internal (a bug, never bad input)
 
@@ -229,6 +229,14 @@ class NotReady(GatewayError):
     status = 503
     default_slug = "not-ready"
     title = "Gateway not ready"
+
+
+class StoreUnavailable(NotReady):
+    """The audit or state store failed this exchange. The gateway recovers by itself once the
+    store is back, so the sender is told when to try again (RFC 9110 Retry-After)."""
+
+    def extra_headers(self) -> Mapping[str, str]:
+        return {"Retry-After": "1"}
 
 
 class ProviderTimeout(GatewayError):

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.errors import GatewayError, IdempotencyConflict, NotReady
+from gateway.errors import GatewayError, IdempotencyConflict, StoreUnavailable
 from gateway.models import ExchangeResult
 
 
@@ -50,7 +50,7 @@ async def begin(
     try:
         entry = await store.idempotency_begin(sender, service, key, request_sha, ttl)
     except Exception as e:
-        return NotReady(f"state store unavailable: {e}")
+        return StoreUnavailable(f"state store unavailable: {e}")
     if entry is None:
         return None
     if entry.request_sha256 != request_sha:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 import struct
 import threading
@@ -231,3 +233,96 @@ def test_a_failed_publication_is_retried_and_does_not_stop_the_thread(tmp_path: 
         publisher.stop()
         publisher.stop()  # idempotent
         store.close()
+
+
+# --- who may talk to the appender --------------------------------------------------------------
+def _frame(items: object) -> bytes:
+    body = orjson.dumps(items)
+    return struct.pack(">I", len(body)) + body
+
+
+def _store_size(db: Path) -> int:
+    store = SqliteAuditStore(str(db))
+    try:
+        return store.size()
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another local user needs root")
+def test_a_process_of_another_local_user_cannot_append_through_the_appender(
+    tmp_path: Path,
+) -> None:
+    """The appender's name is listed in /proc/net/unix, readable by every local user, and an
+    abstract socket has no file mode: only processes of the gateway's own user may append."""
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    pid = os.fork()  # before any thread starts: the child only connects and reports
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)  # nobody
+            address = os.read(to_child_r, 4096).decode()
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            s.connect(address)
+            with contextlib.suppress(OSError):
+                s.sendall(_frame([[1, '{"event":"forged"}', None, 0.0, 0.0]]))
+            try:
+                answer = s.recv(4096)
+            except OSError:
+                answer = b""
+            os.write(from_child_w, b"answered" if answer else b"refused")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(to_child_r)
+    os.close(from_child_w)
+    address = new_address()
+    ready, stop = threading.Event(), threading.Event()
+    store = SqliteAuditStore(str(tmp_path / "audit.db"))
+    t = threading.Thread(
+        target=serve, args=(store, address), kwargs={"ready": ready.set, "stop_event": stop}
+    )
+    t.start()
+    try:
+        assert ready.wait(10)
+        os.write(to_child_w, address.encode())
+        with open(from_child_r, "rb") as f:
+            said = f.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(to_child_w)
+        stop.set()
+        t.join(10)
+    assert said == b"refused"
+    assert _store_size(tmp_path / "audit.db") == 0
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        struct.pack(">I", 5) + b"[1,2]",  # items that are not [seq, record, key, exp, now]
+        struct.pack(">I", 7) + b"not json",
+        _frame([[1, 2, None, 0.0, 0.0]]),  # a record that is not text
+        struct.pack(">I", 2**31),  # beyond any frame size
+    ],
+    ids=["not-items", "not-json", "record-not-text", "too-large"],
+)
+async def test_a_malformed_frame_drops_its_connection_and_the_appender_serves_on(
+    tmp_path: Path, appender: str, garbage: bytes
+) -> None:
+    """A bad frame used to raise out of the appender's loop: the appender died, and with it
+    every worker's audit log (the supervisor then stopped the whole gateway)."""
+    bad = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bad.connect(appender)
+    bad.settimeout(5)
+    bad.sendall(garbage)
+    assert await asyncio.to_thread(bad.recv, 4096) == b""  # dropped, nothing answered
+    bad.close()
+    w = await RemoteAppender.connect(appender)
+    result = await asyncio.wait_for(w.append(b'{"a":1}'), 5)
+    assert result.index == 0
+    await w.aclose()

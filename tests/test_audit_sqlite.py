@@ -209,6 +209,32 @@ def test_a_batch_waits_for_the_write_lock_then_fails_cleanly(tmp_path: Path) -> 
     store.close()
 
 
+@pytest.mark.parametrize("how", ["directory-removed", "file-replaced"])
+def test_a_database_file_removed_or_replaced_while_open_fails_every_call(
+    tmp_path: Path, how: str
+) -> None:
+    """SQLite goes on writing to a file unlinked under it: the commits "succeed" into an inode
+    that vanishes when the process exits, and the gateway acknowledged exchanges that no log
+    will ever show. The store checks the path still names the file it opened."""
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    path = str(data / "audit.db")
+    store = SqliteAuditStore(path)
+    store.append_batch([b"a"])
+    if how == "directory-removed":
+        shutil.rmtree(data)
+    else:
+        os.rename(path, path + ".old")
+        SqliteAuditStore(path).close()  # a new, empty log where the old one was
+    with pytest.raises(sqlite3.OperationalError, match="removed or replaced"):
+        store.append_batch([b"b"])
+    with pytest.raises(sqlite3.OperationalError, match="removed or replaced"):
+        store.tree_head()
+    store.close()
+
+
 def test_a_head_that_disagrees_with_the_records_is_refused(tmp_path: Path) -> None:
     path = str(tmp_path / "audit.db")
     store = SqliteAuditStore(path)

@@ -37,6 +37,7 @@ from gateway.audit.publisher import PublisherThread
 from gateway.audit.store import AuditStore, Claim
 
 _LEN = struct.Struct(">I")
+_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_FRAME = 64 * 1024 * 1024
 # Per recv: below malloc's mmap threshold. recv(1 MiB) allocated (mmap) and released (munmap)
 # a fresh megabyte on every wake-up, 14 us against 1.4 us here; a larger frame simply takes
@@ -45,7 +46,11 @@ _RECV_BYTES = 64 * 1024
 
 
 def new_address() -> str:
-    """A Linux abstract-namespace socket name: nothing to clean up, private to this host."""
+    """A Linux abstract-namespace socket name: nothing to clean up, private to this host.
+
+    Not private to this user: an abstract socket has no file mode and its name is listed in
+    /proc/net/unix for anyone to read, so the appender checks who connects (:func:`_own_user`).
+    """
     return f"\0dtc-gateway-appender-{os.getpid()}-{os.urandom(6).hex()}"
 
 
@@ -65,9 +70,30 @@ def _frames(conn: _Conn) -> list[Any]:
             raise ValueError("frame too large")
         if len(buf) < 4 + n:
             break
-        out.append(orjson.loads(bytes(buf[4 : 4 + n])))
+        out.append(_checked(orjson.loads(bytes(buf[4 : 4 + n]))))
         del buf[: 4 + n]
     return out
+
+
+def _checked(frame: Any) -> list[Any]:
+    """The frame if it is a list of ``[seq, record, claim_key, expires, now]``; else ValueError.
+
+    Checked on arrival, so a bad frame costs only its own connection: found in ``_write`` it
+    raised out of the appender's loop, and the appender (every worker's audit log) died.
+    """
+    if not isinstance(frame, list):
+        raise ValueError("a frame is a list of items")
+    for item in frame:
+        if not (
+            isinstance(item, list)
+            and len(item) == 5
+            and isinstance(item[0], int)
+            and isinstance(item[1], str)
+            and (item[2] is None or isinstance(item[2], str))
+            and all(isinstance(x, int | float) for x in item[3:])
+        ):
+            raise ValueError("an item is [seq, record, claim_key, expires, now]")
+    return frame
 
 
 def _send(sock: socket.socket, doc: Any) -> None:
@@ -157,6 +183,9 @@ def _accept_and_read(
     for key, _ in events:
         if key.data is None:
             sock, _addr = listener.accept()
+            if not _own_user(sock):
+                sock.close()
+                continue
             conn = _Conn(sock)
             conns[sock.fileno()] = conn
             sel.register(sock, selectors.EVENT_READ, conn)
@@ -167,14 +196,34 @@ def _accept_and_read(
         except OSError:
             data = b""
         if not data:
-            sel.unregister(conn.sock)
-            conns.pop(conn.sock.fileno(), None)
-            conn.sock.close()
+            _drop(conn, sel, conns)
             continue
         conn.buf += data
-        for frame in _frames(conn):
+        try:
+            frames = _frames(conn)
+        except ValueError:  # not a worker speaking (orjson's decode error is a ValueError)
+            _drop(conn, sel, conns)
+            continue
+        for frame in frames:
             batch.append((conn, frame))
     return batch
+
+
+def _drop(conn: _Conn, sel: selectors.BaseSelector, conns: dict[int, _Conn]) -> None:
+    sel.unregister(conn.sock)
+    conns.pop(conn.sock.fileno(), None)
+    conn.sock.close()
+
+
+def _own_user(sock: socket.socket) -> bool:
+    """Whether the peer runs as this process's user (SO_PEERCRED, set by the kernel at connect).
+
+    Anyone else could otherwise append records of their choosing to the audit log (they would
+    be signed into checkpoints and served as the gateway's), or crash the appender.
+    """
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+    _pid, uid, _gid = _CREDS.unpack(creds)
+    return bool(uid == os.geteuid())
 
 
 def _write(store: AuditStore, batch: list[tuple[_Conn, list[Any]]]) -> None:

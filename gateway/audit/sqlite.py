@@ -23,6 +23,7 @@ constructing a store does no I/O and may happen on the event loop thread.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -40,7 +41,7 @@ from gateway.audit.store import (
     search_values,
 )
 
-__all__ = ["SqliteAuditStore", "StoreCorrupted"]
+__all__ = ["SqliteAuditStore", "StoreCorrupted", "StoreMoved"]
 
 _MAX_INDEX: Final = 2**63
 _MAX_ROWS: Final = 10_000  # Rows per query() or records() answer: bounds memory per request.
@@ -48,6 +49,15 @@ _MAX_ROWS: Final = 10_000  # Rows per query() or records() answer: bounds memory
 
 class StoreCorrupted(sqlite3.DatabaseError):
     """The stored tree state contradicts the stored leaves; appending would extend a lie."""
+
+
+class StoreMoved(sqlite3.OperationalError):
+    """The path no longer names the file this store opened (deleted, or another put there).
+
+    SQLite would carry on with the unlinked file: commits "durable" in an inode that vanishes
+    when the process exits, or a log split across two files. Every call fails instead (the
+    exchange gets 503, readiness fails) until the gateway is restarted on a proper file.
+    """
 
 
 class SqliteAuditStore:
@@ -69,6 +79,7 @@ class SqliteAuditStore:
         self._checkpointer = Checkpointer(path) if background_checkpoints else None
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file opened
         self._claims_since_purge = 0
         self._closed = False
 
@@ -78,6 +89,8 @@ class SqliteAuditStore:
             raise sqlite3.ProgrammingError("audit store is closed")
         if self._conn is None:
             self._conn = self._open()
+        elif _identity(self._path) != self._file:
+            raise StoreMoved(f"audit database {self._path} was removed or replaced while open")
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
@@ -86,6 +99,7 @@ class SqliteAuditStore:
         # check_same_thread=False: calls are serialized by self._lock instead.
         conn = sqlitedb.connect(self._path, timeout=self._busy_timeout)
         try:
+            self._file = _identity(self._path)
             # Several processes may create the schema at once.
             with _immediate(conn, self._busy_timeout):
                 for statement in sql.SCHEMA:
@@ -337,6 +351,16 @@ class _immediate:
     def _rollback(self) -> None:
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, None if there is none: one stat per call, a
+    microsecond or two beside a commit's fsync."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _read_frontier(conn: sqlite3.Connection) -> tuple[int, merkle.Frontier]:

@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from gateway.audit.log import AuditUnavailable
-from gateway.errors import NotReady
+from gateway.errors import NotReady, StoreUnavailable
 from gateway.http import app as keys
 from gateway.http.bodies import read_body
 from gateway.http.middlewares import peer_certificate, problem_response
@@ -80,7 +80,7 @@ async def exchange(request: web.Request) -> web.StreamResponse:
         result = await request.app[keys.PIPELINE].process(raw)
     except (AuditUnavailable, StateUnavailable) as e:
         log.error("exchange.unavailable", error=str(e))
-        err = NotReady("the audit or state store is unavailable; retry")
+        err = StoreUnavailable("the audit or state store is unavailable; retry")
         elapsed = time.perf_counter() - started
         _count(settings.metrics, raw.service, "exchange.unavailable", err.status, elapsed)
         return problem_response(err)

@@ -1,0 +1,83 @@
+"""A real `gateway serve` (appender + workers) whose audit store fails under it, then recovers.
+
+What is pinned: no 2xx without its durable record, a 503 problem (never a 500) while the
+store fails, /readyz not ready meanwhile, and the log gap-free afterwards.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.devinit import init_deployment
+from tests.support import ServerProcess, example, running_gateway
+
+pytestmark = pytest.mark.slow
+
+
+async def _exchange(url: str, token: str) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s,
+        s.post(
+            f"{url}/v1/exchange/budget-proposal.v1",
+            data=orjson.dumps(example("budget-proposal.v1")),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        ) as r,
+    ):
+        return r.status, r.content_type
+
+
+async def _ready(url: str) -> int:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s,
+        s.get(f"{url}/readyz") as r,
+    ):
+        return r.status
+
+
+async def test_removing_the_audit_databases_directory_turns_answers_to_503_not_lost_200s(
+    tmp_path: Path,
+) -> None:
+    """Before: SQLite kept committing into the unlinked file, every exchange got 200 and
+    /readyz said ready, and all of it was gone once the process exited."""
+    d = tmp_path / "dep"
+    init_deployment(d)
+    cfg = d / "gateway.toml"
+    cfg.write_text(cfg.read_text().replace('path = "audit.db"', 'path = "data/audit.db"', 1))
+    (d / "data").mkdir()
+    token = (d / "participants/hcm.quan-1/token").read_text().strip()
+    server = ServerProcess(cfg, workers=2)
+    try:
+        assert await _exchange(server.url, token) == (200, "application/json")
+        shutil.rmtree(d / "data")
+        for _ in range(3):
+            assert await _exchange(server.url, token) == (503, "application/problem+json")
+        assert await _ready(server.url) == 503
+    finally:
+        server.stop()
+
+
+async def test_a_store_outage_503_is_a_problem_with_retry_after(tmp_path: Path) -> None:
+    """The store comes back by itself: the 503 tells the sender when to retry (RFC 9110
+    Retry-After), as the 429 does; before, it said nothing and clients guessed."""
+    d = tmp_path / "dep"
+    init_deployment(d)
+    cfg = d / "gateway.toml"
+    cfg.write_text(cfg.read_text().replace('path = "audit.db"', 'path = "data/audit.db"', 1))
+    (d / "data").mkdir()
+    token = (d / "participants/hcm.quan-1/token").read_text().strip()
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        shutil.rmtree(d / "data")
+        async with s.post(
+            f"{gw.url}/v1/exchange/budget-proposal.v1",
+            data=orjson.dumps(example("budget-proposal.v1")),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        ) as r:
+            assert r.status == 503
+            assert r.content_type == "application/problem+json"
+            assert (await r.json())["type"].endswith(":not-ready")
+            assert int(r.headers["Retry-After"]) >= 1
