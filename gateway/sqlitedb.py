@@ -10,6 +10,7 @@ until a deadline. The retry runs on the writer thread, never on the event loop.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -42,6 +43,21 @@ def retry_locked(conn: sqlite3.Connection, sql: str, *, timeout: float) -> None:
 def begin_immediate(conn: sqlite3.Connection, *, timeout: float) -> None:
     """Take the write lock now (so a read at the start of the transaction stays true)."""
     retry_locked(conn, "BEGIN IMMEDIATE", timeout=timeout)
+
+
+def file_identity(path: Path | str) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, None if there is none.
+
+    Why: SQLite carries on with a database file unlinked under it (the directory removed, or
+    another file moved into its place): commits "succeed" into an inode that vanishes when the
+    process exits. A store compares this with what it opened before each use: one stat, a
+    microsecond or two beside a commit's fsync.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def connect(path: Path | str, *, timeout: float = 10.0) -> sqlite3.Connection:

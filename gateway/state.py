@@ -86,13 +86,20 @@ class BatchWriter:
     ``call_soon_threadsafe`` per batch to wake the loop.
     """
 
-    def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 512):
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, max_batch: int = 512):
         self._conn = conn
+        self._path = path
+        self._file = sqlitedb.file_identity(path)
         self._max = max_batch
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
         self._thread.start()
         self.batches = 0
+
+    @property
+    def file(self) -> tuple[int, int] | None:
+        """(device, inode) of the database file this writer opened."""
+        return self._file
 
     def submit(
         self, op: Callable[[sqlite3.Connection], T], *, savepoint: bool = True
@@ -126,6 +133,7 @@ class BatchWriter:
     def _write(self, items: list[Any]) -> None:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
+            _require_same_file(self._path, self._file)
             sqlitedb.begin_immediate(self._conn, timeout=30)
             for op, fut, _, savepoint in items:
                 if not savepoint:
@@ -155,6 +163,14 @@ class BatchWriter:
     def close(self) -> None:
         self._q.put(_STOP)
         self._thread.join(timeout=30)
+
+
+def _require_same_file(path: Path, opened: tuple[int, int] | None) -> None:
+    """StateUnavailable once ``path`` no longer names the file opened (see
+    sqlitedb.file_identity): replay ids and idempotency keys written to an unlinked file are
+    gone at the next start, and a retry would be delivered twice."""
+    if sqlitedb.file_identity(path) != opened:
+        raise StateUnavailable(f"state database {path} was removed or replaced while open")
 
 
 def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -188,7 +204,7 @@ class StateStore:
         conn.execute("COMMIT")
         self._reader = sqlitedb.connect(path, timeout=30)
         self._reader_lock = threading.Lock()
-        self._writer = BatchWriter(conn)
+        self._writer = BatchWriter(conn, path)
         self._purges = PurgeSchedule()
 
     async def idempotency_begin(
@@ -247,6 +263,7 @@ class StateStore:
     def ping(self) -> None:
         """Blocking (call from a thread): read the table, so a lost or damaged file shows."""
         with self._reader_lock:
+            _require_same_file(self._path, self._writer.file)
             self._reader.execute("SELECT 1 FROM idempotency LIMIT 1").fetchall()
 
     async def check(self) -> None:

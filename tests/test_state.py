@@ -77,3 +77,31 @@ def test_ping_reads_the_table_so_a_damaged_file_fails_readiness(tmp_path: Path) 
     with pytest.raises(sqlite3.Error):
         store.ping()
     store.close()
+
+
+@pytest.mark.parametrize("how", ["directory-removed", "file-replaced"])
+async def test_a_state_file_removed_or_replaced_while_open_is_unavailable(
+    tmp_path: Path, how: str
+) -> None:
+    """SQLite would go on writing replay ids and keys into the unlinked file, gone at the next
+    start (a retry then delivered twice): every write and readiness fail instead."""
+    import os
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "state.db"
+    store = StateStore(path)
+    try:
+        assert await store.idempotency_begin("a", "s.v1", "k1", "h", 60) is None
+        if how == "directory-removed":
+            shutil.rmtree(data)
+        else:
+            os.rename(path, data / "state.db.old")
+            StateStore(path).close()  # a new, empty store where the old one was
+        with pytest.raises(state.StateUnavailable, match="removed or replaced"):
+            await store.idempotency_begin("a", "s.v1", "k2", "h", 60)
+        with pytest.raises(state.StateUnavailable, match="removed or replaced"):
+            store.ping()
+    finally:
+        store.close()

@@ -23,7 +23,6 @@ constructing a store does no I/O and may happen on the event loop thread.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -89,7 +88,7 @@ class SqliteAuditStore:
             raise sqlite3.ProgrammingError("audit store is closed")
         if self._conn is None:
             self._conn = self._open()
-        elif _identity(self._path) != self._file:
+        elif sqlitedb.file_identity(self._path) != self._file:
             raise StoreMoved(f"audit database {self._path} was removed or replaced while open")
         return self._conn
 
@@ -99,7 +98,7 @@ class SqliteAuditStore:
         # check_same_thread=False: calls are serialized by self._lock instead.
         conn = sqlitedb.connect(self._path, timeout=self._busy_timeout)
         try:
-            self._file = _identity(self._path)
+            self._file = sqlitedb.file_identity(self._path)
             # Several processes may create the schema at once.
             with _immediate(conn, self._busy_timeout):
                 for statement in sql.SCHEMA:
@@ -351,16 +350,6 @@ class _immediate:
     def _rollback(self) -> None:
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    """(device, inode) of the file at ``path``, None if there is none: one stat per call, a
-    microsecond or two beside a commit's fsync."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _read_frontier(conn: sqlite3.Connection) -> tuple[int, merkle.Frontier]:
