@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import multiprocessing
 import os
@@ -56,6 +57,7 @@ def _name_process(name: str) -> None:
         pass
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STOP_SIGNAL = signal.SIGUSR2
 """How the supervisor stops a worker or the appender. Not SIGTERM/SIGINT: systemd (its default
 KillMode=control-group) and a terminal's Ctrl-C send those to every process of the gateway at
@@ -65,27 +67,44 @@ second broke its cleanup half way). The children ignore SIGTERM/SIGINT; the supe
 stops the workers first, then the appender, whichever way it was told to stop."""
 
 
-def _take_over_signals() -> None:
+def _take_over_signals(supervisor: int) -> None:
     """First thing in a child: ignore the group's signals; until the child serves (and puts
     its own handler in place), the supervisor's stop signal ends it at once, cleanly. Its
     default action would kill it: a worker still starting up when the gateway was stopped
-    made the supervisor exit 1."""
+    made the supervisor exit 1. And the stop signal comes when the supervisor dies."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(STOP_SIGNAL, _stop_before_serving)
+    _stop_with(supervisor)
+
+
+def _stop_with(supervisor: int) -> None:
+    """Ask Linux to send the stop signal when the supervisor dies (PR_SET_PDEATHSIG).
+
+    Why: a supervisor killed with SIGKILL (or the OOM killer) left its workers serving on the
+    port and the appender holding the log, unsupervised, and a new `gateway serve` then found
+    its port taken. Best effort: without prctl (not Linux) nothing changes.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(STOP_SIGNAL), 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != supervisor:  # it died before the prctl: no signal will come
+        os.kill(os.getpid(), STOP_SIGNAL)
 
 
 def _stop_before_serving(signum: int, _: Any) -> None:
     raise SystemExit(0)  # nothing is in flight yet
 
 
-def _run_appender(dep: config_mod.Deployment, address: str, ready: Any) -> None:
+def _run_appender(dep: config_mod.Deployment, address: str, ready: Any, supervisor: int) -> None:
     """The audit appender process: the only writer of audit records while the gateway runs."""
     from gateway.audit.appender import serve
     from gateway.audit.factory import open_store, periodic_publisher
     from gateway.logging import configure
 
-    _take_over_signals()
+    _take_over_signals(supervisor)
     _name_process("gw-appender")
     configure(dep.config.logging.level, process="appender")
     store = open_store(dep, appends=True)
@@ -100,6 +119,7 @@ def _run_worker(
     appender: str,
     metrics_dir: Path | None,
     rate: SharedBuckets,
+    supervisor: int,
 ) -> None:
     """One worker process: its own event loop and app; the shared socket, appender, metrics
     directory and rate buckets."""
@@ -108,7 +128,7 @@ def _run_worker(
     from gateway.logging import configure
     from gateway.metrics import use_multiprocess_dir
 
-    _take_over_signals()
+    _take_over_signals(supervisor)
     _name_process(f"gw-worker-{worker}")
     configure(dep.config.logging.level, process=f"worker-{worker}")
     if metrics_dir is not None:  # before create_app builds the metrics
@@ -211,7 +231,7 @@ def _supervise(
     procs = [
         ctx.Process(
             target=_run_worker,
-            args=(dep, sock, i, address, metrics_dir, rate),
+            args=(dep, sock, i, address, metrics_dir, rate, os.getpid()),
             name=f"worker-{i}",
         )
         for i in range(workers)
@@ -247,7 +267,9 @@ def _start_appender(ctx: ForkContext, dep: config_mod.Deployment) -> tuple[ForkP
 
     address = new_address()
     ready = ctx.Event()
-    appender = ctx.Process(target=_run_appender, args=(dep, address, ready), name="appender")
+    appender = ctx.Process(
+        target=_run_appender, args=(dep, address, ready, os.getpid()), name="appender"
+    )
     appender.start()
     if not ready.wait(60) or not appender.is_alive():
         _err("the audit appender did not start")
