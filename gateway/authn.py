@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 if TYPE_CHECKING:
     from cryptography import x509
 
@@ -24,6 +26,7 @@ from gateway.config import token_hash
 from gateway.crypto import jws, pki
 from gateway.crypto.canonical import canonicalize
 from gateway.crypto.jws import CryptoError
+from gateway.crypto.revocation import CertificateRevoked
 from gateway.errors import BadRequest, MalformedJson, Unauthenticated
 from gateway.models import RawRequest, Sender
 from gateway.strictjson import JsonError, loads
@@ -31,6 +34,41 @@ from gateway.strictjson import JsonError, loads
 REQUEST_TYP = "request+jws"
 SIGNED_MEDIA_TYPE = "application/jose+json"
 _REQUEST_MEMBERS = frozenset({"id", "sender", "service", "created", "payload"})
+log = structlog.get_logger("gateway.authn")
+
+
+def revocation_reason(error: BaseException) -> str | None:
+    """The audit wording of the revocation behind ``error`` (jws wraps chain errors), if any."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, CertificateRevoked):
+            return cause.audit_reason
+        cause = cause.__cause__
+    return None
+
+
+class StaleCrlWarning:
+    """Warns once per CRL that passed its nextUpdate while the gateway runs.
+
+    Such a CRL still applies (its revocations stand: forgetting them would let a revoked
+    certificate back in); the operator publishes a fresh CRL and restarts. One comparison per
+    request until the next CRL goes stale.
+    """
+
+    def __init__(self, anchors: pki.TrustAnchors) -> None:
+        self._crls = list(anchors.revocations.crls)
+
+    def check(self, now: datetime) -> None:
+        if not self._crls or now < min(crl.next_update for crl in self._crls):
+            return
+        for crl in [c for c in self._crls if c.next_update <= now]:
+            self._crls.remove(crl)
+            log.warning(
+                "crl.stale",
+                issuer=crl.issuer_name,
+                next_update=crl.next_update.isoformat(),
+                detail="still applied; publish a fresh CRL and restart the gateway",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +158,9 @@ class CertificateFacts:
             leaf = self._anchors.validate_leaf_der(der, now=now, purpose="client_auth").leaf
             return self.of(der, leaf)
         except (CryptoError, ValueError) as e:
-            raise Unauthenticated(f"client certificate refused: {e}") from None
+            raise Unauthenticated(
+                f"client certificate refused: {e}", audit_reason=revocation_reason(e)
+            ) from None
 
 
 def bearer_digest(authorization: str) -> str:
@@ -157,9 +197,11 @@ class Authenticator:
             p.token_sha256: p for p in participants.values() if p.token_sha256 and development
         }
         self._certs = CertificateFacts(anchors)
+        self._stale_crls = StaleCrlWarning(anchors)
 
     async def authenticate(self, raw: RawRequest, parsed: Any, now: datetime) -> tuple[Sender, Any]:
         """Return the sender and the business payload, or raise."""
+        self._stale_crls.check(now)
         if raw.content_type == SIGNED_MEDIA_TYPE:
             return await self._signed(raw, parsed, now)
         if raw.peer_cert_der is not None:
@@ -198,7 +240,9 @@ class Authenticator:
         try:
             verified = jws.verify(parsed, self._anchors, now=now, expected_typ=REQUEST_TYP)
         except CryptoError as e:
-            raise Unauthenticated(f"signed request refused: {e}") from None
+            raise Unauthenticated(
+                f"signed request refused: {e}", audit_reason=revocation_reason(e)
+            ) from None
         try:
             req = loads(verified.payload, max_depth=self._max_depth)
         except JsonError as e:

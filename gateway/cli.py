@@ -6,7 +6,8 @@ that does not verify); 2 for a usage or configuration problem. Messages name the
 This module is the parser, :func:`main`, the exit codes and the helpers every command shares,
 plus the small ``init``. The other commands live beside it, one module per group:
 :mod:`gateway.cli_serve` (serve), :mod:`gateway.cli_exchange` (send, verify),
-:mod:`gateway.cli_audit` (audit verify, audit tail) and :mod:`gateway.cli_keys` (keys rotate).
+:mod:`gateway.cli_audit` (audit verify, audit tail) and :mod:`gateway.cli_keys` (keys rotate,
+keys revoke).
 They import the helpers from here; :func:`build_parser` imports them when it runs. (Under
 ``python -m gateway.cli`` this file is loaded twice, as ``__main__`` and as ``gateway.cli`` for
 those imports; it keeps no state, so the two copies cannot disagree.)
@@ -179,7 +180,8 @@ def _add_audit(sub: _Subparsers) -> None:
 
 
 def _add_keys(sub: _Subparsers) -> None:
-    from gateway.cli_keys import cmd_keys_rotate
+    from gateway.cli_keys import cmd_keys_revoke, cmd_keys_rotate
+    from gateway.crypto.devpki import CRL_REASONS
 
     s = sub.add_parser("keys", help="the gateway's signing keys")
     keys_sub = s.add_subparsers(dest="keys_command", required=True)
@@ -188,6 +190,15 @@ def _add_keys(sub: _Subparsers) -> None:
     k.add_argument("--key", help="install: the key made by an earlier rotate (production CA)")
     k.add_argument("--certificate", help="install: the certificate your CA issued for --key")
     k.set_defaults(func=cmd_keys_rotate)
+    r = keys_sub.add_parser(
+        "revoke",
+        help="development CA: add PARTICIPANT's certificate to the CRL (none: renew the CRL); "
+        "restart the gateway to apply",
+    )
+    r.add_argument("participant", nargs="?")
+    r.add_argument("--config")
+    r.add_argument("--reason", choices=CRL_REASONS, help="RFC 5280 reason code")
+    r.set_defaults(func=cmd_keys_revoke)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -168,6 +168,7 @@ def _default_sender(dep: config_mod.Deployment) -> str:
 
 # ---------------------------------------------------------------- verify
 def cmd_verify(args: argparse.Namespace) -> int:
+    from gateway.trust import build_anchors
     from gateway.verify import describe_verification
 
     dep = _load(args)
@@ -191,10 +192,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _err(f"checkpoint verifier key: {e}")
         return EXIT_USAGE
     _check_anchors(dep)
+    now = datetime.now(UTC)
+    # A CRL past its nextUpdate still says what was revoked: offline, it is used, not refused.
+    revocations = build_anchors(dep, now=now, allow_stale_crls=True).revocations
     ok, lines = describe_verification(
         raw,
         dep.trust_anchor_pems,
-        now=datetime.now(UTC),
+        now=now,
+        revocations=revocations,
         payloads=payloads,
         note_verifiers=verifiers,
         gateway_id=dep.config.gateway.id,

@@ -1,4 +1,5 @@
-"""``gateway keys rotate``: the operator's side of :func:`gateway.keyrotation.rotate`.
+"""``gateway keys rotate`` and ``keys revoke``: the operator's side of
+:func:`gateway.keyrotation.rotate` and :func:`gateway.keyrevocation.revoke`.
 
 Apart from :mod:`gateway.cli` so the rotation instructions (send the request to your CA, install
 the certificate, restart, destroy the old key) sit with the one command that prints them; the
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway import config as config_mod
-from gateway.cli import EXIT_FAILED, EXIT_OK, _err
+from gateway.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _err
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
@@ -53,4 +54,28 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     print(
         f"The old private key {r.old_key} is no longer used: destroy it once the restart is done."
     )
+    return EXIT_OK
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Put a participant's certificate on the development CRL; the gateway applies it on restart."""
+    from gateway.keyrevocation import NotApplicable, RevocationError, revoke
+
+    path = config_mod.find_config(args.config)
+    try:
+        r = revoke(path, args.participant, now=datetime.now(UTC), reason=args.reason)
+    except NotApplicable as e:
+        _err(f"cannot revoke here, nothing changed: {e}")
+        return EXIT_USAGE
+    except RevocationError as e:
+        _err(f"revocation failed, nothing changed: {e}")
+        return EXIT_FAILED
+    if r.serial is None:
+        print(f"{r.crl_path}: renewed (CRL number {r.crl_number}), no certificate added.")
+    elif r.already_listed:
+        print(f"{args.participant} (serial {r.serial:#x}) was already revoked; CRL renewed.")
+    else:
+        print(f"Revoked {args.participant}: serial {r.serial:#x} added to {r.crl_path}.")
+    print(f"CRL number {r.crl_number}, next update {r.next_update.isoformat()}.")
+    print("Restart the gateway to apply it: a running gateway keeps the CRLs it read at start.")
     return EXIT_OK

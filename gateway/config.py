@@ -54,6 +54,9 @@ class GatewaySection(_Model):
     # client certificate issued below an anchor (TLS hands the gateway the leaf alone). Signed
     # requests carry their own chain in x5c and do not need them.
     intermediates: list[str] = Field(default_factory=list)
+    # CRLs (PEM or DER files) of the anchors and intermediates, read once at start-up: a
+    # certificate they list is refused. Restart to apply a new CRL (see README, Revocation).
+    crls: list[str] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
@@ -265,6 +268,7 @@ class Deployment:
     tls_key_pem: bytes | None
     retired_certificate_pems: tuple[bytes, ...] = ()
     intermediate_pems: tuple[bytes, ...] = ()
+    crl_data: tuple[bytes, ...] = ()
     checkpoint_key_pem: bytes | None = None
     witness_key_pem: bytes | None = None
 
@@ -383,6 +387,7 @@ def load(path: Path) -> Deployment:
         certificate_pem=_read(path, "gateway.certificate", g.certificate),
         trust_anchor_pems=_read_all(path, "gateway.trust_anchors", g.trust_anchors),
         intermediate_pems=_read_all(path, "gateway.intermediates", g.intermediates),
+        crl_data=_read_all(path, "gateway.crls", g.crls),
         participant_cert_pems={
             p.id: _read(path, f"participants[{i}].certificate", p.certificate)
             for i, p in enumerate(cfg.participants)

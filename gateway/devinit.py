@@ -128,6 +128,8 @@ def _write_gateway_pki(target: Path, now: datetime) -> tuple[PrivateKey, x509.Ce
     ca_key, ca_cert = devpki.make_ca("HCM DTC", now=now)
     _write(target / "pki/ca.crt", devpki.pem_certificate(ca_cert))
     _write(target / "pki/ca.key", devpki.pem_private_key(ca_key), private=True)
+    # Empty, valid for devpki.CRL_DAYS (30 days); `gateway keys revoke` adds to it and renews it.
+    _write(target / "pki/ca.crl", devpki.make_crl(ca_key, ca_cert, now=now))
     gw_key, gw_cert = devpki.issue(ca_key, ca_cert, GATEWAY_ID, now=now, purposes=("signing",))
     _write(target / "pki/gateway.crt", devpki.pem_certificate(gw_cert))
     _write(target / "pki/gateway.key", devpki.pem_private_key(gw_key), private=True)
@@ -226,6 +228,9 @@ def _config_header(port: int) -> str:
         "# mTLS clients whose certificates come from an issuing CA below an anchor: list that\n"
         "# CA's certificate here (untrusted, it only completes the path; clients send it too).\n"
         "# intermediates = []\n"
+        "# Certificate revocation lists, read at start-up (restart to apply a new one). The\n"
+        "# development CA's is valid for 30 days: `gateway keys revoke` adds to it and renews it.\n"
+        'crls = ["pki/ca.crl"]\n'
         'host = "127.0.0.1"\n'
         f"port = {port}\n"
         "workers = 1\n"

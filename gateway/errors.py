@@ -48,6 +48,10 @@ class GatewayError(Exception):
     default_slug: ClassVar[str] = "internal"
     title: ClassVar[str] = "Internal error"
 
+    #: A short cause for the audit record (fixed wording, no untrusted or personal data), when
+    #: the status and slug alone would hide what an auditor needs (a revoked certificate).
+    audit_reason: str | None = None
+
     def __init__(self, detail: str, *, slug: str | None = None, log_detail: str | None = None):
         super().__init__(detail)
         self.detail = detail
@@ -106,8 +110,9 @@ class Unauthenticated(GatewayError):
         "request (application/jose+json) or, in development, a bearer token."
     )
 
-    def __init__(self, cause: str):
+    def __init__(self, cause: str, *, audit_reason: str | None = None):
         super().__init__(self.PUBLIC_DETAIL, log_detail=cause)
+        self.audit_reason = audit_reason
 
     def extra_headers(self) -> Mapping[str, str]:
         return {"WWW-Authenticate": 'Bearer realm="gateway"'}

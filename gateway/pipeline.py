@@ -372,7 +372,7 @@ class Pipeline:
         service = raw.service if raw.service in self._services else None
         who = sender.id if sender else None
         await self._audit.append(
-            records.rejected_record(raw, xid, service, who, err.status, err.slug)
+            records.rejected_record(raw, xid, service, who, err.status, err.slug, err.audit_reason)
         )
         return self._problem(err, xid, "exchange.rejected", sender.id if sender else None, service)
 

@@ -222,14 +222,24 @@ def replayed_record(
 
 
 def rejected_record(
-    raw: RawRequest, xid: str, service: str | None, sender: str | None, status: int, cause: str
+    raw: RawRequest,
+    xid: str,
+    service: str | None,
+    sender: str | None,
+    status: int,
+    cause: str,
+    reason: str | None = None,
 ) -> bytes:
     """(0)-(3) A refusal: the body's digest and size, never its content.
 
-    Canonicalized with the checks on (not the trusted variant): refusals are not the hot path.
+    ``reason``: the error's ``audit_reason`` (fixed wording, e.g. "certificate revoked: serial
+    0x..., revoked on ..."), a member only when there is one. Canonicalized with the checks on
+    (not the trusted variant): refusals are not the hot path.
     """
+    extra = {} if reason is None else {"reason": reason}
     return canonicalize(
         {
+            **extra,
             "v": 1,
             "event": "exchange.rejected",
             "exchange_id": xid,

@@ -12,7 +12,9 @@ and every kind ends in the same two questions (is the signature by a key chainin
 anchors, or by the checkpoint key; do the facts inside agree with each other). This module reads
 the input, tells the kinds apart and owns what they share (:class:`Report`, :class:`Trust`); the
 checks live per kind in :mod:`gateway.verify_jws` (receipts, envelopes, signed requests) and
-:mod:`gateway.verify_log` (checkpoints, inclusion proof bundles).
+:mod:`gateway.verify_log` (checkpoints, inclusion proof bundles). A signer on a configured CRL
+fails only an artifact it signed at or after its revocation date (the rule and why are in
+:mod:`gateway.verify_jws`); one signed before it verifies, with a note saying so.
 
 Pure: no I/O, no clock. The caller reads the files, passes the trust anchors, the checkpoint
 verifier keys and the time.
@@ -29,6 +31,7 @@ from gateway import verify_jws, verify_log
 from gateway.audit import checkpoint as cp
 from gateway.crypto import pki
 from gateway.crypto.keys import load_certificates, load_private_key
+from gateway.crypto.revocation import Revocations
 from gateway.strictjson import JsonError, loads
 from gateway.verify_jws import KNOWN_TYPES
 
@@ -107,7 +110,9 @@ class Trust:
     checkpoint key(s) (:class:`gateway.audit.checkpoint.NoteVerifier`). ``gateway_id``: receipts
     and envelopes must be signed by this participant. ``gateway_kids``: thumbprint -> "current"
     or "retired", to say which of the gateway's published keys signed. ``origin``: the log's
-    checkpoint origin line.
+    checkpoint origin line. ``revocations``: the configured CRLs; ``anchors`` should carry none
+    (:meth:`gateway.crypto.pki.TrustAnchors.without_revocations`), because a revoked
+    certificate is weighed against the artifact's signing time here, not refused outright.
     """
 
     anchors: pki.TrustAnchors
@@ -115,6 +120,7 @@ class Trust:
     gateway_id: str | None = None
     gateway_kids: Mapping[str, str] = field(default_factory=dict)
     origin: str | None = None
+    revocations: Revocations = field(default_factory=Revocations)
 
     @classmethod
     def from_pems(cls, anchor_pems: Sequence[bytes], **kwargs: Any) -> Trust:
@@ -203,6 +209,7 @@ def describe_verification(
     gateway_id: str | None = None,
     gateway_kids: Mapping[str, str] | None = None,
     origin: str | None = None,
+    revocations: Revocations | None = None,
 ) -> tuple[bool, list[str]]:
     """Return (all checks hold, human-readable lines): ``gateway verify`` prints these."""
     trust = Trust.from_pems(
@@ -211,6 +218,7 @@ def describe_verification(
         gateway_id=gateway_id,
         gateway_kids=dict(gateway_kids or {}),
         origin=origin,
+        revocations=revocations or Revocations(),
     )
     try:
         report = verify_artifact(raw, trust, now=now, payloads=payloads)

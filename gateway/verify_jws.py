@@ -6,6 +6,17 @@ trust anchors, then the facts the signed body states (payload digests, the sende
 inside an envelope, which of the gateway's keys signed). :mod:`gateway.verify_log` reuses
 :func:`check_jws` for the receipt an inclusion proof bundle carries.
 
+Revocation (the deployment's CRLs, ``Trust.revocations``): a signer certificate, or an
+intermediate of its path, on a configured CRL fails the artifact when its revocation date is at
+or before the time the artifact states it was signed (``completed_at`` for a receipt,
+``received_at`` for an envelope, ``created`` for a signed request: the first of those present,
+as for expired certificates), or when the artifact states no such time. A revocation dated after
+that time leaves the artifact valid with the note "certificate revoked on DATE, after this was
+signed". Why: a revocation (a key compromise, a unit that left) says nothing about what the key
+signed before it. The stated time is the signer's own word, covered by its signature: a thief
+of the key can backdate, which is why a receipt is also bound to the audit log (its inclusion
+proof and signed checkpoint are evidence of when the gateway recorded it).
+
 Pure: no I/O, no clock (``now`` is a parameter). Each function writes what holds and what does
 not into the :class:`gateway.verify.Report` it is given.
 """
@@ -109,6 +120,7 @@ def check_jws(
     report.ok(f"{prefix}signature {verified.alg} by {signer} (kid {verified.kid})")
     report.ok(f"{prefix}certificate chain ends at a trust anchor and {validity}")
     report.ok(f"{prefix}artifact type {typ}")
+    _check_revocation(doc, verified, trust, report, prefix)
     if not isinstance(body, dict):
         report.fail(f"{prefix}signed payload is not a JSON object")
         return None
@@ -160,6 +172,33 @@ def _verify_signature(
 
 
 _TIME_CLAIMS: Final = ("completed_at", "received_at", "created")
+
+
+def _check_revocation(
+    doc: Mapping[str, Any], verified: jws.Verified, trust: Trust, report: Report, prefix: str
+) -> None:
+    """Weigh each revoked certificate of the signer's path against the stated signing time."""
+    found = trust.revocations.find(verified.path)
+    if not found:
+        return
+    signed_at = _claimed_time(doc)
+    for r in found:
+        when = r.revoked_at.isoformat()
+        if signed_at is None:
+            report.fail(
+                f"{prefix}{r.describe()}; the artifact states no signing time, so it cannot be "
+                "shown to predate the revocation"
+            )
+        elif r.revoked_at <= signed_at:
+            report.fail(
+                f"{prefix}{r.describe()}: at or before this was signed "
+                f"({signed_at.isoformat()}, as the artifact states)"
+            )
+        else:
+            report.info(
+                f"{prefix}certificate revoked on {when}, after this was signed "
+                f"({signed_at.isoformat()}, as the artifact states): {r.describe()}"
+            )
 
 
 def _claimed_time(doc: Mapping[str, Any]) -> datetime | None:

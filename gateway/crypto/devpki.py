@@ -24,14 +24,19 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.crypto.keys import PrivateKey
 from gateway.crypto.pki import PARTICIPANT_ID_RE, PARTICIPANT_URI_PREFIX, Purpose
+from gateway.crypto.revocation import signed_by
 
 __all__ = [
+    "CRL_DAYS",
+    "CRL_REASONS",
     "KeyType",
     "generate_key",
     "issue",
     "make_ca",
+    "make_crl",
     "pem_certificate",
     "pem_private_key",
+    "revoke_in_crl",
 ]
 
 KeyType: TypeAlias = Literal["ec", "ed25519", "rsa"]
@@ -253,3 +258,83 @@ def csr_pem(key: PrivateKey, participant_id: str) -> bytes:
         .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+#: How long a development CRL is valid: long enough for development, short enough that a
+#: forgotten one is noticed (start-up refuses a CRL past its nextUpdate).
+CRL_DAYS: Final = 30
+#: The RFC 5280 reason codes ``gateway keys revoke --reason`` accepts (removeFromCRL is for delta
+#: CRLs only, and unspecified should be left out rather than written).
+CRL_REASONS: Final = tuple(
+    r.value
+    for r in x509.ReasonFlags
+    if r not in (x509.ReasonFlags.unspecified, x509.ReasonFlags.remove_from_crl)
+)
+
+
+def make_crl(
+    ca_key: PrivateKey,
+    ca_cert: x509.Certificate,
+    *,
+    now: datetime,
+    number: int = 1,
+    days: int = CRL_DAYS,
+    revoked: Sequence[x509.RevokedCertificate] = (),
+) -> bytes:
+    """A CRL (PEM) of ``ca_cert``, signed with ``ca_key``: thisUpdate ``now``, nextUpdate
+    ``now + days``, CRL number ``number``, AKI, and the ``revoked`` entries."""
+    _require_aware(now)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + timedelta(days=days))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(_aki(ca_cert), critical=False)
+    )
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, _hash_for(ca_key))
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def revoke_in_crl(
+    ca_key: PrivateKey,
+    ca_cert: x509.Certificate,
+    crl_data: bytes,
+    serial: int | None,
+    *,
+    now: datetime,
+    reason: str | None = None,
+    days: int = CRL_DAYS,
+) -> tuple[bytes, int, bool]:
+    """``crl_data`` (PEM or DER, issued by ``ca_cert``) re-signed with ``serial`` added
+    (``None``: renewed only, with the same entries).
+
+    Returns (new CRL PEM, its CRL number, whether the serial was listed already). The entries
+    already listed are kept as they were; the number is one more than the old one. ValueError
+    when the old CRL does not parse or is not this CA's.
+    """
+    _require_aware(now)
+    if reason is not None and reason not in CRL_REASONS:
+        raise ValueError(f"unknown revocation reason {reason!r}; one of {', '.join(CRL_REASONS)}")
+    old = (
+        x509.load_pem_x509_crl(crl_data)
+        if crl_data.lstrip().startswith(b"-----BEGIN")
+        else x509.load_der_x509_crl(crl_data)
+    )
+    if not signed_by(old, ca_cert):
+        raise ValueError("the CRL is not signed by this CA")
+    entries = list(old)
+    listed = any(e.serial_number == serial for e in entries)
+    if serial is not None and not listed:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+        if reason is not None:
+            entry = entry.add_extension(x509.CRLReason(x509.ReasonFlags(reason)), critical=False)
+        entries.append(entry.build())
+    try:
+        number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+    except x509.ExtensionNotFound:
+        number = 1
+    pem = make_crl(ca_key, ca_cert, now=now, number=number, days=days, revoked=entries)
+    return pem, number, listed

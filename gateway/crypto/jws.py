@@ -80,6 +80,8 @@ class Verified:
     leaf: x509.Certificate
     kid: str
     alg: str
+    #: The validated path, anchor last (``chain`` is what the signer presented).
+    path: tuple[x509.Certificate, ...] = ()
 
 
 @lru_cache(maxsize=64)
@@ -221,7 +223,7 @@ def verify(
     check_signature(
         chain.leaf_key, alg, signature, f"{protected_b64}.{payload_b64}".encode("ascii")
     )
-    return Verified(payload, header, chain.chain, chain.leaf, chain.kid, alg)
+    return Verified(payload, header, chain.chain, chain.leaf, chain.kid, alg, chain.path)
 
 
 def decode_payload_json(verified: Verified, *, require_canonical: bool = True) -> Any:

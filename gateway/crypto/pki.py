@@ -19,8 +19,11 @@ produce the precise reasons people read; the library remains the authority. Thos
 extension policies live in :mod:`gateway.crypto.pki_rules`. Known limit of the
 library profile: issuing CAs with Ed25519 keys are refused (leaf Ed25519 keys are fine).
 
-Pure: no I/O, no clock (``now`` is a parameter and must be timezone-aware), no logging. Revocation
-is not checked here yet.
+Revocation: a :class:`gateway.crypto.revocation.Revocations` given to :class:`TrustAnchors` is
+checked on every path it validates (leaf and intermediates, against their issuers' CRLs); see
+that module for what a configured CRL must be and what "revoked" means.
+
+Pure: no I/O, no clock (``now`` is a parameter and must be timezone-aware), no logging.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from gateway.crypto.pki_rules import (
     precheck,
     require_aware,
 )
+from gateway.crypto.revocation import Revocations
 
 __all__ = [
     "MAX_CHAIN_LENGTH",
@@ -118,6 +122,9 @@ class TrustAnchors:
     purpose and the SHA-256 of the exact ``x5c`` strings, live in a bounded LRU, hold only
     successes, and are re-checked against ``now`` on every hit (a miss re-validates fully and so
     reports the precise reason). Thread-safe: verification may run in executor threads.
+
+    ``revocations`` (the CRLs, fixed for this object's lifetime) are checked by
+    :meth:`validate`; the cache lives in the same object, so no cached verdict predates them.
     """
 
     def __init__(
@@ -125,6 +132,7 @@ class TrustAnchors:
         certs: Sequence[x509.Certificate],
         *,
         intermediates: Sequence[x509.Certificate] = (),
+        revocations: Revocations | None = None,
         cache_size: int = 1024,
     ) -> None:
         if not certs:
@@ -140,6 +148,7 @@ class TrustAnchors:
         self._certs = tuple(certs)
         # Untrusted: only used to complete the path of a lone TLS client certificate.
         self._intermediates = tuple(intermediates)
+        self._revocations = revocations or Revocations()
         self._subjects = frozenset(cert.subject for cert in certs)
         store = Store(list(certs))
         self._builders: dict[str, PolicyBuilder] = {}
@@ -160,6 +169,15 @@ class TrustAnchors:
     @property
     def certs(self) -> tuple[x509.Certificate, ...]:
         return self._certs
+
+    @property
+    def revocations(self) -> Revocations:
+        return self._revocations
+
+    def without_revocations(self) -> TrustAnchors:
+        """The same anchors with no CRL: for offline verification, which weighs revocation
+        dates against signing times itself instead of refusing every revoked chain."""
+        return TrustAnchors(self._certs, intermediates=self._intermediates)
 
     def cache_info(self) -> CacheInfo:
         with self._lock:
@@ -188,6 +206,7 @@ class TrustAnchors:
             # use: a DER that loaded can still hold a point off its curve or an unknown curve
             # (an x5c altered in transit). That is a refused chain, not an internal error.
             raise ChainInvalid(f"a certificate of the chain is malformed: {exc}") from exc
+        self._revocations.check(path)
         return ValidatedChain(
             chain=chain,
             path=path,

@@ -44,6 +44,7 @@ from gateway.pipeline import Pipeline, ServiceRuntime
 from gateway.ratelimit import RateLimiter
 from gateway.state import ExchangeState, StateStore
 from gateway.state import opened as opened_state
+from gateway.trust import build_anchors
 from gateway.validation import CompiledSchema, compile_schema
 
 DEPLOYMENT = web.AppKey("deployment", Deployment)
@@ -53,6 +54,8 @@ STATE: web.AppKey[ExchangeState] = web.AppKey("state")
 PIPELINE = web.AppKey("pipeline", Pipeline)
 CONNECTORS = web.AppKey("connectors", dict[str, Connector])
 METRICS = web.AppKey("metrics", ExchangeMetrics)
+# Built once at start-up (CRLs checked against the clock then): authn, roles and /v1/verify.
+ANCHORS = web.AppKey("anchors", pki.TrustAnchors)
 # Published in the JWKS beside the keyring's keys: the audit log's checkpoint (note) key.
 NOTE_KEYS = web.AppKey("note_keys", tuple[dict[str, Any], ...])
 
@@ -88,24 +91,6 @@ def build_note_keys(dep: Deployment) -> tuple[dict[str, Any], ...]:
     if signer is None:
         return ()
     return (note_key_jwk(signer.public_key, signer.vkey()),)
-
-
-def build_anchors(dep: Deployment) -> pki.TrustAnchors:
-    def certificates(field: str, pems: tuple[bytes, ...]) -> list[pki.Certificate]:
-        certs = []
-        for i, pem in enumerate(pems):
-            try:
-                certs.extend(load_certificates(pem))
-            except CryptoError as e:
-                raise ConfigError(str(dep.path), f"gateway.{field}[{i}]", str(e)) from None
-        return certs
-
-    anchors = certificates("trust_anchors", dep.trust_anchor_pems)
-    intermediates = certificates("intermediates", dep.intermediate_pems)
-    try:
-        return pki.TrustAnchors(anchors, intermediates=intermediates)
-    except CryptoError as e:
-        raise ConfigError(str(dep.path), "gateway.intermediates", str(e)) from None
 
 
 def build_participants(dep: Deployment) -> dict[str, ParticipantAuth]:
@@ -388,7 +373,7 @@ def create_app(
     now = clock or (lambda: datetime.now(UTC))
     stages = _Stages(  # built in this order (as keyword arguments run): the first bad field fails
         keyring=build_keyring(dep),
-        anchors=build_anchors(dep),
+        anchors=build_anchors(dep, now=now()),
         participants=build_participants(dep),
         schemas=build_schemas(dep),
         connectors=build_connectors(dep),
@@ -401,6 +386,7 @@ def create_app(
     app.on_response_prepare.append(middlewares.echo_request_id)
     app[DEPLOYMENT] = dep
     app[KEYRING] = stages.keyring
+    app[ANCHORS] = stages.anchors
     app[NOTE_KEYS] = build_note_keys(dep)
     app[CONNECTORS] = stages.connectors
     app[METRICS] = ExchangeMetrics(dep.services, multiprocess_dir=metrics_dir)

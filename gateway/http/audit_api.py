@@ -275,7 +275,7 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime] | None = N
         app[RESOLVER] = PrincipalResolver(
             dep.config.roles,
             keys.build_participants(dep),
-            keys.build_anchors(dep),
+            app[keys.ANCHORS],
             development=dep.config.gateway.development,
         )
     except ValueError as e:

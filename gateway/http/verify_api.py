@@ -49,8 +49,10 @@ def build_trust(app: web.Application) -> Trust:
     kids = {keyring.current.kid: "current"}
     for chain in keyring.retired:
         kids.setdefault(jwk_thumbprint(chain[0].public_key()), "retired")
+    anchors = app[keys.ANCHORS]
     return Trust(
-        keys.build_anchors(dep),
+        anchors.without_revocations(),
+        revocations=anchors.revocations,
         note_verifiers=verifiers,
         gateway_id=dep.config.gateway.id,
         gateway_kids=kids,

@@ -1,0 +1,180 @@
+"""CRL loading and the revocation check (gateway.crypto.revocation), pure, at fixed times.
+
+Known answers: a root -> intermediate -> leaf PKI from devpki with CRLs made by devpki, whose
+output ``openssl crl -CAfile`` accepts (checked in tests/test_revocation_e2e.py).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.crypto import devpki
+from gateway.crypto.keys import encode_x5c
+from gateway.crypto.pki import ChainInvalid, TrustAnchors
+from gateway.crypto.revocation import (
+    CertificateRevoked,
+    CrlInvalid,
+    Revocations,
+    load_crl,
+)
+
+NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def pki() -> SimpleNamespace:
+    root_key, root = devpki.make_ca("hcm", now=NOW)
+    inter_key, inter = devpki.make_ca("hcm issuing", now=NOW, issuer=(root_key, root))
+    leaf_key, leaf = devpki.issue(inter_key, inter, "hcm.quan-1", now=NOW)
+    _, sibling = devpki.issue(inter_key, inter, "hcm.thu-duc", now=NOW)
+    _, direct = devpki.issue(root_key, root, "hcm.so-tc", now=NOW)
+    other_key, other = devpki.make_ca("elsewhere", now=NOW)
+    return SimpleNamespace(**locals())
+
+
+def _crl(key: Any, ca: x509.Certificate, *serials: int, at: datetime = NOW) -> bytes:
+    """A CRL of ``ca`` listing ``serials``, revoked at ``at`` (devpki.revoke_in_crl, one by one)."""
+    pem = devpki.make_crl(key, ca, now=at - timedelta(hours=1))
+    for serial in serials:
+        pem, _, _ = devpki.revoke_in_crl(key, ca, pem, serial, now=at)
+    return pem
+
+
+def _revocations(p: SimpleNamespace, *crls: bytes) -> Revocations:
+    issuers = [p.root, p.inter, p.other]
+    return Revocations(load_crl(c, issuers, now=NOW) for c in crls)
+
+
+def _anchors(p: SimpleNamespace, *crls: bytes) -> TrustAnchors:
+    return TrustAnchors([p.root], intermediates=[p.inter], revocations=_revocations(p, *crls))
+
+
+def test_a_listed_leaf_serial_is_refused_naming_the_certificate_serial_and_date(
+    pki: SimpleNamespace,
+) -> None:
+    anchors = _anchors(pki, _crl(pki.inter_key, pki.inter, pki.leaf.serial_number))
+    with pytest.raises(CertificateRevoked) as e:
+        anchors.validate([pki.leaf, pki.inter], now=NOW, purpose="signing")
+    assert isinstance(e.value, ChainInvalid)
+    assert "CN=hcm.quan-1" in e.value.reason
+    assert f"{pki.leaf.serial_number:#x}" in e.value.reason
+    assert "revoked on 2026-11-28T09:00:00+00:00" in e.value.reason
+    assert e.value.audit_reason.startswith("certificate revoked: serial 0x")
+
+
+def test_another_serial_on_the_same_crl_leaves_the_certificate_valid(pki: SimpleNamespace) -> None:
+    anchors = _anchors(pki, _crl(pki.inter_key, pki.inter, pki.sibling.serial_number))
+    assert anchors.validate([pki.leaf, pki.inter], now=NOW, purpose="signing").leaf == pki.leaf
+
+
+def test_the_same_serial_on_another_issuers_crl_does_not_revoke(pki: SimpleNamespace) -> None:
+    """A CRL applies to its own issuer's certificates only (name and key), not to a serial."""
+    anchors = _anchors(
+        pki,
+        _crl(pki.other_key, pki.other, pki.leaf.serial_number),
+        _crl(pki.root_key, pki.root, pki.leaf.serial_number),  # root did not issue the leaf
+    )
+    assert anchors.validate([pki.leaf, pki.inter], now=NOW, purpose="signing").leaf == pki.leaf
+
+
+def test_an_intermediate_on_its_roots_crl_refuses_its_whole_subtree(pki: SimpleNamespace) -> None:
+    anchors = _anchors(pki, _crl(pki.root_key, pki.root, pki.inter.serial_number))
+    for leaf in (pki.leaf, pki.sibling):
+        with pytest.raises(CertificateRevoked, match="CN=hcm issuing DEVELOPMENT CA"):
+            anchors.validate([leaf, pki.inter], now=NOW, purpose="signing")
+    # A lone TLS client certificate, its path completed from the intermediates, too.
+    der = pki.leaf.public_bytes(serialization.Encoding.DER)
+    with pytest.raises(CertificateRevoked):
+        anchors.validate_leaf_der(der, now=NOW, purpose="client_auth")
+    # A certificate the root issued directly is not below the revoked intermediate.
+    assert anchors.validate([pki.direct], now=NOW, purpose="signing").leaf == pki.direct
+
+
+def test_a_revoked_chain_is_refused_on_every_use_not_cached(pki: SimpleNamespace) -> None:
+    anchors = _anchors(pki, _crl(pki.inter_key, pki.inter, pki.leaf.serial_number))
+    x5c = list(encode_x5c([pki.leaf, pki.inter]))
+    for _ in range(2):
+        with pytest.raises(CertificateRevoked):
+            anchors.validate_x5c(x5c, now=NOW, purpose="signing")
+    assert anchors.cache_info().currsize == 0
+
+
+def test_no_crl_means_no_revocation_check(pki: SimpleNamespace) -> None:
+    anchors = TrustAnchors([pki.root], intermediates=[pki.inter])
+    assert anchors.validate([pki.leaf, pki.inter], now=NOW, purpose="signing").leaf == pki.leaf
+
+
+def test_find_lists_each_revoked_certificate_of_a_path_with_its_date(pki: SimpleNamespace) -> None:
+    later = NOW + timedelta(days=1)
+    revocations = Revocations(
+        [
+            load_crl(_crl(pki.inter_key, pki.inter, pki.leaf.serial_number), [pki.inter], now=NOW),
+            load_crl(
+                _crl(pki.root_key, pki.root, pki.inter.serial_number, at=later),
+                [pki.root],
+                now=later,
+            ),
+        ]
+    )
+    found = revocations.find([pki.leaf, pki.inter, pki.root])
+    assert [(r.serial, r.revoked_at) for r in found] == [
+        (pki.leaf.serial_number, NOW),
+        (pki.inter.serial_number, later),
+    ]
+
+
+def test_of_two_crls_from_one_issuer_the_higher_crl_number_is_kept(pki: SimpleNamespace) -> None:
+    older = _crl(pki.inter_key, pki.inter)  # number 1, lists nothing
+    newer = _crl(pki.inter_key, pki.inter, pki.leaf.serial_number)  # number 2
+    for order in ((older, newer), (newer, older)):
+        with pytest.raises(CertificateRevoked):
+            _anchors(pki, *order).validate([pki.leaf, pki.inter], now=NOW, purpose="signing")
+
+
+@pytest.mark.parametrize(
+    ("case", "problem"),
+    [
+        ("malformed", "not a PEM or DER X.509 CRL"),
+        ("stranger", "not signed by any trust anchor or configured intermediate"),
+        ("forged-name", "not signed by any trust anchor or configured intermediate"),
+        ("expired", "nextUpdate 2026-11-28T08:30:00+00:00 is past"),
+    ],
+)
+def test_a_crl_that_is_malformed_foreign_or_expired_is_refused(
+    pki: SimpleNamespace, case: str, problem: str
+) -> None:
+    data = {
+        "malformed": b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+        "stranger": _crl(pki.other_key, pki.other),
+        # The root's name, the stranger's key: the name alone proves nothing.
+        "forged-name": devpki.make_crl(pki.other_key, pki.root, now=NOW - timedelta(hours=1)),
+        "expired": devpki.make_crl(
+            pki.root_key, pki.root, now=NOW - timedelta(days=30, minutes=30)
+        ),
+    }[case]
+    with pytest.raises(CrlInvalid, match=re.escape(problem)):
+        load_crl(data, [pki.root, pki.inter], now=NOW)
+
+
+def test_a_stale_crl_still_revokes_and_is_reported_stale(pki: SimpleNamespace) -> None:
+    crl = load_crl(_crl(pki.inter_key, pki.inter, pki.leaf.serial_number), [pki.inter], now=NOW)
+    revocations = Revocations([crl])
+    assert revocations.stale(NOW) == ()
+    later = NOW + timedelta(days=31)
+    assert revocations.stale(later) == (crl,)
+    anchors = TrustAnchors([pki.root], revocations=revocations)
+    with pytest.raises(CertificateRevoked):
+        anchors.validate([pki.leaf, pki.inter], now=NOW + timedelta(days=31), purpose="signing")
+
+
+def test_a_der_crl_loads_like_a_pem_one(pki: SimpleNamespace) -> None:
+    pem = _crl(pki.inter_key, pki.inter, pki.leaf.serial_number)
+    der = x509.load_pem_x509_crl(pem).public_bytes(serialization.Encoding.DER)
+    assert load_crl(der, [pki.inter], now=NOW).revoked == {pki.leaf.serial_number: NOW}
