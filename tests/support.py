@@ -312,3 +312,24 @@ class ServerProcess:
             self.proc.stdout.close()
         self._stderr.close()
         return out + self.stderr_path.read_text()
+
+
+def reissue_under_an_intermediate(dep: Path, participant: str) -> Path:
+    """Give ``participant`` a certificate from an issuing CA below the development root.
+
+    Writes the chain (leaf, then the intermediate) as its cert.pem, which the config pins by
+    its first certificate, and the intermediate alone as pki/issuing.crt.
+    """
+    from gateway.crypto import devpki
+    from gateway.crypto.keys import load_certificates
+
+    now = datetime.now(UTC)
+    root_key = devpki.load_private_key_raw((dep / "pki/ca.key").read_bytes())
+    root = load_certificates((dep / "pki/ca.crt").read_bytes())[0]
+    inter_key, inter = devpki.make_ca("hcm issuing", now=now, issuer=(root_key, root))
+    key, leaf = devpki.issue(inter_key, inter, participant, now=now)
+    d = dep / "participants" / participant
+    (d / "cert.pem").write_bytes(devpki.pem_certificate(leaf) + devpki.pem_certificate(inter))
+    (d / "key.pem").write_bytes(devpki.pem_private_key(key))
+    (dep / "pki/issuing.crt").write_bytes(devpki.pem_certificate(inter))
+    return dep / "pki/issuing.crt"

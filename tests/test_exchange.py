@@ -28,6 +28,7 @@ from tests.support import (
     Provider,
     example,
     make_deployment,
+    reissue_under_an_intermediate,
     running_gateway,
     signed_request,
 )
@@ -140,27 +141,6 @@ async def test_mtls_client_certificate_authenticates(tmp_path: Path, provider: P
         assert status == 401
 
 
-def _reissue_under_an_intermediate(dep: Path, participant: str) -> Path:
-    """Give ``participant`` a certificate from an issuing CA below the development root.
-
-    Writes the chain (leaf, then the intermediate) as its cert.pem, which the config pins by
-    its first certificate, and the intermediate alone as pki/issuing.crt.
-    """
-    from gateway.crypto import devpki
-    from gateway.crypto.keys import load_certificates
-
-    now = datetime.now(UTC)
-    root_key = devpki.load_private_key_raw((dep / "pki/ca.key").read_bytes())
-    root = load_certificates((dep / "pki/ca.crt").read_bytes())[0]
-    inter_key, inter = devpki.make_ca("hcm issuing", now=now, issuer=(root_key, root))
-    key, leaf = devpki.issue(inter_key, inter, participant, now=now)
-    d = dep / "participants" / participant
-    (d / "cert.pem").write_bytes(devpki.pem_certificate(leaf) + devpki.pem_certificate(inter))
-    (d / "key.pem").write_bytes(devpki.pem_private_key(key))
-    (dep / "pki/issuing.crt").write_bytes(devpki.pem_certificate(inter))
-    return dep / "pki/issuing.crt"
-
-
 @pytest.mark.parametrize("configured", [True, False])
 async def test_mtls_client_certificate_issued_by_an_intermediate_ca(
     tmp_path: Path, provider: Provider, configured: bool
@@ -173,7 +153,7 @@ async def test_mtls_client_certificate_issued_by_an_intermediate_ca(
     cfg = make_deployment(
         tmp_path / "dep", provider_port=provider.port, tls="optional", extra_gateway=extra
     )
-    _reissue_under_an_intermediate(cfg.parent, "hcm.thu-duc")
+    reissue_under_an_intermediate(cfg.parent, "hcm.thu-duc")
     async with running_gateway(cfg) as gw:
         status, _, doc = await _post_report_over_mtls(gw, "hcm.thu-duc")
         if configured:

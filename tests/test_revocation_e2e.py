@@ -103,14 +103,14 @@ async def test_an_intermediate_on_the_roots_crl_refuses_every_sender_below_it(
 ) -> None:
     """thu-duc's certificate comes from an issuing CA that the root's CRL lists: refused over
     mTLS (path completed from gateway.intermediates) and in a signed request (x5c)."""
-    from tests.test_exchange import _reissue_under_an_intermediate
+    from tests.support import reissue_under_an_intermediate
 
     extra = 'intermediates = ["pki/issuing.crt"]\n'
     cfg = make_deployment(
         tmp_path / "dep", provider_port=provider.port, tls="optional", extra_gateway=extra
     )
     dep = cfg.parent
-    inter = load_certificates(_reissue_under_an_intermediate(dep, "hcm.thu-duc").read_bytes())[0]
+    inter = load_certificates(reissue_under_an_intermediate(dep, "hcm.thu-duc").read_bytes())[0]
     ca_key = devpki.load_private_key_raw((dep / "pki/ca.key").read_bytes())
     ca = load_certificates((dep / "pki/ca.crt").read_bytes())[0]
     crl, _, _ = devpki.revoke_in_crl(
