@@ -41,9 +41,42 @@ class _ExchangeSettings:
 
 _EXCHANGE = web.AppKey("exchange_settings", _ExchangeSettings)
 
+READY_AFTER_FAILURE_SECONDS = 5.0
+
+
+class RecentOutage:
+    """Whether an exchange failed for want of the audit or state store in the last
+    ``READY_AFTER_FAILURE_SECONDS``, with none succeeding since.
+
+    Why: readiness reads (the tree head, a state table), and reads go on while writes fail (a
+    write lock held past the busy timeout, an appender that cannot commit): /readyz said ok
+    while every exchange got 503. A window, not a latch: a load balancer that stops sending
+    traffic must see the gateway ready again after a while, or it would never try it again.
+    """
+
+    def __init__(self) -> None:
+        self._failed_at: float | None = None
+
+    def failed(self, now: float) -> None:
+        self._failed_at = now
+
+    def succeeded(self) -> None:
+        self._failed_at = None
+
+    def seconds_ago(self, now: float) -> float | None:
+        """Seconds since the last such failure, if it is recent and unanswered by a success."""
+        at = self._failed_at
+        if at is None or now - at >= READY_AFTER_FAILURE_SECONDS:
+            return None
+        return now - at
+
+
+_OUTAGE = web.AppKey("store_outage", RecentOutage)
+
 
 def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
     limits = app[keys.DEPLOYMENT].config.limits
+    app[_OUTAGE] = RecentOutage()
     app[_EXCHANGE] = _ExchangeSettings(
         clock, limits.max_body_bytes, limits.body_timeout_seconds, app[keys.METRICS]
     )
@@ -79,11 +112,13 @@ async def exchange(request: web.Request) -> web.StreamResponse:
     try:
         result = await request.app[keys.PIPELINE].process(raw)
     except (AuditUnavailable, StateUnavailable) as e:
+        request.app[_OUTAGE].failed(time.monotonic())
         log.error("exchange.unavailable", error=str(e))
         err = StoreUnavailable("the audit or state store is unavailable; retry")
         elapsed = time.perf_counter() - started
         _count(settings.metrics, raw.service, "exchange.unavailable", err.status, elapsed)
         return problem_response(err)
+    request.app[_OUTAGE].succeeded()
     headers = dict(result.headers)
     if result.exchange_id:
         headers["X-Exchange-Id"] = result.exchange_id
@@ -141,6 +176,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    # Taken first: the store checks below may wait on a store that is failing.
+    ago = request.app[_OUTAGE].seconds_ago(time.monotonic())
     checks: dict[str, str] = {}
     try:
         await request.app[keys.STATE].check()  # reads the table; never blocks the loop
@@ -152,6 +189,8 @@ async def readyz(request: web.Request) -> web.Response:
         checks["audit"] = "ok"
     except Exception as e:
         checks["audit"] = f"failed: {type(e).__name__}"
+    if ago is not None:  # reads work, writes did not (see RecentOutage)
+        checks["writes"] = f"failing: an exchange could not be audited {ago:.1f} s ago"
     checks["keys"] = "ok"
     for sid, c in request.app[keys.CONNECTORS].items():
         try:
