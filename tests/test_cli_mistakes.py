@@ -119,6 +119,14 @@ def canned() -> Iterator[str]:
         t.join(timeout=10)
 
 
+def _send_to(deployment: Path, url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`gateway send` of the demo example to ``url`` (a canned answer), run in ``cwd``."""
+    example = str(deployment / "examples" / f"{SID}.json")
+    return run(
+        "send", SID, example, "--config", str(deployment / "gateway.toml"), "--url", url, cwd=cwd
+    )
+
+
 def test_send_to_something_that_is_not_a_gateway_exits_1_without_a_traceback(
     deployment: Path, canned: str, tmp_path: Path
 ) -> None:
@@ -129,16 +137,7 @@ def test_send_to_something_that_is_not_a_gateway_exits_1_without_a_traceback(
         (200, "string"),
         (200, "no-receipt"),
     ]:
-        r = run(
-            "send",
-            SID,
-            str(deployment / "examples" / f"{SID}.json"),
-            "--config",
-            str(deployment / "gateway.toml"),
-            "--url",
-            f"{canned}/{status}/{case}",
-            cwd=tmp_path,
-        )
+        r = _send_to(deployment, f"{canned}/{status}/{case}", tmp_path)
         no_traceback(r)
         assert r.returncode == 1 and f"HTTP {status}" in r.stderr, (status, case, r.stderr)
     assert list(tmp_path.iterdir()) == []  # no receipt file for an answer without a receipt
@@ -147,16 +146,7 @@ def test_send_to_something_that_is_not_a_gateway_exits_1_without_a_traceback(
 def test_send_names_the_default_receipt_file_only_from_a_well_formed_exchange_id(
     deployment: Path, canned: str, tmp_path: Path
 ) -> None:
-    r = run(
-        "send",
-        SID,
-        str(deployment / "examples" / f"{SID}.json"),
-        "--config",
-        str(deployment / "gateway.toml"),
-        "--url",
-        f"{canned}/200/bad-id",
-        cwd=tmp_path,
-    )
+    r = _send_to(deployment, f"{canned}/200/bad-id", tmp_path)
     no_traceback(r)
     assert r.returncode == 0
     assert [p.name for p in tmp_path.iterdir()] == ["receipt-unknown.json"]
