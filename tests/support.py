@@ -333,3 +333,48 @@ def reissue_under_an_intermediate(dep: Path, participant: str) -> Path:
     (d / "key.pem").write_bytes(devpki.pem_private_key(key))
     (dep / "pki/issuing.crt").write_bytes(devpki.pem_certificate(inter))
     return dep / "pki/issuing.crt"
+
+
+def post_citizen_lookup(url: str, token: str) -> int:
+    """One citizen-lookup.v1 exchange (bearer ``token``) on a connection of its own, so that
+    several at once reach several workers; its HTTP status."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{url}/v1/exchange/citizen-lookup.v1",
+        data=orjson.dumps(example("citizen-lookup.v1")),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def workers_of(log: str, sender: str) -> set[str]:
+    """The processes (``worker-N``) that logged an exchange of ``sender`` in ``log``."""
+    lines = [orjson.loads(x) for x in log.split("\n") if x.startswith("{")]
+    return {
+        x["process"]
+        for x in lines
+        if x["event"].startswith("exchange.") and x.get("sender") == sender
+    }
+
+
+def until_every_worker_serves(
+    server: ServerProcess, dep: Path, *, workers: int = 2, sender: str = "hcm.thu-duc"
+) -> None:
+    """Readiness passes with the first worker that serves, and the others may still be
+    starting: send ``sender``'s exchanges, 8 at a time, until every worker has logged one
+    (at most 20 rounds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = (dep / "participants" / sender / "token").read_text().strip()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(20):
+            list(pool.map(lambda _: post_citizen_lookup(server.url, token), range(8)))
+            if len(workers_of(server.stderr_path.read_text(), sender)) == workers:
+                return
+    raise AssertionError(f"not every one of {workers} workers served")

@@ -4,12 +4,9 @@ configured rate holding for a whole `gateway serve --workers 2`, not for each wo
 from __future__ import annotations
 
 import multiprocessing
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +14,14 @@ from hypothesis import strategies as st
 from gateway.errors import RateLimited
 from gateway.ratelimit import TokenBuckets, spend
 from gateway.ratelimit_shared import SharedBuckets
-from tests.support import ServerProcess, audit_records, example, make_deployment
+from tests.support import (
+    ServerProcess,
+    audit_records,
+    make_deployment,
+    post_citizen_lookup,
+    until_every_worker_serves,
+    workers_of,
+)
 
 CITIZEN = "citizen-lookup.v1"
 
@@ -106,42 +110,6 @@ def test_forked_workers_spend_from_one_bucket() -> None:
     assert sum(taken) == 50, taken  # 160 tries from 4 processes; each token spent once
 
 
-def _post(url: str, token: str) -> int:
-    """One exchange on a connection of its own (SO_REUSEPORT spreads them over the workers)."""
-    req = urllib.request.Request(
-        f"{url}/v1/exchange/{CITIZEN}",
-        data=orjson.dumps(example(CITIZEN)),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return int(e.code)
-
-
-def _workers_of(log: str, sender: str) -> set[str]:
-    """The processes that logged an exchange of ``sender``."""
-    lines = [orjson.loads(x) for x in log.split("\n") if x.startswith("{")]
-    return {
-        x["process"]
-        for x in lines
-        if x["event"].startswith("exchange.") and x.get("sender") == sender
-    }
-
-
-def _until_both_workers_serve(server: ServerProcess, dep: Path) -> None:
-    """Readiness passes with the first worker that serves; send another sender's exchanges
-    (its own bucket) until the second one has answered some too (at most 20 rounds)."""
-    token = (dep / "participants/hcm.thu-duc/token").read_text().strip()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for _ in range(20):
-            list(pool.map(lambda _: _post(server.url, token), range(8)))
-            if len(_workers_of(server.stderr_path.read_text(), "hcm.thu-duc")) == 2:
-                return
-    pytest.fail("the second worker never served")
-
-
 def test_the_configured_rate_holds_for_the_gateway_not_for_each_worker(tmp_path: Path) -> None:
     """24 exchanges at once, each on its own connection, reach both workers; with a bucket
     per worker up to 8 would pass."""
@@ -152,14 +120,14 @@ def test_the_configured_rate_holds_for_the_gateway_not_for_each_worker(tmp_path:
     cfg.write_text(text)
     server = ServerProcess(cfg, workers=2, stdout_to_file=True)
     try:
-        _until_both_workers_serve(server, cfg.parent)
+        until_every_worker_serves(server, cfg.parent)
         token = (cfg.parent / "participants/hcm.quan-1/token").read_text().strip()
         with ThreadPoolExecutor(max_workers=24) as pool:
-            statuses = list(pool.map(lambda _: _post(server.url, token), range(24)))
+            statuses = list(pool.map(lambda _: post_citizen_lookup(server.url, token), range(24)))
     finally:
         log = server.stop()
     assert "Traceback" not in log, log[-3000:]
-    assert _workers_of(log, "hcm.quan-1") == {"worker-0", "worker-1"}
+    assert workers_of(log, "hcm.quan-1") == {"worker-0", "worker-1"}
     assert statuses.count(200) == 4, statuses
     assert statuses.count(429) == 20, statuses
     records = [r for r in audit_records(cfg.parent) if r.get("sender") == "hcm.quan-1"]

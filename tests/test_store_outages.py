@@ -6,6 +6,7 @@ store fails, /readyz not ready meanwhile, and the log gap-free afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import orjson
 import pytest
 
 from gateway.devinit import init_deployment
-from tests.support import ServerProcess, example, running_gateway
+from tests.support import ServerProcess, example, running_gateway, until_every_worker_serves
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +53,9 @@ async def test_removing_the_audit_databases_directory_turns_answers_to_503_not_l
     token = (d / "participants/hcm.quan-1/token").read_text().strip()
     server = ServerProcess(cfg, workers=2)
     try:
+        # Both workers up first: one still starting would fail to open the removed log and,
+        # as at any start-up failure, stop the gateway (that is not what is tested here).
+        await asyncio.to_thread(until_every_worker_serves, server, d)
         assert await _exchange(server.url, token) == (200, "application/json")
         shutil.rmtree(d / "data")
         for _ in range(3):
