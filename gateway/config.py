@@ -81,6 +81,13 @@ class Limits(_Model):
     rate_per_second: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=400, ge=1)
 
+    @model_validator(mode="after")
+    def _keys_outlive_deliveries(self) -> Limits:
+        # A pending Idempotency-Key that expired mid-delivery would let a retry be delivered too.
+        if self.idempotency_ttl_seconds < 2 * self.delivery_timeout_seconds + 60:
+            raise ValueError("idempotency_ttl_seconds must be at least 2 x delivery_timeout + 60")
+        return self
+
 
 class AuditConfig(_Model):
     """Where the log lives and how it is published.

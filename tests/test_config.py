@@ -50,6 +50,12 @@ def test_the_init_deployment_loads_and_builds(cfg: Path) -> None:
             "unknown connector",
         ),
         ("max_json_depth = 64", "max_json_depth = 100000", "limits.max_json_depth", "less than"),
+        (  # a pending key must not expire while its first delivery may still run
+            "delivery_timeout_seconds = 10",
+            "delivery_timeout_seconds = 100\nidempotency_ttl_seconds = 120",
+            "limits",
+            "idempotency_ttl_seconds must be at least",
+        ),
         (
             "workers = 1",
             'workers = 1\nintermediates = ["pki/missing.crt"]',
