@@ -191,7 +191,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except ValueError as e:
         _err(f"checkpoint verifier key: {e}")
         return EXIT_USAGE
-    _check_anchors(dep)
     now = datetime.now(UTC)
     # A CRL past its nextUpdate still says what was revoked: offline, it is used, not refused.
     revocations = build_anchors(dep, now=now, allow_stale_crls=True).revocations
@@ -209,23 +208,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     return EXIT_OK if ok else EXIT_FAILED
-
-
-def _check_anchors(dep: config_mod.Deployment) -> None:
-    """Every trust anchor file holds certificates, else a ConfigError naming it.
-
-    The config loader only reads the files; without this a damaged anchor file would end
-    ``gateway verify`` in a traceback instead of a message naming the file and field.
-    """
-    from gateway.crypto.keys import CryptoError, load_certificates
-
-    for i, pem in enumerate(dep.trust_anchor_pems):
-        try:
-            load_certificates(pem)
-        except CryptoError as e:
-            field = f"gateway.trust_anchors[{i}]"
-            path = dep.resolve(dep.config.gateway.trust_anchors[i])
-            raise ConfigError(str(dep.path), field, f"{path}: {e.reason}") from None
 
 
 def _gateway_kids(dep: config_mod.Deployment) -> dict[str, str]:

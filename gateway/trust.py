@@ -21,12 +21,15 @@ __all__ = ["build_anchors", "build_revocations"]
 
 
 def _certificates(dep: Deployment, field: str, pems: tuple[bytes, ...]) -> list[pki.Certificate]:
+    """The certificates of ``gateway.<field>`` (files already read by config.py); ConfigError
+    naming the field and the file for one that holds none."""
     certs = []
     for i, pem in enumerate(pems):
         try:
             certs.extend(load_certificates(pem))
         except CryptoError as e:
-            raise ConfigError(str(dep.path), f"gateway.{field}[{i}]", str(e)) from None
+            path = dep.resolve(getattr(dep.config.gateway, field)[i])
+            raise ConfigError(str(dep.path), f"gateway.{field}[{i}]", f"{path}: {e}") from None
     return certs
 
 
