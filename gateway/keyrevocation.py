@@ -22,7 +22,6 @@ This module does I/O; the CRL itself is made by gateway.crypto (devpki).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -31,6 +30,7 @@ from gateway import config as config_mod
 from gateway.crypto import devpki, pki
 from gateway.crypto.keys import CryptoError, PrivateKey, jwk_thumbprint, load_certificates
 from gateway.crypto.revocation import is_crl_of, issued_by
+from gateway.files import replace_durably
 
 __all__ = ["DEV_CA_KEY", "NotApplicable", "RevocationError", "RevokeResult", "revoke"]
 
@@ -102,23 +102,6 @@ def _crl_path(dep: config_mod.Deployment, ca: pki.Certificate) -> tuple[Path, by
     )
 
 
-def _replace(path: Path, data: bytes) -> None:
-    """Write ``data`` over ``path`` atomically and durably (mode 0644)."""
-    tmp = path.with_name(f".{path.name}.revoke-tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def revoke(
     config_path: Path, participant: str | None, *, now: datetime, reason: str | None = None
 ) -> RevokeResult:
@@ -140,7 +123,7 @@ def revoke(
     except ValueError as e:
         raise RevocationError(f"{path}: {e}") from None
     try:
-        _replace(path, pem)
+        replace_durably(path, pem, tag="revoke-tmp", mode=0o644)
     except OSError as e:
         raise RevocationError(f"cannot write {path}: {e.strerror}") from None
     return RevokeResult(path, number, now + timedelta(days=devpki.CRL_DAYS), serial, listed)

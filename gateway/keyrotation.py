@@ -39,7 +39,6 @@ included, is gateway.crypto's (devpki).
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from gateway.crypto.keys import (
     load_private_key,
 )
 from gateway.errors import ConfigError
+from gateway.files import replace_durably, write_new
 
 __all__ = ["DEV_CA_KEY", "RotationError", "RotationResult", "edit_gateway_section", "rotate"]
 
@@ -101,16 +101,6 @@ def _rel(dep: config_mod.Deployment, path: Path) -> str:
         return path.resolve().relative_to(dep.base_dir.resolve()).as_posix()
     except ValueError:
         return str(path.resolve())
-
-
-def _write_new(path: Path, data: bytes, *, private: bool) -> None:
-    """Create ``path`` (never overwrite: an existing key file may be in use); fsync it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _current(dep: config_mod.Deployment) -> SigningKey:
@@ -161,8 +151,8 @@ def _write_csr(new_key_path: Path, old: SigningKey, gateway_id: str) -> Rotation
     new_key = devpki.generate_key(_KEY_TYPES[old.alg])
     csr = devpki.csr_pem(new_key, gateway_id)
     csr_path = new_key_path.with_suffix(".csr")
-    _write_new(new_key_path, devpki.pem_private_key(new_key), private=True)
-    _write_new(csr_path, csr, private=False)
+    write_new(new_key_path, devpki.pem_private_key(new_key), mode=0o600)
+    write_new(csr_path, csr, mode=0o644)
     return RotationResult(
         mode="csr",
         key_path=new_key_path,
@@ -193,8 +183,8 @@ def _issue_with_dev_ca(
     )
     cert_path = new_key_path.with_suffix(".crt")
     new_text, backup = _prepare_config(dep, new_key_path, cert_path, stamp)
-    _write_new(new_key_path, devpki.pem_private_key(new_key), private=True)
-    _write_new(cert_path, devpki.pem_certificate(cert), private=False)
+    write_new(new_key_path, devpki.pem_private_key(new_key), mode=0o600)
+    write_new(cert_path, devpki.pem_certificate(cert), mode=0o644)
     _replace_config(dep.path, new_text, backup)
     return RotationResult(
         mode="installed",
@@ -284,18 +274,14 @@ def _prepare_config(
 
 def _replace_config(path: Path, text: str, backup: Path) -> None:
     """Keep the old file as ``backup``, then swap the new text in atomically (same mode)."""
-    old = path.read_bytes()
-    _write_new(backup, old, private=True)
-    tmp = path.with_name(f".{path.name}.rotate-tmp")
-    tmp.unlink(missing_ok=True)
-    _write_new(tmp, text.encode("utf-8"), private=True)
-    os.chmod(tmp, path.stat().st_mode & 0o777)
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)  # Make the rename itself durable.
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_new(backup, path.read_bytes(), mode=0o600)
+    replace_durably(
+        path,
+        text.encode("utf-8"),
+        tag="rotate-tmp",
+        mode=0o600,
+        final_mode=path.stat().st_mode & 0o777,
+    )
 
 
 def _toml_str(s: str) -> str:

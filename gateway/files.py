@@ -1,0 +1,47 @@
+"""Writing the deployment's own files durably: a new file, or a file replaced atomically.
+
+Why one module: ``gateway keys rotate`` (keys, certificates, the config) and ``gateway keys
+revoke`` (the CRL) change files a running or restarting gateway reads. Each must be complete on
+disk before it is used, and a replacement must be all old or all new even across a crash: write
+a temporary file, fsync it, rename it over the old one, fsync the directory (the rename itself
+is durable only then).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["replace_durably", "write_new"]
+
+
+def write_new(path: Path, data: bytes, *, mode: int) -> None:
+    """Create ``path`` with ``mode`` from its first byte (never overwrite: an existing key file
+    may be in use), write ``data`` and fsync it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def replace_durably(
+    path: Path, data: bytes, *, tag: str, mode: int, final_mode: int | None = None
+) -> None:
+    """Replace ``path`` by ``data`` atomically and durably, through ``.<name>.<tag>``.
+
+    The temporary file is created with ``mode``; ``final_mode``, when given, is set before the
+    rename (to keep a file's own mode exactly, whatever the umask).
+    """
+    tmp = path.with_name(f".{path.name}.{tag}")
+    tmp.unlink(missing_ok=True)
+    write_new(tmp, data, mode=mode)
+    if final_mode is not None:
+        os.chmod(tmp, final_mode)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
