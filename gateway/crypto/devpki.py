@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.crypto.keys import PrivateKey
 from gateway.crypto.pki import PARTICIPANT_ID_RE, PARTICIPANT_URI_PREFIX, Purpose
-from gateway.crypto.revocation import signed_by
+from gateway.crypto.revocation import CrlInvalid, crl_number, parse_crl, signed_by
 
 __all__ = [
     "CRL_DAYS",
@@ -318,11 +318,10 @@ def revoke_in_crl(
     _require_aware(now)
     if reason is not None and reason not in CRL_REASONS:
         raise ValueError(f"unknown revocation reason {reason!r}; one of {', '.join(CRL_REASONS)}")
-    old = (
-        x509.load_pem_x509_crl(crl_data)
-        if crl_data.lstrip().startswith(b"-----BEGIN")
-        else x509.load_der_x509_crl(crl_data)
-    )
+    try:
+        old = parse_crl(crl_data)
+    except CrlInvalid as e:
+        raise ValueError(e.reason) from None
     if not signed_by(old, ca_cert):
         raise ValueError("the CRL is not signed by this CA")
     entries = list(old)
@@ -332,9 +331,6 @@ def revoke_in_crl(
         if reason is not None:
             entry = entry.add_extension(x509.CRLReason(x509.ReasonFlags(reason)), critical=False)
         entries.append(entry.build())
-    try:
-        number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
-    except x509.ExtensionNotFound:
-        number = 1
+    number = (crl_number(old) or 0) + 1
     pem = make_crl(ca_key, ca_cert, now=now, number=number, days=days, revoked=entries)
     return pem, number, listed

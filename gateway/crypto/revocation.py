@@ -49,9 +49,11 @@ __all__ = [
     "CrlInvalid",
     "Revocations",
     "Revoked",
+    "crl_number",
     "is_crl_of",
     "issued_by",
     "load_crl",
+    "parse_crl",
     "signed_by",
 ]
 
@@ -111,7 +113,8 @@ def _issuer_key(cert: x509.Certificate) -> tuple[bytes, bytes]:
     return cert.subject.public_bytes(), hashlib.sha256(spki).digest()
 
 
-def _parse(data: bytes) -> x509.CertificateRevocationList:
+def parse_crl(data: bytes) -> x509.CertificateRevocationList:
+    """A CRL from PEM or DER bytes; CrlInvalid if it is neither."""
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_crl(data)
@@ -143,7 +146,7 @@ def signed_by(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bo
 def is_crl_of(data: bytes, ca: x509.Certificate) -> bool:
     """Whether ``data`` is a CRL (PEM or DER) issued and signed by ``ca``."""
     try:
-        return signed_by(_parse(data), ca)
+        return signed_by(parse_crl(data), ca)
     except CrlInvalid:
         return False
 
@@ -166,7 +169,7 @@ def load_crl(
     start-up does not, so an operator learns at once that the CRL needs publishing again.
     """
     require_aware(now)
-    crl = _parse(data)
+    crl = parse_crl(data)
     try:
         issuer_name = crl.issuer.rfc4514_string() or "(empty issuer)"
         signer = next((c for c in issuers if signed_by(crl, c)), None)
@@ -186,7 +189,7 @@ def load_crl(
                 f"the CRL of {issuer_name} expired: its nextUpdate {next_update.isoformat()} is "
                 "past; publish a fresh CRL"
             )
-        number = _crl_number(crl)
+        number = crl_number(crl)
         revoked = {entry.serial_number: entry.revocation_date_utc for entry in crl}
     except ValueError as exc:  # parsed lazily: names, extensions, entries
         raise CrlInvalid(f"the CRL is malformed: {exc}") from None
@@ -200,7 +203,7 @@ def load_crl(
     )
 
 
-def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
+def crl_number(crl: x509.CertificateRevocationList) -> int | None:
     """The CRL number (RFC 5280 5.2.3), or None when the CRL has none."""
     try:
         return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
