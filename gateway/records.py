@@ -138,9 +138,7 @@ def accepted_record(
             "request_sha256": request_sha,
             "envelope_sha256": sha256_hex(envelope_bytes),
             "request_schema": _schema(svc.request_schema),
-            "idempotency_key_sha256": (
-                sha256_hex(raw.idempotency_key.encode()) if raw.idempotency_key else None
-            ),
+            "idempotency_key_sha256": _key_digest(raw),
         }
     )
 
@@ -194,6 +192,11 @@ def failed_record(
     )
 
 
+def _key_digest(raw: RawRequest) -> str | None:
+    """The ``Idempotency-Key`` as the audit log holds it: a digest, never the key itself."""
+    return sha256_hex(raw.idempotency_key.encode()) if raw.idempotency_key else None
+
+
 def replayed_record(
     raw: RawRequest, xid: str, svc: Service, sender: Sender, status: int, request_sha: str
 ) -> bytes:
@@ -214,9 +217,7 @@ def replayed_record(
             "auth": sender.method,
             "status": status,
             "request_sha256": request_sha,
-            "idempotency_key_sha256": (
-                sha256_hex(raw.idempotency_key.encode()) if raw.idempotency_key else None
-            ),
+            "idempotency_key_sha256": _key_digest(raw),
         }
     )
 
