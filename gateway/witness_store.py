@@ -12,7 +12,9 @@ an ``UPDATE ... WHERE size = ? AND root = ?`` (an ``INSERT`` that does nothing i
 for an origin never cosigned) inside one write transaction. Exactly one of two writers that read
 the same state succeeds; the other re-reads and decides again (typically: 409, stale ``old``).
 
-The tables live in the deployment's state database (``audit.state_path``), next to
+With ``[audit] store = "postgres"`` the state lives in the shared database instead
+(gateway.witness_store_postgres, same semantics): every instance is one witness. Otherwise
+the tables live in the deployment's state database (``audit.state_path``), next to
 gateway.state's idempotency table, on a connection of their own: witness traffic is one
 request per peer checkpoint, so it gains nothing from gateway.state's group commit, and a
 separate connection keeps the two from sharing a transaction. The write lock is shared
@@ -33,12 +35,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from gateway import sqlitedb
 from gateway.witness import Witnessed
 
-__all__ = ["Evidence", "WitnessStore", "WitnessStoreUnavailable"]
+__all__ = ["Evidence", "WitnessState", "WitnessStore", "WitnessStoreUnavailable"]
 
 T = TypeVar("T")
 
@@ -76,6 +78,33 @@ class Evidence:
     note: bytes
     held: Witnessed | None
     seen_at: int
+
+
+class WitnessState(Protocol):
+    """What the witness needs of its state: :class:`WitnessStore` (SQLite, one host) or
+    gateway.witness_store_postgres.PostgresWitnessStore (every instance sharing a PostgreSQL
+    log). Failures raise :class:`WitnessStoreUnavailable`."""
+
+    async def latest(self, origin: str) -> Witnessed | None: ...
+
+    async def compare_and_swap(
+        self, origin: str, expected: Witnessed | None, new: Witnessed
+    ) -> bool: ...
+
+    async def keep_evidence(
+        self,
+        origin: str,
+        cause: str,
+        checkpoint_text: bytes,
+        note: bytes,
+        held: Witnessed | None,
+        *,
+        seen_at: int,
+    ) -> bool: ...
+
+    async def evidence(self, origin: str) -> list[Evidence]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class WitnessStore:

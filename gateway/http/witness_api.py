@@ -20,8 +20,10 @@ A refused checkpoint that the log signed and that contradicts what was cosigned 
 ``witness_evidence`` and logged as ``witness.fork_evidence``: it is the proof of misbehaviour
 witnessing exists to produce.
 
-SQLite runs on the store's own thread; note verification and hashing (a few Ed25519
-verifications and at most 63 hashes) are cheaper than the thread hop and stay on the loop.
+The state is gateway.witness_store's (SQLite, on the store's own thread) or, when the audit
+log is in PostgreSQL, gateway.witness_store_postgres's (shared by every instance). Note
+verification and hashing (a few Ed25519 verifications and at most 63 hashes) are cheaper than
+the thread hop and stay on the loop.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from gateway.witness import (
     check_submission,
     decide,
 )
-from gateway.witness_store import WitnessStore, WitnessStoreUnavailable
+from gateway.witness_store import WitnessState, WitnessStore, WitnessStoreUnavailable
 
 __all__ = [
     "ADD_CHECKPOINT_PATH",
@@ -89,7 +91,7 @@ class Witness:
 
 
 WITNESS = web.AppKey("witness", Witness)
-WITNESS_STORE = web.AppKey("witness_store", WitnessStore)
+WITNESS_STORE = web.AppKey("witness_store", WitnessState)
 
 
 class Unprocessable(GatewayError):
@@ -165,7 +167,7 @@ def _refused(r: WitnessRefusal) -> web.Response:
     raise _PROBLEMS[r.status](r.reason, slug=f"witness-{r.cause.slug}")
 
 
-async def _advance(store: WitnessStore, sub: Submission, now: Callable[[], datetime]) -> None:
+async def _advance(store: WitnessState, sub: Submission, now: Callable[[], datetime]) -> None:
     """decide() against the stored state, then compare-and-swap; repeat if the state moved.
 
     Returns once the checkpoint is durably the latest cosigned; raises WitnessRefusal.
@@ -184,7 +186,7 @@ async def _advance(store: WitnessStore, sub: Submission, now: Callable[[], datet
 
 
 async def _keep_evidence(
-    store: WitnessStore,
+    store: WitnessState,
     sub: Submission,
     r: WitnessRefusal,
     last: Witnessed | None,
@@ -246,8 +248,19 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime] | None = N
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Opens and closes ``app[WITNESS_STORE]`` (in the deployment's state database)."""
-    store = await WitnessStore.open(app[keys.DEPLOYMENT].state_path())
+    """Opens and closes ``app[WITNESS_STORE]``: in the shared PostgreSQL database when the
+    audit log is there (every instance of this gateway is then one witness, under one key:
+    state kept per host would let two hosts cosign a fork and its original), else in the
+    deployment's state database."""
+    dep = app[keys.DEPLOYMENT]
+    audit = dep.config.audit
+    store: WitnessState
+    if audit.store == "postgres" and audit.dsn:
+        from gateway.witness_store_postgres import PostgresWitnessStore
+
+        store = await PostgresWitnessStore.open(audit.dsn)
+    else:
+        store = await WitnessStore.open(dep.state_path())
     app[WITNESS_STORE] = store
     try:
         yield
