@@ -114,9 +114,17 @@ class WitnessStore:
     connection and thread). Safe to share between coroutines of one event loop.
     """
 
-    def __init__(self, conn: sqlite3.Connection, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        pool: ThreadPoolExecutor,
+        path: Path,
+        file: tuple[int, int] | None,
+    ) -> None:
         self._conn = conn
         self._pool = pool
+        self._path = path
+        self._file = file  # (device, inode) opened: see sqlitedb.file_identity.
 
     @classmethod
     async def open(cls, path: Path) -> WitnessStore:
@@ -127,16 +135,32 @@ class WitnessStore:
         except BaseException:
             pool.shutdown(wait=False)
             raise
-        return cls(conn, pool)
+        return cls(conn, pool, path, sqlitedb.file_identity(path))
 
     async def aclose(self) -> None:
         """Close the connection on its thread, then stop the thread."""
-        await self._run(self._conn.close)
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._conn.close)
         self._pool.shutdown(wait=True)
 
     async def _run(self, fn: Callable[[], T]) -> T:
+        """``fn`` on the store's thread, once the database is still the file that was opened.
+
+        Why the check: SQLite goes on committing into a file unlinked under it (its directory
+        removed, another file moved into its place). The witness would cosign growth that it
+        forgets at the next start, and that a worker opening the new file never sees, and could
+        then cosign a fork of it from ``old 0``. So that is unavailability (503), as for
+        gateway.state's writer on the same file.
+        """
+
+        def checked() -> T:
+            if sqlitedb.file_identity(self._path) != self._file:
+                raise WitnessStoreUnavailable(
+                    f"witness state database {self._path} was removed or replaced while open"
+                )
+            return fn()
+
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, checked)
         except sqlite3.Error as e:
             raise WitnessStoreUnavailable(f"witness state database failed: {e}") from e
 

@@ -376,6 +376,40 @@ async def test_compare_and_swap_lets_exactly_one_of_two_workers_advance(tmp_path
         await reopened.aclose()
 
 
+@pytest.mark.parametrize("how", ["directory-removed", "file-replaced"])
+async def test_a_state_database_removed_or_replaced_while_open_cosigns_nothing(
+    tmp_path: Path, how: str
+) -> None:
+    """SQLite would go on committing into the unlinked file: the witness would cosign growth
+    it forgets at the next start (or that a worker opening the new file never sees), and then
+    cosign a fork of it from ``old 0``. Every read and write fails instead (503)."""
+    import os
+    import shutil
+
+    from gateway.witness_store import WitnessStoreUnavailable
+
+    leaves = _leaves(10)
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "state.db"
+    store = await WitnessStore.open(path)
+    try:
+        assert await store.compare_and_swap(LOG, None, _held(3, leaves))
+        if how == "directory-removed":
+            shutil.rmtree(data)
+        else:
+            os.rename(path, data / "state.db.old")
+            await (await WitnessStore.open(path)).aclose()  # A new, empty one in its place.
+        with pytest.raises(WitnessStoreUnavailable, match="removed or replaced"):
+            await store.compare_and_swap(LOG, _held(3, leaves), _held(8, leaves))
+        with pytest.raises(WitnessStoreUnavailable, match="removed or replaced"):
+            await store.latest(LOG)
+        with pytest.raises(WitnessStoreUnavailable, match="removed or replaced"):
+            await store.keep_evidence(LOG, "fork", b"t", b"n", None, seen_at=1)
+    finally:
+        await store.aclose()
+
+
 async def test_evidence_is_kept_once_per_checkpoint_text(tmp_path: Path) -> None:
     store = await WitnessStore.open(tmp_path / "state.db")
     try:
