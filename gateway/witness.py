@@ -42,8 +42,9 @@ Usage (the HTTP layer does exactly this, with the store's compare-and-swap in be
     sub = check_submission(peers, body)                  # 400 / 404 / 403
     last = await store.latest(sub.origin)
     new = decide(sub, last)                              # 400 / 409 / 422
+    new = replace(new, cosigned_at=max(now, last.cosigned_at))   # times never go back
     if await store.compare_and_swap(sub.origin, last, new):   # else: read and decide again
-        line = cosign(sub.checkpoint_text, witness_signer, timestamp=now)
+        line = cosign(sub.checkpoint_text, witness_signer, timestamp=new.cosigned_at)
 
 Pure: no I/O, no clock (the caller stamps cosignatures), no logging. Refusals are raised as
 :class:`WitnessRefusal`, never returned as a flag.
@@ -304,14 +305,24 @@ def check_submission(peers: PeerLogs, body: bytes) -> Submission:
 
 @dataclass(frozen=True, slots=True)
 class Witnessed:
-    """The latest checkpoint this witness cosigned for one origin: its size and root."""
+    """The latest checkpoint this witness cosigned for one origin: its size and root, and the
+    time its cosignature carries (Unix seconds; 0 before one is stamped).
+
+    ``cosigned_at`` never goes back for an origin (the caller stamps ``max(now, last)``): a
+    cosignature says "as of this time, the largest tree I saw is this one", so a larger tree
+    stamped earlier than a smaller one (a clock stepped back, an instance whose clock is
+    behind) would have the witness contradict itself.
+    """
 
     size: int
     root: bytes
+    cosigned_at: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.size <= MAX_WITNESSED_SIZE or len(self.root) != merkle.HASH_SIZE:
             raise ValueError("a witnessed checkpoint needs 0 <= size < 2^63 and a 32-byte root")
+        if not 0 <= self.cosigned_at <= MAX_WITNESSED_SIZE:
+            raise ValueError("a cosignature time is within 0..2^63-1")
 
 
 def decide(submission: Submission, last: Witnessed | None) -> Witnessed:

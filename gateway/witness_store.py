@@ -51,7 +51,8 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS witness_state (
         origin TEXT PRIMARY KEY,
         size INTEGER NOT NULL CHECK (size >= 0),
-        root BLOB NOT NULL CHECK (length(root) = 32)
+        root BLOB NOT NULL CHECK (length(root) = 32),
+        cosigned_at INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS witness_evidence (
         checkpoint_sha256 BLOB PRIMARY KEY,
@@ -204,8 +205,18 @@ class WitnessStore:
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlitedb.connect(path, timeout=LOCK_TIMEOUT)
+
+    def create() -> None:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(witness_state)")}
+        if "cosigned_at" not in columns:  # A state database from before the column.
+            conn.execute(
+                "ALTER TABLE witness_state ADD COLUMN cosigned_at INTEGER NOT NULL DEFAULT 0"
+            )
+
     try:
-        _write(conn, lambda: [conn.execute(s) for s in _SCHEMA])
+        _write(conn, create)
     except BaseException:
         conn.close()
         raise
@@ -226,9 +237,9 @@ def _write(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
 
 def _latest(conn: sqlite3.Connection, origin: str) -> Witnessed | None:
     row = conn.execute(
-        "SELECT size, root FROM witness_state WHERE origin = ?", (origin,)
+        "SELECT size, root, cosigned_at FROM witness_state WHERE origin = ?", (origin,)
     ).fetchone()
-    return None if row is None else Witnessed(int(row[0]), bytes(row[1]))
+    return None if row is None else Witnessed(int(row[0]), bytes(row[1]), int(row[2]))
 
 
 def _swap(
@@ -237,15 +248,23 @@ def _swap(
     def op() -> bool:
         if expected is None:
             cur = conn.execute(
-                "INSERT INTO witness_state (origin, size, root) VALUES (?, ?, ?) "
+                "INSERT INTO witness_state (origin, size, root, cosigned_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (origin) DO NOTHING",
-                (origin, new.size, new.root),
+                (origin, new.size, new.root, new.cosigned_at),
             )
         else:
             cur = conn.execute(
-                "UPDATE witness_state SET size = ?, root = ? "
-                "WHERE origin = ? AND size = ? AND root = ?",
-                (new.size, new.root, origin, expected.size, expected.root),
+                "UPDATE witness_state SET size = ?, root = ?, cosigned_at = ? "
+                "WHERE origin = ? AND size = ? AND root = ? AND cosigned_at = ?",
+                (
+                    new.size,
+                    new.root,
+                    new.cosigned_at,
+                    origin,
+                    expected.size,
+                    expected.root,
+                    expected.cosigned_at,
+                ),
             )
         return cur.rowcount == 1
 

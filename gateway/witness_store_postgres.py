@@ -43,7 +43,8 @@ _SQL: Final = {
         "CREATE TABLE IF NOT EXISTS {s} ("
         ' origin TEXT COLLATE "C" PRIMARY KEY,'
         " size BIGINT NOT NULL CHECK (size >= 0),"
-        " root BYTEA NOT NULL CHECK (length(root) = 32))"
+        " root BYTEA NOT NULL CHECK (length(root) = 32),"
+        " cosigned_at BIGINT NOT NULL DEFAULT 0)"
     ),
     "create_evidence": (
         "CREATE TABLE IF NOT EXISTS {e} ("
@@ -55,14 +56,14 @@ _SQL: Final = {
         " held_root BYTEA,"
         " seen_at BIGINT NOT NULL)"
     ),
-    "latest": "SELECT size, root FROM {s} WHERE origin = $1",
+    "latest": "SELECT size, root, cosigned_at FROM {s} WHERE origin = $1",
     "insert": (
-        "INSERT INTO {s} (origin, size, root) VALUES ($1, $2, $3)"
+        "INSERT INTO {s} (origin, size, root, cosigned_at) VALUES ($1, $2, $3, $4)"
         " ON CONFLICT (origin) DO NOTHING RETURNING 1"
     ),
     "update": (
-        "UPDATE {s} SET size = $2, root = $3"
-        " WHERE origin = $1 AND size = $4 AND root = $5 RETURNING 1"
+        "UPDATE {s} SET size = $2, root = $3, cosigned_at = $4"
+        " WHERE origin = $1 AND size = $5 AND root = $6 AND cosigned_at = $7 RETURNING 1"
     ),
     "keep": (
         "INSERT INTO {e}"
@@ -149,7 +150,9 @@ class PostgresWitnessStore:
 
         async def op(conn: Any) -> Witnessed | None:
             row = await conn.fetchrow(self._sql["latest"], origin)
-            return None if row is None else Witnessed(int(row["size"]), bytes(row["root"]))
+            if row is None:
+                return None
+            return Witnessed(int(row["size"]), bytes(row["root"]), int(row["cosigned_at"]))
 
         return await self._run(op)
 
@@ -160,12 +163,12 @@ class PostgresWitnessStore:
         committed, False if another request (on any instance) changed it first."""
 
         async def op(conn: Any) -> bool:
+            stored = (new.size, new.root, new.cosigned_at)
             if expected is None:
-                done = await conn.fetchval(self._sql["insert"], origin, new.size, new.root)
+                done = await conn.fetchval(self._sql["insert"], origin, *stored)
             else:
-                done = await conn.fetchval(
-                    self._sql["update"], origin, new.size, new.root, expected.size, expected.root
-                )
+                was = (expected.size, expected.root, expected.cosigned_at)
+                done = await conn.fetchval(self._sql["update"], origin, *stored, *was)
             return done is not None
 
         return await self._run(op)

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -671,6 +671,58 @@ async def test_the_client_helper_learns_the_witness_size_and_verifies_the_cosign
             await cosign_checkpoint(
                 _prefix(b), cp2["note"].encode(), wrong, prove=prove, old_size=cp2["size"]
             )
+
+
+async def test_cosignature_times_never_go_back_even_when_the_clock_does(tmp_path: Path) -> None:
+    """A tlog-cosignature/v1 says: as of its time, the largest tree this witness saw is this
+    one. A witness whose clock steps back (NTP), or another instance sharing its state with a
+    clock behind, must not stamp a larger tree with an earlier time than a smaller tree it
+    cosigned: the two cosignatures would contradict each other. Also across a restart."""
+    cfg = quiet_checkpoints(make_deployment(tmp_path / "w"))
+    log, leaves = _signer(), _leaves(12)
+    with cfg.open("a") as f:
+        f.write(f'\n[[witness.peers]]\norigin = "{LOG}"\nverifier_key = "{log.vkey()}"\n')
+    cosigner = NoteVerifier.from_vkey(_witness_signer(cfg.parent).cosigner_vkey())
+    real = datetime.now(UTC)
+    clock = [real + timedelta(minutes=10)]  # Ahead first, then back to the real time.
+
+    def stamp(size: int, line: bytes) -> int:
+        body = Checkpoint(LOG, size, merkle.root(leaves[:size])).body()
+        return verify_cosignature(body, line, cosigner)
+
+    async with running_gateway(cfg, clock=lambda: clock[0]) as w:
+        [line5] = await request_cosignature(_prefix(w), _note(log, 5, leaves), 0, [])
+        clock[0] = real
+        proof = merkle.consistency_proof(5, 8, leaves)
+        [line8] = await request_cosignature(_prefix(w), _note(log, 8, leaves), 5, proof)
+        assert stamp(8, line8) >= stamp(5, line5)
+    async with running_gateway(cfg, clock=lambda: clock[0]) as w:
+        proof = merkle.consistency_proof(8, 9, leaves)
+        [line9] = await request_cosignature(_prefix(w), _note(log, 9, leaves), 8, proof)
+        assert stamp(9, line9) >= stamp(5, line5)
+
+
+async def test_a_state_database_from_before_cosignature_times_is_upgraded_in_place(
+    tmp_path: Path,
+) -> None:
+    """A witness_state table without ``cosigned_at`` keeps what it holds (time 0) and moves on."""
+    leaves = _leaves(6)
+    conn = sqlite3.connect(tmp_path / "state.db")
+    conn.execute(
+        "CREATE TABLE witness_state (origin TEXT PRIMARY KEY, size INTEGER NOT NULL "
+        "CHECK (size >= 0), root BLOB NOT NULL CHECK (length(root) = 32)) WITHOUT ROWID"
+    )
+    conn.execute("INSERT INTO witness_state VALUES (?, 3, ?)", (LOG, merkle.root(leaves[:3])))
+    conn.commit()
+    conn.close()
+    store = await WitnessStore.open(tmp_path / "state.db")
+    try:
+        assert await store.latest(LOG) == _held(3, leaves)
+        later = Witnessed(5, merkle.root(leaves[:5]), 1700000000)
+        assert await store.compare_and_swap(LOG, _held(3, leaves), later)
+        assert await store.latest(LOG) == later
+    finally:
+        await store.aclose()
 
 
 # ------------------------------------------------------------------ configuration

@@ -100,7 +100,7 @@ async def test_what_one_instance_cosigned_binds_every_instance_sharing_the_log(
     try:
         held = await store.latest(ORIGIN)
         assert held is not None and held.size in (10, 11)
-        assert held == Witnessed(held.size, merkle.root(good[: held.size]))
+        assert held.root == merkle.root(good[: held.size]) and held.cosigned_at > 0
         # The fork of 5 (stale old, another root at the held size) and the fork of 8 (sent to
         # both hosts), each kept once.
         kept = sorted(e.cause for e in await store.evidence(ORIGIN))

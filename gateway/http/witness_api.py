@@ -28,6 +28,7 @@ the thread hop and stay on the loop.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -167,10 +168,12 @@ def _refused(r: WitnessRefusal) -> web.Response:
     raise _PROBLEMS[r.status](r.reason, slug=f"witness-{r.cause.slug}")
 
 
-async def _advance(store: WitnessState, sub: Submission, now: Callable[[], datetime]) -> None:
+async def _advance(store: WitnessState, sub: Submission, now: Callable[[], datetime]) -> Witnessed:
     """decide() against the stored state, then compare-and-swap; repeat if the state moved.
 
-    Returns once the checkpoint is durably the latest cosigned; raises WitnessRefusal.
+    Returns the new state once the checkpoint is durably the latest cosigned, stamped with
+    the time its cosignature must carry: now, but never before the time stored with the
+    previous one (see Witnessed). Raises WitnessRefusal.
     """
     for _ in range(MAX_ATTEMPTS):
         last = await store.latest(sub.origin)
@@ -180,8 +183,11 @@ async def _advance(store: WitnessState, sub: Submission, now: Callable[[], datet
             if r.evidence:
                 await _keep_evidence(store, sub, r, last, now)
             raise
+        # The spec forbids a zero timestamp (hence at least 1).
+        stamp = max(1, int(now().timestamp()), last.cosigned_at if last else 0)
+        new = dataclasses.replace(new, cosigned_at=stamp)
         if await store.compare_and_swap(sub.origin, last, new):
-            return
+            return new
     raise NotReady("the witness state kept changing under this request; retry")
 
 
@@ -234,14 +240,14 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime] | None = N
         store = request.app[WITNESS_STORE]
         try:
             sub = check_submission(witness.peers, body)
-            await _advance(store, sub, now)
+            cosigned = await _advance(store, sub, now)
         except WitnessRefusal as r:
             log.info("witness.refused", cause=r.cause.slug, status=r.status, reason=r.reason)
             return _refused(r)
         except WitnessStoreUnavailable as e:
             log.error("witness.store_unavailable", error=str(e))
             raise NotReady("the witness state is unavailable; nothing was cosigned") from None
-        return _cosigned(sub, witness, now)
+        return _cosigned(sub, witness, cosigned.cosigned_at)
 
     app.cleanup_ctx.append(_store_ctx)
     app.router.add_post(ADD_CHECKPOINT_PATH, add_checkpoint)
@@ -268,10 +274,10 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.aclose()
 
 
-def _cosigned(sub: Submission, witness: Witness, now: Callable[[], datetime]) -> web.Response:
-    """The 200 answer: the cosignature line of a checkpoint now durably the latest cosigned."""
+def _cosigned(sub: Submission, witness: Witness, timestamp: int) -> web.Response:
+    """The 200 answer: the cosignature line of a checkpoint now durably the latest cosigned,
+    with the time stored with it."""
     assert witness.signer is not None  # A known origin implies a configured key.
-    timestamp = max(1, int(now().timestamp()))  # The spec forbids a zero timestamp.
     line = cosign(sub.checkpoint_text, witness.signer, timestamp=timestamp)
     log.info(
         "witness.cosigned",
