@@ -471,3 +471,25 @@ def test_a_checkpoint_carrying_only_cosignatures_is_not_a_verified_checkpoint() 
     with_log = sign_checkpoint(parse_checkpoint(body), log) + line.encode()
     verified = verify_note(with_log, [NoteVerifier.for_signer(log), cosigner])
     assert [s.name for s in verified.signers] == [log.name, name]
+
+
+def test_our_cosignature_line_is_byte_for_byte_the_spec_construction() -> None:
+    """cosign() against tlog-cosignature computed here with ``cryptography`` alone: key id
+    SHA-256(name || 0x0A || 0x04 || key)[:4], then the 8-byte big-endian time, then the
+    deterministic Ed25519 signature of "cosignature/v1\\ntime <t>\\n" + the whole body
+    (extension line included). Go's PeterNeumann key makes the vector reproducible."""
+    raw = base64.b64decode(PETER_SKEY.split("+", 4)[4])[1:]
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(raw)
+    public = key.public_key().public_bytes_raw()
+    body = (
+        b"example.com/behind-the-sofa\n20852163\n"
+        b"CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\next\n"
+    )
+    ts = 1679315147
+    kid = hashlib.sha256(b"PeterNeumann\n\x04" + public).digest()[:4]
+    sig = key.sign(b"cosignature/v1\ntime 1679315147\n" + body)
+    expected = "— PeterNeumann " + base64.b64encode(kid + ts.to_bytes(8, "big") + sig).decode()
+    assert cosign(body, _peter(), timestamp=ts) == (expected + "\n").encode()
+    assert _peter().cosigner_vkey() == (
+        f"PeterNeumann+{kid.hex()}+{base64.b64encode(bytes([0x04]) + public).decode()}"
+    )
