@@ -33,9 +33,11 @@ Choices where the spec leaves room, each on the strict side:
 * Sizes above 2^63 - 1 are refused (400): the witness keeps sizes as SQLite integers, and no
   log is within sight of that size.
 * Refusals that show the log signed something contradicting what this witness cosigned
-  (``fork``; ``inconsistent``; a stale ``old`` whose checkpoint has the cosigned size and
-  another root) are marked ``evidence``: the spec allows keeping such requests, and the HTTP
-  layer does, since a log-signed fork is the proof of misbehaviour a witness exists to catch.
+  (``fork``; ``inconsistent`` when the proof reproduces the signed root from another tree at
+  the cosigned size, not a mere bad proof, which anyone can send; a stale ``old`` whose
+  checkpoint has the cosigned size and another root) are marked ``evidence``: the spec
+  allows keeping such requests, and the HTTP layer does, since a log-signed fork is the
+  proof of misbehaviour a witness exists to catch.
 
 Usage (the HTTP layer does exactly this, with the store's compare-and-swap in between)::
 
@@ -367,6 +369,39 @@ def decide(submission: Submission, last: Witnessed | None) -> Witnessed:
         raise WitnessRefusal(
             Refusal.INCONSISTENT,
             f"not consistent with the checkpoint of size {held_size} cosigned before: {e}",
-            evidence=last is not None,
+            evidence=last is not None and _proves_a_fork(req, cp, held_root),
         ) from None
     return Witnessed(cp.size, cp.root)
+
+
+def _proves_a_fork(req: AddCheckpoint, cp: Checkpoint, held_root: bytes) -> bool:
+    """Whether a refused proof shows the log's tree at ``old`` was not the one cosigned.
+
+    Why not every 422: the route is public, and anyone can send a log's published checkpoint
+    with a garbage proof; that proves nothing against the log (and the honest proof then gets
+    the same checkpoint cosigned). A proof that reproduces the signed root (RFC 9162
+    2.1.4.2, steps 2-6) while yielding another root at ``old`` does, by collision resistance.
+    When ``old`` is a power of two the proof starts from the held root itself, so it never
+    can: those refusals are not evidence.
+    """
+    path = list(req.proof)
+    if not path or req.old_size & (req.old_size - 1) == 0:
+        return False
+    fn, sn = req.old_size - 1, cp.size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = merkle.node_hash(c, fr), merkle.node_hash(c, sr)
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = merkle.node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and sr == cp.root and fr != held_root
