@@ -352,15 +352,15 @@ def decide(submission: Submission, last: Witnessed | None) -> Witnessed:
             Refusal.INCONSISTENT, "a checkpoint of the empty tree must carry the empty root"
         )
     if req.old_size == cp.size:
-        if req.proof:
-            raise WitnessRefusal(
-                Refusal.INCONSISTENT, "the consistency proof between equal sizes must be empty"
-            )
-        if cp.root != held_root:
+        if cp.root != held_root:  # First: a fork stays a fork whatever lines came with it.
             raise WitnessRefusal(
                 Refusal.FORK,
                 f"a checkpoint of size {cp.size} with another root was cosigned: a fork",
                 evidence=True,
+            )
+        if req.proof:
+            raise WitnessRefusal(
+                Refusal.INCONSISTENT, "the consistency proof between equal sizes must be empty"
             )
         return Witnessed(cp.size, cp.root)
     try:

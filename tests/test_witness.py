@@ -318,6 +318,22 @@ def test_the_same_checkpoint_again_is_cosigned_and_another_root_at_that_size_is_
     assert (r.cause, r.status, r.evidence) == (Refusal.FORK, 409, True)
 
 
+def test_another_root_at_the_cosigned_size_is_a_fork_whatever_proof_lines_come_with_it(
+    world: Any,
+) -> None:
+    """tlog-witness: when the old size is the checkpoint's, roots that differ are 409. A
+    log-signed fork at the cosigned size stays a fork (and evidence) with proof lines sent
+    along, which such a request should not carry; with the cosigned root they are a 422."""
+    log, peers, leaves = world
+    junk = [merkle.leaf_hash(b"junk")]
+    fork = _submit(peers, 5, junk, _note(log, 5, _leaves(5, b"fork")))
+    r = _refusal(decide, fork, _held(5, leaves))
+    assert (r.cause, r.status, r.evidence) == (Refusal.FORK, 409, True)
+    same = _submit(peers, 5, junk, _note(log, 5, leaves))
+    r = _refusal(decide, same, _held(5, leaves))
+    assert (r.cause, r.status, r.evidence) == (Refusal.INCONSISTENT, 422, False)
+
+
 def test_proofs_where_none_can_exist_are_422(world: Any) -> None:
     log, peers, leaves = world
     junk = [merkle.leaf_hash(b"junk")]
