@@ -34,10 +34,10 @@ Choices where the spec leaves room, each on the strict side:
   log is within sight of that size.
 * Refusals that show the log signed something contradicting what this witness cosigned
   (``fork``; ``inconsistent`` when the proof reproduces the signed root from another tree at
-  the cosigned size, not a mere bad proof, which anyone can send; a stale ``old`` whose
-  checkpoint has the cosigned size and another root) are marked ``evidence``: the spec
-  allows keeping such requests, and the HTTP layer does, since a log-signed fork is the
-  proof of misbehaviour a witness exists to catch.
+  the cosigned size, not a mere bad proof, which anyone can send; any refusal of a
+  checkpoint with the cosigned size and another root, whatever its old line) are marked
+  ``evidence``: the spec allows keeping such requests, and the HTTP layer does, since a
+  log-signed fork is the proof of misbehaviour a witness exists to catch.
 
 Usage (the HTTP layer does exactly this, with the store's compare-and-swap in between)::
 
@@ -335,9 +335,13 @@ def decide(submission: Submission, last: Witnessed | None) -> Witnessed:
     :func:`check_submission` (signature already verified).
     """
     req, cp = submission.request, submission.checkpoint
+    # Another root at the cosigned size proves a split view by itself, whatever the old line.
+    forked = last is not None and cp.size == last.size and cp.root != last.root
     if req.old_size > cp.size:
         raise WitnessRefusal(
-            Refusal.OLD_SIZE_BEYOND, f"old size {req.old_size} exceeds the checkpoint's {cp.size}"
+            Refusal.OLD_SIZE_BEYOND,
+            f"old size {req.old_size} exceeds the checkpoint's {cp.size}",
+            evidence=forked,
         )
     held_size, held_root = (last.size, last.root) if last else (0, merkle.EMPTY_ROOT)
     if req.old_size != held_size:
@@ -345,7 +349,7 @@ def decide(submission: Submission, last: Witnessed | None) -> Witnessed:
             Refusal.STALE_OLD_SIZE,
             f"the latest checkpoint cosigned for this origin has size {held_size}",
             latest_size=held_size,
-            evidence=last is not None and cp.size == last.size and cp.root != last.root,
+            evidence=forked,
         )
     if cp.size == 0 and cp.root != merkle.EMPTY_ROOT:
         raise WitnessRefusal(

@@ -334,6 +334,19 @@ def test_another_root_at_the_cosigned_size_is_a_fork_whatever_proof_lines_come_w
     assert (r.cause, r.status, r.evidence) == (Refusal.INCONSISTENT, 422, False)
 
 
+def test_a_fork_at_the_cosigned_size_is_evidence_whatever_old_size_it_claims(
+    world: Any,
+) -> None:
+    """The status follows the old size line (400 beyond the checkpoint, 409 stale), but a
+    log-signed checkpoint of the cosigned size with another root is kept as evidence in
+    every case: it proves the split view by itself."""
+    log, peers, leaves = world
+    fork = _note(log, 5, _leaves(5, b"fork"))
+    for old, status in ((9, 400), (3, 409), (0, 409), (5, 409)):
+        r = _refusal(decide, _submit(peers, old, [], fork), _held(5, leaves))
+        assert (r.status, r.evidence) == (status, True), old
+
+
 def test_proofs_where_none_can_exist_are_422(world: Any) -> None:
     log, peers, leaves = world
     junk = [merkle.leaf_hash(b"junk")]
