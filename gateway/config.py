@@ -114,6 +114,16 @@ class AuditConfig(_Model):
             raise ValueError("store = 'postgres' needs dsn (e.g. postgresql://127.0.0.1/gateway)")
         return self
 
+    @field_validator("origin")
+    @classmethod
+    def _origin_is_a_key_name(cls, origin: str | None) -> str | None:
+        if origin is not None and "+" in origin:
+            raise ValueError(
+                "must not contain a plus sign: checkpoints are signed under the origin as the "
+                "note key name, and signed-note key names cannot hold one"
+            )
+        return origin
+
 
 class Role(_Model):
     """An operator, auditor or admin: a bearer token (stored as its SHA-256) or an mTLS identity.

@@ -12,12 +12,13 @@ not into the :class:`gateway.verify.Report` it is given.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.audit import checkpoint as cp
 from gateway.audit import merkle
+from gateway.audit.signed_note import NoteSignature
 from gateway.crypto.canonical import canonicalize
 from gateway.verify_jws import check_jws, check_payloads, describe_receipt
 
@@ -45,8 +46,7 @@ def check_note(note: bytes, trust: Trust, report: Report, prefix: str = "") -> c
         except cp.NoteError as e:
             report.fail(f"{prefix}checkpoint signature: {e.reason}")
         else:
-            names = ", ".join(f"{s.name}+{s.key_id:08x}" for s in verified.signers)
-            report.ok(f"{prefix}checkpoint signature by {names} (Ed25519 note signature)")
+            _report_signers(verified.signers, report, prefix)
     report.info(
         f"{prefix}origin {parsed.origin}, tree size {parsed.size}, root {parsed.root.hex()}"
     )
@@ -56,6 +56,27 @@ def check_note(note: bytes, trust: Trust, report: Report, prefix: str = "") -> c
         else:
             report.fail(f"{prefix}origin {parsed.origin!r} is not this log ({trust.origin!r})")
     return parsed
+
+
+def _report_signers(signers: Sequence[NoteSignature], report: Report, prefix: str) -> None:
+    """The log's note signatures, then each witness's cosignature with its time: a cosignature
+    is a witness's statement about the checkpoint, not the log's, and reads as one."""
+    names = ", ".join(f"{s.name}+{s.key_id:08x}" for s in signers if s.timestamp is None)
+    report.ok(f"{prefix}checkpoint signature by {names} (Ed25519 note signature)")
+    for s in signers:
+        if s.timestamp is not None:
+            report.ok(
+                f"{prefix}cosignature by {s.name}+{s.key_id:08x} at {_utc(s.timestamp)} "
+                "(tlog-cosignature/v1)"
+            )
+
+
+def _utc(timestamp: int) -> str:
+    """RFC 3339 UTC, or the plain Unix seconds when beyond what a datetime can hold."""
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"Unix time {timestamp}"
 
 
 def check_checkpoint_json(doc: Mapping[str, Any], trust: Trust, report: Report) -> None:

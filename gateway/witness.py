@@ -33,17 +33,20 @@ Choices where the spec leaves room, each on the strict side:
 * Sizes above 2^63 - 1 are refused (400): the witness keeps sizes as SQLite integers, and no
   log is within sight of that size.
 * Refusals that show the log signed something contradicting what this witness cosigned
-  (``fork``; ``inconsistent``; a stale ``old`` whose checkpoint has the cosigned size and
-  another root) are marked ``evidence``: the spec allows keeping such requests, and the HTTP
-  layer does, since a log-signed fork is the proof of misbehaviour a witness exists to catch.
+  (``fork``; ``inconsistent`` when the proof reproduces the signed root from another tree at
+  the cosigned size, not a mere bad proof, which anyone can send; any refusal of a
+  checkpoint with the cosigned size and another root, whatever its old line) are marked
+  ``evidence``: the spec allows keeping such requests, and the HTTP layer does, since a
+  log-signed fork is the proof of misbehaviour a witness exists to catch.
 
 Usage (the HTTP layer does exactly this, with the store's compare-and-swap in between)::
 
     sub = check_submission(peers, body)                  # 400 / 404 / 403
     last = await store.latest(sub.origin)
     new = decide(sub, last)                              # 400 / 409 / 422
+    new = replace(new, cosigned_at=max(now, last.cosigned_at))   # times never go back
     if await store.compare_and_swap(sub.origin, last, new):   # else: read and decide again
-        line = cosign(sub.checkpoint_text, witness_signer, timestamp=now)
+        line = cosign(sub.checkpoint_text, witness_signer, timestamp=new.cosigned_at)
 
 Pure: no I/O, no clock (the caller stamps cosignatures), no logging. Refusals are raised as
 :class:`WitnessRefusal`, never returned as a flag.
@@ -304,14 +307,24 @@ def check_submission(peers: PeerLogs, body: bytes) -> Submission:
 
 @dataclass(frozen=True, slots=True)
 class Witnessed:
-    """The latest checkpoint this witness cosigned for one origin: its size and root."""
+    """The latest checkpoint this witness cosigned for one origin: its size and root, and the
+    time its cosignature carries (Unix seconds; 0 before one is stamped).
+
+    ``cosigned_at`` never goes back for an origin (the caller stamps ``max(now, last)``): a
+    cosignature says "as of this time, the largest tree I saw is this one", so a larger tree
+    stamped earlier than a smaller one (a clock stepped back, an instance whose clock is
+    behind) would have the witness contradict itself.
+    """
 
     size: int
     root: bytes
+    cosigned_at: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.size <= MAX_WITNESSED_SIZE or len(self.root) != merkle.HASH_SIZE:
             raise ValueError("a witnessed checkpoint needs 0 <= size < 2^63 and a 32-byte root")
+        if not 0 <= self.cosigned_at <= MAX_WITNESSED_SIZE:
+            raise ValueError("a cosignature time is within 0..2^63-1")
 
 
 def decide(submission: Submission, last: Witnessed | None) -> Witnessed:
@@ -322,9 +335,13 @@ def decide(submission: Submission, last: Witnessed | None) -> Witnessed:
     :func:`check_submission` (signature already verified).
     """
     req, cp = submission.request, submission.checkpoint
+    # Another root at the cosigned size proves a split view by itself, whatever the old line.
+    forked = last is not None and cp.size == last.size and cp.root != last.root
     if req.old_size > cp.size:
         raise WitnessRefusal(
-            Refusal.OLD_SIZE_BEYOND, f"old size {req.old_size} exceeds the checkpoint's {cp.size}"
+            Refusal.OLD_SIZE_BEYOND,
+            f"old size {req.old_size} exceeds the checkpoint's {cp.size}",
+            evidence=forked,
         )
     held_size, held_root = (last.size, last.root) if last else (0, merkle.EMPTY_ROOT)
     if req.old_size != held_size:
@@ -332,22 +349,22 @@ def decide(submission: Submission, last: Witnessed | None) -> Witnessed:
             Refusal.STALE_OLD_SIZE,
             f"the latest checkpoint cosigned for this origin has size {held_size}",
             latest_size=held_size,
-            evidence=last is not None and cp.size == last.size and cp.root != last.root,
+            evidence=forked,
         )
     if cp.size == 0 and cp.root != merkle.EMPTY_ROOT:
         raise WitnessRefusal(
             Refusal.INCONSISTENT, "a checkpoint of the empty tree must carry the empty root"
         )
     if req.old_size == cp.size:
-        if req.proof:
-            raise WitnessRefusal(
-                Refusal.INCONSISTENT, "the consistency proof between equal sizes must be empty"
-            )
-        if cp.root != held_root:
+        if cp.root != held_root:  # First: a fork stays a fork whatever lines came with it.
             raise WitnessRefusal(
                 Refusal.FORK,
                 f"a checkpoint of size {cp.size} with another root was cosigned: a fork",
                 evidence=True,
+            )
+        if req.proof:
+            raise WitnessRefusal(
+                Refusal.INCONSISTENT, "the consistency proof between equal sizes must be empty"
             )
         return Witnessed(cp.size, cp.root)
     try:
@@ -356,6 +373,39 @@ def decide(submission: Submission, last: Witnessed | None) -> Witnessed:
         raise WitnessRefusal(
             Refusal.INCONSISTENT,
             f"not consistent with the checkpoint of size {held_size} cosigned before: {e}",
-            evidence=last is not None,
+            evidence=last is not None and _proves_a_fork(req, cp, held_root),
         ) from None
     return Witnessed(cp.size, cp.root)
+
+
+def _proves_a_fork(req: AddCheckpoint, cp: Checkpoint, held_root: bytes) -> bool:
+    """Whether a refused proof shows the log's tree at ``old`` was not the one cosigned.
+
+    Why not every 422: the route is public, and anyone can send a log's published checkpoint
+    with a garbage proof; that proves nothing against the log (and the honest proof then gets
+    the same checkpoint cosigned). A proof that reproduces the signed root (RFC 9162
+    2.1.4.2, steps 2-6) while yielding another root at ``old`` does, by collision resistance.
+    When ``old`` is a power of two the proof starts from the held root itself, so it never
+    can: those refusals are not evidence.
+    """
+    path = list(req.proof)
+    if not path or req.old_size & (req.old_size - 1) == 0:
+        return False
+    fn, sn = req.old_size - 1, cp.size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = merkle.node_hash(c, fr), merkle.node_hash(c, sr)
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = merkle.node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and sr == cp.root and fr != held_root

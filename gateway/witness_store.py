@@ -12,7 +12,9 @@ an ``UPDATE ... WHERE size = ? AND root = ?`` (an ``INSERT`` that does nothing i
 for an origin never cosigned) inside one write transaction. Exactly one of two writers that read
 the same state succeeds; the other re-reads and decides again (typically: 409, stale ``old``).
 
-The tables live in the deployment's state database (``audit.state_path``), next to
+With ``[audit] store = "postgres"`` the state lives in the shared database instead
+(gateway.witness_store_postgres, same semantics): every instance is one witness. Otherwise
+the tables live in the deployment's state database (``audit.state_path``), next to
 gateway.state's idempotency table, on a connection of their own: witness traffic is one
 request per peer checkpoint, so it gains nothing from gateway.state's group commit, and a
 separate connection keeps the two from sharing a transaction. The write lock is shared
@@ -33,12 +35,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from gateway import sqlitedb
 from gateway.witness import Witnessed
 
-__all__ = ["Evidence", "WitnessStore", "WitnessStoreUnavailable"]
+__all__ = ["Evidence", "WitnessState", "WitnessStore", "WitnessStoreUnavailable"]
 
 T = TypeVar("T")
 
@@ -49,7 +51,8 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS witness_state (
         origin TEXT PRIMARY KEY,
         size INTEGER NOT NULL CHECK (size >= 0),
-        root BLOB NOT NULL CHECK (length(root) = 32)
+        root BLOB NOT NULL CHECK (length(root) = 32),
+        cosigned_at INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS witness_evidence (
         checkpoint_sha256 BLOB PRIMARY KEY,
@@ -78,6 +81,33 @@ class Evidence:
     seen_at: int
 
 
+class WitnessState(Protocol):
+    """What the witness needs of its state: :class:`WitnessStore` (SQLite, one host) or
+    gateway.witness_store_postgres.PostgresWitnessStore (every instance sharing a PostgreSQL
+    log). Failures raise :class:`WitnessStoreUnavailable`."""
+
+    async def latest(self, origin: str) -> Witnessed | None: ...
+
+    async def compare_and_swap(
+        self, origin: str, expected: Witnessed | None, new: Witnessed
+    ) -> bool: ...
+
+    async def keep_evidence(
+        self,
+        origin: str,
+        cause: str,
+        checkpoint_text: bytes,
+        note: bytes,
+        held: Witnessed | None,
+        *,
+        seen_at: int,
+    ) -> bool: ...
+
+    async def evidence(self, origin: str) -> list[Evidence]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class WitnessStore:
     """The ``witness_state`` and ``witness_evidence`` tables of one state database.
 
@@ -85,9 +115,17 @@ class WitnessStore:
     connection and thread). Safe to share between coroutines of one event loop.
     """
 
-    def __init__(self, conn: sqlite3.Connection, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        pool: ThreadPoolExecutor,
+        path: Path,
+        file: tuple[int, int] | None,
+    ) -> None:
         self._conn = conn
         self._pool = pool
+        self._path = path
+        self._file = file  # (device, inode) opened: see sqlitedb.file_identity.
 
     @classmethod
     async def open(cls, path: Path) -> WitnessStore:
@@ -98,16 +136,32 @@ class WitnessStore:
         except BaseException:
             pool.shutdown(wait=False)
             raise
-        return cls(conn, pool)
+        return cls(conn, pool, path, sqlitedb.file_identity(path))
 
     async def aclose(self) -> None:
         """Close the connection on its thread, then stop the thread."""
-        await self._run(self._conn.close)
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._conn.close)
         self._pool.shutdown(wait=True)
 
     async def _run(self, fn: Callable[[], T]) -> T:
+        """``fn`` on the store's thread, once the database is still the file that was opened.
+
+        Why the check: SQLite goes on committing into a file unlinked under it (its directory
+        removed, another file moved into its place). The witness would cosign growth that it
+        forgets at the next start, and that a worker opening the new file never sees, and could
+        then cosign a fork of it from ``old 0``. So that is unavailability (503), as for
+        gateway.state's writer on the same file.
+        """
+
+        def checked() -> T:
+            if sqlitedb.file_identity(self._path) != self._file:
+                raise WitnessStoreUnavailable(
+                    f"witness state database {self._path} was removed or replaced while open"
+                )
+            return fn()
+
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, checked)
         except sqlite3.Error as e:
             raise WitnessStoreUnavailable(f"witness state database failed: {e}") from e
 
@@ -151,8 +205,18 @@ class WitnessStore:
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlitedb.connect(path, timeout=LOCK_TIMEOUT)
+
+    def create() -> None:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(witness_state)")}
+        if "cosigned_at" not in columns:  # A state database from before the column.
+            conn.execute(
+                "ALTER TABLE witness_state ADD COLUMN cosigned_at INTEGER NOT NULL DEFAULT 0"
+            )
+
     try:
-        _write(conn, lambda: [conn.execute(s) for s in _SCHEMA])
+        _write(conn, create)
     except BaseException:
         conn.close()
         raise
@@ -173,9 +237,9 @@ def _write(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
 
 def _latest(conn: sqlite3.Connection, origin: str) -> Witnessed | None:
     row = conn.execute(
-        "SELECT size, root FROM witness_state WHERE origin = ?", (origin,)
+        "SELECT size, root, cosigned_at FROM witness_state WHERE origin = ?", (origin,)
     ).fetchone()
-    return None if row is None else Witnessed(int(row[0]), bytes(row[1]))
+    return None if row is None else Witnessed(int(row[0]), bytes(row[1]), int(row[2]))
 
 
 def _swap(
@@ -184,15 +248,23 @@ def _swap(
     def op() -> bool:
         if expected is None:
             cur = conn.execute(
-                "INSERT INTO witness_state (origin, size, root) VALUES (?, ?, ?) "
+                "INSERT INTO witness_state (origin, size, root, cosigned_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (origin) DO NOTHING",
-                (origin, new.size, new.root),
+                (origin, new.size, new.root, new.cosigned_at),
             )
         else:
             cur = conn.execute(
-                "UPDATE witness_state SET size = ?, root = ? "
-                "WHERE origin = ? AND size = ? AND root = ?",
-                (new.size, new.root, origin, expected.size, expected.root),
+                "UPDATE witness_state SET size = ?, root = ?, cosigned_at = ? "
+                "WHERE origin = ? AND size = ? AND root = ? AND cosigned_at = ?",
+                (
+                    new.size,
+                    new.root,
+                    new.cosigned_at,
+                    origin,
+                    expected.size,
+                    expected.root,
+                    expected.cosigned_at,
+                ),
             )
         return cur.rowcount == 1
 

@@ -20,6 +20,7 @@ Provenance of the known answers (copied verbatim, not produced by this code):
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -445,3 +446,50 @@ def test_a_cosignature_with_a_timestamp_beyond_2_63_is_refused() -> None:
     line = f"— w {base64.b64encode(value).decode()}\n".encode()
     with pytest.raises(NoteError, match="timestamp"):
         verify_cosignature(body, line, cosigner)
+
+
+def test_a_checkpoint_carrying_only_cosignatures_is_not_a_verified_checkpoint() -> None:
+    """A cosignature is a witness's statement about the log's checkpoint, not the log's own:
+    a note whose only known-key line is a cosignature (the log's line stripped, or never
+    there) must not verify as a checkpoint, even when the caller trusts the cosigner key.
+    The line is built with ``cryptography`` directly, as tlog-cosignature spells it."""
+    witness_key = ed25519.Ed25519PrivateKey.generate()
+    public = witness_key.public_key().public_bytes_raw()
+    name = "witness.example/w1"
+    kid = hashlib.sha256(name.encode() + b"\n\x04" + public).digest()[:4]
+    body = b"gw.example/audit\n7\n" + base64.b64encode(ROOT) + b"\n"
+    ts = 1679315147
+    sig = witness_key.sign(b"cosignature/v1\ntime %d\n" % ts + body)
+    line = f"— {name} {base64.b64encode(kid + ts.to_bytes(8, 'big') + sig).decode()}\n"
+    key64 = base64.b64encode(bytes([0x04]) + public).decode()
+    cosigner = NoteVerifier.from_vkey(f"{name}+{kid.hex()}+{key64}")
+    only_cosigned = body + b"\n" + line.encode()
+    assert open_note(only_cosigned, [cosigner]).verified  # A valid cosignature, as a note...
+    with pytest.raises(NoteError, match="no signature by a log key"):
+        verify_note(only_cosigned, [cosigner])  # ...but no checkpoint signed by its log.
+    log = _signer()
+    with_log = sign_checkpoint(parse_checkpoint(body), log) + line.encode()
+    verified = verify_note(with_log, [NoteVerifier.for_signer(log), cosigner])
+    assert [s.name for s in verified.signers] == [log.name, name]
+
+
+def test_our_cosignature_line_is_byte_for_byte_the_spec_construction() -> None:
+    """cosign() against tlog-cosignature computed here with ``cryptography`` alone: key id
+    SHA-256(name || 0x0A || 0x04 || key)[:4], then the 8-byte big-endian time, then the
+    deterministic Ed25519 signature of "cosignature/v1\\ntime <t>\\n" + the whole body
+    (extension line included). Go's PeterNeumann key makes the vector reproducible."""
+    raw = base64.b64decode(PETER_SKEY.split("+", 4)[4])[1:]
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(raw)
+    public = key.public_key().public_bytes_raw()
+    body = (
+        b"example.com/behind-the-sofa\n20852163\n"
+        b"CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\next\n"
+    )
+    ts = 1679315147
+    kid = hashlib.sha256(b"PeterNeumann\n\x04" + public).digest()[:4]
+    sig = key.sign(b"cosignature/v1\ntime 1679315147\n" + body)
+    expected = "— PeterNeumann " + base64.b64encode(kid + ts.to_bytes(8, "big") + sig).decode()
+    assert cosign(body, _peter(), timestamp=ts) == (expected + "\n").encode()
+    assert _peter().cosigner_vkey() == (
+        f"PeterNeumann+{kid.hex()}+{base64.b64encode(bytes([0x04]) + public).decode()}"
+    )

@@ -68,6 +68,12 @@ def test_the_init_deployment_loads_and_builds(cfg: Path) -> None:
             "gateway.intermediates",
             "not a CA certificate",
         ),
+        (  # the log signs its checkpoints under its origin as the note key name
+            'origin = "gateway.ttcds.hcm.dev/audit"',
+            'origin = "gateway.ttcds.hcm.dev/audit+2"',
+            "audit.origin",
+            "plus",
+        ),
     ],
 )
 def test_config_errors_name_file_field_and_problem(

@@ -22,7 +22,13 @@ import pytest
 
 from gateway import cli
 from gateway.audit import merkle
-from gateway.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from gateway.audit.checkpoint import (
+    Checkpoint,
+    NoteSigner,
+    NoteVerifier,
+    cosign,
+    sign_checkpoint,
+)
 from gateway.config import load
 from gateway.crypto import devpki, jws, jws_rules
 from gateway.crypto.keys import load_certificates, load_private_key
@@ -243,6 +249,49 @@ async def test_a_checkpoint_note_verifies_with_the_configured_key(
     assert code == 0, out
     code, out = gateway_verify(capsys, artifacts, tmp_path, orjson.dumps(dict(as_json, size=9)))
     assert code == 1 and "FAIL  the JSON size 9 is not the signed note's" in out
+
+
+def test_gateway_verify_refuses_a_checkpoint_signed_only_by_a_witness(
+    artifacts: Artifacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--vkey`` with a witness's cosigner key (type 0x04) does not make the witness's
+    cosignature a checkpoint signature: a note whose log line was replaced by a line of an
+    unknown key and that carries only a cosignature is not a valid checkpoint."""
+    witness = NoteSigner("witness.example/w1", devpki.generate_key("ed25519"))
+    checkpoint = Checkpoint("gateway.ttcds.hcm.dev/audit", 3, b"\1" * 32)
+    stranger = NoteSigner("gateway.ttcds.hcm.dev/audit", devpki.generate_key("ed25519"))
+    note = sign_checkpoint(checkpoint, stranger) + cosign(checkpoint.body(), witness, timestamp=9)
+    code, out = gateway_verify(capsys, artifacts, tmp_path, note, "--vkey", witness.cosigner_vkey())
+    assert code == 1, out
+    assert "FAIL  checkpoint signature: " in out and "no signature by a log key" in out
+
+
+def test_gateway_verify_reports_a_cosignature_as_the_witness_s_not_as_the_log_s(
+    artifacts: Artifacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the witness's cosigner key given, a cosigned checkpoint verifies and the report
+    tells the log's signature from the witness's timestamped cosignature; a forged
+    cosignature by that key fails the checkpoint."""
+    log = note_signer(artifacts)
+    witness = NoteSigner("witness.example/w1", devpki.generate_key("ed25519"))
+    checkpoint = Checkpoint(log.name, 3, b"\1" * 32)
+    line = cosign(checkpoint.body(), witness, timestamp=1679315147)
+    note = sign_checkpoint(checkpoint, log) + line
+    code, out = gateway_verify(capsys, artifacts, tmp_path, note, "--vkey", witness.cosigner_vkey())
+    assert code == 0, out
+    assert f"OK    checkpoint signature by {log.name}+{log.key_id:08x} (Ed25519" in out
+    kid = NoteVerifier.for_signer(witness, cosignature=True).key_id
+    assert (
+        f"OK    cosignature by witness.example/w1+{kid:08x} at 2023-03-20T12:25:47Z "
+        "(tlog-cosignature/v1)" in out
+    ), out
+    assert "witness.example/w1" not in out.split("checkpoint signature by", 1)[1].split("\n")[0]
+    other = cosign(Checkpoint(log.name, 4, b"\1" * 32).body(), witness, timestamp=1679315147)
+    forged = sign_checkpoint(checkpoint, log) + other
+    code, out = gateway_verify(
+        capsys, artifacts, tmp_path, forged, "--vkey", witness.cosigner_vkey()
+    )
+    assert code == 1 and "invalid signature for key witness.example/w1" in out, out
 
 
 async def test_a_proof_bundle_with_its_receipt_verifies(

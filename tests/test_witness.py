@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +275,10 @@ def test_any_consistent_growth_is_cosigned_and_any_other_tree_is_422(data: st.Da
         assert decide(fork_sub, _held(m, leaves)) == _held(n, forked)
     else:
         r = _refusal(decide, fork_sub, _held(m, leaves))
-        assert (r.cause, r.status, r.evidence) == (Refusal.INCONSISTENT, 422, True)
+        # The fork's own proof reproduces its signed root from another tree of size m: that is
+        # evidence, except from a power of two, where the proof starts from the held root.
+        provable = m & (m - 1) != 0
+        assert (r.cause, r.status, r.evidence) == (Refusal.INCONSISTENT, 422, provable)
 
 
 def test_a_stale_old_size_is_409_with_the_held_size(world: Any) -> None:
@@ -315,6 +318,35 @@ def test_the_same_checkpoint_again_is_cosigned_and_another_root_at_that_size_is_
     assert (r.cause, r.status, r.evidence) == (Refusal.FORK, 409, True)
 
 
+def test_another_root_at_the_cosigned_size_is_a_fork_whatever_proof_lines_come_with_it(
+    world: Any,
+) -> None:
+    """tlog-witness: when the old size is the checkpoint's, roots that differ are 409. A
+    log-signed fork at the cosigned size stays a fork (and evidence) with proof lines sent
+    along, which such a request should not carry; with the cosigned root they are a 422."""
+    log, peers, leaves = world
+    junk = [merkle.leaf_hash(b"junk")]
+    fork = _submit(peers, 5, junk, _note(log, 5, _leaves(5, b"fork")))
+    r = _refusal(decide, fork, _held(5, leaves))
+    assert (r.cause, r.status, r.evidence) == (Refusal.FORK, 409, True)
+    same = _submit(peers, 5, junk, _note(log, 5, leaves))
+    r = _refusal(decide, same, _held(5, leaves))
+    assert (r.cause, r.status, r.evidence) == (Refusal.INCONSISTENT, 422, False)
+
+
+def test_a_fork_at_the_cosigned_size_is_evidence_whatever_old_size_it_claims(
+    world: Any,
+) -> None:
+    """The status follows the old size line (400 beyond the checkpoint, 409 stale), but a
+    log-signed checkpoint of the cosigned size with another root is kept as evidence in
+    every case: it proves the split view by itself."""
+    log, peers, leaves = world
+    fork = _note(log, 5, _leaves(5, b"fork"))
+    for old, status in ((9, 400), (3, 409), (0, 409), (5, 409)):
+        r = _refusal(decide, _submit(peers, old, [], fork), _held(5, leaves))
+        assert (r.status, r.evidence) == (status, True), old
+
+
 def test_proofs_where_none_can_exist_are_422(world: Any) -> None:
     log, peers, leaves = world
     junk = [merkle.leaf_hash(b"junk")]
@@ -326,6 +358,26 @@ def test_proofs_where_none_can_exist_are_422(world: Any) -> None:
     for old, proof, note, held in cases:
         r = _refusal(decide, _submit(peers, old, proof, note), held)
         assert (r.cause, r.status) == (Refusal.INCONSISTENT, 422)
+
+
+def test_a_bad_proof_for_a_consistent_checkpoint_is_422_and_no_evidence_against_the_log(
+    world: Any,
+) -> None:
+    """Anyone may replay a log's published checkpoint with a garbage proof (the route is
+    public): 422, but that proves nothing against the log, so it is not kept or logged as
+    fork evidence, and the honest proof then gets the very checkpoint cosigned."""
+    log, peers, leaves = world
+    held, note = _held(5, leaves), _note(log, 9, leaves)
+    proof = merkle.consistency_proof(5, 9, leaves)
+    for bad in (
+        [merkle.leaf_hash(b"junk%d" % i) for i in range(len(proof))],
+        [*proof[:-1], merkle.leaf_hash(b"junk")],
+        [merkle.leaf_hash(b"junk"), *proof[1:]],
+        [*proof, merkle.leaf_hash(b"junk")],
+    ):
+        r = _refusal(decide, _submit(peers, 5, bad, note), held)
+        assert (r.cause, r.status, r.evidence) == (Refusal.INCONSISTENT, 422, False)
+    assert decide(_submit(peers, 5, proof, note), held) == _held(9, leaves)
 
 
 def test_the_empty_tree_needs_the_empty_root(world: Any) -> None:
@@ -374,6 +426,40 @@ async def test_compare_and_swap_lets_exactly_one_of_two_workers_advance(tmp_path
         assert await reopened.latest(LOG) == _held(9, leaves)
     finally:
         await reopened.aclose()
+
+
+@pytest.mark.parametrize("how", ["directory-removed", "file-replaced"])
+async def test_a_state_database_removed_or_replaced_while_open_cosigns_nothing(
+    tmp_path: Path, how: str
+) -> None:
+    """SQLite would go on committing into the unlinked file: the witness would cosign growth
+    it forgets at the next start (or that a worker opening the new file never sees), and then
+    cosign a fork of it from ``old 0``. Every read and write fails instead (503)."""
+    import os
+    import shutil
+
+    from gateway.witness_store import WitnessStoreUnavailable
+
+    leaves = _leaves(10)
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "state.db"
+    store = await WitnessStore.open(path)
+    try:
+        assert await store.compare_and_swap(LOG, None, _held(3, leaves))
+        if how == "directory-removed":
+            shutil.rmtree(data)
+        else:
+            os.rename(path, data / "state.db.old")
+            await (await WitnessStore.open(path)).aclose()  # A new, empty one in its place.
+        with pytest.raises(WitnessStoreUnavailable, match="removed or replaced"):
+            await store.compare_and_swap(LOG, _held(3, leaves), _held(8, leaves))
+        with pytest.raises(WitnessStoreUnavailable, match="removed or replaced"):
+            await store.latest(LOG)
+        with pytest.raises(WitnessStoreUnavailable, match="removed or replaced"):
+            await store.keep_evidence(LOG, "fork", b"t", b"n", None, seen_at=1)
+    finally:
+        await store.aclose()
 
 
 async def test_evidence_is_kept_once_per_checkpoint_text(tmp_path: Path) -> None:
@@ -553,7 +639,10 @@ async def test_a_peer_cosigns_a_logs_growing_checkpoints_and_refuses_forks(
                 _prefix(b), fork_big, s2, merkle.consistency_proof(s2, s2 + 3, fork_leaves)
             )
         assert refused.value.status == 422 and "witness-inconsistent" in refused.value.detail
-        assert _evidence(b) == [("fork", s2), ("inconsistent", s2)]
+        # Both kept as evidence (the growing fork's own proof shows another tree at s2, which
+        # a proof from a power of two could not).
+        provable = [("inconsistent", s2)] if s2 & (s2 - 1) else []
+        assert _evidence(b) == [("fork", s2), *provable]
 
         # Old beyond the checkpoint: 400. Unknown origin: 404. Not A's key: 403.
         status, _, _ = await _raw(b, encode_add_checkpoint(s2 + 1, [], note2))
@@ -637,6 +726,58 @@ async def test_the_client_helper_learns_the_witness_size_and_verifies_the_cosign
             await cosign_checkpoint(
                 _prefix(b), cp2["note"].encode(), wrong, prove=prove, old_size=cp2["size"]
             )
+
+
+async def test_cosignature_times_never_go_back_even_when_the_clock_does(tmp_path: Path) -> None:
+    """A tlog-cosignature/v1 says: as of its time, the largest tree this witness saw is this
+    one. A witness whose clock steps back (NTP), or another instance sharing its state with a
+    clock behind, must not stamp a larger tree with an earlier time than a smaller tree it
+    cosigned: the two cosignatures would contradict each other. Also across a restart."""
+    cfg = quiet_checkpoints(make_deployment(tmp_path / "w"))
+    log, leaves = _signer(), _leaves(12)
+    with cfg.open("a") as f:
+        f.write(f'\n[[witness.peers]]\norigin = "{LOG}"\nverifier_key = "{log.vkey()}"\n')
+    cosigner = NoteVerifier.from_vkey(_witness_signer(cfg.parent).cosigner_vkey())
+    real = datetime.now(UTC)
+    clock = [real + timedelta(minutes=10)]  # Ahead first, then back to the real time.
+
+    def stamp(size: int, line: bytes) -> int:
+        body = Checkpoint(LOG, size, merkle.root(leaves[:size])).body()
+        return verify_cosignature(body, line, cosigner)
+
+    async with running_gateway(cfg, clock=lambda: clock[0]) as w:
+        [line5] = await request_cosignature(_prefix(w), _note(log, 5, leaves), 0, [])
+        clock[0] = real
+        proof = merkle.consistency_proof(5, 8, leaves)
+        [line8] = await request_cosignature(_prefix(w), _note(log, 8, leaves), 5, proof)
+        assert stamp(8, line8) >= stamp(5, line5)
+    async with running_gateway(cfg, clock=lambda: clock[0]) as w:
+        proof = merkle.consistency_proof(8, 9, leaves)
+        [line9] = await request_cosignature(_prefix(w), _note(log, 9, leaves), 8, proof)
+        assert stamp(9, line9) >= stamp(5, line5)
+
+
+async def test_a_state_database_from_before_cosignature_times_is_upgraded_in_place(
+    tmp_path: Path,
+) -> None:
+    """A witness_state table without ``cosigned_at`` keeps what it holds (time 0) and moves on."""
+    leaves = _leaves(6)
+    conn = sqlite3.connect(tmp_path / "state.db")
+    conn.execute(
+        "CREATE TABLE witness_state (origin TEXT PRIMARY KEY, size INTEGER NOT NULL "
+        "CHECK (size >= 0), root BLOB NOT NULL CHECK (length(root) = 32)) WITHOUT ROWID"
+    )
+    conn.execute("INSERT INTO witness_state VALUES (?, 3, ?)", (LOG, merkle.root(leaves[:3])))
+    conn.commit()
+    conn.close()
+    store = await WitnessStore.open(tmp_path / "state.db")
+    try:
+        assert await store.latest(LOG) == _held(3, leaves)
+        later = Witnessed(5, merkle.root(leaves[:5]), 1700000000)
+        assert await store.compare_and_swap(LOG, _held(3, leaves), later)
+        assert await store.latest(LOG) == later
+    finally:
+        await store.aclose()
 
 
 # ------------------------------------------------------------------ configuration

@@ -146,10 +146,16 @@ def verify_note(
 ) -> VerifiedNote:
     """Verify a signed checkpoint; with ``origin``, also require that origin line.
 
-    Raises NoteError for a malformed note, no known signature, a bad signature, or a text
-    that is not a checkpoint.
+    ``verifiers`` may hold witnesses' cosigner keys (type 0x04) beside the log's note keys;
+    their lines are checked too, but only a note signature (type 0x01) is the log's statement:
+    a note whose only known signatures are cosignatures is refused.
+
+    Raises NoteError for a malformed note, no known signature, no signature by a log key, a
+    bad signature, or a text that is not a checkpoint.
     """
     opened = open_note(note, verifiers)
+    if all(s.timestamp is not None for s in opened.verified):  # Cosignatures carry a time.
+        raise NoteError("checkpoint has no signature by a log key, only witness cosignatures")
     checkpoint = parse_checkpoint(opened.text)
     if origin is not None and checkpoint.origin != origin:
         raise NoteError(f"checkpoint origin {checkpoint.origin!r} is not {origin!r}")

@@ -20,12 +20,15 @@ A refused checkpoint that the log signed and that contradicts what was cosigned 
 ``witness_evidence`` and logged as ``witness.fork_evidence``: it is the proof of misbehaviour
 witnessing exists to produce.
 
-SQLite runs on the store's own thread; note verification and hashing (a few Ed25519
-verifications and at most 63 hashes) are cheaper than the thread hop and stay on the loop.
+The state is gateway.witness_store's (SQLite, on the store's own thread) or, when the audit
+log is in PostgreSQL, gateway.witness_store_postgres's (shared by every instance). Note
+verification and hashing (a few Ed25519 verifications and at most 63 hashes) are cheaper than
+the thread hop and stay on the loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,7 +61,7 @@ from gateway.witness import (
     check_submission,
     decide,
 )
-from gateway.witness_store import WitnessStore, WitnessStoreUnavailable
+from gateway.witness_store import WitnessState, WitnessStore, WitnessStoreUnavailable
 
 __all__ = [
     "ADD_CHECKPOINT_PATH",
@@ -89,7 +92,7 @@ class Witness:
 
 
 WITNESS = web.AppKey("witness", Witness)
-WITNESS_STORE = web.AppKey("witness_store", WitnessStore)
+WITNESS_STORE = web.AppKey("witness_store", WitnessState)
 
 
 class Unprocessable(GatewayError):
@@ -165,10 +168,12 @@ def _refused(r: WitnessRefusal) -> web.Response:
     raise _PROBLEMS[r.status](r.reason, slug=f"witness-{r.cause.slug}")
 
 
-async def _advance(store: WitnessStore, sub: Submission, now: Callable[[], datetime]) -> None:
+async def _advance(store: WitnessState, sub: Submission, now: Callable[[], datetime]) -> Witnessed:
     """decide() against the stored state, then compare-and-swap; repeat if the state moved.
 
-    Returns once the checkpoint is durably the latest cosigned; raises WitnessRefusal.
+    Returns the new state once the checkpoint is durably the latest cosigned, stamped with
+    the time its cosignature must carry: now, but never before the time stored with the
+    previous one (see Witnessed). Raises WitnessRefusal.
     """
     for _ in range(MAX_ATTEMPTS):
         last = await store.latest(sub.origin)
@@ -178,13 +183,16 @@ async def _advance(store: WitnessStore, sub: Submission, now: Callable[[], datet
             if r.evidence:
                 await _keep_evidence(store, sub, r, last, now)
             raise
+        # The spec forbids a zero timestamp (hence at least 1).
+        stamp = max(1, int(now().timestamp()), last.cosigned_at if last else 0)
+        new = dataclasses.replace(new, cosigned_at=stamp)
         if await store.compare_and_swap(sub.origin, last, new):
-            return
+            return new
     raise NotReady("the witness state kept changing under this request; retry")
 
 
 async def _keep_evidence(
-    store: WitnessStore,
+    store: WitnessState,
     sub: Submission,
     r: WitnessRefusal,
     last: Witnessed | None,
@@ -232,22 +240,33 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime] | None = N
         store = request.app[WITNESS_STORE]
         try:
             sub = check_submission(witness.peers, body)
-            await _advance(store, sub, now)
+            cosigned = await _advance(store, sub, now)
         except WitnessRefusal as r:
             log.info("witness.refused", cause=r.cause.slug, status=r.status, reason=r.reason)
             return _refused(r)
         except WitnessStoreUnavailable as e:
             log.error("witness.store_unavailable", error=str(e))
             raise NotReady("the witness state is unavailable; nothing was cosigned") from None
-        return _cosigned(sub, witness, now)
+        return _cosigned(sub, witness, cosigned.cosigned_at)
 
     app.cleanup_ctx.append(_store_ctx)
     app.router.add_post(ADD_CHECKPOINT_PATH, add_checkpoint)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Opens and closes ``app[WITNESS_STORE]`` (in the deployment's state database)."""
-    store = await WitnessStore.open(app[keys.DEPLOYMENT].state_path())
+    """Opens and closes ``app[WITNESS_STORE]``: in the shared PostgreSQL database when the
+    audit log is there (every instance of this gateway is then one witness, under one key:
+    state kept per host would let two hosts cosign a fork and its original), else in the
+    deployment's state database."""
+    dep = app[keys.DEPLOYMENT]
+    audit = dep.config.audit
+    store: WitnessState
+    if audit.store == "postgres" and audit.dsn:
+        from gateway.witness_store_postgres import PostgresWitnessStore
+
+        store = await PostgresWitnessStore.open(audit.dsn)
+    else:
+        store = await WitnessStore.open(dep.state_path())
     app[WITNESS_STORE] = store
     try:
         yield
@@ -255,10 +274,10 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.aclose()
 
 
-def _cosigned(sub: Submission, witness: Witness, now: Callable[[], datetime]) -> web.Response:
-    """The 200 answer: the cosignature line of a checkpoint now durably the latest cosigned."""
+def _cosigned(sub: Submission, witness: Witness, timestamp: int) -> web.Response:
+    """The 200 answer: the cosignature line of a checkpoint now durably the latest cosigned,
+    with the time stored with it."""
     assert witness.signer is not None  # A known origin implies a configured key.
-    timestamp = max(1, int(now().timestamp()))  # The spec forbids a zero timestamp.
     line = cosign(sub.checkpoint_text, witness.signer, timestamp=timestamp)
     log.info(
         "witness.cosigned",
