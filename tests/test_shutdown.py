@@ -108,3 +108,85 @@ def test_workers_and_the_appender_stop_when_the_supervisor_is_killed(tmp_path: P
             os.killpg(pgid, signal.SIGKILL)
         log = server.stop()
     assert "Traceback" not in log, log[-3000:]
+
+
+_STOPPED_WHILE_STARTING = """
+import asyncio, contextlib, signal, socket, sys
+from aiohttp import web
+from gateway.http.serving import run
+
+marks = open(sys.argv[1], "a", buffering=1)
+
+
+@contextlib.asynccontextmanager
+async def inner():
+    marks.write("inner opened\\n")
+    try:
+        yield
+    finally:
+        await asyncio.sleep(0.05)  # closing takes a moment, as a connection or a pool does
+        marks.write("inner closed\\n")
+
+
+async def resources(app):  # the shape of gateway.http.app's cleanup_ctx
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(inner())
+        marks.write("outer opened\\n")
+        yield
+    marks.write("outer closed\\n")
+
+
+async def slow_start(app):  # a start-up hook after the cleanup_ctx, still running
+    marks.write("starting\\n")
+    await asyncio.sleep(3)
+
+
+app = web.Application()
+app.cleanup_ctx.append(resources)
+app.on_startup.append(slow_start)
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+sock.listen()
+run(app, sock, None, signal.SIGUSR2, idle_timeout=5)
+marks.write("exited\\n")
+"""
+
+
+def test_the_stop_signal_during_start_up_closes_every_resource_once_in_order(
+    tmp_path: Path,
+) -> None:
+    """A worker told to stop while its app is still starting (the gateway stopped right after
+    it started: the readiness check passes with the first worker that serves) finishes
+    starting, then closes what it opened, innermost first, with no traceback. It used to
+    leave run_app's start-up cancelled, and the loop then closed the cleanup_ctx generators
+    all at once: "athrow(): asynchronous generator is already running"."""
+    import subprocess
+    import sys
+    import time
+
+    script, marks = tmp_path / "worker.py", tmp_path / "marks"
+    script.write_text(_STOPPED_WHILE_STARTING)
+    marks.touch()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(marks)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "starting" not in marks.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "starting" in marks.read_text()
+        proc.send_signal(signal.SIGUSR2)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "already running" not in err, err
+    assert marks.read_text().split("\n")[:-1] == [
+        "inner opened",
+        "outer opened",
+        "starting",
+        "inner closed",
+        "outer closed",
+        "exited",
+    ]

@@ -33,14 +33,32 @@ def run(
     (gateway.http.bodies)."""
     loop = asyncio.new_event_loop()
     stopping = False
+    started = False  # the app's start-up (cleanup_ctx, on_startup) has completed
+    asked = False  # the stop signal came while it had not
 
     def stop() -> None:
-        nonlocal stopping
+        nonlocal stopping, asked
+        if not started:
+            # Not now: run_app's start-up (runner.setup) is outside its try/finally, so a
+            # GracefulExit there cancels it and never runs the app's cleanup. The loop then
+            # closes the half-unwound cleanup_ctx generators all at once, racing each other
+            # ("athrow(): asynchronous generator is already running", a traceback, resources
+            # not closed in order). Stop as soon as start-up is done instead.
+            asked = True
+            return
         if not stopping:  # one graceful shutdown; a repeat must not break its cleanup
             stopping = True
             signal.signal(stop_signal, signal.SIG_IGN)  # nor, the loop closed, kill us
             raise web.GracefulExit()
 
+    async def on_started(_: web.Application) -> None:
+        """The last start-up hook: from here on run_app cleans up after a GracefulExit."""
+        nonlocal started
+        started = True
+        if asked:  # runs at the next await, which is inside run_app's try (site start)
+            loop.call_soon(stop)
+
+    app.on_startup.append(on_started)
     loop.add_signal_handler(stop_signal, stop)
     web.run_app(
         app,
