@@ -370,15 +370,21 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 def cpu_seconds(pids: Sequence[int]) -> float:
     """utime + stime of the processes (all their threads), in seconds."""
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids: Sequence[int]) -> tuple[float, float]:
+    """(utime, stime) of the processes (all their threads), in seconds: user space, kernel."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = kernel = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
+        user += int(fields[11])
+        kernel += int(fields[12])
+    return user / tick, kernel / tick
 
 
 class Server:
@@ -497,6 +503,7 @@ class WrkResult:
     spread: dict[int, int] = field(default_factory=dict)
     threads: dict[int, tuple[float, float]] = field(default_factory=dict)  # worker: main, others
     roles: dict[str, float] = field(default_factory=dict)  # CPU s of the gateway's workers, ...
+    kernel: dict[str, float] = field(default_factory=dict)  # ... of which in the kernel
 
     @property
     def ok(self) -> int:
@@ -564,7 +571,7 @@ def run_wrk(
     all_pids = [p for srv in everyone for p in srv.pids]
     cpu0 = cpu_seconds(server_pids), cpu_seconds(provider_pids), cpu_seconds(all_pids)
     role_pids = {r: server.named(f"gw-{r}") for r in ("worker", "appender")}
-    roles0 = {r: cpu_seconds(pids) for r, pids in role_pids.items() if pids}
+    roles0 = {r: cpu_split(pids) for r, pids in role_pids.items() if pids}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0 = machine_busy_seconds()
     workers = server.workers if spread else []
@@ -597,7 +604,9 @@ def run_wrk(
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy1 = machine_busy_seconds()
     cpu1 = cpu_seconds(server_pids), cpu_seconds(provider_pids), cpu_seconds(all_pids)
-    roles = {r: cpu_seconds(role_pids[r]) - c for r, c in roles0.items()}
+    split = {r: cpu_split(role_pids[r]) for r in roles0}
+    roles = {r: sum(split[r]) - sum(c) for r, c in roles0.items()}
+    kernel = {r: split[r][1] - c[1] for r, c in roles0.items()}
     values: dict[str, float] = {}
     codes: dict[str, int] = {}
     samples: list[str] = []
@@ -630,6 +639,7 @@ def run_wrk(
         spread=seen,
         threads=threads,
         roles=roles,
+        kernel=kernel,
     )
 
 
@@ -645,7 +655,11 @@ def describe_round(r: WrkResult) -> str:
     if r.roles:
         line += (
             " ["
-            + ", ".join(f"{role}s {r.us_per_request(c):.0f} us" for role, c in r.roles.items())
+            + ", ".join(
+                f"{role}s {r.us_per_request(c):.0f} us"
+                f" ({r.us_per_request(r.kernel.get(role, 0.0)):.0f} in the kernel)"
+                for role, c in r.roles.items()
+            )
             + "]"
         )
     if r.unanswered > v.get("connections", 0) + 2:
