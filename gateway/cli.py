@@ -16,6 +16,7 @@ those imports; it keeps no state, so the two copies cannot disagree.)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -28,6 +29,18 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def _err(msg: str) -> None:
     print(f"gateway: {msg}", file=sys.stderr)
+
+
+def _stdout_closed() -> int:
+    """Standard output's reader went away (``gateway audit tail | head -5``): stop quietly.
+
+    stdout is pointed at /dev/null, so the interpreter's last flush of what is buffered cannot
+    raise again at exit; the status is 1, since not all was printed.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_FAILED
 
 
 def _load(args: argparse.Namespace) -> config_mod.Deployment:
@@ -221,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILED
+    except BrokenPipeError:  # a traceback before; the command's work is done or stopped
+        return _stdout_closed()
 
 
 if __name__ == "__main__":  # pragma: no cover

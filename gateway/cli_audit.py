@@ -23,7 +23,15 @@ from typing import Any
 import orjson
 
 from gateway import config as config_mod
-from gateway.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _checkpoint_verifiers, _err, _load
+from gateway.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    _checkpoint_verifiers,
+    _err,
+    _load,
+    _stdout_closed,
+)
 
 
 def _optional_config(args: argparse.Namespace) -> config_mod.Deployment | None:
@@ -330,7 +338,10 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 if not line.startswith("data:"):
                     continue
-                print(line[5:].strip(), flush=True)
+                try:
+                    print(line[5:].strip(), flush=True)
+                except BrokenPipeError:  # not the gateway's connection: see below
+                    return _stdout_closed()
                 shown += 1
                 if args.max is not None and shown >= args.max:
                     return EXIT_OK

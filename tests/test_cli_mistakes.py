@@ -206,6 +206,63 @@ def test_audit_tail_with_a_token_file_that_holds_no_token_exits_2_naming_it(
         assert r.returncode == 2 and str(f) in r.stderr, r.stderr
 
 
+def run_into_a_closed_pipe(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run with stdout a pipe whose reader is gone, as in ``gateway audit tail | head -5``."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [*GW, *args], cwd=cwd, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120
+        )
+    finally:
+        os.close(write_end)
+
+
+def test_send_into_a_closed_pipe_saves_the_receipt_without_a_traceback(
+    deployment: Path, server: ServerProcess, tmp_path: Path
+) -> None:
+    """`gateway send ... | head`: the exchange happened, so its receipt (the sender's proof)
+    is saved even though the answer cannot be printed; it used to be lost with a traceback."""
+    receipt = tmp_path / "receipt.json"
+    r = run_into_a_closed_pipe(
+        "send",
+        SID,
+        str(deployment / "examples" / f"{SID}.json"),
+        "--url",
+        server.url,
+        "--receipt",
+        str(receipt),
+        cwd=deployment,
+    )
+    assert "Traceback" not in r.stderr and "Broken pipe" not in r.stderr, r.stderr
+    assert r.returncode == 1
+    assert "signature" in receipt.read_text()
+
+
+def test_audit_tail_into_a_closed_pipe_stops_quietly(
+    deployment: Path, server: ServerProcess
+) -> None:
+    """`gateway audit tail | head -5`: the reader stopping is not the gateway failing; it used
+    to say "cannot follow <url>: Broken pipe"."""
+    send(deployment, "--url", server.url)
+    r = run_into_a_closed_pipe(
+        "audit",
+        "tail",
+        "--url",
+        server.url,
+        "--from",
+        "0",
+        "--max",
+        "1",
+        "--token-file",
+        str(deployment / "roles/dtc-operator.token"),
+        cwd=deployment,
+    )
+    assert r.stderr == "" and r.returncode == 1
+
+
 # -- verify ---------------------------------------------------------------------------------
 def test_verify_with_a_damaged_trust_anchor_file_exits_2_naming_it(tmp_path: Path) -> None:
     d = tmp_path / "demo"
