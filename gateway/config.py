@@ -78,6 +78,9 @@ class Limits(_Model):
     idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     body_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
+    # Exchanges one worker reads or processes at once; beyond, a 503 before the body is read.
+    # Bounds a worker's request memory near max_concurrent_exchanges x max_body_bytes.
+    max_concurrent_exchanges: int = Field(default=512, ge=1, le=100_000)
     rate_per_second: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=400, ge=1)
 

@@ -243,7 +243,8 @@ def _config_header(port: int) -> str:
         "clock_skew_seconds = 300\n"
         "delivery_timeout_seconds = 10\n"
         "idle_timeout_seconds = 60\n"
-        "body_timeout_seconds = 60\n\n"
+        "body_timeout_seconds = 60\n"
+        "max_concurrent_exchanges = 512  # per worker process\n\n"
         "[audit]\n"
         'store = "sqlite"\n'
         'path = "audit.db"\n'

@@ -17,7 +17,8 @@ contract (clients switch on it), so it never changes once published.
     +-- SchemaInvalid            422  schema-invalid (with JSON Pointer errors)
     +-- RateLimited              429  rate-limited (with Retry-After)
     +-- ProviderFailed           502  provider-failed, provider-contract-broken
-    +-- NotReady                 503  not-ready (a store outage: with Retry-After)
+    +-- NotReady                 503  not-ready (a store outage), gateway-busy (a worker at
+                                       max_concurrent_exchanges); both with Retry-After
     +-- ProviderTimeout          504  provider-timeout
     +-- Internal                 500  internal (a bug, never bad input)
 
@@ -239,6 +240,18 @@ class NotReady(GatewayError):
 class StoreUnavailable(NotReady):
     """The audit or state store failed this exchange. The gateway recovers by itself once the
     store is back, so the sender is told when to try again (RFC 9110 Retry-After)."""
+
+    def extra_headers(self) -> Mapping[str, str]:
+        return {"Retry-After": "1"}
+
+
+class GatewayBusy(NotReady):
+    """The worker already has ``limits.max_concurrent_exchanges`` exchanges going. Refused
+    before the body is read: under a flood of (slow) requests a worker's memory stays bounded,
+    and the exchanges it has accepted keep their share of it. The sender retries shortly."""
+
+    default_slug = "gateway-busy"
+    title = "Gateway busy"
 
     def extra_headers(self) -> Mapping[str, str]:
         return {"Retry-After": "1"}

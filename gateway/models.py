@@ -81,6 +81,7 @@ class RawRequest:
     declared_length: int | None = None
     received_text: str = ""  # rfc3339(received_at), when the caller has it already
     body_timed_out: bool = False  # the body did not arrive within limits.body_timeout
+    over_capacity: bool = False  # the worker had max_concurrent_exchanges going: body not read
 
     @property
     def received(self) -> str:

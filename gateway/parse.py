@@ -13,6 +13,7 @@ from typing import Any
 from gateway.authn import SIGNED_MEDIA_TYPE
 from gateway.errors import (
     BadRequest,
+    GatewayBusy,
     MalformedJson,
     PayloadTooLarge,
     RequestTimeout,
@@ -31,8 +32,14 @@ _MEDIA_TYPES = ("application/json", SIGNED_MEDIA_TYPE)
 
 def parse_request(raw: RawRequest, limits: Limits) -> Any:
     """The body as JSON (a JWS object for a signed request), or the GatewayError that says why
-    not: 408 body too slow, 413 too large, 400 bad ``Idempotency-Key`` or JSON, 415 media type.
+    not: 503 worker at capacity, 408 body too slow, 413 too large, 400 bad ``Idempotency-Key``
+    or JSON, 415 media type.
     """
+    if raw.over_capacity:
+        raise GatewayBusy(
+            "this gateway worker has as many exchanges going as it takes at once; retry in a "
+            "moment (on a new connection: this one is closed)"
+        )
     if raw.body_timed_out:
         raise RequestTimeout.after("the body", limits.body_timeout)
     declared = raw.declared_length or 0

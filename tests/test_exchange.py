@@ -30,6 +30,7 @@ from tests.support import (
     make_deployment,
     reissue_under_an_intermediate,
     running_gateway,
+    running_provider,
     signed_request,
 )
 
@@ -657,6 +658,46 @@ async def test_a_sender_over_its_rate_gets_429_with_retry_after(
         other = {**headers, "Authorization": f"Bearer {gw.token('hcm.thu-duc')}"}
         status, _, _ = await post(gw, CITIZEN, orjson.dumps(example(CITIZEN)), other)
         assert status == 200
+
+
+async def test_a_worker_at_its_concurrency_limit_refuses_with_503_before_reading_the_body(
+    tmp_path: Path,
+) -> None:
+    """limits.max_concurrent_exchanges bounds what one worker holds at once (bodies of up to
+    max_body_bytes each, for as long as clients and providers take): beyond it, a 503 with
+    Retry-After, audited, nothing delivered, and the connection closed (its body unread)."""
+    slow = Provider(mode="slow", delay=1.5)
+    async with running_provider(slow):
+        cfg = make_deployment(tmp_path / "dep", provider_port=slow.port, timeout=5)
+        cfg.write_text(
+            cfg.read_text().replace(
+                "max_concurrent_exchanges = 512", "max_concurrent_exchanges = 2"
+            )
+        )
+        async with running_gateway(cfg) as gw:
+            headers = {
+                "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+                "Content-Type": "application/json",
+            }
+            body = orjson.dumps(example(CITIZEN))
+            held = [asyncio.create_task(post(gw, CITIZEN, body, headers)) for _ in range(2)]
+            for _ in range(200):  # until both wait at the provider
+                if len(slow.received) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(slow.received) == 2
+            status, h, doc = await post(gw, CITIZEN, body, headers)
+            assert status == 503 and doc["type"].endswith(":gateway-busy"), doc
+            assert h["Retry-After"] == "1" and h.get("Connection") == "close"
+            assert doc["exchange_id"] == h["X-Exchange-Id"]
+            refused = [r for r in gw.records() if r.get("cause") == "gateway-busy"]
+            assert [r["exchange_id"] for r in refused] == [doc["exchange_id"]]
+            assert refused[0]["event"] == "exchange.rejected" and refused[0]["status"] == 503
+            assert [s for s, _, _ in await asyncio.gather(*held)] == [200, 200]
+            assert len(slow.received) == 2  # the refused one never reached the provider
+            slow.mode = "ok"  # places are free again
+            status, _, doc = await post(gw, CITIZEN, body, headers)
+            assert status == 200, doc
 
 
 def test_token_buckets_refill_over_time() -> None:

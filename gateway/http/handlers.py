@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.audit.log import AuditUnavailable
 from gateway.errors import NotReady, StoreUnavailable
 from gateway.http import app as keys
-from gateway.http.bodies import read_body
+from gateway.http.bodies import Body, read_body
 from gateway.http.middlewares import peer_certificate, problem_response
 from gateway.http.openapi import openapi_document
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -37,6 +37,31 @@ class _ExchangeSettings:
     max_body_bytes: int
     body_timeout: float
     metrics: ExchangeMetrics
+    in_flight: InFlight
+
+
+class InFlight:
+    """How many exchanges this worker is reading or processing, against its limit.
+
+    Why: nothing else bounds them. Each holds its body (up to ``max_body_bytes``) for as long
+    as the client takes to send it (``body_timeout_seconds``) and the provider to answer; a
+    flood of slow requests would grow a worker's memory without end. One event loop per worker,
+    so a plain counter is exact.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def enter(self) -> bool:
+        """Take a place, if one is free."""
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def leave(self) -> None:
+        self.count -= 1
 
 
 _EXCHANGE = web.AppKey("exchange_settings", _ExchangeSettings)
@@ -78,7 +103,11 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
     limits = app[keys.DEPLOYMENT].config.limits
     app[_OUTAGE] = RecentOutage()
     app[_EXCHANGE] = _ExchangeSettings(
-        clock, limits.max_body_bytes, limits.body_timeout_seconds, app[keys.METRICS]
+        clock,
+        limits.max_body_bytes,
+        limits.body_timeout_seconds,
+        app[keys.METRICS],
+        InFlight(limits.max_concurrent_exchanges),
     )
     # Any segment is an exchange attempt (audited; a name that is no service is a 404 problem
     # from the pipeline): aiohttp's default segment pattern leaves out "{" and "}", and the
@@ -92,10 +121,27 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
 
 
 async def exchange(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
     settings = request.app[_EXCHANGE]
+    admitted = settings.in_flight.enter()
+    try:
+        return await _exchange(request, settings, admitted)
+    finally:
+        if admitted:
+            settings.in_flight.leave()
+
+
+async def _exchange(
+    request: web.Request, settings: _ExchangeSettings, admitted: bool
+) -> web.StreamResponse:
+    """One exchange; not ``admitted`` (the worker at its limit), a 503 without reading the
+    body, audited like every refusal."""
+    started = time.perf_counter()
     received_at = settings.clock()
-    body = await read_body(request, limit=settings.max_body_bytes, time_limit=settings.body_timeout)
+    if admitted:
+        limit, time_limit = settings.max_body_bytes, settings.body_timeout
+        body = await read_body(request, limit=limit, time_limit=time_limit)
+    else:
+        body = Body(b"", request.content_length)
     raw = RawRequest(
         service=request.match_info["service"],
         body=body.data,
@@ -108,7 +154,9 @@ async def exchange(request: web.Request) -> web.StreamResponse:
         remote=request.remote,
         declared_length=body.declared,
         body_timed_out=body.timed_out,
+        over_capacity=not admitted,
     )
+    unread = body.timed_out or not admitted  # a body is still on its way
     try:
         result = await request.app[keys.PIPELINE].process(raw)
     except (AuditUnavailable, StateUnavailable) as e:
@@ -117,7 +165,10 @@ async def exchange(request: web.Request) -> web.StreamResponse:
         err = StoreUnavailable("the audit or state store is unavailable; retry")
         elapsed = time.perf_counter() - started
         _count(settings.metrics, raw.service, "exchange.unavailable", err.status, elapsed)
-        return problem_response(err)
+        refused = problem_response(err)
+        if unread:
+            refused.force_close()
+        return refused
     request.app[_OUTAGE].succeeded()
     headers = dict(result.headers)
     if result.exchange_id:
@@ -129,7 +180,7 @@ async def exchange(request: web.Request) -> web.StreamResponse:
         content_type=result.content_type,
         headers=headers,
     )
-    if body.timed_out:  # the rest of that body is still on its way: never read it as a request
+    if unread:  # never read the rest of that body as a request: close the connection
         response.force_close()
     return response
 
