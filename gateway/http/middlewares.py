@@ -80,9 +80,15 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except web.HTTPException as e:
         if e.status == 404:
             return problem_response(NotFound(f"no route {request.method} {request.path[:200]}"))
-        if e.status == 405:
+        if isinstance(e, web.HTTPMethodNotAllowed):
+            allowed = e.allowed_methods
             return problem_response(
-                MethodNotAllowed(f"{request.method} is not allowed on {request.path[:200]}")
+                MethodNotAllowed(
+                    f"{request.method} is not allowed on {request.path[:200]};"
+                    f" use {', '.join(sorted(allowed))}",
+                    allowed=allowed,
+                ),
+                instance=request.path,
             )
         raise
     except Exception:
