@@ -66,3 +66,23 @@ async def test_a_wrong_method_is_a_405_problem_naming_the_allowed_methods(
     if method != "HEAD":
         assert body["type"] == "urn:gateway:problem:method-not-allowed"
         assert body["instance"] == path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/audit/records?sender=hcm.quan-1&sender=hcm.so-tc",
+        "/v1/audit/records?limit=1&limit=500",
+        "/v1/audit/export?since=2026-01-01T00:00:00Z&since=2020-01-01T00:00:00Z",
+        "/v1/audit/proof/consistency?first=0&first=1&second=1",
+        "/v1/audit/proof/inclusion?index=0&index=1&tree_size=2",
+    ],
+)
+async def test_a_parameter_given_twice_is_a_400_not_silently_the_first_value(
+    gw: Gateway, path: str
+) -> None:
+    """``sender=a&sender=b`` must not answer for ``a`` alone as if ``b`` were not asked."""
+    status, headers, body = await call(gw, "GET", path, role(gw, "dtc-admin"))
+    assert status == 400, body
+    assert headers["Content-Type"].startswith(PROBLEM)
+    assert "more than once" in body["detail"]

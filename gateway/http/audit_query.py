@@ -107,10 +107,16 @@ def decode_cursor(cursor: str | None) -> int:
 
 
 def check_params(request: web.Request, allowed: frozenset[str]) -> None:
-    """Unknown parameters are errors: a mistyped filter must not silently match everything."""
+    """Unknown parameters are errors: a mistyped filter must not silently match everything.
+
+    So is a parameter given twice: only one value would be used, so ``sender=a&sender=b``
+    would silently answer for ``a`` alone.
+    """
     for name in request.query:
         if name not in allowed:
             raise BadRequest(f"unknown parameter {name[:40]!r}; expected one of {sorted(allowed)}")
+        if len(request.query.getall(name)) > 1:
+            raise BadRequest(f"parameter {name!r} is given more than once; give it once")
 
 
 def exchange_id_param(value: str) -> str:
