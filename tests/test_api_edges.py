@@ -86,3 +86,103 @@ async def test_a_parameter_given_twice_is_a_400_not_silently_the_first_value(
     assert status == 400, body
     assert headers["Content-Type"].startswith(PROBLEM)
     assert "more than once" in body["detail"]
+
+
+def without_checkpoint_key(config: Path) -> Path:
+    """No checkpoints: the checkpoint route, POST and default-size proofs answer 503."""
+    text = config.read_text()
+    config.write_text(text.replace('checkpoint_key = "pki/checkpoint.key"\n', ""))
+    return config
+
+
+@pytest.fixture
+async def plain_gw(tmp_path: Path, provider: Provider) -> AsyncIterator[Gateway]:
+    cfg = make_deployment(tmp_path / "dep", provider_port=provider.port, timeout=2)
+    async with running_gateway(without_checkpoint_key(cfg)) as g:
+        yield g
+
+
+def operation(doc: dict[str, Any], method: str, path: str) -> dict[str, Any]:
+    """The document's operation for a concrete path (templates matched segment by segment)."""
+    want = path.split("?")[0].split("/")
+    for template, ops in doc["paths"].items():
+        parts = template.split("/")
+        if len(parts) == len(want) and all(
+            p == w or p.startswith("{") for p, w in zip(parts, want, strict=True)
+        ):
+            op: dict[str, Any] = ops[method.lower()]
+            return op
+    raise AssertionError(f"{path} is not in the document")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "who"),
+    [
+        ("GET", "/v1/audit/checkpoint", None),
+        ("POST", "/v1/audit/checkpoint", "dtc-admin"),
+        ("GET", "/v1/audit/proof/consistency?first=0", "dtc-operator"),
+        ("GET", "/v1/audit/export", "dtc-auditor"),
+        ("GET", "/v1/audit/records", "dtc-operator"),
+        ("GET", "/v1/audit/records/0", "dtc-operator"),
+        ("POST", "/v1/witness/add-checkpoint", None),
+    ],
+)
+async def test_each_answer_has_its_status_and_media_type_in_the_openapi_document(
+    plain_gw: Gateway, method: str, path: str, who: str | None
+) -> None:
+    """A client generated from the document must know every answer the route really gives."""
+    gw = plain_gw
+    _, _, doc = await call(gw, "GET", "/v1/openapi.json")
+    status, headers, body = await call(gw, method, path, role(gw, who) if who else None)
+    responses = operation(doc, method, path)["responses"]
+    assert str(status) in responses, (status, body)
+    media = headers["Content-Type"].split(";")[0].strip()
+    assert media in responses[str(status)].get("content", {}), (status, media)
+
+
+def document_accepts(schema: dict[str, Any], value: str) -> bool:
+    """Whether a parameter value (as sent, a string) satisfies the document's schema for it."""
+    if schema.get("type") == "integer":
+        try:
+            number = int(value, 10)
+        except ValueError:
+            return False
+        return bool(schema.get("minimum", number) <= number <= schema.get("maximum", number))
+    if "enum" in schema:
+        return value in schema["enum"]
+    if "pattern" in schema:
+        import re
+
+        return re.search(schema["pattern"], value) is not None
+    return schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value))
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "value"),
+    [
+        ("/v1/audit/records", "limit", "0"),
+        ("/v1/audit/records", "limit", "501"),
+        ("/v1/audit/records", "limit", "ten"),
+        ("/v1/audit/records", "outcome", "succeeded"),
+        ("/v1/audit/records", "exchange_id", "not-a-uuid"),
+        ("/v1/audit/records/{index}", "index", "-1"),
+        ("/v1/audit/proof/consistency", "first", "x"),
+        ("/v1/audit/proof/inclusion", "tree_size", "-3"),
+        ("/v1/audit/stream", "from", "-5"),
+        ("/v1/exchanges/{exchange_id}", "exchange_id", "0"),
+    ],
+)
+async def test_a_parameter_value_the_gateway_refuses_is_one_the_openapi_document_forbids(
+    plain_gw: Gateway, path: str, name: str, value: str
+) -> None:
+    """The document types each parameter as the handlers read it: what the gateway answers with
+    400 is outside the document's schema, so generated clients and fuzzers agree with it."""
+    gw = plain_gw
+    _, _, doc = await call(gw, "GET", "/v1/openapi.json")
+    params = {p["name"]: p for p in doc["paths"][path]["get"]["parameters"]}
+    concrete = path.replace("{" + name + "}", value)
+    if params[name]["in"] == "query":
+        concrete += f"?{name}={value}"
+    status, _, body = await call(gw, "GET", concrete, role(gw, "dtc-admin"))
+    assert status == 400, body
+    assert not document_accepts(params[name]["schema"], value), params[name]
