@@ -186,3 +186,17 @@ async def test_a_parameter_value_the_gateway_refuses_is_one_the_openapi_document
     status, _, body = await call(gw, "GET", concrete, role(gw, "dtc-admin"))
     assert status == 400, body
     assert not document_accepts(params[name]["schema"], value), params[name]
+
+
+async def test_readyz_names_a_failing_store_without_its_path_or_error_text(gw: Gateway) -> None:
+    """/readyz is public: a failing state store shows as failed, but its file path (or a
+    database's host and user, in the error text) stays in the log, as for the audit store."""
+    state = gw.dir / "state.db"
+    assert state.exists()
+    state.rename(gw.dir / "state-moved.db")
+    (gw.dir / "state.db").write_bytes((gw.dir / "state-moved.db").read_bytes())
+    status, _, doc = await call(gw, "GET", "/readyz")
+    assert status == 503
+    assert doc["checks"]["state"].startswith("failed")
+    assert str(gw.dir) not in orjson.dumps(doc).decode()
+    assert "state.db" not in doc["checks"]["state"]
