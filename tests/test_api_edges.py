@@ -200,3 +200,25 @@ async def test_readyz_names_a_failing_store_without_its_path_or_error_text(gw: G
     assert doc["checks"]["state"].startswith("failed")
     assert str(gw.dir) not in orjson.dumps(doc).decode()
     assert "state.db" not in doc["checks"]["state"]
+
+
+async def test_an_audit_read_that_fails_on_the_store_is_a_503_whose_cause_is_logged(
+    gw: Gateway,
+) -> None:
+    """The client gets the fixed 503 (no file names or SQL); the operator must still find the
+    store's error in the log, or nothing tells them why the audit API is refusing."""
+    from structlog.testing import capture_logs
+
+    db = gw.dir / "audit.db"
+    db.rename(gw.dir / "audit-moved.db")
+    db.write_bytes((gw.dir / "audit-moved.db").read_bytes())  # Another file at the path.
+    with capture_logs() as logs:
+        status, headers, body = await call(gw, "GET", "/v1/audit/records", role(gw, "dtc-operator"))
+    assert status == 503, body
+    assert headers["Content-Type"].startswith(PROBLEM)
+    assert "audit.db" not in body["detail"]
+    assert int(headers["Retry-After"]) >= 1
+    assert "could not be recorded" not in body["detail"]  # A read records nothing.
+    problem_lines = [e for e in logs if e.get("event") == "http.problem"]
+    assert problem_lines, logs
+    assert any("replaced while open" in str(e.get("reason", "")) for e in problem_lines), logs

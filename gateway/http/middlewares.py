@@ -10,7 +10,15 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound, RequestTimeout
+from gateway.audit.outcomes import AuditUnavailable
+from gateway.errors import (
+    GatewayError,
+    Internal,
+    MethodNotAllowed,
+    NotFound,
+    RequestTimeout,
+    StoreUnavailable,
+)
 from gateway.models import uuid7
 
 log = structlog.get_logger("gateway.http")
@@ -71,8 +79,21 @@ def problem_response(err: GatewayError, *, instance: str | None = None) -> web.R
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except AuditUnavailable as e:  # A read (or checkpoint) of the log: exchanges answer their own.
+        err = StoreUnavailable(
+            "the audit log is unavailable right now; retry in a moment", log_detail=e.log_detail
+        )
+        log.warning(
+            "http.problem",
+            path=request.path,
+            status=err.status,
+            cause=err.slug,
+            reason=e.log_detail,
+        )
+        return problem_response(err, instance=request.path)
     except GatewayError as e:
-        log.info("http.problem", path=request.path, status=e.status, cause=e.slug)
+        fields = {"reason": e.log_detail} if e.log_detail != e.detail else {}
+        log.info("http.problem", path=request.path, status=e.status, cause=e.slug, **fields)
         response = problem_response(e, instance=request.path)
         if isinstance(e, RequestTimeout):  # the body's rest may still come: never parse it
             response.force_close()
