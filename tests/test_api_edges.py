@@ -222,3 +222,34 @@ async def test_an_audit_read_that_fails_on_the_store_is_a_503_whose_cause_is_log
     problem_lines = [e for e in logs if e.get("event") == "http.problem"]
     assert problem_lines, logs
     assert any("replaced while open" in str(e.get("reason", "")) for e in problem_lines), logs
+
+
+def test_a_request_aiohttp_cannot_parse_leaves_no_token_or_path_in_the_log(
+    tmp_path: Path,
+) -> None:
+    """A header with a control character is refused by aiohttp before any route runs; its
+    error log quoted the raw header line, so a role's whole bearer token (or a citizen id in
+    the path) reached the log in clear. Now: one JSON line naming the kind of error."""
+    import socket
+
+    from tests.support import ServerProcess
+
+    cfg = make_deployment(tmp_path / "dep")
+    token = (cfg.parent / "roles" / "dtc-auditor.token").read_text().strip()
+    server = ServerProcess(cfg)
+    try:
+        for request in (
+            b"GET /v1/audit/records HTTP/1.1\r\nHost: gw\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\x01\r\n\r\n",
+            b"GET /v1/exchanges/079203001234\x01 HTTP/1.1\r\nHost: gw\r\n\r\n",
+        ):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+                s.sendall(request)
+                assert s.recv(65536).startswith(b"HTTP/1.")  # 400 from aiohttp itself
+    finally:
+        output = server.stop()
+    assert token not in output
+    assert "079203001234" not in output
+    assert "Traceback" not in output
+    malformed = [line for line in output.splitlines() if '"event":"http.malformed_request"' in line]
+    assert len(malformed) == 2, output[-3000:]
