@@ -253,3 +253,16 @@ def test_a_request_aiohttp_cannot_parse_leaves_no_token_or_path_in_the_log(
     assert "Traceback" not in output
     malformed = [line for line in output.splitlines() if '"event":"http.malformed_request"' in line]
     assert len(malformed) == 2, output[-3000:]
+
+
+async def test_no_checkpoint_because_none_are_configured_says_so_instead_of_retry(
+    plain_gw: Gateway,
+) -> None:
+    """Without a checkpoint key no checkpoint will ever come: 'retry in a few seconds' sent
+    auditors (and their scripts) retrying forever. The detail names what to configure, and
+    no Retry-After promises a checkpoint."""
+    status, headers, body = await call(plain_gw, "GET", "/v1/audit/checkpoint")
+    assert status == 503
+    assert "retry" not in body["detail"]
+    assert "audit.checkpoint_key" in body["detail"]
+    assert "Retry-After" not in headers
