@@ -266,3 +266,25 @@ async def test_no_checkpoint_because_none_are_configured_says_so_instead_of_retr
     assert "retry" not in body["detail"]
     assert "audit.checkpoint_key" in body["detail"]
     assert "Retry-After" not in headers
+
+
+async def test_the_openapi_document_says_which_operations_need_credentials(
+    plain_gw: Gateway,
+) -> None:
+    """Each operation declares its security as gateway.authz enforces it: without
+    credentials, exactly the operations that declare a requirement answer 401."""
+    gw = plain_gw
+    _, _, doc = await call(gw, "GET", "/v1/openapi.json")
+    assert set(doc["components"]["securitySchemes"]) == {"bearer", "mtls"}
+    checked = 0
+    for template, ops in doc["paths"].items():
+        if template.startswith("/v1/exchange/"):
+            continue  # The exchange authenticates itself (also by a signature in the body).
+        path = template.replace("{index}", "0").replace(
+            "{exchange_id}", "01a223c3-0a00-7582-88d8-e2fcdbea6655"
+        )
+        for method, op in ops.items():
+            status, _, body = await call(gw, method.upper(), path)
+            assert (status == 401) == bool(op["security"]), (method, template, status, body)
+            checked += 1
+    assert checked >= 15

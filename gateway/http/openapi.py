@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import authz
 from gateway.config import Deployment, LoadedService
 from gateway.http.audit_query import DEFAULT_LIMIT, MAX_INDEX, MAX_LIMIT, OUTCOMES, UUID_PATTERN
 from gateway.witness import SIZE_CONTENT_TYPE
@@ -312,6 +313,22 @@ def _public_paths() -> dict[str, Any]:
     }
 
 
+_SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A role's token (operator, auditor, admin); in development also a"
+        " participant's token.",
+    },
+    "mtls": {
+        "type": "mutualTLS",
+        "description": "A client certificate under the trust anchors naming a participant,"
+        " or the participant a role is bound to.",
+    },
+}
+_CREDENTIALS: list[dict[str, list[str]]] = [{"bearer": []}, {"mtls": []}]  # Either one.
+
+
 def openapi_document(dep: Deployment) -> dict[str, Any]:
     """The document: one exchange path per service, then ``_OPERATIONS``, then the public paths."""
     paths: dict[str, Any] = {}
@@ -323,9 +340,14 @@ def openapi_document(dep: Deployment) -> dict[str, Any]:
     for op in _OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op)
     paths.update(_public_paths())
+    for path, ops in paths.items():
+        for method, doc in ops.items():
+            rule = authz.rule_for(method.upper(), path)
+            if rule is not None and not rule.own_auth:  # The exchange authenticates itself.
+                doc["security"] = [] if rule.public else [dict(c) for c in _CREDENTIALS]
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Integration gateway {dep.config.gateway.id}", "version": "1"},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": _SECURITY_SCHEMES},
     }
