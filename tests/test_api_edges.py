@@ -288,3 +288,40 @@ async def test_the_openapi_document_says_which_operations_need_credentials(
             assert (status == 401) == bool(op["security"]), (method, template, status, body)
             checked += 1
     assert checked >= 15
+
+
+@pytest.mark.parametrize(
+    ("path", "who", "ended"),
+    [
+        ("/v1/audit/stream", "dtc-operator", "audit.stream_ended"),
+        ("/v1/audit/export", "dtc-auditor", "audit.export_aborted"),
+    ],
+)
+async def test_a_client_gone_before_a_stream_starts_is_a_disconnect_not_an_internal_error(
+    gw: Gateway, path: str, who: str, ended: str
+) -> None:
+    """An operator's page reconnecting its EventSource drops connections all the time; each
+    one that left before the headers went out was logged as an error with a traceback
+    (http.internal_error), which pages whoever watches the error rate."""
+    import asyncio
+    import socket
+    import struct
+
+    from structlog.testing import capture_logs
+
+    port = int(gw.url.rsplit(":", 1)[1])
+    token = role(gw, who)["Authorization"]
+    with capture_logs() as logs:
+        for _ in range(5):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: {token}\r\n\r\n".encode()
+            )
+            await writer.drain()
+            writer.transport.abort()  # Reset: the client is gone.
+        async with asyncio.timeout(10):
+            while sum(e["event"] in (ended, "http.internal_error") for e in logs) < 5:
+                await asyncio.sleep(0.05)
+    assert not [e for e in logs if e["event"] == "http.internal_error"], logs

@@ -187,10 +187,10 @@ async def export(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Cache-Control": "no-store", "Audit-Tree-Size": str(size)})
     resp.content_type = _NDJSON
     resp.enable_chunked_encoding()
-    await resp.prepare(request)
     stall = request.app[keys.DEPLOYMENT].config.limits.idle_timeout_seconds
     after = -1
-    try:
+    try:  # A client gone before the headers are written is a disconnect too, not a 500.
+        await resp.prepare(request)
         while True:
             rows = await audit.query(
                 RecordQuery(since=since, until=until, after_index=after, limit=EXPORT_BATCH)
