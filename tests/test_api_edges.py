@@ -325,3 +325,35 @@ async def test_a_client_gone_before_a_stream_starts_is_a_disconnect_not_an_inter
             while sum(e["event"] in (ended, "http.internal_error") for e in logs) < 5:
                 await asyncio.sleep(0.05)
     assert not [e for e in logs if e["event"] == "http.internal_error"], logs
+
+
+@pytest.mark.parametrize("path", ["/v1/verify", "/v1/witness/add-checkpoint"])
+async def test_a_client_gone_while_sending_its_body_is_a_disconnect_not_an_internal_error(
+    gw: Gateway, path: str
+) -> None:
+    """A POST whose client resets the connection halfway through its body: logged as a
+    disconnect, not as http.internal_error with a traceback."""
+    import asyncio
+    import socket
+    import struct
+
+    from structlog.testing import capture_logs
+
+    port = int(gw.url.rsplit(":", 1)[1])
+    with capture_logs() as logs:
+        for _ in range(3):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\n".encode()
+                + b'{"payload": "'
+            )
+            await writer.drain()
+            await asyncio.sleep(0.05)  # The handler is now waiting for the rest of the body.
+            writer.transport.abort()
+        async with asyncio.timeout(10):
+            events = ("http.client_disconnected", "http.internal_error")
+            while sum(e["event"] in events for e in logs) < 3:
+                await asyncio.sleep(0.05)
+    assert not [e for e in logs if e["event"] == "http.internal_error"], logs

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.audit.outcomes import AuditUnavailable
 from gateway.errors import (
+    BadRequest,
     GatewayError,
     Internal,
     MethodNotAllowed,
@@ -112,6 +113,18 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
                 instance=request.path,
             )
         raise
-    except Exception:
+    except Exception as e:
+        if isinstance(e, ConnectionResetError) and _client_gone(request):
+            # The client left mid-request (e.g. while sending its body): nothing failed here,
+            # and the answer below reaches nobody (aiohttp drops it quietly).
+            log.info("http.client_disconnected", path=request.path)
+            return problem_response(BadRequest("the client closed the connection mid-request"))
         log.exception("http.internal_error", path=request.path)
         return problem_response(Internal("the gateway failed unexpectedly; the error was logged"))
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Whether this request's own connection is closed (a reset from elsewhere, such as a
+    provider's or the appender's connection, is still an internal error)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
