@@ -27,7 +27,7 @@ contract (clients switch on it), so it never changes once published.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -137,9 +137,18 @@ class UnknownService(NotFound):
 
 
 class MethodNotAllowed(GatewayError):
+    """RFC 9110 15.5.6: a 405 must name the methods the resource does allow (``Allow``)."""
+
     status = 405
     default_slug = "method-not-allowed"
     title = "Method not allowed"
+
+    def __init__(self, detail: str, *, allowed: Iterable[str]):
+        super().__init__(detail)
+        self.allowed = tuple(sorted(set(allowed)))
+
+    def extra_headers(self) -> Mapping[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
 
 
 class Conflict(GatewayError):

@@ -91,6 +91,7 @@ EXPORT_BATCH = 1000
 _NDJSON = "application/x-ndjson"
 
 RESOLVER = web.AppKey("principal_resolver", PrincipalResolver)
+_NOT_CONFIGURED = "set audit.origin and audit.checkpoint_key in the configuration"
 PUBLISHER = web.AppKey("checkpoint_publisher", CheckpointPublisher)
 """Set by the composition root when checkpoints are configured; POST publishes through it."""
 
@@ -186,10 +187,10 @@ async def export(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Cache-Control": "no-store", "Audit-Tree-Size": str(size)})
     resp.content_type = _NDJSON
     resp.enable_chunked_encoding()
-    await resp.prepare(request)
     stall = request.app[keys.DEPLOYMENT].config.limits.idle_timeout_seconds
     after = -1
-    try:
+    try:  # A client gone before the headers are written is a disconnect too, not a 500.
+        await resp.prepare(request)
         while True:
             rows = await audit.query(
                 RecordQuery(since=since, until=until, after_index=after, limit=EXPORT_BATCH)
@@ -211,8 +212,10 @@ async def export(request: web.Request) -> web.StreamResponse:
 async def get_checkpoint(request: web.Request) -> web.Response:
     """``GET /v1/audit/checkpoint``: the signed note, or JSON with ``Accept: application/json``."""
     cp = await audit_of(request).latest_checkpoint()
-    if cp is None:
-        raise NotReady("no checkpoint has been published yet; retry in a few seconds")
+    if cp is None and request.app.get(PUBLISHER) is None:  # Retrying would not help.
+        raise NotReady(f"this gateway publishes no checkpoints: {_NOT_CONFIGURED}")
+    if cp is None:  # The publisher's first one is on its way.
+        raise CheckpointPending("no checkpoint has been published yet; retry in a second")
     return _checkpoint_response(request, cp)
 
 
@@ -220,7 +223,7 @@ async def publish_checkpoint(request: web.Request) -> web.Response:
     """``POST /v1/audit/checkpoint`` (admin): sign and publish a checkpoint of the tree now."""
     publisher = request.app.get(PUBLISHER)
     if publisher is None:
-        raise NotReady("checkpoints are not configured (audit.origin and audit.checkpoint_key)")
+        raise NotReady(f"checkpoints are not configured: {_NOT_CONFIGURED}")
     cp = await publisher.publish_now()
     log.info("audit.checkpoint_published", size=cp.size, by=request[PRINCIPAL].id)
     return _checkpoint_response(request, cp)

@@ -37,7 +37,8 @@ from gateway.models import rfc3339
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 MAX_INDEX = 2**62
 OUTCOMES = {o: f"exchange.{o}" for o in ("accepted", "delivered", "failed", "rejected", "replayed")}
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+UUID_PATTERN = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_UUID = re.compile(UUID_PATTERN)
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+\- ]\d{2}:\d{2})"
 )
@@ -107,10 +108,16 @@ def decode_cursor(cursor: str | None) -> int:
 
 
 def check_params(request: web.Request, allowed: frozenset[str]) -> None:
-    """Unknown parameters are errors: a mistyped filter must not silently match everything."""
+    """Unknown parameters are errors: a mistyped filter must not silently match everything.
+
+    So is a parameter given twice: only one value would be used, so ``sender=a&sender=b``
+    would silently answer for ``a`` alone.
+    """
     for name in request.query:
         if name not in allowed:
             raise BadRequest(f"unknown parameter {name[:40]!r}; expected one of {sorted(allowed)}")
+        if len(request.query.getall(name)) > 1:
+            raise BadRequest(f"parameter {name!r} is given more than once; give it once")
 
 
 def exchange_id_param(value: str) -> str:

@@ -161,9 +161,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     try:
         resp = web.StreamResponse(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         resp.content_type = "text/event-stream"
-        await resp.prepare(request)
-        await resp.write(b"retry: 2000\n\n")
-        try:
+        try:  # A client gone before the headers are written is a disconnect too, not a 500.
+            await resp.prepare(request)
+            await resp.write(b"retry: 2000\n\n")
             await _pump(request, resp, audit, tail, start)
         except Exception as e:
             abort(request, "audit.stream_ended", e)

@@ -230,11 +230,14 @@ async def readyz(request: web.Request) -> web.Response:
     # Taken first: the store checks below may wait on a store that is failing.
     ago = request.app[_OUTAGE].seconds_ago(time.monotonic())
     checks: dict[str, str] = {}
+    # The public answer names only the kind of failure: an error's text can hold a file path
+    # or a database's host and user. The whole text goes to the log.
     try:
         await request.app[keys.STATE].check()  # reads the table; never blocks the loop
         checks["state"] = "ok"
     except Exception as e:
-        checks["state"] = f"failed: {e}"
+        log.warning("readyz.state_failed", error=f"{type(e).__name__}: {e}")
+        checks["state"] = f"failed: {type(e).__name__}"
     try:
         await request.app[keys.AUDIT].tree_head()
         checks["audit"] = "ok"

@@ -10,7 +10,16 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound, RequestTimeout
+from gateway.audit.outcomes import AuditUnavailable
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    Internal,
+    MethodNotAllowed,
+    NotFound,
+    RequestTimeout,
+    StoreUnavailable,
+)
 from gateway.models import uuid7
 
 log = structlog.get_logger("gateway.http")
@@ -71,8 +80,21 @@ def problem_response(err: GatewayError, *, instance: str | None = None) -> web.R
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except AuditUnavailable as e:  # A read (or checkpoint) of the log: exchanges answer their own.
+        err = StoreUnavailable(
+            "the audit log is unavailable right now; retry in a moment", log_detail=e.log_detail
+        )
+        log.warning(
+            "http.problem",
+            path=request.path,
+            status=err.status,
+            cause=err.slug,
+            reason=e.log_detail,
+        )
+        return problem_response(err, instance=request.path)
     except GatewayError as e:
-        log.info("http.problem", path=request.path, status=e.status, cause=e.slug)
+        fields = {"reason": e.log_detail} if e.log_detail != e.detail else {}
+        log.info("http.problem", path=request.path, status=e.status, cause=e.slug, **fields)
         response = problem_response(e, instance=request.path)
         if isinstance(e, RequestTimeout):  # the body's rest may still come: never parse it
             response.force_close()
@@ -80,11 +102,29 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except web.HTTPException as e:
         if e.status == 404:
             return problem_response(NotFound(f"no route {request.method} {request.path[:200]}"))
-        if e.status == 405:
+        if isinstance(e, web.HTTPMethodNotAllowed):
+            allowed = e.allowed_methods
             return problem_response(
-                MethodNotAllowed(f"{request.method} is not allowed on {request.path[:200]}")
+                MethodNotAllowed(
+                    f"{request.method} is not allowed on {request.path[:200]};"
+                    f" use {', '.join(sorted(allowed))}",
+                    allowed=allowed,
+                ),
+                instance=request.path,
             )
         raise
-    except Exception:
+    except Exception as e:
+        if isinstance(e, ConnectionResetError) and _client_gone(request):
+            # The client left mid-request (e.g. while sending its body): nothing failed here,
+            # and the answer below reaches nobody (aiohttp drops it quietly).
+            log.info("http.client_disconnected", path=request.path)
+            return problem_response(BadRequest("the client closed the connection mid-request"))
         log.exception("http.internal_error", path=request.path)
         return problem_response(Internal("the gateway failed unexpectedly; the error was logged"))
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Whether this request's own connection is closed (a reset from elsewhere, such as a
+    provider's or the appender's connection, is still an internal error)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()

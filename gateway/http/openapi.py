@@ -6,9 +6,13 @@ service's request and response schemas are embedded as they are enforced.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from gateway import authz
 from gateway.config import Deployment, LoadedService
+from gateway.http.audit_query import DEFAULT_LIMIT, MAX_INDEX, MAX_LIMIT, OUTCOMES, UUID_PATTERN
+from gateway.witness import SIZE_CONTENT_TYPE
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
@@ -23,94 +27,142 @@ def _problem_responses(*codes: int) -> dict[str, Any]:
     }
 
 
-_OPERATIONS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
-    (
+_JSON = "application/json"
+_READ = (400, 401, 403, 404, 503)  # 503: the audit store is unavailable (retry)
+_INDEX = {"type": "integer", "minimum": 0, "maximum": MAX_INDEX}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 200}
+_TIME = {"type": "string", "format": "date-time"}
+_PARAMETERS: dict[str, dict[str, Any]] = {
+    "index": _INDEX,
+    "tree_size": _INDEX,
+    "first": _INDEX,
+    "second": _INDEX,
+    "from": _INDEX,
+    "Last-Event-ID": _INDEX,
+    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    "cursor": {"type": "string", "minLength": 1},
+    "outcome": {"type": "string", "enum": list(OUTCOMES)},
+    "since": _TIME,
+    "until": _TIME,
+    "sender": _TEXT,
+    "service": _TEXT,
+    "provider": _TEXT,
+    "exchange_id": {"type": "string", "pattern": f"^{UUID_PATTERN}$"},
+}
+"""What each parameter accepts, as gateway.http.audit_query reads it (anything else: 400)."""
+_HEADER_PARAMETERS = frozenset({"Last-Event-ID"})
+_REQUIRED_QUERY = frozenset({("/v1/audit/proof/consistency", "first")})
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    """One operation of the table below: what it answers with, and when."""
+
+    path: str
+    method: str
+    summary: str
+    who: str
+    params: tuple[str, ...] = ()
+    ok: tuple[str, ...] = (_JSON,)  # the 200 answer's media types
+    problems: tuple[int, ...] = _READ
+    also: tuple[tuple[int, str], ...] = ()  # (status, media type) answered besides a problem
+
+
+_CHECKPOINT = ("text/plain", _JSON)  # the signed note, or JSON with Accept: application/json
+_OPERATIONS: tuple[_Op, ...] = (
+    _Op(
         "/v1/exchanges/{exchange_id}",
         "get",
         "State of one exchange from its audit records",
         "its sender, operators, admins",
         ("exchange_id",),
     ),
-    (
+    _Op(
         "/v1/exchanges/{exchange_id}/proof",
         "get",
         "Inclusion proof bundle of an exchange (completes its receipt)",
         "its sender, operators, auditors, admins",
         ("exchange_id",),
     ),
-    (
+    _Op(
         "/v1/audit/records",
         "get",
         "Search audit records (cursor pagination)",
         "operators, auditors, admins",
         (
-            "since",
-            "until",
-            "sender",
-            "service",
-            "provider",
-            "outcome",
-            "exchange_id",
-            "cursor",
-            "limit",
+            *("since", "until", "sender", "service", "provider", "outcome"),
+            *("exchange_id", "cursor", "limit"),
         ),
     ),
-    (
+    _Op(
         "/v1/audit/records/{index}",
         "get",
         "One audit record with its leaf hash",
         "operators, auditors, admins",
         ("index",),
     ),
-    (
+    _Op(
         "/v1/audit/stream",
         "get",
         "Live tail of the audit log (Server-Sent Events, Last-Event-ID)",
         "operators, auditors, admins",
-        ("from",),
+        ("from", "Last-Event-ID"),
+        ok=("text/event-stream",),
+        problems=(*_READ, 429),
     ),
-    (
+    _Op(
         "/v1/audit/export",
         "get",
         "Audit records as JSON Lines for a time range",
         "auditors, admins",
         ("since", "until"),
+        ok=("application/x-ndjson",),
     ),
-    (
+    _Op(
         "/v1/audit/checkpoint",
         "get",
         "Latest signed checkpoint (C2SP signed note; JSON with Accept: application/json)",
         "anyone",
-        (),
+        ok=_CHECKPOINT,
+        problems=(503,),
     ),
-    ("/v1/audit/checkpoint", "post", "Publish a checkpoint now", "admins", ()),
-    (
+    _Op(
+        "/v1/audit/checkpoint",
+        "post",
+        "Publish a checkpoint now",
+        "admins",
+        ok=_CHECKPOINT,
+        problems=(401, 403, 503),
+    ),
+    _Op(
         "/v1/audit/proof/inclusion",
         "get",
         "RFC 9162 inclusion proof",
         "operators, auditors, admins",
         ("index", "tree_size", "exchange_id"),
     ),
-    (
+    _Op(
         "/v1/audit/proof/consistency",
         "get",
         "RFC 9162 consistency proof",
         "operators, auditors, admins",
         ("first", "second"),
     ),
-    (
+    _Op(
         "/v1/verify",
         "post",
         "Verify any artifact the gateway signed: receipt, envelope, request, checkpoint, proof",
         "security staff",
-        (),
+        problems=(400, 408, 413),
     ),
-    (
+    _Op(
         "/v1/witness/add-checkpoint",
         "post",
         "C2SP tlog-witness: cosign a peer gateway's checkpoint",
         "configured peer gateways",
-        (),
+        ok=("text/plain",),
+        problems=(400, 403, 404, 408, 409, 413, 422, 503),
+        also=((409, SIZE_CONTENT_TYPE),),  # a stale old size: the latest size, as the spec says
     ),
 )
 
@@ -195,28 +247,33 @@ def _exchange_operation(sid: str, svc: LoadedService) -> dict[str, Any]:
     }
 
 
-def _operation(
-    path: str, method: str, summary: str, who: str, params: tuple[str, ...]
-) -> dict[str, Any]:
-    """One of ``_OPERATIONS``; a parameter named in the path template is a path parameter.
-    A POST reads a body, held to the body limits (413, 408)."""
-    codes = (400, 401, 403, 404, *((408, 413) if method == "post" else ()))
-    op: dict[str, Any] = {
-        "summary": summary,
-        "description": f"Who: {who}.",
-        "responses": {"200": {"description": "OK"}, **_problem_responses(*codes)},
+def _parameter(path: str, name: str) -> dict[str, Any]:
+    where = "path" if "{" + name + "}" in path else "query"
+    if name in _HEADER_PARAMETERS:
+        where = "header"
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path" or (path, name) in _REQUIRED_QUERY,
+        "schema": _PARAMETERS[name],
     }
-    if params:
-        op["parameters"] = [
-            {
-                "name": n,
-                "in": "path" if "{" + n + "}" in path else "query",
-                "required": "{" + n + "}" in path,
-                "schema": {"type": "string"},
-            }
-            for n in params
-        ]
-    return op
+
+
+def _operation(op: _Op) -> dict[str, Any]:
+    """One of ``_OPERATIONS``: its parameters, its 200 media types and its problem statuses."""
+    ok: dict[str, Any] = {"description": "OK", "content": {m: {} for m in op.ok}}
+    if op.ok == (_JSON,):
+        ok["content"] = {_JSON: {"schema": {"type": "object"}}}
+    doc: dict[str, Any] = {
+        "summary": op.summary,
+        "description": f"Who: {op.who}.",
+        "responses": {"200": ok, **_problem_responses(*op.problems)},
+    }
+    for status, media in op.also:
+        doc["responses"][str(status)]["content"][media] = {}
+    if op.params:
+        doc["parameters"] = [_parameter(op.path, n) for n in op.params]
+    return doc
 
 
 def _public_paths() -> dict[str, Any]:
@@ -256,6 +313,22 @@ def _public_paths() -> dict[str, Any]:
     }
 
 
+_SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A role's token (operator, auditor, admin); in development also a"
+        " participant's token.",
+    },
+    "mtls": {
+        "type": "mutualTLS",
+        "description": "A client certificate under the trust anchors naming a participant,"
+        " or the participant a role is bound to.",
+    },
+}
+_CREDENTIALS: list[dict[str, list[str]]] = [{"bearer": []}, {"mtls": []}]  # Either one.
+
+
 def openapi_document(dep: Deployment) -> dict[str, Any]:
     """The document: one exchange path per service, then ``_OPERATIONS``, then the public paths."""
     paths: dict[str, Any] = {}
@@ -264,12 +337,17 @@ def openapi_document(dep: Deployment) -> dict[str, Any]:
         schemas[f"{sid}.request"] = svc.request_schema
         schemas[f"{sid}.response"] = svc.response_schema
         paths[f"/v1/exchange/{sid}"] = {"post": _exchange_operation(sid, svc)}
-    for path, method, summary, who, params in _OPERATIONS:
-        paths.setdefault(path, {})[method] = _operation(path, method, summary, who, params)
+    for op in _OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
     paths.update(_public_paths())
+    for path, ops in paths.items():
+        for method, doc in ops.items():
+            rule = authz.rule_for(method.upper(), path)
+            if rule is not None and not rule.own_auth:  # The exchange authenticates itself.
+                doc["security"] = [] if rule.public else [dict(c) for c in _CREDENTIALS]
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Integration gateway {dep.config.gateway.id}", "version": "1"},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": _SECURITY_SCHEMES},
     }

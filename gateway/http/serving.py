@@ -7,11 +7,42 @@ Why a module of its own: how a worker stops is a contract with its supervisor
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import ssl
 
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+log = structlog.get_logger("gateway.http")
+
+
+class _ServerLog(logging.Handler):
+    """aiohttp's own error log (logger ``aiohttp.server``), as structured lines.
+
+    Why: a request aiohttp cannot parse (a control character in a header, a line over 8 KiB)
+    is logged by aiohttp with a traceback whose message quotes the offending raw line: a
+    whole ``Authorization: Bearer ...`` header, or a path with a citizen id, went unredacted
+    to stderr, outside the JSON log. A client's malformed request becomes one line naming the
+    error's kind and status only; anything else aiohttp logs (a fault of ours) keeps its
+    traceback, in the JSON log where redaction applies.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            log.info("http.malformed_request", error=type(exc).__name__, status=exc.code)
+        else:
+            log.error("http.server_error", message=record.getMessage(), exc_info=record.exc_info)
+
+
+def route_server_log() -> None:
+    """Send ``aiohttp.server``'s records through :class:`_ServerLog` only (idempotent)."""
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.handlers = [_ServerLog()]
+    server_log.propagate = False
 
 
 def run(
@@ -31,6 +62,7 @@ def run(
     (and a file descriptor) for aiohttp's default of an hour. Streams (the audit SSE tail) are
     responses in progress, which it leaves alone; request bodies have their own limit
     (gateway.http.bodies)."""
+    route_server_log()
     loop = asyncio.new_event_loop()
     stopping = False
     started = False  # the app's start-up (cleanup_ctx, on_startup) has completed
