@@ -113,6 +113,18 @@ def test_reopening_keeps_records_and_head_and_appends_continue(make_store: MakeS
     assert again.tree_head() == (4, merkle.root(_all_leaf_hashes(again)))
 
 
+def test_a_subtree_id_beyond_64_bits_is_missing_like_any_other(make_store: MakeStore) -> None:
+    """KeyError, the Protocol's answer for a subtree not stored, in every store (SQLite raised
+    OverflowError binding the id, PostgreSQL said KeyError)."""
+    store = make_store()
+    store.append_batch([b"a", b"b"])
+    for node in [(0, 2**63), (2**63, 0), (64, 0), (0, -1), (-1, 0)]:
+        with pytest.raises(KeyError) as missing:
+            store.subtree_hashes([(1, 0), node])
+        assert missing.value.args == (node,)
+    assert store.subtree_hashes([(1, 0)]) == [merkle.root(_all_leaf_hashes(store))]
+
+
 def test_a_closed_store_refuses_work(make_store: MakeStore) -> None:
     store = make_store()
     store.close()
