@@ -477,6 +477,27 @@ def test_query_ands_every_filter_and_pages_by_index(make_store: MakeStore) -> No
     assert found[0] == StoredRecord(0, merkle.leaf_hash(records[0]), records[0])
 
 
+def test_a_value_holding_nul_is_never_matched_by_any_store(make_store: MakeStore) -> None:
+    """PostgreSQL text cannot hold NUL: a search value with NUL matches nothing in every store
+    (PostgreSQL raised CharacterNotInRepertoireError, SQLite matched), and a record member
+    holding NUL is left out of the search index (PostgreSQL had to, SQLite did not)."""
+    from gateway.audit.store import RecordQuery as Q
+
+    store = make_store()
+    store.append_batch(
+        [
+            b'{"at":"2026-11-28T09:00:00.000Z","sender":"a\\u0000b","service":"s"}',
+            b'{"at":"2026-11-28T09:00:01.000Z","sender":"a","service":"s\\u0000"}',
+        ]
+    )
+    for nul in ("a\x00b", "\x00", "s\x00"):
+        for field in ("sender", "service", "provider", "event", "exchange_id", "since", "until"):
+            assert store.query(Q(**{field: nul})) == [], (field, nul)
+    assert _indexes(store.query(Q(sender="a"))) == [1]
+    assert _indexes(store.query(Q(service="s"))) == [0]
+    assert _indexes(store.query(Q(since="2026-11-28T09:00:00.000Z"))) == [0, 1]
+
+
 def test_query_sees_records_appended_by_another_store_on_the_same_file(
     make_store: MakeStore,
 ) -> None:

@@ -51,7 +51,13 @@ from gateway.audit.postgres_schema import (
     table_names,
 )
 from gateway.audit.postgres_session import BlockingConnection, Connection, split_dsn
-from gateway.audit.store import Claim, RecordQuery, StoredCheckpoint, StoredRecord
+from gateway.audit.store import (
+    Claim,
+    RecordQuery,
+    StoredCheckpoint,
+    StoredRecord,
+    unsearchable,
+)
 
 __all__ = ["PostgresAuditStore", "StoreCorrupted"]
 
@@ -304,7 +310,7 @@ class PostgresAuditStore:
         "C"); ``limit`` capped at 10,000. Each equality filter has an index on (column, idx),
         so the planner can walk it from the cursor and stop after ``limit`` rows.
         """
-        if query.limit <= 0 or query.after_index >= _MAX_INDEX - 1:
+        if query.limit <= 0 or query.after_index >= _MAX_INDEX - 1 or unsearchable(query):
             return []
         sql, args = query_statement(self._query_head, query, min(query.limit, _MAX_LIMIT))
         return self._fetch_records(sql, *args)

@@ -38,6 +38,7 @@ from gateway.audit.store import (
     StoredCheckpoint,
     StoredRecord,
     search_values,
+    unsearchable,
 )
 
 __all__ = ["SqliteAuditStore", "StoreCorrupted", "StoreMoved"]
@@ -256,6 +257,8 @@ class SqliteAuditStore:
         Catches the search index up first (see the module doc), then one statement: the
         planner walks one audit_search index from the cursor and stops after ``limit`` rows.
         """
+        if unsearchable(query):
+            return []
         while self.index_pending(5000, timeout=self._busy_timeout):
             pass
         where: list[str] = ["s.idx > ?"]
