@@ -26,12 +26,13 @@ Why it looks like this:
 * Tables are created if missing (see :mod:`gateway.audit.postgres_schema`, which holds the
   table and index definitions and every SQL statement).
 * The connection opens on first use (constructing does no I/O); a connection that broke (network,
-  timeout, server restart) is dropped and the next call reconnects, so one failed batch does not
-  take the log down. If it broke after COMMIT was sent, the outcome is asked on a new connection
-  (``txid_status`` of the transaction id read with the head lock; a session still running it is
-  ended first): a batch that committed is reported as appended, one that did not is reported
-  failed. Only when the server cannot be reached at all does a batch count as failed although
-  it may be in the log (the exchange is then not acknowledged; the log holds an extra attempt).
+  timeout, server restart) is dropped and the next call reconnects (a batch that finds it closed
+  before its COMMIT was sent just runs again on a new one). If it broke after COMMIT was sent,
+  the outcome is asked on a new connection (``txid_status`` of the transaction id read with the
+  head lock; a session still running it is ended first): a batch that committed is reported as
+  appended, one that did not as failed. Only when the server cannot be reached at all does a
+  batch count as failed although it may be in the log (the exchange is then not acknowledged;
+  the log holds an extra attempt).
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ class PostgresAuditStore:
             return out
 
         try:
-            return self._call(run)
+            return self._db.call(run, may_retry=lambda: not sent)  # not sent: no COMMIT either
         except Exception:
             # The session ended after COMMIT may have been sent: the server knows the outcome.
             # (A server-reported error on a live session means the transaction rolled back.)

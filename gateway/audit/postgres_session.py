@@ -15,7 +15,10 @@ its own:
   refused with RuntimeError, since ``run_until_complete`` cannot nest.
 * The connection opens on first use (constructing does no I/O) and is handed to a ``setup``
   coroutine before its first call; a connection whose session is in doubt (network, timeout,
-  cancellation, server restart) is dropped, and the next call reconnects.
+  cancellation, server restart) is dropped, and the next call reconnects. A call that finds
+  its connection closed (the server restarted, or ended the idle session) runs once more on a
+  new connection if its caller says nothing it did can have taken effect: without that, the
+  first batch after every restart or idle timeout failed, a 503 for each exchange in it.
 """
 
 from __future__ import annotations
@@ -55,10 +58,21 @@ class BlockingConnection:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Connection | None = None
+        self._lost = False  # the last call's connection was found closed
         self._closed = False
 
-    def call(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
-        """Run ``fn(connection)`` on the private loop and return its result. Blocking."""
+    def call(
+        self,
+        fn: Callable[[Connection], Awaitable[T]],
+        *,
+        may_retry: Callable[[], bool] = lambda: True,
+    ) -> T:
+        """Run ``fn(connection)`` on the private loop and return its result. Blocking.
+
+        A connection that was found closed (the server restarted, or ended the idle session)
+        is replaced and ``fn`` run once more, if ``may_retry()`` says nothing it did can have
+        taken effect (a read always; a write whose COMMIT was not sent).
+        """
         with self._lock:
             if self._closed:
                 raise asyncpg.InterfaceError("audit store is closed")
@@ -66,6 +80,12 @@ class BlockingConnection:
                 raise RuntimeError("PostgresAuditStore is blocking: call it off the event loop")
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
+            reused = self._conn is not None
+            try:
+                return self._loop.run_until_complete(self._with_connection(fn))
+            except Exception:
+                if not (reused and self._lost and may_retry()):
+                    raise
             return self._loop.run_until_complete(self._with_connection(fn))
 
     def dropped(self) -> bool:
@@ -77,9 +97,14 @@ class BlockingConnection:
         if self._conn is None:
             self._conn = await self._connect()
         conn = self._conn
+        self._lost = False
         try:
             return await fn(conn)
         except BaseException as exc:
+            # Gone, not failed: the server or the network closed it (not a statement error).
+            self._lost = conn.is_closed() or isinstance(
+                exc, asyncpg.PostgresConnectionError | ConnectionError
+            )
             if not _session_survives(exc, conn):
                 self._conn = None
                 conn.terminate()
