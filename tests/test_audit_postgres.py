@@ -604,6 +604,42 @@ def test_checkpoints_keep_the_first_note_per_size(schema: str) -> None:
 # -- behind AuditLog (the only caller in the gateway) ------------------------------------------
 
 
+def test_instances_storing_one_checkpoint_size_never_fail_whatever_the_default_isolation(
+    schema: str,
+) -> None:
+    """Several instances publish checkpoints of one log and may store the same size at once:
+    the first stays, the others' INSERT .. ON CONFLICT DO NOTHING is a no-op. Under a stricter
+    default_transaction_isolation (from the DSN, role or database) the losers failed with a
+    serialization error instead; the store's sessions use READ COMMITTED."""
+    dsn = pg.with_params(pg.schema_dsn(schema), default_transaction_isolation="serializable")
+    stores = [PostgresAuditStore(dsn) for _ in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(stores))
+
+    def publish(store: PostgresAuditStore, n: int) -> None:
+        barrier.wait()
+        for size in range(1, 41):
+            try:
+                store.add_checkpoint(StoredCheckpoint(size, bytes(32), b"note %d" % n, 1.0))
+            except BaseException as e:
+                errors.append(e)
+
+    try:
+        stores[0].append_batch([b"r"] * 40)
+        for store in stores:
+            store.size()  # connected, so they all start storing at once
+        threads = [threading.Thread(target=publish, args=(s, n)) for n, s in enumerate(stores)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert [c.size for c in stores[1].checkpoints()] == list(range(1, 41))
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_group_commit_through_audit_log_on_the_writer_threads_private_loop(schema: str) -> None:
     """The store's loop lives on AuditLog's writer thread; the gateway's loop never blocks."""
     store = _store(schema)

@@ -27,14 +27,21 @@ import asyncio
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-__all__ = ["BlockingConnection", "Connection", "split_dsn"]
+__all__ = ["READ_COMMITTED", "BlockingConnection", "Connection", "split_dsn"]
 
 T = TypeVar("T")
 Connection = Any  # asyncpg.Connection; asyncpg ships no type information.
+
+READ_COMMITTED: Final = {"default_transaction_isolation": "read committed"}
+"""A startup setting of every session of the gateway's stores, whatever the DSN, role or
+database default says: their statements are written for READ COMMITTED (an ``INSERT .. ON
+CONFLICT`` waits for a concurrent writer's row, then acts on its committed version). Under
+REPEATABLE READ or SERIALIZABLE the instance that lost such a race got a serialization error
+instead of its answer: a failed checkpoint, or a 503 where a 409 "in progress" was due."""
 
 
 class BlockingConnection:
@@ -51,7 +58,7 @@ class BlockingConnection:
     ) -> None:
         """Remember how to connect; ``setup`` runs on each new connection before it is used."""
         self._dsn = dsn
-        self._settings = dict(settings)
+        self._settings = {**settings, **READ_COMMITTED}
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._setup = setup
