@@ -425,6 +425,22 @@ def test_checkpoints_are_kept_by_size_and_the_first_of_a_size_stays(
     assert make_store().latest_checkpoint() == _cp(9)  # Durable.
 
 
+def test_a_checkpoint_the_table_refuses_raises_instead_of_vanishing(make_store: MakeStore) -> None:
+    """Only a second checkpoint of a stored size is let go; one the table's checks refuse
+    (negative size, root not 32 bytes) is an error in every store. SQLite's INSERT OR IGNORE
+    dropped it silently (the caller thought it published), PostgreSQL raised."""
+    store = make_store()
+    bad = [
+        StoredCheckpoint(size=-1, root=bytes(32), note=b"n", created_at=1.0),
+        StoredCheckpoint(size=3, root=bytes(31), note=b"n", created_at=1.0),
+    ]
+    for checkpoint in bad:
+        with pytest.raises(Exception, match=r"(?i)constraint|check"):
+            store.add_checkpoint(checkpoint)
+    store.add_checkpoint(_cp(3))  # The store is still usable, and the size still free.
+    assert store.checkpoints() == [_cp(3)]
+
+
 # -- search and export (issue 3) ---------------------------------------------------------------
 
 RECORDS = [

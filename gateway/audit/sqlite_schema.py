@@ -43,7 +43,7 @@ Schema::
         existed is indexed the same way, on first use.
     audit_checkpoints(size INTEGER PRIMARY KEY, root BLOB, note BLOB, created_at REAL)
         Signed checkpoints as published. The first one stored for a size stays: a signed
-        statement is never overwritten (INSERT OR IGNORE).
+        statement is never overwritten (ON CONFLICT (size) DO NOTHING).
 """
 
 from __future__ import annotations
@@ -124,9 +124,11 @@ RECORDS: Final = (
     "SELECT idx, leaf_hash, record FROM audit_records WHERE idx >= ? AND idx < ? ORDER BY idx"
 )
 
-# The first checkpoint stored for a size stays (see audit_checkpoints above).
+# The first checkpoint stored for a size stays (see audit_checkpoints above). Only that
+# conflict is let go: OR IGNORE would also drop a row failing a CHECK, silently.
 ADD_CHECKPOINT: Final = (
-    "INSERT OR IGNORE INTO audit_checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?)"
+    "INSERT INTO audit_checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (size) DO NOTHING"
 )
 LATEST_CHECKPOINT: Final = (
     "SELECT size, root, note, created_at FROM audit_checkpoints ORDER BY size DESC LIMIT 1"
