@@ -461,6 +461,36 @@ def test_a_commit_that_never_happened_fails_the_batch_and_leaves_no_trace(
         store.close()
 
 
+def test_an_instance_cut_off_inside_its_append_does_not_block_the_others_for_long(
+    schema: str, cutter: pg.CommitCutter
+) -> None:
+    """Instance A loses the network right after its writes (its session stays idle in the
+    transaction, holding the head lock) and cannot reach the server to end it. Without a
+    bound, every other instance's batches failed on lock_timeout until TCP keepalive noticed
+    (two hours by default): the shared log was down. The server now ends a session idle in a
+    transaction after idle_in_transaction_timeout, releasing the lock."""
+    cut_off = PostgresAuditStore(cutter.dsn(schema), idle_in_transaction_timeout=1.0)
+    other = _store(schema, lock_timeout=0.5)
+    try:
+        cut_off.append_batch([b"a"])
+        cutter.arm("hold")
+        cutter.refuse_new = True  # A can no longer reach the server, not even to clean up
+        with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)):
+            cut_off.append_batch([b"lost"])
+        placed = None
+        for _ in range(20):  # 20 x lock_timeout: far beyond the idle bound, far below 2 h
+            try:
+                placed = other.append_batch([b"b"])
+                break
+            except asyncpg.LockNotAvailableError:
+                continue
+        assert placed == [(1, merkle.leaf_hash(b"b"))]
+        assert other.tree_head() == (2, merkle.root([merkle.leaf_hash(x) for x in (b"a", b"b")]))
+    finally:
+        cut_off.close()
+        other.close()
+
+
 # -- integrity ---------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from typing import Any, Final, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-__all__ = ["READ_COMMITTED", "BlockingConnection", "Connection", "split_dsn"]
+__all__ = ["READ_COMMITTED", "BlockingConnection", "Connection", "session_settings", "split_dsn"]
 
 T = TypeVar("T")
 Connection = Any  # asyncpg.Connection; asyncpg ships no type information.
@@ -152,6 +152,14 @@ class BlockingConnection:
                         loop.run_until_complete(asyncio.sleep(0))  # Let the socket close.
             finally:
                 loop.close()
+
+
+def session_settings(name: str, given: set[str], **timeouts: float) -> dict[str, str]:
+    """Startup settings: ``application_name`` = ``name`` and each timeout (seconds, sent in
+    milliseconds, at least 1), except those the DSN sets itself (``given``: the DSN wins)."""
+    settings = {"application_name": name}
+    settings.update({k: f"{max(1, round(v * 1000))}ms" for k, v in timeouts.items()})
+    return {k: v for k, v in settings.items() if k not in given}
 
 
 def split_dsn(dsn: str) -> tuple[str, str | None, set[str]]:
