@@ -293,6 +293,17 @@ class ExchangeState(IdempotencyStore, Protocol):
     async def check(self) -> None: ...
 
 
+def prepare(kind: str, path: Path, dsn: str | None) -> None:
+    """Blocking: create the state store (file, or table in the audit DSN's schema) once, before
+    worker processes open it, so a database that refuses shows at start-up."""
+
+    async def open_and_close() -> None:
+        async with opened(kind, path, dsn):
+            pass
+
+    asyncio.run(open_and_close())
+
+
 @contextlib.asynccontextmanager
 async def opened(kind: str, path: Path, dsn: str | None) -> AsyncIterator[ExchangeState]:
     """The state store beside the audit log: with ``kind`` "postgres" (a log shared by several
@@ -323,4 +334,5 @@ __all__ = [
     "StateStore",
     "StateUnavailable",
     "opened",
+    "prepare",
 ]

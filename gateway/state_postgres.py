@@ -10,8 +10,9 @@ pending entry (409 in progress) or, once the first has finished, its stored answ
 asyncpg on the worker's own event loop, through a small pool opened by the app's cleanup
 context: only requests that carry an Idempotency-Key come here, and every call is one or two
 single-statement transactions. Commits are durable (``synchronous_commit`` forced on, as the
-audit store does, even if the DSN asks otherwise). The table lives in the audit DSN's schema,
-next to the log's tables.
+audit store does, even if the DSN asks otherwise) and sessions use READ COMMITTED, which the
+claim is written for (see :data:`~gateway.audit.postgres_session.READ_COMMITTED`). The table
+lives in the audit DSN's schema, next to the log's tables.
 
 Same methods and semantics as :class:`gateway.state.StateStore` (the SQLite one).
 """
@@ -26,7 +27,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from gateway import state
 from gateway.audit.postgres_schema import ensure_created, qualified
-from gateway.audit.postgres_session import split_dsn
+from gateway.audit.postgres_session import READ_COMMITTED, split_dsn
 from gateway.state import IdempotencyEntry, PurgeSchedule, StateUnavailable
 
 __all__ = ["PostgresStateStore"]
@@ -114,6 +115,7 @@ class PostgresStateStore:
         # A startup setting, not a SET: the pool's RESET ALL on release returns a session to
         # its startup values, so a SET (or a DSN's "off") would not last.
         settings["synchronous_commit"] = "on"
+        settings.update(READ_COMMITTED)
         try:
             pool = await asyncpg.create_pool(
                 plain,

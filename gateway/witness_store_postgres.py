@@ -13,7 +13,8 @@ compare-and-swap as gateway.witness_store.WitnessStore (SQLite):
   state waits for the first and then finds its WHERE false (or the row present), so exactly
   one of two racing instances advances; the other re-reads and decides again;
 * commits are durable before the cosignature leaves (``synchronous_commit`` forced on, as the
-  audit store does, even if the DSN asks otherwise).
+  audit store does, even if the DSN asks otherwise), and sessions use READ COMMITTED whatever
+  the DSN, role or database default (see gateway.audit.postgres_session.READ_COMMITTED).
 
 The tables live in the audit DSN's schema, next to the log's tables. asyncpg on the worker's
 own event loop, through a small pool opened by the witness route's cleanup context.
@@ -28,7 +29,7 @@ from typing import Any, Final, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from gateway.audit.postgres_schema import ensure_created, qualified
-from gateway.audit.postgres_session import split_dsn
+from gateway.audit.postgres_session import READ_COMMITTED, split_dsn
 from gateway.witness import Witnessed
 from gateway.witness_store import Evidence, WitnessStoreUnavailable
 
@@ -108,6 +109,7 @@ class PostgresWitnessStore:
         for name in given:
             settings.pop(name, None)
         settings["synchronous_commit"] = "on"  # A startup setting: it survives RESET ALL.
+        settings.update(READ_COMMITTED)  # What the compare-and-swap is written for.
         try:
             pool = await asyncpg.create_pool(
                 plain,

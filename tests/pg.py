@@ -106,6 +106,7 @@ class CommitCutter:
     """
 
     def __init__(self) -> None:
+        self.refuse_new = False  # True: new connections are closed at once (host cut off)
         self._armed: str | None = None
         self._held: list[asyncio.StreamWriter] = []
         self._sessions: set[asyncio.Task[None]] = set()
@@ -144,6 +145,9 @@ class CommitCutter:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if self.refuse_new:
+            writer.transport.abort()
+            return
         self._sessions.add(task)
         parts = urllib.parse.urlsplit(DSN)
         up_r, up_w = await asyncio.open_connection(parts.hostname, parts.port or 5432)

@@ -296,6 +296,125 @@ def test_a_broken_connection_fails_one_call_and_the_next_reconnects(schema: str)
         store.close()
 
 
+def _end_session_of(store: PostgresAuditStore) -> None:
+    """End the store's session from the server side, as a restart, a failover or an
+    idle_session_timeout does, and wait (bounded) until the server has let it go."""
+
+    async def backend_pid(conn: Any) -> int:
+        return int(conn.get_server_pid())
+
+    pid = store._call(backend_pid)
+    pg.execute("SELECT pg_terminate_backend($1)", pid)
+    for _ in range(100):
+        if not pg.fetch("SELECT 1 FROM pg_stat_activity WHERE pid = $1", pid):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server did not end the session")
+
+
+def test_a_session_the_server_ended_while_idle_costs_no_batch_and_no_read(schema: str) -> None:
+    """The connection died between calls (the server restarted, or ended an idle session):
+    nothing of the next call reached the server, so it is tried once on a new connection
+    instead of failing (a failed batch is a 503 for every exchange in it)."""
+    store = _store(schema)
+    try:
+        store.append_batch([b"a"], [Claim("k", expires_at=1e12, now=1.0)])
+        _end_session_of(store)
+        placed = store.append_batch([b"b", b"c"], [None, Claim("k2", expires_at=1e12, now=1.0)])
+        assert placed == [(1, merkle.leaf_hash(b"b")), (2, merkle.leaf_hash(b"c"))]
+        _end_session_of(store)
+        assert store.tree_head() == (3, merkle.root(_leaf_hashes(store)))
+        _end_session_of(store)
+        assert store.query(RecordQuery()) == store.records(0, 3)
+        _end_session_of(store)  # The claims were taken once: a replay is still refused.
+        assert store.append_batch([b"d"], [Claim("k2", expires_at=1e12, now=2.0)]) == [None]
+        assert store.size() == 3
+    finally:
+        store.close()
+
+
+def test_sessions_ended_at_random_never_lose_repeat_or_reorder_a_record_or_a_claim(
+    schema: str,
+) -> None:
+    """Three appenders with claims while their sessions are ended at random, mid-transaction,
+    at COMMIT or idle: a batch reported appended is in the log at its index, none is there
+    twice (a call is only run again when its COMMIT was not sent), a claim is won once, and
+    the tree stays gap-free and consistent with its leaves."""
+    import random
+    import secrets
+
+    app = "t_" + secrets.token_hex(6)  # this test's sessions only: others' are left alone
+    dsn = pg.with_params(pg.schema_dsn(schema), application_name=app)
+    reported: dict[bytes, int] = {}
+    winners: dict[str, bytes] = {}
+    guard = threading.Lock()
+    done = threading.Event()
+    rng = random.Random(7)
+
+    def appender(w: int) -> None:
+        store = PostgresAuditStore(dsn, lock_timeout=2)
+        try:
+            for n in range(40):
+                recs = [b"w%d-%d-%d" % (w, n, i) for i in range(1 + n % 4)]
+                claims = [
+                    Claim(f"k{(w * 7 + n * 3 + i) % 50}", 1e12, 1.0) for i in range(len(recs))
+                ]
+                try:
+                    placed = store.append_batch(recs, [c if n % 2 else None for c in claims])
+                except Exception:  # a failed batch (asyncpg says so in several ways)
+                    continue
+                with guard:
+                    for rec, claim, at in zip(recs, claims, placed, strict=True):
+                        if at is not None:
+                            reported[rec] = at[0]
+                            if n % 2:
+                                assert claim.key not in winners, claim.key
+                                winners[claim.key] = rec
+        finally:
+            store.close()
+
+    async def end_sessions() -> int:
+        conn = await asyncpg.connect(pg.DSN, timeout=5)
+        ended = 0
+        try:
+            for _ in range(2000):
+                if done.is_set():
+                    break
+                rows = await conn.fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = $1 AND random() < 0.3",
+                    app,
+                )
+                ended += len(rows)
+                await asyncio.sleep(rng.uniform(0.005, 0.03))
+        finally:
+            await conn.close()
+        return ended
+
+    threads = [threading.Thread(target=appender, args=(w,)) for w in range(3)]
+    for thread in threads:
+        thread.start()
+    ender: list[int] = []
+    killer = threading.Thread(target=lambda: ender.append(asyncio.run(end_sessions())))
+    killer.start()
+    for thread in threads:
+        thread.join(120)
+    done.set()
+    killer.join(30)
+    check = _store(schema)
+    try:
+        size, root = check.tree_head()
+        stored = check.records(0, size)
+        assert [r.index for r in stored] == list(range(size))
+        assert root == merkle.root([r.leaf_hash for r in stored])
+        where = {r.record: r.index for r in stored}
+        assert len(where) == size  # no record twice
+        assert all(where.get(rec) == at for rec, at in reported.items())
+        assert reported and ender and ender[0] > 0  # the test appended, and ended sessions
+    finally:
+        check.close()
+
+
 @pytest.fixture
 def cutter() -> Iterator[pg.CommitCutter]:
     proxy = pg.CommitCutter()
@@ -340,6 +459,36 @@ def test_a_commit_that_never_happened_fails_the_batch_and_leaves_no_trace(
         assert store.tree_head() == (2, merkle.root([merkle.leaf_hash(x) for x in (b"a", b"b")]))
     finally:
         store.close()
+
+
+def test_an_instance_cut_off_inside_its_append_does_not_block_the_others_for_long(
+    schema: str, cutter: pg.CommitCutter
+) -> None:
+    """Instance A loses the network right after its writes (its session stays idle in the
+    transaction, holding the head lock) and cannot reach the server to end it. Without a
+    bound, every other instance's batches failed on lock_timeout until TCP keepalive noticed
+    (two hours by default): the shared log was down. The server now ends a session idle in a
+    transaction after idle_in_transaction_timeout, releasing the lock."""
+    cut_off = PostgresAuditStore(cutter.dsn(schema), idle_in_transaction_timeout=1.0)
+    other = _store(schema, lock_timeout=0.5)
+    try:
+        cut_off.append_batch([b"a"])
+        cutter.arm("hold")
+        cutter.refuse_new = True  # A can no longer reach the server, not even to clean up
+        with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)):
+            cut_off.append_batch([b"lost"])
+        placed = None
+        for _ in range(20):  # 20 x lock_timeout: far beyond the idle bound, far below 2 h
+            try:
+                placed = other.append_batch([b"b"])
+                break
+            except asyncpg.LockNotAvailableError:
+                continue
+        assert placed == [(1, merkle.leaf_hash(b"b"))]
+        assert other.tree_head() == (2, merkle.root([merkle.leaf_hash(x) for x in (b"a", b"b")]))
+    finally:
+        cut_off.close()
+        other.close()
 
 
 # -- integrity ---------------------------------------------------------------------------------
@@ -483,6 +632,42 @@ def test_checkpoints_keep_the_first_note_per_size(schema: str) -> None:
 
 
 # -- behind AuditLog (the only caller in the gateway) ------------------------------------------
+
+
+def test_instances_storing_one_checkpoint_size_never_fail_whatever_the_default_isolation(
+    schema: str,
+) -> None:
+    """Several instances publish checkpoints of one log and may store the same size at once:
+    the first stays, the others' INSERT .. ON CONFLICT DO NOTHING is a no-op. Under a stricter
+    default_transaction_isolation (from the DSN, role or database) the losers failed with a
+    serialization error instead; the store's sessions use READ COMMITTED."""
+    dsn = pg.with_params(pg.schema_dsn(schema), default_transaction_isolation="serializable")
+    stores = [PostgresAuditStore(dsn) for _ in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(stores))
+
+    def publish(store: PostgresAuditStore, n: int) -> None:
+        barrier.wait()
+        for size in range(1, 41):
+            try:
+                store.add_checkpoint(StoredCheckpoint(size, bytes(32), b"note %d" % n, 1.0))
+            except BaseException as e:
+                errors.append(e)
+
+    try:
+        stores[0].append_batch([b"r"] * 40)
+        for store in stores:
+            store.size()  # connected, so they all start storing at once
+        threads = [threading.Thread(target=publish, args=(s, n)) for n, s in enumerate(stores)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert [c.size for c in stores[1].checkpoints()] == list(range(1, 41))
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_group_commit_through_audit_log_on_the_writer_threads_private_loop(schema: str) -> None:

@@ -113,6 +113,18 @@ def test_reopening_keeps_records_and_head_and_appends_continue(make_store: MakeS
     assert again.tree_head() == (4, merkle.root(_all_leaf_hashes(again)))
 
 
+def test_a_subtree_id_beyond_64_bits_is_missing_like_any_other(make_store: MakeStore) -> None:
+    """KeyError, the Protocol's answer for a subtree not stored, in every store (SQLite raised
+    OverflowError binding the id, PostgreSQL said KeyError)."""
+    store = make_store()
+    store.append_batch([b"a", b"b"])
+    for node in [(0, 2**63), (2**63, 0), (64, 0), (0, -1), (-1, 0)]:
+        with pytest.raises(KeyError) as missing:
+            store.subtree_hashes([(1, 0), node])
+        assert missing.value.args == (node,)
+    assert store.subtree_hashes([(1, 0)]) == [merkle.root(_all_leaf_hashes(store))]
+
+
 def test_a_closed_store_refuses_work(make_store: MakeStore) -> None:
     store = make_store()
     store.close()
@@ -413,6 +425,22 @@ def test_checkpoints_are_kept_by_size_and_the_first_of_a_size_stays(
     assert make_store().latest_checkpoint() == _cp(9)  # Durable.
 
 
+def test_a_checkpoint_the_table_refuses_raises_instead_of_vanishing(make_store: MakeStore) -> None:
+    """Only a second checkpoint of a stored size is let go; one the table's checks refuse
+    (negative size, root not 32 bytes) is an error in every store. SQLite's INSERT OR IGNORE
+    dropped it silently (the caller thought it published), PostgreSQL raised."""
+    store = make_store()
+    bad = [
+        StoredCheckpoint(size=-1, root=bytes(32), note=b"n", created_at=1.0),
+        StoredCheckpoint(size=3, root=bytes(31), note=b"n", created_at=1.0),
+    ]
+    for checkpoint in bad:
+        with pytest.raises(Exception, match=r"(?i)constraint|check"):
+            store.add_checkpoint(checkpoint)
+    store.add_checkpoint(_cp(3))  # The store is still usable, and the size still free.
+    assert store.checkpoints() == [_cp(3)]
+
+
 # -- search and export (issue 3) ---------------------------------------------------------------
 
 RECORDS = [
@@ -463,6 +491,27 @@ def test_query_ands_every_filter_and_pages_by_index(make_store: MakeStore) -> No
     assert _indexes(store.query(Q(after_index=2**70))) == []
     found = store.query(Q(exchange_id="x1"))
     assert found[0] == StoredRecord(0, merkle.leaf_hash(records[0]), records[0])
+
+
+def test_a_value_holding_nul_is_never_matched_by_any_store(make_store: MakeStore) -> None:
+    """PostgreSQL text cannot hold NUL: a search value with NUL matches nothing in every store
+    (PostgreSQL raised CharacterNotInRepertoireError, SQLite matched), and a record member
+    holding NUL is left out of the search index (PostgreSQL had to, SQLite did not)."""
+    from gateway.audit.store import RecordQuery as Q
+
+    store = make_store()
+    store.append_batch(
+        [
+            b'{"at":"2026-11-28T09:00:00.000Z","sender":"a\\u0000b","service":"s"}',
+            b'{"at":"2026-11-28T09:00:01.000Z","sender":"a","service":"s\\u0000"}',
+        ]
+    )
+    for nul in ("a\x00b", "\x00", "s\x00"):
+        for field in ("sender", "service", "provider", "event", "exchange_id", "since", "until"):
+            assert store.query(Q(**{field: nul})) == [], (field, nul)
+    assert _indexes(store.query(Q(sender="a"))) == [1]
+    assert _indexes(store.query(Q(service="s"))) == [0]
+    assert _indexes(store.query(Q(since="2026-11-28T09:00:00.000Z"))) == [0, 1]
 
 
 def test_query_sees_records_appended_by_another_store_on_the_same_file(

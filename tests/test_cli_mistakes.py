@@ -8,6 +8,8 @@ names the cause instead of showing a Python traceback.
 from __future__ import annotations
 
 import http.server
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -286,6 +288,36 @@ def test_serve_on_a_port_in_use_exits_2_naming_the_address(tmp_path: Path) -> No
         r = run("serve", "--port", str(port), cwd=d)
     no_traceback(r)
     assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        # Nothing listens on port 1: the server is down.
+        ('store = "postgres"\ndsn = "postgresql://gw:s3cret@127.0.0.1:1/test"', "audit.dsn"),
+        ('store = "postgres"\ndsn = "postgresql://gw:s3cret@127.0.0.1:x/test"', "audit.dsn"),
+        ('store = "postgres"\ndsn = "mysql://gw:s3cret@127.0.0.1/test"', "audit.dsn"),
+        ('store = "postgres"\ndsn = "postgresql://gw:s3cret@127.0.0.1/test?schema="', "audit.dsn"),
+        ('store = "sqlite"\npath = "no-such-dir/audit.db"', "audit.path"),
+    ],
+)
+def test_serve_with_a_store_it_cannot_open_exits_2_naming_the_field(
+    deployment: Path, tmp_path: Path, setting: str, field: str
+) -> None:
+    """A wrong DSN or a server that is down at start-up: exit 2, the field to fix, no traceback,
+    and never the DSN's password."""
+    d = tmp_path / "demo"
+    # The module's server may be running in ``deployment``: leave its live files behind.
+    live = shutil.ignore_patterns(".*", "*.db", "*.db-*", "audit.published*", "*.log")
+    shutil.copytree(deployment, d, ignore=live)
+    cfg = d / "gateway.toml"
+    text, n = re.subn(r'(?m)^store = "sqlite"\npath = "audit.db"$', setting, cfg.read_text())
+    assert n == 1
+    cfg.write_text(text)
+    r = run("serve", "--port", "0", cwd=d)
+    no_traceback(r)
+    assert r.returncode == 2 and f"{field}: cannot open" in r.stderr, r.stderr
+    assert "s3cret" not in r.stderr
 
 
 _WATCH_INIT = """

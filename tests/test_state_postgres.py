@@ -78,6 +78,28 @@ async def test_instances_racing_on_new_keys_let_exactly_one_exchange_through(sch
             await s.aclose()
 
 
+@pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
+async def test_racing_instances_get_in_progress_not_unavailable_whatever_the_default_isolation(
+    schema: str, isolation: str
+) -> None:
+    """The claim statements are written for READ COMMITTED (ON CONFLICT waits for the winner's
+    row, then re-checks it). A DSN, role or database whose default_transaction_isolation is
+    stricter made the losers fail with a serialization error: StateUnavailable, a 503 (and an
+    outage mark) instead of 409 in progress. The store's sessions use READ COMMITTED."""
+    dsn = pg.with_params(pg.schema_dsn(schema), default_transaction_isolation=isolation)
+    stores = [await PostgresStateStore.open(dsn) for _ in range(3)]
+    try:
+        for round_ in range(10):
+            outcomes = await asyncio.gather(
+                *(s.idempotency_begin("s", "svc.v1", f"r{round_}", "h", ttl=60) for s in stores * 2)
+            )
+            assert sum(o is None for o in outcomes) == 1, outcomes
+            assert all(o is None or o.state == "pending" for o in outcomes)
+    finally:
+        for s in stores:
+            await s.aclose()
+
+
 async def test_expired_keys_are_reclaimed_and_purged_in_bounded_steps(
     schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -146,3 +146,38 @@ async def test_postgres_compare_and_swap_lets_exactly_one_instance_advance(
         assert (kept.cause, kept.note, kept.held, kept.seen_at) == ("fork", b"n", winner, 1)
     finally:
         await again.aclose()
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    with pg.fresh_schema(create=False) as name:
+        yield name
+
+
+@pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
+async def test_racing_instances_lose_the_swap_not_the_store_whatever_the_default_isolation(
+    schema: str, isolation: str
+) -> None:
+    """The compare-and-swap is written for READ COMMITTED (the second writer waits, then finds
+    its WHERE false). Under a stricter default_transaction_isolation (DSN, role or database)
+    the losers got a serialization error: WitnessStoreUnavailable, a 503 instead of a re-read.
+    The store's sessions use READ COMMITTED."""
+    leaves = _leaves(40, b"x")
+
+    def held(n: int) -> Witnessed:
+        return Witnessed(n, merkle.root(leaves[:n]))
+
+    dsn = pg.with_params(pg.schema_dsn(schema), default_transaction_isolation=isolation)
+    stores = [await PostgresWitnessStore.open(dsn) for _ in range(3)]
+    try:
+        assert await stores[0].compare_and_swap(ORIGIN, None, held(1))
+        state = held(1)
+        for size in range(2, 12):
+            won = await asyncio.gather(
+                *(s.compare_and_swap(ORIGIN, state, held(size)) for s in stores * 2)
+            )
+            assert sum(won) == 1, won
+            state = held(size)
+    finally:
+        for s in stores:
+            await s.aclose()

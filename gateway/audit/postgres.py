@@ -14,7 +14,9 @@ Why it looks like this:
   the tree is cached between transactions. Every transaction that touches ``audit_claims`` holds
   the head lock first, so appenders cannot deadlock on claims. Waiting for the lock is bounded by
   ``lock_timeout`` (10 s by default), after which the batch fails (LockNotAvailableError) and
-  AuditLog reports the log as unavailable.
+  AuditLog reports the log as unavailable. Holding it is bounded too: the server ends a session
+  idle inside its transaction for ``idle_in_transaction_session_timeout`` (30 s), e.g. of an
+  instance cut off mid-append, which could otherwise stop every instance until TCP keepalive.
 * Durability: a commit returns only once its WAL record is flushed, with PostgreSQL's default
   ``synchronous_commit = on``. A session that finds it ``off`` (set by a DBA or a role default)
   turns it back ``on`` for itself; stronger settings (remote_write, remote_apply) are kept.
@@ -26,12 +28,13 @@ Why it looks like this:
 * Tables are created if missing (see :mod:`gateway.audit.postgres_schema`, which holds the
   table and index definitions and every SQL statement).
 * The connection opens on first use (constructing does no I/O); a connection that broke (network,
-  timeout, server restart) is dropped and the next call reconnects, so one failed batch does not
-  take the log down. If it broke after COMMIT was sent, the outcome is asked on a new connection
-  (``txid_status`` of the transaction id read with the head lock; a session still running it is
-  ended first): a batch that committed is reported as appended, one that did not is reported
-  failed. Only when the server cannot be reached at all does a batch count as failed although
-  it may be in the log (the exchange is then not acknowledged; the log holds an extra attempt).
+  timeout, server restart) is dropped and the next call reconnects (a batch that finds it closed
+  before its COMMIT was sent just runs again on a new one). If it broke after COMMIT was sent,
+  the outcome is asked on a new connection (``txid_status`` of the transaction id read with the
+  head lock; a session still running it is ended first): a batch that committed is reported as
+  appended, one that did not as failed. Only when the server cannot be reached at all does a
+  batch count as failed although it may be in the log (the exchange is then not acknowledged;
+  the log holds an extra attempt).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 from gateway.audit import merkle
+from gateway.audit.postgres_claims import take_claims
 from gateway.audit.postgres_schema import (
     COLUMNS,
     QUERY_HEAD,
@@ -50,8 +54,19 @@ from gateway.audit.postgres_schema import (
     statements,
     table_names,
 )
-from gateway.audit.postgres_session import BlockingConnection, Connection, split_dsn
-from gateway.audit.store import Claim, RecordQuery, StoredCheckpoint, StoredRecord
+from gateway.audit.postgres_session import (
+    BlockingConnection,
+    Connection,
+    session_settings,
+    split_dsn,
+)
+from gateway.audit.store import (
+    Claim,
+    RecordQuery,
+    StoredCheckpoint,
+    StoredRecord,
+    unsearchable,
+)
 
 __all__ = ["PostgresAuditStore", "StoreCorrupted"]
 
@@ -79,12 +94,16 @@ class PostgresAuditStore:
         lock_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         command_timeout: float = 60.0,
+        idle_in_transaction_timeout: float = 30.0,
     ) -> None:
         """Remember where the log lives; nothing connects until the first call.
 
-        ``lock_timeout`` (s) bounds the wait for another appender's head lock (a DSN
-        ``lock_timeout`` parameter wins); ``command_timeout`` (s) bounds any one statement, so
-        a hung server fails a batch instead of stalling the writer thread forever.
+        ``lock_timeout`` (s) bounds the wait for another appender's head lock; ``command_timeout``
+        (s) bounds any one statement, so a hung server fails a batch instead of stalling the
+        writer thread forever; ``idle_in_transaction_timeout`` (s): the server ends a session
+        of this store idle inside a transaction that long (its instance cut off mid-append),
+        so the head lock it holds cannot stop every instance's appends. DSN parameters of the
+        same names (``lock_timeout``, ``idle_in_transaction_session_timeout``) win.
         """
         dsn, dsn_schema, dsn_settings = split_dsn(dsn)
         if schema is not None and dsn_schema is not None and schema != dsn_schema:
@@ -95,10 +114,12 @@ class PostgresAuditStore:
         self._t = table_names(self._schema)
         self._q = statements(self._t)
         self._query_head = QUERY_HEAD.format(**self._t)
-        settings = {"application_name": "dtc-gateway audit"}
-        settings["lock_timeout"] = f"{max(1, round(lock_timeout * 1000))}ms"
-        for key in dsn_settings:
-            settings.pop(key, None)
+        settings = session_settings(
+            "dtc-gateway audit",
+            dsn_settings,
+            lock_timeout=lock_timeout,
+            idle_in_transaction_session_timeout=idle_in_transaction_timeout,
+        )
         self._db = BlockingConnection(
             dsn,
             settings=settings,
@@ -178,7 +199,7 @@ class PostgresAuditStore:
             return out
 
         try:
-            return self._call(run)
+            return self._db.call(run, may_retry=lambda: not sent)  # not sent: no COMMIT either
         except Exception:
             # The session ended after COMMIT may have been sent: the server knows the outcome.
             # (A server-reported error on a live session means the transaction rolled back.)
@@ -210,31 +231,8 @@ class PostgresAuditStore:
             return None
 
     async def _claim(self, conn: Connection, claims: Sequence[Claim | None]) -> set[int]:
-        """Take the claims; return the positions whose claim was already (and still) taken.
-
-        Same outcome as SQLite's one-at-a-time upserts: a key repeated within the batch is
-        tried again in a later round (round r holds the r-th occurrence of each key), because
-        one upsert statement may not touch the same row twice.
-        """
-        rounds: list[list[int]] = []
-        seen: dict[str, int] = {}
-        for i, claim in enumerate(claims):
-            if claim is not None:
-                r = seen[claim.key] = seen.get(claim.key, -1) + 1
-                if r == len(rounds):
-                    rounds.append([])
-                rounds[r].append(i)
-        refused: set[int] = set()
-        for positions in rounds:
-            batch = [c for c in (claims[i] for i in positions) if c is not None]
-            rows = await conn.fetch(
-                self._q["claim"],
-                [c.key for c in batch],
-                [c.expires_at for c in batch],
-                [c.now for c in batch],
-            )
-            taken = {row[0] for row in rows}
-            refused.update(i for i, c in zip(positions, batch, strict=True) if c.key not in taken)
+        """Take the claims (:func:`take_claims`); now and then purge the expired ones."""
+        refused = await take_claims(conn, self._q["claim"], claims)
         self._claims_since_purge += 1
         if self._claims_since_purge >= 1000:
             self._claims_since_purge = 0
@@ -304,7 +302,7 @@ class PostgresAuditStore:
         "C"); ``limit`` capped at 10,000. Each equality filter has an index on (column, idx),
         so the planner can walk it from the cursor and stop after ``limit`` rows.
         """
-        if query.limit <= 0 or query.after_index >= _MAX_INDEX - 1:
+        if query.limit <= 0 or query.after_index >= _MAX_INDEX - 1 or unsearchable(query):
             return []
         sql, args = query_statement(self._query_head, query, min(query.limit, _MAX_LIMIT))
         return self._fetch_records(sql, *args)

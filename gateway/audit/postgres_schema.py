@@ -110,9 +110,9 @@ QUERY_TAIL: Final = " ORDER BY idx LIMIT "
 
 
 def index_columns(record: bytes) -> tuple[str | None, ...]:
-    """The query columns of one record (:func:`gateway.audit.store.search_values`), except that
-    PostgreSQL text cannot hold NUL: such a value is left unindexed rather than failing."""
-    return tuple(None if v is not None and "\x00" in v else v for v in search_values(record))
+    """The query columns of one record: :func:`gateway.audit.store.search_values`, which leaves
+    a value holding NUL (PostgreSQL text cannot hold it) unindexed, as SQLite does."""
+    return search_values(record)
 
 
 def query_statement(head: str, query: RecordQuery, limit: int) -> tuple[str, list[Any]]:

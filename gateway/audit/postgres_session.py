@@ -15,7 +15,10 @@ its own:
   refused with RuntimeError, since ``run_until_complete`` cannot nest.
 * The connection opens on first use (constructing does no I/O) and is handed to a ``setup``
   coroutine before its first call; a connection whose session is in doubt (network, timeout,
-  cancellation, server restart) is dropped, and the next call reconnects.
+  cancellation, server restart) is dropped, and the next call reconnects. A call that finds
+  its connection closed (the server restarted, or ended the idle session) runs once more on a
+  new connection if its caller says nothing it did can have taken effect: without that, the
+  first batch after every restart or idle timeout failed, a 503 for each exchange in it.
 """
 
 from __future__ import annotations
@@ -24,14 +27,21 @@ import asyncio
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-__all__ = ["BlockingConnection", "Connection", "split_dsn"]
+__all__ = ["READ_COMMITTED", "BlockingConnection", "Connection", "session_settings", "split_dsn"]
 
 T = TypeVar("T")
 Connection = Any  # asyncpg.Connection; asyncpg ships no type information.
+
+READ_COMMITTED: Final = {"default_transaction_isolation": "read committed"}
+"""A startup setting of every session of the gateway's stores, whatever the DSN, role or
+database default says: their statements are written for READ COMMITTED (an ``INSERT .. ON
+CONFLICT`` waits for a concurrent writer's row, then acts on its committed version). Under
+REPEATABLE READ or SERIALIZABLE the instance that lost such a race got a serialization error
+instead of its answer: a failed checkpoint, or a 503 where a 409 "in progress" was due."""
 
 
 class BlockingConnection:
@@ -48,17 +58,28 @@ class BlockingConnection:
     ) -> None:
         """Remember how to connect; ``setup`` runs on each new connection before it is used."""
         self._dsn = dsn
-        self._settings = dict(settings)
+        self._settings = {**settings, **READ_COMMITTED}
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._setup = setup
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Connection | None = None
+        self._lost = False  # the last call's connection was found closed
         self._closed = False
 
-    def call(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
-        """Run ``fn(connection)`` on the private loop and return its result. Blocking."""
+    def call(
+        self,
+        fn: Callable[[Connection], Awaitable[T]],
+        *,
+        may_retry: Callable[[], bool] = lambda: True,
+    ) -> T:
+        """Run ``fn(connection)`` on the private loop and return its result. Blocking.
+
+        A connection that was found closed (the server restarted, or ended the idle session)
+        is replaced and ``fn`` run once more, if ``may_retry()`` says nothing it did can have
+        taken effect (a read always; a write whose COMMIT was not sent).
+        """
         with self._lock:
             if self._closed:
                 raise asyncpg.InterfaceError("audit store is closed")
@@ -66,6 +87,12 @@ class BlockingConnection:
                 raise RuntimeError("PostgresAuditStore is blocking: call it off the event loop")
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
+            reused = self._conn is not None
+            try:
+                return self._loop.run_until_complete(self._with_connection(fn))
+            except Exception:
+                if not (reused and self._lost and may_retry()):
+                    raise
             return self._loop.run_until_complete(self._with_connection(fn))
 
     def dropped(self) -> bool:
@@ -77,9 +104,14 @@ class BlockingConnection:
         if self._conn is None:
             self._conn = await self._connect()
         conn = self._conn
+        self._lost = False
         try:
             return await fn(conn)
         except BaseException as exc:
+            # Gone, not failed: the server or the network closed it (not a statement error).
+            self._lost = conn.is_closed() or isinstance(
+                exc, asyncpg.PostgresConnectionError | ConnectionError
+            )
             if not _session_survives(exc, conn):
                 self._conn = None
                 conn.terminate()
@@ -120,6 +152,14 @@ class BlockingConnection:
                         loop.run_until_complete(asyncio.sleep(0))  # Let the socket close.
             finally:
                 loop.close()
+
+
+def session_settings(name: str, given: set[str], **timeouts: float) -> dict[str, str]:
+    """Startup settings: ``application_name`` = ``name`` and each timeout (seconds, sent in
+    milliseconds, at least 1), except those the DSN sets itself (``given``: the DSN wins)."""
+    settings = {"application_name": name}
+    settings.update({k: f"{max(1, round(v * 1000))}ms" for k, v in timeouts.items()})
+    return {k: v for k, v in settings.items() if k not in given}
 
 
 def split_dsn(dsn: str) -> tuple[str, str | None, set[str]]:

@@ -38,6 +38,7 @@ from gateway.audit.store import (
     StoredCheckpoint,
     StoredRecord,
     search_values,
+    unsearchable,
 )
 
 __all__ = ["SqliteAuditStore", "StoreCorrupted", "StoreMoved"]
@@ -204,11 +205,14 @@ class SqliteAuditStore:
         committed tree size; nodes are never rewritten, so a stale size is still consistent.
         """
         wanted = list(ids)
+        # Ids outside SQLite's integers can name no stored subtree: KeyError, as for any other
+        # missing one (binding them would raise OverflowError instead).
+        asked = [(lv, i) for lv, i in wanted if 0 <= lv < 64 and 0 <= i < _MAX_INDEX]
         found: dict[tuple[int, int], bytes] = {}
         with self._lock:
             conn = self._connection()
-            for start in range(0, len(wanted), sql.IDS_PER_QUERY):
-                chunk = wanted[start : start + sql.IDS_PER_QUERY]
+            for start in range(0, len(asked), sql.IDS_PER_QUERY):
+                chunk = asked[start : start + sql.IDS_PER_QUERY]
                 values = ",".join("(?, ?)" for _ in chunk)
                 rows = conn.execute(
                     sql.SUBTREES.format(values=values), [x for node in chunk for x in node]
@@ -253,6 +257,8 @@ class SqliteAuditStore:
         Catches the search index up first (see the module doc), then one statement: the
         planner walks one audit_search index from the cursor and stops after ``limit`` rows.
         """
+        if unsearchable(query):
+            return []
         while self.index_pending(5000, timeout=self._busy_timeout):
             pass
         where: list[str] = ["s.idx > ?"]

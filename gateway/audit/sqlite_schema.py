@@ -24,11 +24,12 @@ Schema::
         next batch extends. Read and rewritten inside every append transaction.
     audit_search(idx INTEGER PRIMARY KEY, at, sender, service, provider, event, exchange_id)
         The operators' search index, one row per record: the record's top-level JSON string
-        members of those names (NULL when absent, not a string, or the record is not a JSON
-        object). Each column but ``at`` has an index; SQLite ends every index key with the
-        rowid (idx), so ``sender = ? AND idx > ? ORDER BY idx LIMIT n`` is one range scan, no
-        sort. Time bounds are checked while walking idx order (records are appended in
-        roughly time order; an index on ``at`` would need a sort by idx for every page).
+        members of those names (NULL when absent, not a string, holding NUL as PostgreSQL
+        must, or the record is not a JSON object). Each column but ``at`` has an index;
+        SQLite ends every index key with the rowid (idx), so ``sender = ? AND idx > ? ORDER
+        BY idx LIMIT n`` is one range scan, no sort. Time bounds are checked while walking idx
+        order (records are appended in roughly time order; an index on ``at`` would need a
+        sort by idx for every page).
         It is filled BEHIND the log, not in the append transaction: six index updates per
         record doubled the group-commit cost per record (measured with bench/bench_audit.py,
         14 -> 30 us, whether the columns were SQLite generated columns or filled in Python),
@@ -42,7 +43,7 @@ Schema::
         existed is indexed the same way, on first use.
     audit_checkpoints(size INTEGER PRIMARY KEY, root BLOB, note BLOB, created_at REAL)
         Signed checkpoints as published. The first one stored for a size stays: a signed
-        statement is never overwritten (INSERT OR IGNORE).
+        statement is never overwritten (ON CONFLICT (size) DO NOTHING).
 """
 
 from __future__ import annotations
@@ -123,9 +124,11 @@ RECORDS: Final = (
     "SELECT idx, leaf_hash, record FROM audit_records WHERE idx >= ? AND idx < ? ORDER BY idx"
 )
 
-# The first checkpoint stored for a size stays (see audit_checkpoints above).
+# The first checkpoint stored for a size stays (see audit_checkpoints above). Only that
+# conflict is let go: OR IGNORE would also drop a row failing a CHECK, silently.
 ADD_CHECKPOINT: Final = (
-    "INSERT OR IGNORE INTO audit_checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?)"
+    "INSERT INTO audit_checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (size) DO NOTHING"
 )
 LATEST_CHECKPOINT: Final = (
     "SELECT size, root, note, created_at FROM audit_checkpoints ORDER BY size DESC LIMIT 1"

@@ -33,6 +33,7 @@ __all__ = [
     "StoredCheckpoint",
     "StoredRecord",
     "search_values",
+    "unsearchable",
 ]
 
 SEARCH_FIELDS: Final = ("at", "sender", "service", "provider", "event", "exchange_id")
@@ -42,14 +43,26 @@ _NO_VALUES: Final[tuple[str | None, ...]] = (None,) * len(SEARCH_FIELDS)
 
 def search_values(record: bytes) -> tuple[str | None, ...]:
     """A record's :data:`SEARCH_FIELDS`: its string members, None where absent or not text
-    (all None for bytes that are no JSON object)."""
+    (all None for bytes that are no JSON object), or holding NUL (see :func:`unsearchable`)."""
     try:
         obj = orjson.loads(record)
     except orjson.JSONDecodeError:
         return _NO_VALUES
     if not isinstance(obj, dict):
         return _NO_VALUES
-    return tuple(v if isinstance(v := obj.get(f), str) else None for f in SEARCH_FIELDS)
+    return tuple(
+        v if isinstance(v := obj.get(f), str) and "\x00" not in v else None for f in SEARCH_FIELDS
+    )
+
+
+def unsearchable(query: RecordQuery) -> bool:
+    """Whether a filter of ``query`` holds NUL, so that it matches nothing in any store.
+
+    PostgreSQL text cannot hold NUL, so no store indexes such a value (:func:`search_values`)
+    and a search for one finds nothing, in SQLite as in PostgreSQL (which would refuse it).
+    """
+    values = (query.since, query.until, query.sender, query.service, query.provider)
+    return any(v is not None and "\x00" in v for v in (*values, query.event, query.exchange_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +85,8 @@ class RecordQuery:
 
     Times are RFC 3339 strings compared on the record's ``at`` member (records carry UTC
     millisecond times, which sort as strings). ``after_index`` is the cursor: results are in
-    index order, strictly after it. ``limit`` is already capped by the caller.
+    index order, strictly after it. ``limit`` is already capped by the caller. A value holding
+    NUL matches nothing (see :func:`unsearchable`).
     """
 
     since: str | None = None

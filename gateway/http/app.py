@@ -21,7 +21,7 @@ from gateway import plugins
 from gateway.acl import AccessList, Grant
 from gateway.audit.appender import RemoteAppender
 from gateway.audit.checkpoint import NoteError
-from gateway.audit.factory import note_signer, open_store
+from gateway.audit.factory import note_signer, open_store, opening
 from gateway.audit.log import AuditLog
 from gateway.audit.publisher import CheckpointPublisher, check_not_rolled_back
 from gateway.audit.store import root_at
@@ -42,8 +42,9 @@ from gateway.metrics import ExchangeMetrics
 from gateway.models import Limits
 from gateway.pipeline import Pipeline, ServiceRuntime
 from gateway.ratelimit import RateLimiter
-from gateway.state import ExchangeState, StateStore
+from gateway.state import ExchangeState
 from gateway.state import opened as opened_state
+from gateway.state import prepare as prepare_state
 from gateway.trust import build_anchors
 from gateway.validation import CompiledSchema, compile_schema
 
@@ -151,7 +152,7 @@ def prepare_stores(dep: Deployment) -> None:
     """
     store = open_store(dep)
     try:
-        size, _ = store.tree_head()
+        size, _ = opening(dep, "audit", store.tree_head)
 
         async def root_at_size(n: int) -> bytes:
             return root_at(store, n)
@@ -159,7 +160,8 @@ def prepare_stores(dep: Deployment) -> None:
         asyncio.run(check_not_rolled_back(dep.published_path(), size, root_at_size))
     finally:
         store.close()
-    StateStore(dep.state_path()).close()
+    cfg = dep.config.audit
+    opening(dep, "state", lambda: prepare_state(cfg.store, dep.state_path(), cfg.dsn))
 
 
 def server_ssl_context(dep: Deployment) -> ssl.SSLContext | None:
