@@ -647,7 +647,9 @@ def test_the_appending_store_checkpoints_its_wal_on_a_thread_not_in_its_commits(
     assert checkpointer is not None
     # In WAL mode only a checkpoint writes the database file itself; the writer's threshold
     # (10,000 pages) is far above these ~150 pages, so only the thread can have grown it.
-    deadline = time.monotonic() + 10
+    # A pass every 0.5 s; the deadline only keeps a broken thread from hanging the test (a
+    # machine loaded by other tests' fsyncs made 10 s too short: a flaky failure).
+    deadline = time.monotonic() + 120
     while os.path.getsize(path) < 300 * 2000 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert os.path.getsize(path) >= 300 * 2000 and checkpointer.checkpoints > 0
