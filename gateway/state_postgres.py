@@ -27,7 +27,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from gateway import state
 from gateway.audit.postgres_schema import ensure_created, qualified
-from gateway.audit.postgres_session import READ_COMMITTED, split_dsn
+from gateway.audit.postgres_session import durable_pool, split_dsn
 from gateway.state import IdempotencyEntry, PurgeSchedule, StateUnavailable
 
 __all__ = ["PostgresStateStore"]
@@ -108,22 +108,14 @@ class PostgresStateStore:
 
         ``dsn`` is the audit store's: a ``schema`` parameter puts the table in that schema.
         """
-        plain, schema, given = split_dsn(dsn)
-        settings = {"application_name": "dtc-gateway state"}
-        for name in given:
-            settings.pop(name, None)
-        # A startup setting, not a SET: the pool's RESET ALL on release returns a session to
-        # its startup values, so a SET (or a DSN's "off") would not last.
-        settings["synchronous_commit"] = "on"
-        settings.update(READ_COMMITTED)
+        schema = split_dsn(dsn)[1]
         try:
-            pool = await asyncpg.create_pool(
-                plain,
-                min_size=1,
+            pool = await durable_pool(
+                dsn,
+                "dtc-gateway state",
                 max_size=max_connections,
-                timeout=connect_timeout,
+                connect_timeout=connect_timeout,
                 command_timeout=command_timeout,
-                server_settings=settings,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise StateUnavailable(f"cannot connect to the state database: {e}") from e

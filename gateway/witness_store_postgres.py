@@ -29,7 +29,7 @@ from typing import Any, Final, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from gateway.audit.postgres_schema import ensure_created, qualified
-from gateway.audit.postgres_session import READ_COMMITTED, split_dsn
+from gateway.audit.postgres_session import durable_pool, split_dsn
 from gateway.witness import Witnessed
 from gateway.witness_store import Evidence, WitnessStoreUnavailable
 
@@ -104,20 +104,14 @@ class PostgresWitnessStore:
     ) -> PostgresWitnessStore:
         """Connect and create the tables if missing. ``dsn`` is the audit store's (a
         ``schema`` parameter puts the tables in that schema)."""
-        plain, schema, given = split_dsn(dsn)
-        settings = {"application_name": "dtc-gateway witness"}
-        for name in given:
-            settings.pop(name, None)
-        settings["synchronous_commit"] = "on"  # A startup setting: it survives RESET ALL.
-        settings.update(READ_COMMITTED)  # What the compare-and-swap is written for.
-        try:
-            pool = await asyncpg.create_pool(
-                plain,
-                min_size=1,
+        schema = split_dsn(dsn)[1]
+        try:  # READ COMMITTED: what the compare-and-swap is written for.
+            pool = await durable_pool(
+                dsn,
+                "dtc-gateway witness",
                 max_size=max_connections,
-                timeout=connect_timeout,
+                connect_timeout=connect_timeout,
                 command_timeout=command_timeout,
-                server_settings=settings,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise WitnessStoreUnavailable(f"cannot connect to the witness database: {e}") from e

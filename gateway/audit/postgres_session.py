@@ -31,7 +31,14 @@ from typing import Any, Final, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-__all__ = ["READ_COMMITTED", "BlockingConnection", "Connection", "session_settings", "split_dsn"]
+__all__ = [
+    "READ_COMMITTED",
+    "BlockingConnection",
+    "Connection",
+    "durable_pool",
+    "session_settings",
+    "split_dsn",
+]
 
 T = TypeVar("T")
 Connection = Any  # asyncpg.Connection; asyncpg ships no type information.
@@ -152,6 +159,37 @@ class BlockingConnection:
                         loop.run_until_complete(asyncio.sleep(0))  # Let the socket close.
             finally:
                 loop.close()
+
+
+async def durable_pool(
+    dsn: str,
+    name: str,
+    *,
+    max_size: int,
+    connect_timeout: float,
+    command_timeout: float,
+) -> Any:
+    """An asyncpg pool (at most ``max_size`` sessions) for the state and witness stores.
+
+    Its sessions are named ``name``, commit durably and run READ COMMITTED whatever the DSN,
+    the role or the database default say (:data:`READ_COMMITTED`). These are startup settings,
+    not SETs: the pool's RESET ALL on release returns a session to its startup values, so a SET
+    (or a DSN's ``synchronous_commit=off``) would not last. ``dsn`` is the audit store's, with
+    its ``schema`` parameter taken out (:func:`split_dsn`); asyncpg's and the server's errors
+    pass through for the caller to name its store.
+    """
+    plain, _, given = split_dsn(dsn)
+    settings = {k: v for k, v in {"application_name": name}.items() if k not in given}
+    settings["synchronous_commit"] = "on"
+    settings.update(READ_COMMITTED)
+    return await asyncpg.create_pool(
+        plain,
+        min_size=1,
+        max_size=max_size,
+        timeout=connect_timeout,
+        command_timeout=command_timeout,
+        server_settings=settings,
+    )
 
 
 def session_settings(name: str, given: set[str], **timeouts: float) -> dict[str, str]:
