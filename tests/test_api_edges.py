@@ -357,3 +357,42 @@ async def test_a_client_gone_while_sending_its_body_is_a_disconnect_not_an_inter
             while sum(e["event"] in events for e in logs) < 3:
                 await asyncio.sleep(0.05)
     assert not [e for e in logs if e["event"] == "http.internal_error"], logs
+
+
+async def test_a_readiness_check_that_hangs_is_reported_failed_not_waited_for(
+    tmp_path: Path, provider: Provider
+) -> None:
+    """A connector plugin whose ready() never returns made /readyz hang (one more handler per
+    probe) and named nothing; the check is given READY_CHECK_SECONDS and reported by name."""
+    import asyncio
+
+    from aiohttp import web
+
+    from gateway.config import load
+    from gateway.http import app as keys
+    from gateway.http.app import create_app
+    from gateway.testing import FakeConnector
+
+    class Hanging(FakeConnector):
+        async def ready(self) -> bool:
+            await asyncio.sleep(3600)
+            return True
+
+    cfg = make_deployment(tmp_path / "dep", provider_port=provider.port)
+    app = create_app(load(cfg))
+    app[keys.CONNECTORS]["budget-proposal.v1"] = Hanging()  # the dict the pipeline uses too
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/readyz"
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as r:
+            status, doc = r.status, await r.json()
+    finally:
+        await runner.cleanup()
+    assert status == 503
+    assert doc["checks"]["connector:budget-proposal.v1"].startswith("failed: no answer within")
+    assert doc["checks"]["connector:citizen-lookup.v1"] == "ok"
+    assert doc["checks"]["state"] == "ok" and doc["checks"]["audit"] == "ok"

@@ -92,27 +92,34 @@ async def test_readyz_is_not_ready_while_audit_writes_fail_though_reads_work(
 ) -> None:
     """Another process holds the log's write lock past the busy timeout: reads (what /readyz
     tried) still work, so it said ok while every exchange got 503. Now the failed write makes
-    it not ready, and the next exchange that is audited makes it ready again."""
+    it not ready, and the next exchange that is audited makes it ready again.
+
+    A real `gateway serve`: its workers read the log on connections of their own, which the
+    appender's stuck write does not hold up (in an app built alone, one thread does both)."""
     import sqlite3
 
     d = tmp_path / "dep"
     init_deployment(d)
     cfg = d / "gateway.toml"
     token = (d / "participants/hcm.quan-1/token").read_text().strip()
-    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
-        assert await _exchange(gw.url, token) == (200, "application/json")
-        holder = sqlite3.connect(d / "audit.db", isolation_level=None)
-        try:
-            holder.execute("BEGIN IMMEDIATE")  # held past the store's 10 s busy timeout
-            assert await _exchange(gw.url, token) == (503, "application/problem+json")
-            async with s.get(f"{gw.url}/readyz") as r:
-                doc = await r.json()
-            assert r.status == 503, doc
-            assert doc["checks"]["audit"] == "ok"  # the read side is fine...
-            assert doc["checks"]["writes"].startswith("failing")  # ...the write side is not
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
-        assert await _exchange(gw.url, token) == (200, "application/json")
-        async with s.get(f"{gw.url}/readyz") as r:
-            assert r.status == 200, await r.text()
+    server = ServerProcess(cfg)
+    try:
+        async with aiohttp.ClientSession() as s:
+            assert await _exchange(server.url, token) == (200, "application/json")
+            holder = sqlite3.connect(d / "audit.db", isolation_level=None)
+            try:
+                holder.execute("BEGIN IMMEDIATE")  # held past the store's 10 s busy timeout
+                assert await _exchange(server.url, token) == (503, "application/problem+json")
+                async with s.get(f"{server.url}/readyz") as r:
+                    doc = await r.json()
+                assert r.status == 503, doc
+                assert doc["checks"]["audit"] == "ok"  # the read side is fine...
+                assert doc["checks"]["writes"].startswith("failing")  # ...the write side is not
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            assert await _exchange(server.url, token) == (200, "application/json")
+            async with s.get(f"{server.url}/readyz") as r:
+                assert r.status == 200, await r.text()
+    finally:
+        server.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -226,31 +226,49 @@ async def healthz(request: web.Request) -> web.Response:
     return _json_response({"status": "ok"})
 
 
+READY_CHECK_SECONDS = 2.0
+"""How long /readyz waits for any one check. A stalled store or a connector plugin whose
+readiness check hangs made the probe itself hang (one more handler per probe period) and
+named nothing; such a check is now reported failed, by name."""
+
+
+async def _check(checks: dict[str, str], name: str, probe: Awaitable[bool]) -> None:
+    """Record ``name``'s outcome: ok, not ready (``probe`` gave False), or failed and why.
+
+    The public answer names only the kind of failure: an error's text can hold a file path or
+    a database's host and user. The whole text goes to the log.
+    """
+    try:
+        async with asyncio.timeout(READY_CHECK_SECONDS):
+            answer = await probe
+    except TimeoutError:
+        log.warning("readyz.check_timed_out", check=name, seconds=READY_CHECK_SECONDS)
+        checks[name] = f"failed: no answer within {READY_CHECK_SECONDS:g} s"
+    except Exception as e:
+        log.warning("readyz.check_failed", check=name, error=f"{type(e).__name__}: {e}")
+        checks[name] = f"failed: {type(e).__name__}"
+    else:
+        checks[name] = "ok" if answer else "not ready"
+
+
+async def _raises_or_true(probe: Awaitable[object]) -> bool:
+    """A store check that fails by raising: True once it returns."""
+    await probe
+    return True
+
+
 async def readyz(request: web.Request) -> web.Response:
     # Taken first: the store checks below may wait on a store that is failing.
     ago = request.app[_OUTAGE].seconds_ago(time.monotonic())
     checks: dict[str, str] = {}
-    # The public answer names only the kind of failure: an error's text can hold a file path
-    # or a database's host and user. The whole text goes to the log.
-    try:
-        await request.app[keys.STATE].check()  # reads the table; never blocks the loop
-        checks["state"] = "ok"
-    except Exception as e:
-        log.warning("readyz.state_failed", error=f"{type(e).__name__}: {e}")
-        checks["state"] = f"failed: {type(e).__name__}"
-    try:
-        await request.app[keys.AUDIT].tree_head()
-        checks["audit"] = "ok"
-    except Exception as e:
-        checks["audit"] = f"failed: {type(e).__name__}"
+    app = request.app
+    await _check(checks, "state", _raises_or_true(app[keys.STATE].check()))  # off the loop
+    await _check(checks, "audit", _raises_or_true(app[keys.AUDIT].tree_head()))
     if ago is not None:  # reads work, writes did not (see RecentOutage)
         checks["writes"] = f"failing: an exchange could not be audited {ago:.1f} s ago"
     checks["keys"] = "ok"
     for sid, c in request.app[keys.CONNECTORS].items():
-        try:
-            checks[f"connector:{sid}"] = "ok" if await c.ready() else "not ready"
-        except Exception as e:
-            checks[f"connector:{sid}"] = f"failed: {type(e).__name__}"
+        await _check(checks, f"connector:{sid}", c.ready())
     ok = all(v == "ok" for v in checks.values())
     return _json_response(
         {"status": "ok" if ok else "not ready", "checks": checks}, 200 if ok else 503
