@@ -388,24 +388,10 @@ def _proves_a_fork(req: AddCheckpoint, cp: Checkpoint, held_root: bytes) -> bool
     When ``old`` is a power of two the proof starts from the held root itself, so it never
     can: those refusals are not evidence.
     """
-    path = list(req.proof)
-    if not path or req.old_size & (req.old_size - 1) == 0:
+    if req.old_size & (req.old_size - 1) == 0:
         return False
-    fn, sn = req.old_size - 1, cp.size - 1
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            fr, sr = merkle.node_hash(c, fr), merkle.node_hash(c, sr)
-            while fn and not fn & 1:
-                fn >>= 1
-                sn >>= 1
-        else:
-            sr = merkle.node_hash(sr, c)
-        fn >>= 1
-        sn >>= 1
-    return sn == 0 and sr == cp.root and fr != held_root
+    try:
+        old_root, new_root = merkle.consistency_roots(req.old_size, cp.size, req.proof, held_root)
+    except merkle.ProofError:
+        return False
+    return new_root == cp.root and old_root != held_root

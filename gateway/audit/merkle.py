@@ -34,6 +34,7 @@ __all__ = [
     "ProofError",
     "SubtreeHash",
     "consistency_proof",
+    "consistency_roots",
     "inclusion_proof",
     "leaf_hash",
     "node_hash",
@@ -196,6 +197,27 @@ def verify_consistency(
         if root1 != expected:
             raise ProofError("roots of equal or empty trees do not match")
         return
+    fr, sr = consistency_roots(size1, size2, proof, root1)
+    if fr != root1:
+        raise ProofError("consistency proof does not lead to the first root")
+    if sr != root2:
+        raise ProofError("consistency proof does not lead to the second root")
+
+
+def consistency_roots(
+    size1: int, size2: int, proof: Sequence[bytes], root1: bytes
+) -> tuple[bytes, bytes]:
+    """The roots of the trees of ``size1`` and ``size2`` that ``proof`` leads to.
+
+    RFC 9162 section 2.1.4.2, steps 1-7, for 0 < size1 < size2 (when size1 is a power of two
+    the proof starts from ``root1``, which then is also the first root returned). Raises
+    :class:`ProofError` for other sizes or a proof of the wrong length; comparing the roots
+    is the caller's. Apart from :func:`verify_consistency` because a witness must also know
+    where a refused proof leads: to the log's signed root from another root at size1 is a
+    fork the log signed, anything else proves nothing against the log.
+    """
+    if not 0 < size1 < size2:
+        raise ProofError(f"no consistency proof between sizes {size1} and {size2}")
     if not proof:  # Step 1.
         raise ProofError("consistency proof is empty")
     for i, c in enumerate(proof):
@@ -223,10 +245,7 @@ def verify_consistency(
         sn >>= 1
     if sn != 0:  # Step 7.
         raise ProofError("consistency proof is shorter than the path to the root")
-    if fr != root1:
-        raise ProofError("consistency proof does not lead to the first root")
-    if sr != root2:
-        raise ProofError("consistency proof does not lead to the second root")
+    return fr, sr
 
 
 @dataclass(frozen=True, slots=True)
