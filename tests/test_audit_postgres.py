@@ -111,6 +111,25 @@ def test_constructing_does_no_io_and_the_first_call_creates_the_schema() -> None
         store.close()
 
 
+def test_every_text_key_of_the_log_compares_byte_wise_whatever_the_database_collation(
+    schema: str,
+) -> None:
+    """Replay ids (audit_claims.key) and the search columns are indexed text: under the
+    database's default collation (a glibc locale), an operating-system upgrade that changes
+    the locale's sort order silently corrupts such indexes, and a corrupt primary key can let
+    a replayed request id through. "C" compares bytes, as SQLite does."""
+    store = _store(schema)
+    store.tree_head()  # creates the tables
+    rows = pg.fetch(
+        "SELECT table_name, column_name, collation_name FROM information_schema.columns"
+        " WHERE table_schema = $1 AND data_type = 'text'",
+        schema,
+    )
+    store.close()
+    assert ("audit_claims", "key", "C") in {tuple(r) for r in rows}
+    assert rows and all(r["collation_name"] == "C" for r in rows), rows
+
+
 def test_the_schema_can_come_from_libpq_options_or_the_keyword(schema: str) -> None:
     """Without ?schema=, table names follow search_path, which the DSN may set libpq-style."""
     via_options = PostgresAuditStore(pg.with_params(pg.DSN, options=f"-csearch_path={schema}"))

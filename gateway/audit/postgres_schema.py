@@ -213,7 +213,7 @@ def _ddl(t: Mapping[str, str]) -> list[str]:
             PRIMARY KEY (level, idx)
         )""",
         f"""CREATE TABLE IF NOT EXISTS {t["claims"]} (
-            key TEXT PRIMARY KEY,
+            key {text} PRIMARY KEY,
             expires_at DOUBLE PRECISION NOT NULL
         )""",
         f"""CREATE TABLE IF NOT EXISTS {t["head"]} (
