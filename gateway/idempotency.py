@@ -6,8 +6,11 @@ exchange's id (the answer is handed out again); the same key with another body i
 whose exchange is still under way is a 409 too (``idempotency-in-progress``). Only an answered
 (2xx) exchange is kept: any other outcome (a 5xx, a refusal such as a replayed request id, an
 exception) releases the key, so a retry is processed, and audited, afresh; a stored refusal
-would be given again without an audit record and without its problem+json media type. Keys
-expire after the configured TTL; the state store keeps them (see gateway.state).
+would be given again without an audit record and without its problem+json media type. An
+answered key expires the configured TTL after its answer; the state store keeps it (see
+gateway.state). A key whose exchange never finished (its process died mid-delivery) expires
+after :func:`pending_lease`, not the TTL: its sender's retries would otherwise be refused as
+"in progress" for a day.
 """
 
 from __future__ import annotations
@@ -27,8 +30,28 @@ class IdempotencyStore(Protocol):
     ) -> Any: ...
 
     async def idempotency_finish(
-        self, sender: str, service: str, key: str, status: int | None, body: bytes | None
+        self,
+        sender: str,
+        service: str,
+        key: str,
+        status: int | None,
+        body: bytes | None,
+        *,
+        request_sha256: str | None = None,
+        ttl: float | None = None,
     ) -> None: ...
+
+
+def pending_lease(delivery_timeout: float) -> float:
+    """How long a claimed key stays "in progress" without an answer: then it is free again.
+
+    Why this long: an exchange under way ends within its delivery timeout, plus its two audit
+    appends and the rest of the pipeline; twice the timeout and a minute more cannot cut a
+    live one short (the configuration's TTL rule uses the same bound). Why not the TTL: the
+    only pending key that outlives this is one whose process died mid-delivery, and a day of
+    409 "in progress" would refuse every retry its sender makes.
+    """
+    return 2 * delivery_timeout + 60
 
 
 def provider_key(sender: str, service: str, key: str | None) -> str | None:
@@ -44,11 +67,12 @@ def provider_key(sender: str, service: str, key: str | None) -> str | None:
 
 
 async def begin(
-    store: IdempotencyStore, sender: str, service: str, key: str, request_sha: str, ttl: float
+    store: IdempotencyStore, sender: str, service: str, key: str, request_sha: str, lease: float
 ) -> ExchangeResult | GatewayError | None:
-    """None: go ahead, the key is claimed. A result: answer with it. An error: refuse with it."""
+    """None: go ahead, the key is claimed (for ``lease`` seconds unless answered). A result:
+    answer with it. An error: refuse with it."""
     try:
-        entry = await store.idempotency_begin(sender, service, key, request_sha, ttl)
+        entry = await store.idempotency_begin(sender, service, key, request_sha, lease)
     except Exception as e:
         return StoreUnavailable(f"state store unavailable: {e}")
     if entry is None:
@@ -73,7 +97,14 @@ async def begin(
 
 
 async def finish(
-    store: IdempotencyStore, sender: str, service: str, key: str, result: ExchangeResult | None
+    store: IdempotencyStore,
+    sender: str,
+    service: str,
+    key: str,
+    result: ExchangeResult | None,
+    *,
+    request_sha: str,
+    ttl: float,
 ) -> bool:
     """Keep a 2xx answer for retries; anything else, or no result (an exception), releases
     the key. False when the store failed: the exchange is over and audited, so its answer
@@ -88,6 +119,8 @@ async def finish(
             key,
             result.status if keep and result is not None else None,
             result.body if keep and result is not None else None,
+            request_sha256=request_sha,
+            ttl=ttl,
         )
     except Exception:
         return False

@@ -165,8 +165,8 @@ class Pipeline:
         request_sha = sha256_hex(canon.data)
         key = raw.idempotency_key
         if key is not None:
-            ttl = self._limits.idempotency_ttl
-            stored = await idempotency.begin(self._idem, sender.id, svc.id, key, request_sha, ttl)
+            lease = idempotency.pending_lease(self._limits.delivery_timeout)
+            stored = await idempotency.begin(self._idem, sender.id, svc.id, key, request_sha, lease)
             if isinstance(stored, GatewayError):
                 return await self._reject(raw, xid, sender, stored)
             if stored is not None:
@@ -175,8 +175,9 @@ class Pipeline:
         try:
             result = await self._exchange(raw, xid, sender, svc, grant, payload, canon, request_sha)
         finally:
+            ttl = self._limits.idempotency_ttl
             saved = key is None or await idempotency.finish(
-                self._idem, sender.id, svc.id, key, result
+                self._idem, sender.id, svc.id, key, result, request_sha=request_sha, ttl=ttl
             )
         if not saved:  # the answer stands; the log line says the key could not be settled
             result = replace(result, log={**result.log, "idempotency": "state store failed"})

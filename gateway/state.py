@@ -47,6 +47,18 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency (expires_at);
 """
 
+# Settling a claim touches only a pending one, and (when the body's digest is given) only
+# the one for that body: see StateStore.idempotency_finish.
+_RELEASE = (
+    "DELETE FROM idempotency WHERE sender=? AND service=? AND key=?"
+    " AND state='pending' AND (? IS NULL OR request_sha256=?)"
+)
+_ANSWER = (
+    "UPDATE idempotency SET state='done', status=?, body=?, expires_at=COALESCE(?, expires_at)"
+    " WHERE sender=? AND service=? AND key=?"
+    " AND state='pending' AND (? IS NULL OR request_sha256=?)"
+)
+
 # Expired keys are deleted in the transaction of a later idempotency_begin, at most this often
 # and this many at a time, so the table stays about one TTL's worth of keys and no purge holds
 # the writer long. A purge that hits the cap runs again at the next begin.
@@ -236,22 +248,32 @@ class StateStore:
         return await self._writer.submit(op)
 
     async def idempotency_finish(
-        self, sender: str, service: str, key: str, status: int | None, body: bytes | None
+        self,
+        sender: str,
+        service: str,
+        key: str,
+        status: int | None,
+        body: bytes | None,
+        *,
+        request_sha256: str | None = None,
+        ttl: float | None = None,
     ) -> None:
-        """Store the final answer (status None: release the key so a retry may go through)."""
+        """Store the final answer (status None: release the key so a retry may go through),
+        kept ``ttl`` seconds from now (None: until the claim's own expiry).
+
+        Only a pending claim is settled, and with ``request_sha256`` only the one for that
+        body: a claim whose lease ran out may have been taken again since (see
+        gateway.idempotency.pending_lease), and its answer must not be overwritten or
+        deleted by the first attempt finishing late.
+        """
+        expires = None if ttl is None else self._clock() + ttl
+        where = (sender, service, key, request_sha256, request_sha256)
 
         def op(conn: sqlite3.Connection) -> None:
             if status is None:
-                conn.execute(
-                    "DELETE FROM idempotency WHERE sender=? AND service=? AND key=?",
-                    (sender, service, key),
-                )
+                conn.execute(_RELEASE, where)
             else:
-                conn.execute(
-                    "UPDATE idempotency SET state='done', status=?, body=? "
-                    "WHERE sender=? AND service=? AND key=?",
-                    (status, body, sender, service, key),
-                )
+                conn.execute(_ANSWER, (status, body, expires, *where))
 
         await self._writer.submit(op)
 

@@ -65,10 +65,16 @@ _SQL: Final = {
         "SELECT request_sha256, state, status, body FROM {t}"
         " WHERE sender = $1 AND service = $2 AND key = $3 AND expires_at > $4"
     ),
-    "release": "DELETE FROM {t} WHERE sender = $1 AND service = $2 AND key = $3",
+    # Only a pending claim is settled, and with $4 only the one for that body (see finish).
+    "release": (
+        "DELETE FROM {t} WHERE sender = $1 AND service = $2 AND key = $3"
+        " AND state = 'pending' AND ($4::text IS NULL OR request_sha256 = $4)"
+    ),
     "done": (
-        "UPDATE {t} SET state = 'done', status = $4, body = $5"
+        "UPDATE {t} SET state = 'done', status = $5, body = $6,"
+        " expires_at = COALESCE($7::float8, expires_at)"
         " WHERE sender = $1 AND service = $2 AND key = $3"
+        " AND state = 'pending' AND ($4::text IS NULL OR request_sha256 = $4)"
     ),
     "purge": (
         "DELETE FROM {t} WHERE ctid = ANY(ARRAY("
@@ -177,15 +183,26 @@ class PostgresStateStore:
         return await self._run(op)
 
     async def idempotency_finish(
-        self, sender: str, service: str, key: str, status: int | None, body: bytes | None
+        self,
+        sender: str,
+        service: str,
+        key: str,
+        status: int | None,
+        body: bytes | None,
+        *,
+        request_sha256: str | None = None,
+        ttl: float | None = None,
     ) -> None:
-        """Store the final answer (status None: release the key so a retry may go through)."""
+        """Store the final answer (status None: release the key so a retry may go through),
+        as gateway.state.StateStore.idempotency_finish does."""
+        expires = None if ttl is None else self._clock() + ttl
+        mine = (sender, service, key, request_sha256)
 
         async def op(conn: Any) -> None:
             if status is None:
-                await conn.execute(self._sql["release"], sender, service, key)
+                await conn.execute(self._sql["release"], *mine)
             else:
-                await conn.execute(self._sql["done"], sender, service, key, status, body)
+                await conn.execute(self._sql["done"], *mine, status, body, expires)
 
         await self._run(op)
 

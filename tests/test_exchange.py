@@ -22,6 +22,7 @@ from cryptography import x509
 from jwcrypto import jwk
 from jwcrypto import jws as jwcrypto_jws
 
+from gateway.config import load
 from gateway.crypto import jws
 from tests.support import (
     Gateway,
@@ -401,6 +402,40 @@ async def test_same_idempotency_key_and_body_returns_the_stored_result_without_r
     assert d1 == d2 and h2.get("Idempotent-Replayed") == "true"
     assert len(provider.received) == 1
     assert provider.received[0]["headers"]["Idempotency-Key"]
+
+
+async def test_a_key_is_claimed_for_the_delivery_lease_and_its_answer_kept_for_the_ttl(
+    gw: Gateway, provider: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline claims a key for pending_lease(delivery timeout), so a key left pending by
+    a process that died is free again in minutes, and keeps the answer for the whole TTL."""
+    from gateway import idempotency
+
+    seen: dict[str, float] = {}
+    begin, finish = idempotency.begin, idempotency.finish
+
+    async def spy_begin(*args: Any) -> Any:
+        seen["lease"] = args[-1]
+        return await begin(*args)
+
+    async def spy_finish(*args: Any, **kw: Any) -> bool:
+        seen["ttl"] = kw["ttl"]
+        return await finish(*args, **kw)
+
+    monkeypatch.setattr(idempotency, "begin", spy_begin)
+    monkeypatch.setattr(idempotency, "finish", spy_finish)
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": "k-lease",
+    }
+    status, _, _ = await post(gw, CITIZEN, orjson.dumps(example(CITIZEN)), headers)
+    assert status == 200
+    limits = load(gw.config).config.limits
+    assert seen == {
+        "lease": 2 * limits.delivery_timeout_seconds + 60,
+        "ttl": limits.idempotency_ttl_seconds,
+    }
 
 
 async def test_the_key_a_provider_gets_is_scoped_to_the_sender_and_kept_across_retries(

@@ -44,12 +44,16 @@ async def _begin(store: StateStore, sha: str = "h1") -> Any:
     return await idempotency.begin(store, "hcm.quan-1", "svc.v1", "key-1", sha, 60)
 
 
+async def finish(store: Any, result: ExchangeResult | None, sha: str = "h1") -> bool:
+    return await idempotency.finish(
+        store, "hcm.quan-1", "svc.v1", "key-1", result, request_sha=sha, ttl=3600
+    )
+
+
 async def test_a_finished_exchange_is_replayed_with_its_answer(store: StateStore) -> None:
     assert await _begin(store) is None  # claimed: go ahead
     body = orjson.dumps({"exchange_id": "x-1", "status": "delivered"})
-    await idempotency.finish(
-        store, "hcm.quan-1", "svc.v1", "key-1", ExchangeResult(status=200, body=body)
-    )
+    await finish(store, ExchangeResult(status=200, body=body))
     again = await _begin(store)
     assert isinstance(again, ExchangeResult)
     assert (again.status, again.body, again.exchange_id) == (200, body, "x-1")
@@ -74,7 +78,7 @@ async def test_a_failed_exchange_releases_the_key_for_a_retry(
 ) -> None:
     assert await _begin(store) is None
     result = ExchangeResult(status=502, body=b"{}") if outcome == "5xx" else None
-    await idempotency.finish(store, "hcm.quan-1", "svc.v1", "key-1", result)
+    await finish(store, result)
     assert await _begin(store) is None  # the retry goes through
 
 
@@ -103,4 +107,65 @@ async def test_a_store_failing_to_settle_a_finished_exchange_does_not_raise() ->
             raise OSError("disk gone")
 
     answered = ExchangeResult(status=200, body=b"{}")
-    assert await idempotency.finish(Broken(), "s", "svc.v1", "k", answered) is False
+    assert await finish(Broken(), answered) is False
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 2_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def clocked(backend: str | None, tmp_path: Path) -> AsyncIterator[tuple[Any, _Clock]]:
+    """Both state stores again, on a clock the test moves."""
+    clock = _Clock()
+    if backend is None:
+        s = StateStore(tmp_path / "state.db", clock=clock)
+        yield s, clock
+        s.close()
+        return
+    p = await PostgresStateStore.open(pg.schema_dsn(backend), clock=clock)
+    yield p, clock
+    await p.aclose()
+
+
+async def test_a_key_whose_exchange_never_finished_is_free_again_after_its_lease(
+    clocked: tuple[Any, _Clock],
+) -> None:
+    """A process that died mid-delivery never settles its key: it used to stay "in progress"
+    for the whole TTL (a day), refusing every retry of its sender. It is free after the lease;
+    and the first attempt, should it finish late, cannot settle the claim taken since."""
+    store, clock = clocked
+    lease = idempotency.pending_lease(10.0)
+    assert lease == 80.0
+    assert await idempotency.begin(store, "s", "svc.v1", "k", "h1", lease) is None
+    clock.now += lease - 1
+    err = await idempotency.begin(store, "s", "svc.v1", "k", "h1", lease)
+    assert isinstance(err, IdempotencyConflict) and err.slug == "idempotency-in-progress"
+    clock.now += 2
+    assert await idempotency.begin(store, "s", "svc.v1", "k", "h2", lease) is None  # a retry
+    late = ExchangeResult(status=200, body=b'{"exchange_id":"first"}')
+    assert await idempotency.finish(
+        store, "s", "svc.v1", "k", late, request_sha="h1", ttl=3600
+    )  # settles nothing: the claim is the retry's now
+    err = await idempotency.begin(store, "s", "svc.v1", "k", "h2", lease)
+    assert isinstance(err, IdempotencyConflict) and err.slug == "idempotency-in-progress"
+
+
+async def test_an_answer_is_kept_for_the_ttl_from_when_it_was_given(
+    clocked: tuple[Any, _Clock],
+) -> None:
+    store, clock = clocked
+    lease = idempotency.pending_lease(10.0)
+    assert await idempotency.begin(store, "s", "svc.v1", "k", "h1", lease) is None
+    clock.now += 70  # a slow exchange, answered within its lease
+    done = ExchangeResult(status=200, body=b'{"exchange_id":"x-1"}')
+    assert await idempotency.finish(store, "s", "svc.v1", "k", done, request_sha="h1", ttl=3600)
+    clock.now += 3500  # long past the lease, within the TTL from the answer
+    again = await idempotency.begin(store, "s", "svc.v1", "k", "h1", lease)
+    assert isinstance(again, ExchangeResult) and again.exchange_id == "x-1"
+    clock.now += 101
+    assert await idempotency.begin(store, "s", "svc.v1", "k", "h1", lease) is None  # expired

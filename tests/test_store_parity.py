@@ -174,7 +174,13 @@ _STATE_OPS = st.lists(
         ),
         st.tuples(
             st.just("finish"),
-            st.tuples(_KEY, st.sampled_from([None, 200, 202]), st.sampled_from([b"{}", b""])),
+            st.tuples(
+                _KEY,
+                st.sampled_from([None, 200, 202]),
+                st.sampled_from([b"{}", b""]),
+                st.sampled_from([None, "h1", "h2"]),  # the claim's body digest, if given
+                st.sampled_from([None, 5.0, 60.0]),  # how long an answer is kept
+            ),
         ),
         st.tuples(st.just("advance"), st.sampled_from([0.0, 0.5, 5.0, 10.0, 61.0])),
         st.tuples(st.just("purge"), st.none()),
@@ -214,9 +220,11 @@ async def _state_run(ops: list[tuple[str, Any]], schema: str, tmp: Path) -> None
                     (sender, service, key), sha, ttl = arg
                     answers.append(await store.idempotency_begin(sender, service, key, sha, ttl))
                 elif op == "finish":
-                    (sender, service, key), status, body = arg
+                    (sender, service, key), status, body, sha, ttl = arg
                     answers.append(
-                        await store.idempotency_finish(sender, service, key, status, body)
+                        await store.idempotency_finish(
+                            sender, service, key, status, body, request_sha256=sha, ttl=ttl
+                        )
                     )
                 else:
                     answers.append(await store.purge_expired())
