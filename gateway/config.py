@@ -57,7 +57,7 @@ class GatewaySection(_Model):
     # CRLs (PEM or DER files) of the anchors and intermediates, read once at start-up: a
     # certificate they list is refused. Restart to apply a new CRL (see README, Revocation).
     crls: list[str] = Field(default_factory=list)
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", min_length=1)  # "" would bind every interface
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     public_url: str | None = None

@@ -68,6 +68,12 @@ def test_the_init_deployment_loads_and_builds(cfg: Path) -> None:
             "gateway.intermediates",
             "not a CA certificate",
         ),
+        (  # an empty host is every interface to bind(): never what an operator meant by ""
+            'host = "127.0.0.1"',
+            'host = ""',
+            "gateway.host",
+            "at least 1 character",
+        ),
         (  # the log signs its checkpoints under its origin as the note key name
             'origin = "gateway.ttcds.hcm.dev/audit"',
             'origin = "gateway.ttcds.hcm.dev/audit+2"',
