@@ -158,7 +158,8 @@ def _run_worker(
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.http.app import create_app, prepare_stores, server_ssl_context
+    from gateway.http.app import create_app, server_ssl_context
+    from gateway.stores import prepare_stores
 
     dep = _load(args)
     g = dep.config.gateway

@@ -288,6 +288,43 @@ def test_serve_on_a_port_in_use_exits_2_naming_the_address(tmp_path: Path) -> No
     assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ('path = "audit.db"', 'path = "no-such-dir/audit.db"', "audit.path"),
+        ('path = "audit.db"', 'path = "pki"', "audit.path"),
+        ('state_path = "state.db"', 'state_path = "no-such-dir/state.db"', "audit.state_path"),
+        ('published_path = "audit.published"', 'published_path = "pki"', "audit.published_path"),
+        (  # nothing listens on port 1; the DSN's password must not be shown either
+            'store = "sqlite"',
+            'store = "postgres"\ndsn = "postgresql://gw:S3cret-pw@127.0.0.1:1/gateway"',
+            "audit.dsn",
+        ),
+        (
+            'store = "sqlite"',
+            'store = "postgres"\ndsn = "postgresql://gw:S3cret-pw@127.0.0.1:5432/x?sslmode=bogus"',
+            "audit.dsn",
+        ),
+    ],
+)
+def test_serve_with_a_store_that_cannot_be_opened_exits_2_naming_the_field(
+    tmp_path: Path, old: str, new: str, field: str
+) -> None:
+    """A store path in a missing directory (or a directory), or a PostgreSQL DSN that cannot
+    connect, stopped `gateway serve` with a Python traceback instead of the file and field."""
+    d = tmp_path / "demo"
+    assert run("init", str(d)).returncode == 0
+    cfg = d / "gateway.toml"
+    text = cfg.read_text()
+    assert old in text
+    cfg.write_text(text.replace(old, new, 1))
+    r = run("serve", "--port", "0", cwd=d)
+    no_traceback(r)
+    assert r.returncode == 2, r.stderr
+    assert str(cfg) in r.stderr and field in r.stderr, r.stderr
+    assert "S3cret-pw" not in r.stderr + r.stdout
+
+
 _WATCH_INIT = """
 import os, stat, sys
 from pathlib import Path

@@ -6,7 +6,6 @@ cleanup_ctx, so a failed start-up closes what it had opened and a stop flushes t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +23,6 @@ from gateway.audit.checkpoint import NoteError
 from gateway.audit.factory import note_signer, open_store
 from gateway.audit.log import AuditLog
 from gateway.audit.publisher import CheckpointPublisher, check_not_rolled_back
-from gateway.audit.store import root_at
 from gateway.authn import Authenticator, ParticipantAuth
 from gateway.config import Deployment
 from gateway.connector import Connector, ConnectorContext
@@ -42,7 +40,7 @@ from gateway.metrics import ExchangeMetrics
 from gateway.models import Limits
 from gateway.pipeline import Pipeline, ServiceRuntime
 from gateway.ratelimit import RateLimiter
-from gateway.state import ExchangeState, StateStore
+from gateway.state import ExchangeState
 from gateway.state import opened as opened_state
 from gateway.trust import build_anchors
 from gateway.validation import CompiledSchema, compile_schema
@@ -141,25 +139,6 @@ def build_connectors(dep: Deployment) -> dict[str, Connector]:
             factories=factories,
         )
     return out
-
-
-def prepare_stores(dep: Deployment) -> None:
-    """Create the database files (or tables) once, before worker processes open them.
-
-    Also the rollback guard: raises RolledBack when the log is behind (or forked from) the
-    newest checkpoint this gateway published, e.g. after an older backup was restored.
-    """
-    store = open_store(dep)
-    try:
-        size, _ = store.tree_head()
-
-        async def root_at_size(n: int) -> bytes:
-            return root_at(store, n)
-
-        asyncio.run(check_not_rolled_back(dep.published_path(), size, root_at_size))
-    finally:
-        store.close()
-    StateStore(dep.state_path()).close()
 
 
 def server_ssl_context(dep: Deployment) -> ssl.SSLContext | None:
