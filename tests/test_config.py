@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +123,68 @@ def test_two_grants_for_one_participant_on_one_service_stop_start_up(cfg: Path) 
         create_app(load(cfg))
     assert e.value.file.endswith("gateway.toml")
     assert "citizen-lookup.v1" in e.value.problem and "hcm.quan-1" in e.value.problem
+
+
+def _install_gateway_cert(cfg: Path, key: object, cert: object) -> None:
+    from gateway.crypto import devpki
+
+    (cfg.parent / "pki/gateway.key").write_bytes(devpki.pem_private_key(key))  # type: ignore[arg-type]
+    (cfg.parent / "pki/gateway.crt").write_bytes(devpki.pem_certificate(cert))  # type: ignore[arg-type]
+
+
+def _dev_ca(cfg: Path) -> tuple[object, object]:
+    from gateway.crypto.keys import load_certificates, load_private_key
+
+    ca_key = load_private_key((cfg.parent / "pki/ca.key").read_bytes())
+    ca_cert = load_certificates((cfg.parent / "pki/ca.crt").read_bytes())[0]
+    return ca_key._key, ca_cert
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (  # a district's key and certificate: receipts would be signed by hcm.quan-1
+            lambda ca_key, ca_cert, now: devpki_issue(ca_key, ca_cert, "hcm.quan-1", now),
+            "hcm.ttcds.gw",
+        ),
+        (  # the gateway's own id, but from a CA the deployment does not trust
+            lambda ca_key, ca_cert, now: devpki_issue(*other_ca(now), "hcm.ttcds.gw", now),
+            "trust anchor",
+        ),
+        (  # expired yesterday: every receipt signed from now on fails verification
+            lambda ca_key, ca_cert, now: devpki_issue(
+                ca_key, ca_cert, "hcm.ttcds.gw", now - timedelta(days=10), days=9
+            ),
+            "trust anchor",
+        ),
+    ],
+)
+def test_a_gateway_certificate_receipts_could_not_be_verified_under_stops_start_up(
+    cfg: Path, make: Any, problem: str
+) -> None:
+    """The gateway signs receipts and envelopes with gateway.key under gateway.certificate;
+    verifiers (POST /v1/verify, `gateway verify`) require that chain to reach a trust anchor
+    and to name gateway.id. A certificate of another participant, of an untrusted CA or past
+    its validity was accepted, and the gateway then served receipts that fail verification."""
+    ca_key, ca_cert = _dev_ca(cfg)
+    key, cert = make(ca_key, ca_cert, datetime.now(UTC))
+    _install_gateway_cert(cfg, key, cert)
+    with pytest.raises(ConfigError) as e:
+        create_app(load(cfg))
+    assert e.value.file.endswith("gateway.toml")
+    assert e.value.field == "gateway.certificate"
+    assert problem in e.value.problem, e.value.problem
+
+
+def devpki_issue(
+    ca_key: Any, ca_cert: Any, pid: str, now: datetime, *, days: int = 825
+) -> tuple[Any, Any]:
+    from gateway.crypto import devpki
+
+    return devpki.issue(ca_key, ca_cert, pid, now=now, days=days, purposes=("signing",))
+
+
+def other_ca(now: datetime) -> tuple[Any, Any]:
+    from gateway.crypto import devpki
+
+    return devpki.make_ca("Someone else", now=now)

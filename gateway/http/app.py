@@ -42,7 +42,7 @@ from gateway.pipeline import Pipeline, ServiceRuntime
 from gateway.ratelimit import RateLimiter
 from gateway.state import ExchangeState
 from gateway.state import opened as opened_state
-from gateway.trust import build_anchors
+from gateway.trust import build_anchors, check_own_certificate
 from gateway.validation import CompiledSchema, compile_schema
 
 DEPLOYMENT = web.AppKey("deployment", Deployment)
@@ -358,6 +358,7 @@ def create_app(
         connectors=build_connectors(dep),
         access=build_access(dep),
     )
+    check_own_certificate(dep, stages.keyring.chain, stages.anchors, now=now())
     app = web.Application(
         middlewares=[middlewares.request_context, middlewares.problems],
         client_max_size=dep.config.limits.max_body_bytes + 1,
