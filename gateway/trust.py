@@ -18,7 +18,7 @@ from gateway.crypto.keys import CryptoError, load_certificates
 from gateway.crypto.revocation import Revocations, load_crl
 from gateway.errors import ConfigError
 
-__all__ = ["build_anchors", "build_revocations", "check_own_certificate"]
+__all__ = ["build_anchors", "build_revocations", "check_bound", "check_own_certificate"]
 
 
 def _certificates(dep: Deployment, field: str, pems: tuple[bytes, ...]) -> list[pki.Certificate]:
@@ -101,4 +101,20 @@ def check_own_certificate(
             "gateway.certificate",
             f"{where} names {named!r}, not gateway.id {dep.config.gateway.id!r}: receipts "
             "signed under it would not verify as the gateway's",
+        )
+
+
+def check_bound(dep: Deployment, field: str, cert: pki.Certificate, expected: str) -> None:
+    """ConfigError on ``field`` unless ``cert`` speaks for ``expected`` (pki.participant_id):
+    a participant's pinned certificate naming someone else could never authenticate it."""
+    try:
+        named = pki.participant_id(cert)
+    except CryptoError as e:
+        raise ConfigError(str(dep.path), field, f"names no single participant: {e}") from None
+    if named != expected:
+        raise ConfigError(
+            str(dep.path),
+            field,
+            f"the certificate names {named!r}, not {expected!r}: it could never authenticate "
+            f"{expected}",
         )

@@ -188,3 +188,23 @@ def other_ca(now: datetime) -> tuple[Any, Any]:
     from gateway.crypto import devpki
 
     return devpki.make_ca("Someone else", now=now)
+
+
+@pytest.mark.parametrize(
+    "other", ["participants/hcm.thu-duc/cert.pem", "pki/ca.crt", "pki/gateway.crt"]
+)
+def test_a_participant_certificate_that_names_someone_else_stops_start_up(
+    cfg: Path, other: str
+) -> None:
+    """participants[i].certificate pins the one certificate that may speak for that participant.
+    One naming another participant (a copy-paste slip), the CA or the gateway was accepted:
+    hcm.quan-1 then could never authenticate by mTLS or signature, with nothing said at start."""
+    text = cfg.read_text()
+    old = 'certificate = "participants/hcm.quan-1/cert.pem"'
+    assert old in text
+    cfg.write_text(text.replace(old, f'certificate = "{other}"', 1))
+    with pytest.raises(ConfigError) as e:
+        create_app(load(cfg))
+    assert e.value.file.endswith("gateway.toml")
+    assert e.value.field == "participants[0].certificate"
+    assert "hcm.quan-1" in e.value.problem, e.value.problem

@@ -42,7 +42,7 @@ from gateway.pipeline import Pipeline, ServiceRuntime
 from gateway.ratelimit import RateLimiter
 from gateway.state import ExchangeState
 from gateway.state import opened as opened_state
-from gateway.trust import build_anchors, check_own_certificate
+from gateway.trust import build_anchors, check_bound, check_own_certificate
 from gateway.validation import CompiledSchema, compile_schema
 
 DEPLOYMENT = web.AppKey("deployment", Deployment)
@@ -96,14 +96,13 @@ def build_participants(dep: Deployment) -> dict[str, ParticipantAuth]:
     for i, p in enumerate(dep.config.participants):
         pinned = None
         if p.id in dep.participant_cert_pems:
+            field = f"participants[{i}].certificate"
             try:
-                pinned = pki.fingerprint_sha256(
-                    load_certificates(dep.participant_cert_pems[p.id])[0]
-                )
+                cert = load_certificates(dep.participant_cert_pems[p.id])[0]
             except (CryptoError, IndexError):
-                raise ConfigError(
-                    str(dep.path), f"participants[{i}].certificate", "not a PEM certificate"
-                ) from None
+                raise ConfigError(str(dep.path), field, "not a PEM certificate") from None
+            check_bound(dep, field, cert, p.id)
+            pinned = pki.fingerprint_sha256(cert)
         out[p.id] = ParticipantAuth(p.id, frozenset(p.auth), pinned, p.token_sha256)
     return out
 
