@@ -86,6 +86,17 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _port(value: str) -> int:
+    """``--port``: 0 (any free port) to 65535, as ``gateway.port`` in the config."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0 to 65535)")
+    return port
+
+
 # ---------------------------------------------------------------- init
 def cmd_init(args: argparse.Namespace) -> int:
     from gateway.devinit import GATEWAY_ID, init_deployment
@@ -117,7 +128,7 @@ _Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 def _add_init(sub: _Subparsers) -> None:
     s = sub.add_parser("init", help="write a development deployment into DIR")
     s.add_argument("dir")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--port", type=_port, default=8080)
     s.set_defaults(func=cmd_init)
 
 

@@ -44,6 +44,19 @@ def test_init_into_a_path_that_is_a_file_exits_2_and_says_so(tmp_path: Path) -> 
     assert r.returncode == 2 and str(f / "sub") in r.stderr
 
 
+@pytest.mark.parametrize("port", ["70000", "-5", "eighty"])
+def test_init_with_a_port_no_gateway_could_listen_on_exits_2_and_writes_nothing(
+    tmp_path: Path, port: str
+) -> None:
+    """`gateway init DIR --port 70000` wrote a deployment, said "Next: gateway serve", and
+    that deployment then refused to start (gateway.port must be 0 to 65535)."""
+    d = tmp_path / "demo"
+    r = run("init", str(d), "--port", port)
+    no_traceback(r)
+    assert r.returncode == 2 and "port" in r.stderr, r.stderr
+    assert not d.exists()
+
+
 # -- send -----------------------------------------------------------------------------------
 SID = "citizen-lookup.v1"
 
