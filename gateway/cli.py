@@ -97,6 +97,24 @@ def _port(value: str) -> int:
     return port
 
 
+def _workers(value: str) -> int:
+    """``--workers``: 1 to 64, as ``gateway.workers`` in the config."""
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = 0
+    if not 1 <= workers <= 64:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of workers (1 to 64)")
+    return workers
+
+
+def _host(value: str) -> str:
+    """``--host``: an address or name to listen on; empty would mean every interface."""
+    if not value:
+        raise argparse.ArgumentTypeError("an empty host would listen on every interface")
+    return value
+
+
 # ---------------------------------------------------------------- init
 def cmd_init(args: argparse.Namespace) -> int:
     from gateway.devinit import GATEWAY_ID, init_deployment
@@ -137,9 +155,9 @@ def _add_serve(sub: _Subparsers) -> None:
 
     s = sub.add_parser("serve", help="run the gateway")
     s.add_argument("--config")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--workers", type=int)
+    s.add_argument("--host", type=_host)
+    s.add_argument("--port", type=_port)
+    s.add_argument("--workers", type=_workers)
     s.set_defaults(func=cmd_serve)
 
 

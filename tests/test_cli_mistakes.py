@@ -302,6 +302,30 @@ def test_serve_on_a_port_in_use_exits_2_naming_the_address(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
+    "flags",
+    [
+        ("--port", "70000"),  # was a traceback (OverflowError from bind)
+        ("--port", "-1"),
+        ("--workers", "-3"),  # was "listening with -3 worker(s)": no worker, and no way to stop
+        ("--workers", "0"),  # was the config's value, silently
+        ("--workers", "65"),  # gateway.workers allows 1 to 64
+        ("--host", ""),  # was the config's value, silently
+    ],
+)
+def test_serve_flags_that_override_the_config_are_checked_like_it(
+    deployment: Path, flags: tuple[str, str]
+) -> None:
+    """`gateway serve` flags override gateway.host, gateway.port and gateway.workers; they
+    went around the config's checks."""
+    r = subprocess.run(
+        [*GW, "serve", *flags], cwd=deployment, capture_output=True, text=True, timeout=30
+    )
+    no_traceback(r)
+    assert r.returncode == 2 and flags[0] in r.stderr, r.stderr
+    assert "listening" not in r.stdout
+
+
+@pytest.mark.parametrize(
     ("old", "new", "field"),
     [
         ('path = "audit.db"', 'path = "no-such-dir/audit.db"', "audit.path"),
