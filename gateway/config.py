@@ -20,6 +20,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config_checks import cross_check
 from gateway.errors import ConfigError
 
 PARTICIPANT_ID = r"^[a-z0-9]+(?:-[a-z0-9]+)*(?:\.[a-z0-9]+(?:-[a-z0-9]+)*)+$"
@@ -213,47 +214,6 @@ class Config(_Model):
     roles: list[Role] = Field(default_factory=list)
     witness: WitnessConfig = WitnessConfig()
 
-    @model_validator(mode="after")
-    def _cross_check(self) -> Config:
-        ids = [p.id for p in self.participants]
-        dup = {i for i in ids if ids.count(i) > 1}
-        if dup:
-            raise ValueError(f"participant ids repeated: {sorted(dup)}")
-        sids = [s.id for s in self.services]
-        sdup = {i for i in sids if sids.count(i) > 1}
-        if sdup:
-            raise ValueError(f"service ids repeated: {sorted(sdup)}")
-        known = set(ids)
-        if not self.gateway.development:
-            for p in self.participants:
-                if "token" in p.auth:
-                    raise ValueError(
-                        f"participant {p.id} allows bearer tokens, which are for development "
-                        "only: set gateway.development = true or remove 'token' from auth"
-                    )
-        rids = [r.id for r in self.roles]
-        if len(set(rids)) != len(rids):
-            raise ValueError("role ids repeated")
-        for r in self.roles:
-            if r.participant is not None and r.participant not in known:
-                raise ValueError(f"role {r.id}: participant {r.participant!r} is not registered")
-        for s in self.services:
-            if s.provider not in known:
-                raise ValueError(f"service {s.id}: provider {s.provider!r} is not a participant")
-            granted: set[str] = set()
-            for g in s.access:
-                if g.participant not in known:
-                    raise ValueError(
-                        f"service {s.id}: access grant names unknown participant {g.participant!r}"
-                    )
-                if g.participant in granted:  # one grant decides and is audited: which one?
-                    raise ValueError(
-                        f"service {s.id}: participant {g.participant!r} has more than one access "
-                        "grant; keep one, with its purpose and legal basis"
-                    )
-                granted.add(g.participant)
-        return self
-
     def participant(self, pid: str) -> Participant | None:
         for p in self.participants:
             if p.id == pid:
@@ -335,7 +295,7 @@ def parse_config(text: str, *, source: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(source, "(syntax)", str(e)) from None
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         extra = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
@@ -343,6 +303,8 @@ def parse_config(text: str, *, source: str) -> Config:
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
         raise ConfigError(source, _loc(tuple(err["loc"])), msg + extra) from None
+    cross_check(cfg, source=source)
+    return cfg
 
 
 def _read(config_path: Path, field: str, rel: str) -> bytes:

@@ -36,12 +36,33 @@ def test_the_init_deployment_loads_and_builds(cfg: Path) -> None:
         ("workers = 1", "workers = 1\nwrokers = 2", "gateway.wrokers", "unknown field"),
         ("port = 8080", 'port = "eighty"', "gateway.port", "integer"),
         ('id = "hcm.ttcds.gw"', 'id = "Not An Id"', "gateway.id", "pattern"),
-        ("development = true", "development = false", "(top level)", "development only"),
+        ("development = true", "development = false", "participants[0].auth", "development only"),
         (
             'participant = "hcm.quan-1"',
             'participant = "hcm.nobody"',
-            "(top level)",
+            "services[0].access[0].participant",
             "unknown participant",
+        ),
+        (
+            'provider = "hcm.so-tc"',
+            'provider = "hcm.so-tc-typo"',
+            "services[2].provider",
+            "not a participant",
+        ),
+        ('id = "hcm.thu-duc"', 'id = "hcm.quan-1"', "participants[1].id", "repeats"),
+        ('id = "budget-proposal.v1"', 'id = "citizen-lookup.v1"', "services[2].id", "repeats"),
+        ('id = "dtc-auditor"', 'id = "dtc-operator"', "roles[1].id", "repeats"),
+        (  # a grant must say why and under which law: blank text says neither
+            'purpose = "Lập và gửi dự toán ngân sách năm"',
+            'purpose = "   "',
+            "services[2].access[0].purpose",
+            "blank",
+        ),
+        (
+            'legal_basis = "Luật Ngân sách nhà nước 2015, Điều 44"',
+            'legal_basis = "\\t"',
+            "services[2].access[0].legal_basis",
+            "blank",
         ),
         ('mode = "sync"', 'mode = "fast"', "services[0].mode", "'sync'"),
         ('key = "pki/gateway.key"', 'key = "pki/missing.key"', "gateway.key", "cannot read"),
@@ -122,6 +143,7 @@ def test_two_grants_for_one_participant_on_one_service_stop_start_up(cfg: Path) 
     with pytest.raises(ConfigError) as e:
         create_app(load(cfg))
     assert e.value.file.endswith("gateway.toml")
+    assert e.value.field == "services[0].access[1].participant"
     assert "citizen-lookup.v1" in e.value.problem and "hcm.quan-1" in e.value.problem
 
 

@@ -1,0 +1,92 @@
+"""The checks across a configuration's sections, each naming the exact field it refuses.
+
+Apart from :mod:`gateway.config` (the models and the only reader of files) because these rules
+look at several sections at once: a service's provider must be a participant, a grant must
+name a participant and say, in words, why and under which law. As a pydantic model validator
+they could only be reported at "(top level)"; here each failure is a ConfigError on the field
+to edit, ``services[2].access[0].participant``. Pure: the Config is already parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.config import Config, Service
+
+__all__ = ["cross_check"]
+
+
+def cross_check(cfg: Config, *, source: str) -> None:
+    """Raise ConfigError(source, field, problem) for the first rule the config breaks."""
+    _unique(source, "participants", (p.id for p in cfg.participants))
+    _unique(source, "services", (s.id for s in cfg.services))
+    _unique(source, "roles", (r.id for r in cfg.roles))
+    known = {p.id for p in cfg.participants}
+    if not cfg.gateway.development:
+        for i, p in enumerate(cfg.participants):
+            if "token" in p.auth:
+                raise ConfigError(
+                    source,
+                    f"participants[{i}].auth",
+                    f"participant {p.id} allows bearer tokens, which are for development "
+                    "only: set gateway.development = true or remove 'token' from auth",
+                )
+    for i, r in enumerate(cfg.roles):
+        if r.participant is not None and r.participant not in known:
+            raise ConfigError(
+                source,
+                f"roles[{i}].participant",
+                f"role {r.id}: participant {r.participant!r} is not registered",
+            )
+    for i, s in enumerate(cfg.services):
+        if s.provider not in known:
+            raise ConfigError(
+                source,
+                f"services[{i}].provider",
+                f"service {s.id}: provider {s.provider!r} is not a participant",
+            )
+        _check_grants(source, i, s, known)
+
+
+def _unique(source: str, section: str, ids: Iterable[str]) -> None:
+    first: dict[str, int] = {}
+    for i, ident in enumerate(ids):
+        if ident in first:
+            raise ConfigError(
+                source,
+                f"{section}[{i}].id",
+                f"{ident!r} repeats {section}[{first[ident]}].id: ids must be unique",
+            )
+        first[ident] = i
+
+
+def _check_grants(source: str, i: int, s: Service, known: set[str]) -> None:
+    granted: set[str] = set()
+    for k, g in enumerate(s.access):
+        field = f"services[{i}].access[{k}]"
+        if g.participant not in known:
+            raise ConfigError(
+                source,
+                f"{field}.participant",
+                f"service {s.id}: access grant names unknown participant {g.participant!r}",
+            )
+        if g.participant in granted:  # one grant decides and is audited: which one?
+            raise ConfigError(
+                source,
+                f"{field}.participant",
+                f"service {s.id}: participant {g.participant!r} has more than one access "
+                "grant; keep one, with its purpose and legal basis",
+            )
+        granted.add(g.participant)
+        for name, text in (("purpose", g.purpose), ("legal_basis", g.legal_basis)):
+            if not text.strip():
+                raise ConfigError(
+                    source,
+                    f"{field}.{name}",
+                    "is blank: every grant states its purpose and legal basis in words "
+                    "(they are audited with each exchange)",
+                )
