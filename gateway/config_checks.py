@@ -35,6 +35,7 @@ def cross_check(cfg: Config, *, source: str) -> None:
                     f"participant {p.id} allows bearer tokens, which are for development "
                     "only: set gateway.development = true or remove 'token' from auth",
                 )
+    _unique_tokens(cfg, source)
     for i, r in enumerate(cfg.roles):
         if r.participant is not None and r.participant not in known:
             raise ConfigError(
@@ -62,6 +63,29 @@ def _unique(source: str, section: str, ids: Iterable[str]) -> None:
                 f"{ident!r} repeats {section}[{first[ident]}].id: ids must be unique",
             )
         first[ident] = i
+
+
+def _unique_tokens(cfg: Config, source: str) -> None:
+    """One holder per bearer token: tokens are looked up by their hash, so a shared hash gave
+    the token to whichever role or participant came last."""
+    held = [(f"roles[{i}]", r.id, r.token_sha256) for i, r in enumerate(cfg.roles)]
+    held += [
+        (f"participants[{i}]", p.id, p.token_sha256)
+        for i, p in enumerate(cfg.participants)
+        if "token" in p.auth
+    ]
+    holders: dict[str, str] = {}
+    for where, who, digest in held:
+        if digest is None:
+            continue
+        if digest in holders:
+            raise ConfigError(
+                source,
+                f"{where}.token_sha256",
+                f"{who} has the token of {holders[digest]}: each role and participant needs "
+                "a token of its own",
+            )
+        holders[digest] = f"{where} ({who})"
 
 
 def _check_grants(source: str, i: int, s: Service, known: set[str]) -> None:

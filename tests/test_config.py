@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,27 @@ def test_a_participant_certificate_that_names_someone_else_stops_start_up(
     assert e.value.file.endswith("gateway.toml")
     assert e.value.field == "participants[0].certificate"
     assert "hcm.quan-1" in e.value.problem, e.value.problem
+
+
+@pytest.mark.parametrize(
+    ("copy_from", "copy_to", "field"),
+    [
+        (2, 1, "roles[2].token_sha256"),  # the auditor's token was the admin's: it got admin
+        (3, 4, "participants[1].token_sha256"),  # hcm.quan-1's token signed in as hcm.thu-duc
+    ],
+)
+def test_a_bearer_token_shared_by_two_roles_or_participants_stops_start_up(
+    cfg: Path, copy_from: int, copy_to: int, field: str
+) -> None:
+    """Tokens are looked up by their hash, one holder per hash: a copied [[roles]] or
+    [[participants]] block that kept the hash silently gave the token to whichever holder
+    came last (another role, or another participant's identity in the audit log)."""
+    text = cfg.read_text()
+    hashes = re.findall(r'token_sha256 = "([0-9a-f]{64})"', text)
+    assert len(hashes) == 9  # 3 roles, then 6 participants
+    cfg.write_text(text.replace(hashes[copy_to], hashes[copy_from]))
+    with pytest.raises(ConfigError) as e:
+        create_app(load(cfg))
+    assert e.value.file.endswith("gateway.toml")
+    assert e.value.field == field
+    assert "token" in e.value.problem
