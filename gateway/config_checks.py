@@ -36,6 +36,13 @@ def cross_check(cfg: Config, *, source: str) -> None:
                     "only: set gateway.development = true or remove 'token' from auth",
                 )
     _unique_tokens(cfg, source)
+    if cfg.audit.checkpoint_key and not cfg.audit.origin:
+        raise ConfigError(
+            source,
+            "audit.origin",
+            "audit.checkpoint_key is set but origin is not: checkpoints are signed under the "
+            "log's origin (e.g. dtc.hcm.gov.vn/gateway/audit); without it none were published",
+        )
     for i, r in enumerate(cfg.roles):
         if r.participant is not None and r.participant not in known:
             raise ConfigError(

@@ -53,6 +53,12 @@ def test_the_init_deployment_loads_and_builds(cfg: Path) -> None:
         ('id = "hcm.thu-duc"', 'id = "hcm.quan-1"', "participants[1].id", "repeats"),
         ('id = "budget-proposal.v1"', 'id = "citizen-lookup.v1"', "services[2].id", "repeats"),
         ('id = "dtc-auditor"', 'id = "dtc-operator"', "roles[1].id", "repeats"),
+        (  # a checkpoint key without the log's name signed nothing, and nothing said so
+            'origin = "gateway.ttcds.hcm.dev/audit"',
+            "",
+            "audit.origin",
+            "checkpoint_key",
+        ),
         (  # a grant must say why and under which law: blank text says neither
             'purpose = "Lập và gửi dự toán ngân sách năm"',
             'purpose = "   "',
