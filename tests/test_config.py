@@ -12,7 +12,7 @@ import pytest
 from gateway.config import load
 from gateway.devinit import init_deployment
 from gateway.errors import ConfigError
-from gateway.http.app import create_app
+from gateway.http.app import create_app, server_ssl_context
 
 
 @pytest.fixture
@@ -261,3 +261,18 @@ def test_a_bearer_token_shared_by_two_roles_or_participants_stops_start_up(
     assert e.value.file.endswith("gateway.toml")
     assert e.value.field == field
     assert "token" in e.value.problem
+
+
+def test_a_trust_anchor_file_with_a_non_ascii_comment_serves_tls(cfg: Path) -> None:
+    """PEM files may carry explanatory text around the blocks (RFC 7468), and a Vietnamese CA
+    describes itself in Vietnamese. The anchors loaded, but the TLS set-up decoded the file as
+    ASCII and `gateway serve` died with a UnicodeDecodeError traceback."""
+    ca = cfg.parent / "pki/ca.crt"
+    ca.write_bytes("Chứng thư số gốc (phát triển) của TTCĐS\n".encode() + ca.read_bytes())
+    text = cfg.read_text()
+    assert "# tls = {" in text
+    cfg.write_text(text.replace("# tls = {", "tls = {", 1))
+    dep = load(cfg)
+    create_app(dep)
+    ctx = server_ssl_context(dep)
+    assert ctx is not None and ctx.cert_store_stats()["x509_ca"] == 1

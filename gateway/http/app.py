@@ -6,6 +6,7 @@ cleanup_ctx, so a failed start-up closes what it had opened and a stop flushes t
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +32,7 @@ from gateway.crypto.keys import (
     CryptoError,
     Keyring,
     SigningKey,
+    encode_x5c,
     load_certificates,
     load_private_key,
     note_key_jwk,
@@ -154,8 +156,13 @@ def server_ssl_context(dep: Deployment) -> ssl.SSLContext | None:
             str(dep.path), "gateway.tls", f"cannot load certificate/key: {e}"
         ) from None
     if tls.client_auth != "none":
-        for pem in dep.trust_anchor_pems:
-            ctx.load_verify_locations(cadata=pem.decode("ascii"))
+        for i, pem in enumerate(dep.trust_anchor_pems):
+            # As DER: a PEM file may hold explanatory text (RFC 7468), in Vietnamese too.
+            try:
+                der = [base64.b64decode(c) for c in encode_x5c(load_certificates(pem))]
+            except CryptoError as e:
+                raise ConfigError(str(dep.path), f"gateway.trust_anchors[{i}]", str(e)) from None
+            ctx.load_verify_locations(cadata=b"".join(der))
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.client_auth == "required" else ssl.CERT_OPTIONAL
     return ctx
 
