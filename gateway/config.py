@@ -32,7 +32,9 @@ AuthMethod = Literal["mtls", "signed", "token"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: TOML has real types, so a value of the wrong one is a mistake to report, never
+    # to convert (lax mode read `workers = true` as 1 and `development = "no"` as False).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class TlsConfig(_Model):

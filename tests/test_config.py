@@ -53,6 +53,27 @@ def test_the_init_deployment_loads_and_builds(cfg: Path) -> None:
         ('id = "hcm.thu-duc"', 'id = "hcm.quan-1"', "participants[1].id", "repeats"),
         ('id = "budget-proposal.v1"', 'id = "citizen-lookup.v1"', "services[2].id", "repeats"),
         ('id = "dtc-auditor"', 'id = "dtc-operator"', "roles[1].id", "repeats"),
+        # A boolean where a number belongs was read as 1 (one worker, a burst of one, a
+        # one-second delivery timeout): a type mistake must stop start-up, not pick a value.
+        ("workers = 1", "workers = true", "gateway.workers", "valid integer"),
+        (
+            "delivery_timeout_seconds = 10",
+            "delivery_timeout_seconds = true",
+            "limits.delivery_timeout_seconds",
+            "valid number",
+        ),
+        (
+            "max_json_depth = 64",
+            "max_json_depth = 64\nrate_burst = true",
+            "limits.rate_burst",
+            "valid integer",
+        ),
+        (
+            'store = "sqlite"',
+            'store = "sqlite"\nmax_batch = true',
+            "audit.max_batch",
+            "valid integer",
+        ),
         (  # a checkpoint key without the log's name signed nothing, and nothing said so
             'origin = "gateway.ttcds.hcm.dev/audit"',
             "",
