@@ -13,7 +13,7 @@ import hashlib
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,7 +103,7 @@ class AuditConfig(_Model):
 
     store: Literal["sqlite", "postgres"] = "sqlite"
     path: str = "audit.db"
-    dsn: str | None = None
+    dsn: str | None = Field(default=None, repr=False)  # may hold a password
     state_path: str = "state.db"
     max_batch: int = Field(default=512, ge=1, le=10000)
     origin: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][\x21-\x7e]*$", max_length=200)
@@ -238,18 +238,18 @@ class Deployment:
 
     path: Path
     config: Config
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)  # private keys: never in a repr (logs, tracebacks)
     certificate_pem: bytes
     trust_anchor_pems: tuple[bytes, ...]
     participant_cert_pems: Mapping[str, bytes]
     services: Mapping[str, LoadedService]
     tls_cert_pem: bytes | None
-    tls_key_pem: bytes | None
+    tls_key_pem: bytes | None = field(repr=False)
     retired_certificate_pems: tuple[bytes, ...] = ()
     intermediate_pems: tuple[bytes, ...] = ()
     crl_data: tuple[bytes, ...] = ()
-    checkpoint_key_pem: bytes | None = None
-    witness_key_pem: bytes | None = None
+    checkpoint_key_pem: bytes | None = field(default=None, repr=False)
+    witness_key_pem: bytes | None = field(default=None, repr=False)
 
     @property
     def base_dir(self) -> Path:

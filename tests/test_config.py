@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -297,3 +298,31 @@ def test_a_trust_anchor_file_with_a_non_ascii_comment_serves_tls(cfg: Path) -> N
     create_app(dep)
     ctx = server_ssl_context(dep)
     assert ctx is not None and ctx.cert_store_stats()["x509_ca"] == 1
+
+
+def test_the_repr_of_a_loaded_deployment_and_of_connector_settings_shows_no_secret(
+    cfg: Path,
+) -> None:
+    """A Deployment holds the private keys' PEM and the config holds the PostgreSQL DSN with
+    its password; the http connector's settings hold provider credentials and headers. Their
+    reprs showed all of it, so one `log.info(..., deployment=dep)`, a debugger dump or an
+    assertion message put the gateway's private keys and passwords in the clear."""
+    from connectors._http_settings import parse_settings
+    from gateway.connector import ConnectorContext
+
+    text = cfg.read_text()
+    old = 'store = "sqlite"'
+    assert old in text
+    cfg.write_text(
+        text.replace(old, 'store = "postgres"\ndsn = "postgresql://gw:S3cret-pw@127.0.0.1/gw"')
+    )
+    dep = load(cfg)
+    shown = repr(dep) + str(dep) + repr(dep.config) + repr(dep.config.audit)
+    assert "S3cret-pw" not in shown
+    assert "PRIVATE KEY" not in shown
+    settings = parse_settings(
+        {"url": "https://svc:Pr0vider-pw@127.0.0.1/x", "headers": {"X-Api-Key": "K3y-value"}},
+        ConnectorContext(service="citizen-lookup.v1", provider="central.dan-cu", config_dir="."),
+    )
+    assert "Pr0vider-pw" not in repr(settings) and "K3y-value" not in repr(settings)
+    assert base64.b64encode(b"svc:Pr0vider-pw").decode() not in repr(settings)
