@@ -26,6 +26,15 @@ def cross_check(cfg: Config, *, source: str) -> None:
     _unique(source, "services", (s.id for s in cfg.services))
     _unique(source, "roles", (r.id for r in cfg.roles))
     known = {p.id for p in cfg.participants}
+    for i, p in enumerate(cfg.participants):
+        if p.id == cfg.gateway.id:  # verifiers take the signer named gateway.id for the gateway
+            raise ConfigError(
+                source,
+                "gateway.id",
+                f"{p.id!r} is also participants[{i}].id: that participant's key would sign "
+                f"receipts that verify as the gateway's; give the gateway an id of its own "
+                f"(e.g. {p.id}.gw)",
+            )
     if not cfg.gateway.development:
         for i, p in enumerate(cfg.participants):
             if "token" in p.auth:

@@ -326,3 +326,20 @@ def test_the_repr_of_a_loaded_deployment_and_of_connector_settings_shows_no_secr
     )
     assert "Pr0vider-pw" not in repr(settings) and "K3y-value" not in repr(settings)
     assert base64.b64encode(b"svc:Pr0vider-pw").decode() not in repr(settings)
+
+
+def test_a_gateway_id_that_is_also_a_participant_stops_start_up(cfg: Path) -> None:
+    """Verifiers accept a receipt or envelope as the gateway's when its signer certificate
+    names gateway.id. With gateway.id = "hcm.ttcds" and a participant "hcm.ttcds" (the
+    operating centre registered as a unit too), that participant's own key signed receipts
+    that verified as the gateway's: the registry must keep the two identities apart."""
+    ca_key, ca_cert = _dev_ca(cfg)
+    _install_gateway_cert(cfg, *devpki_issue(ca_key, ca_cert, "hcm.ttcds", datetime.now(UTC)))
+    text = cfg.read_text()
+    assert 'id = "hcm.ttcds.gw"' in text
+    cfg.write_text(text.replace('id = "hcm.ttcds.gw"', 'id = "hcm.ttcds"', 1))
+    with pytest.raises(ConfigError) as e:
+        create_app(load(cfg))
+    assert e.value.file.endswith("gateway.toml")
+    assert e.value.field == "gateway.id"
+    assert "participants[4]" in e.value.problem, e.value.problem
