@@ -9,6 +9,7 @@ to edit, ``services[2].access[0].participant``. Pure: the Config is already pars
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,7 @@ def cross_check(cfg: Config, *, source: str) -> None:
                     "only: set gateway.development = true or remove 'token' from auth",
                 )
     _unique_tokens(cfg, source)
+    _distinct_files(cfg, source)
     if cfg.audit.checkpoint_key and not cfg.audit.origin:
         raise ConfigError(
             source,
@@ -79,6 +81,23 @@ def _unique(source: str, section: str, ids: Iterable[str]) -> None:
                 f"{ident!r} repeats {section}[{first[ident]}].id: ids must be unique",
             )
         first[ident] = i
+
+
+def _distinct_files(cfg: Config, source: str) -> None:
+    """The audit database, the state database and the published checkpoint are three files:
+    one written over another (the checkpoint replaces its file atomically) destroys it."""
+    audit = cfg.audit
+    files = [("audit.state_path", audit.state_path), ("audit.published_path", audit.published_path)]
+    if audit.store == "sqlite":
+        files.insert(0, ("audit.path", audit.path))
+    seen: dict[str, str] = {}
+    for name, value in files:
+        key = os.path.normpath(value)  # all relative to the config's directory
+        if key in seen:
+            raise ConfigError(
+                source, name, f"names the same file as {seen[key]} ({value!r}): use another file"
+            )
+        seen[key] = name
 
 
 def _unique_tokens(cfg: Config, source: str) -> None:

@@ -75,6 +75,13 @@ def test_the_init_deployment_loads_and_builds(cfg: Path) -> None:
             "audit.max_batch",
             "valid integer",
         ),
+        (  # the published checkpoint replaced the state database: a worker traceback
+            'state_path = "state.db"',
+            'state_path = "audit.published"',
+            "audit.published_path",
+            "audit.state_path",
+        ),
+        ('path = "audit.db"', 'path = "./state.db"', "audit.state_path", "audit.path"),
         (  # a checkpoint key without the log's name signed nothing, and nothing said so
             'origin = "gateway.ttcds.hcm.dev/audit"',
             "",
