@@ -182,8 +182,9 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await request.app[keys.STATE].check()  # reads the table; never blocks the loop
         checks["state"] = "ok"
-    except Exception as e:
-        checks["state"] = f"failed: {e}"
+    except Exception as e:  # the text (paths, server addresses) to the log: /readyz is public
+        log.warning("readyz.state_failed", error=f"{type(e).__name__}: {e}")
+        checks["state"] = f"failed: {type(e).__name__}"
     try:
         await request.app[keys.AUDIT].tree_head()
         checks["audit"] = "ok"
