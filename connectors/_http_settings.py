@@ -19,7 +19,7 @@ import base64
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
@@ -50,14 +50,17 @@ _FIXED_HEADERS = (("User-Agent", "dtc-gateway"), ("Accept", "application/json"),
 class Settings:
     """The checked table, plus what every request reuses (origin, target, static headers)."""
 
-    url: str
+    # Not in the repr: the url may hold credentials (and its query an API key), the headers
+    # a token; a repr ends up in logs and tracebacks.
+    url: str = field(repr=False)
     origin: str  # scheme://host[:port]
-    target: str  # path?query, percent-encoded
-    static_headers: tuple[tuple[bytes, bytes], ...]  # fixed + configured (+ credentials in url)
+    target: str = field(repr=False)  # path?query, percent-encoded
+    # fixed + configured (+ credentials in url)
+    static_headers: tuple[tuple[bytes, bytes], ...] = field(repr=False)
     send: str
     timeout: float
     connect_timeout: float
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] = field(repr=False)
     max_response_bytes: int
     max_connections: int
     retries: int

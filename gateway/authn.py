@@ -246,7 +246,10 @@ class Authenticator:
         try:
             req = loads(verified.payload, max_depth=self._max_depth)
         except JsonError as e:
-            raise MalformedJson(f"signed payload is not valid JSON: {e}") from None
+            raise MalformedJson(
+                f"signed payload is not valid JSON: {e}",
+                log_detail=f"signed payload is not valid JSON: {e.loggable}",
+            ) from None
         if not isinstance(req, dict) or set(req) != _REQUEST_MEMBERS:
             raise BadRequest(
                 "the signed payload must be an object with exactly the members "

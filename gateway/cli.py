@@ -86,6 +86,35 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _port(value: str) -> int:
+    """``--port``: 0 (any free port) to 65535, as ``gateway.port`` in the config."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0 to 65535)")
+    return port
+
+
+def _workers(value: str) -> int:
+    """``--workers``: 1 to 64, as ``gateway.workers`` in the config."""
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = 0
+    if not 1 <= workers <= 64:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of workers (1 to 64)")
+    return workers
+
+
+def _host(value: str) -> str:
+    """``--host``: an address or name to listen on; empty would mean every interface."""
+    if not value:
+        raise argparse.ArgumentTypeError("an empty host would listen on every interface")
+    return value
+
+
 # ---------------------------------------------------------------- init
 def cmd_init(args: argparse.Namespace) -> int:
     from gateway.devinit import GATEWAY_ID, init_deployment
@@ -117,7 +146,7 @@ _Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 def _add_init(sub: _Subparsers) -> None:
     s = sub.add_parser("init", help="write a development deployment into DIR")
     s.add_argument("dir")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--port", type=_port, default=8080)
     s.set_defaults(func=cmd_init)
 
 
@@ -126,9 +155,9 @@ def _add_serve(sub: _Subparsers) -> None:
 
     s = sub.add_parser("serve", help="run the gateway")
     s.add_argument("--config")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--workers", type=int)
+    s.add_argument("--host", type=_host)
+    s.add_argument("--port", type=_port)
+    s.add_argument("--workers", type=_workers)
     s.set_defaults(func=cmd_serve)
 
 

@@ -158,13 +158,14 @@ def _run_worker(
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.http.app import create_app, prepare_stores, server_ssl_context
+    from gateway.http.app import create_app, server_ssl_context
+    from gateway.stores import prepare_stores
 
     dep = _load(args)
     g = dep.config.gateway
-    host = args.host or g.host
+    host = g.host if args.host is None else args.host  # flags checked as the config is (cli.py)
     port = g.port if args.port is None else args.port
-    workers = args.workers or g.workers
+    workers = g.workers if args.workers is None else args.workers
     # Build once in the parent so a bad config (schema, key, connector) fails before any fork.
     create_app(dep)
     server_ssl_context(dep)

@@ -13,13 +13,14 @@ import hashlib
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config_checks import cross_check
 from gateway.errors import ConfigError
 
 PARTICIPANT_ID = r"^[a-z0-9]+(?:-[a-z0-9]+)*(?:\.[a-z0-9]+(?:-[a-z0-9]+)*)+$"
@@ -31,7 +32,9 @@ AuthMethod = Literal["mtls", "signed", "token"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: TOML has real types, so a value of the wrong one is a mistake to report, never
+    # to convert (lax mode read `workers = true` as 1 and `development = "no"` as False).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class TlsConfig(_Model):
@@ -57,7 +60,7 @@ class GatewaySection(_Model):
     # CRLs (PEM or DER files) of the anchors and intermediates, read once at start-up: a
     # certificate they list is refused. Restart to apply a new CRL (see README, Revocation).
     crls: list[str] = Field(default_factory=list)
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", min_length=1)  # "" would bind every interface
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     public_url: str | None = None
@@ -103,7 +106,7 @@ class AuditConfig(_Model):
 
     store: Literal["sqlite", "postgres"] = "sqlite"
     path: str = "audit.db"
-    dsn: str | None = None
+    dsn: str | None = Field(default=None, repr=False)  # may hold a password
     state_path: str = "state.db"
     max_batch: int = Field(default=512, ge=1, le=10000)
     origin: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][\x21-\x7e]*$", max_length=200)
@@ -216,47 +219,6 @@ class Config(_Model):
     roles: list[Role] = Field(default_factory=list)
     witness: WitnessConfig = WitnessConfig()
 
-    @model_validator(mode="after")
-    def _cross_check(self) -> Config:
-        ids = [p.id for p in self.participants]
-        dup = {i for i in ids if ids.count(i) > 1}
-        if dup:
-            raise ValueError(f"participant ids repeated: {sorted(dup)}")
-        sids = [s.id for s in self.services]
-        sdup = {i for i in sids if sids.count(i) > 1}
-        if sdup:
-            raise ValueError(f"service ids repeated: {sorted(sdup)}")
-        known = set(ids)
-        if not self.gateway.development:
-            for p in self.participants:
-                if "token" in p.auth:
-                    raise ValueError(
-                        f"participant {p.id} allows bearer tokens, which are for development "
-                        "only: set gateway.development = true or remove 'token' from auth"
-                    )
-        rids = [r.id for r in self.roles]
-        if len(set(rids)) != len(rids):
-            raise ValueError("role ids repeated")
-        for r in self.roles:
-            if r.participant is not None and r.participant not in known:
-                raise ValueError(f"role {r.id}: participant {r.participant!r} is not registered")
-        for s in self.services:
-            if s.provider not in known:
-                raise ValueError(f"service {s.id}: provider {s.provider!r} is not a participant")
-            granted: set[str] = set()
-            for g in s.access:
-                if g.participant not in known:
-                    raise ValueError(
-                        f"service {s.id}: access grant names unknown participant {g.participant!r}"
-                    )
-                if g.participant in granted:  # one grant decides and is audited: which one?
-                    raise ValueError(
-                        f"service {s.id}: participant {g.participant!r} has more than one access "
-                        "grant; keep one, with its purpose and legal basis"
-                    )
-                granted.add(g.participant)
-        return self
-
     def participant(self, pid: str) -> Participant | None:
         for p in self.participants:
             if p.id == pid:
@@ -279,18 +241,18 @@ class Deployment:
 
     path: Path
     config: Config
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)  # private keys: never in a repr (logs, tracebacks)
     certificate_pem: bytes
     trust_anchor_pems: tuple[bytes, ...]
     participant_cert_pems: Mapping[str, bytes]
     services: Mapping[str, LoadedService]
     tls_cert_pem: bytes | None
-    tls_key_pem: bytes | None
+    tls_key_pem: bytes | None = field(repr=False)
     retired_certificate_pems: tuple[bytes, ...] = ()
     intermediate_pems: tuple[bytes, ...] = ()
     crl_data: tuple[bytes, ...] = ()
-    checkpoint_key_pem: bytes | None = None
-    witness_key_pem: bytes | None = None
+    checkpoint_key_pem: bytes | None = field(default=None, repr=False)
+    witness_key_pem: bytes | None = field(default=None, repr=False)
 
     @property
     def base_dir(self) -> Path:
@@ -338,7 +300,7 @@ def parse_config(text: str, *, source: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(source, "(syntax)", str(e)) from None
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         extra = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
@@ -346,6 +308,8 @@ def parse_config(text: str, *, source: str) -> Config:
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
         raise ConfigError(source, _loc(tuple(err["loc"])), msg + extra) from None
+    cross_check(cfg, source=source)
+    return cfg
 
 
 def _read(config_path: Path, field: str, rel: str) -> bytes:

@@ -76,8 +76,10 @@ def configure(level: str = "info", *, process: str | None = None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact,
+            # Before redact: the traceback (and the exception's message in it) is a string
+            # only once rendered, and must be masked like any other value.
             structlog.processors.format_exc_info,
+            redact,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

@@ -56,4 +56,7 @@ def parse_request(raw: RawRequest, limits: Limits) -> Any:
     try:
         return loads(raw.body, max_depth=limits.max_depth)
     except JsonError as e:
-        raise MalformedJson(f"the body is not valid JSON: {e}") from None
+        raise MalformedJson(
+            f"the body is not valid JSON: {e}",
+            log_detail=f"the body is not valid JSON: {e.loggable}",
+        ) from None

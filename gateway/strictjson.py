@@ -100,8 +100,14 @@ class JsonError(ValueError):
     """The body is not strict JSON; the message says what is wrong and where.
 
     Offsets are byte offsets into the input (e.g. ``duplicate key "a" at offset 17``), given
-    whenever the position is known.
+    whenever the position is known. ``loggable`` is the same without what the message quotes
+    from the body (a duplicate key, an overflowing number): keys are payload too, so that is
+    for the sender's eyes, not for the structured log.
     """
+
+    def __init__(self, message: str, *, loggable: str | None = None) -> None:
+        super().__init__(message)
+        self.loggable = message if loggable is None else loggable
 
 
 def loads(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
@@ -257,7 +263,12 @@ def _raise_located(text: str, refusal: _Refusal) -> NoReturn:
     else:
         pos = _find_token(text, refusal.kind)
     where = "" if pos is None else f" at offset {_byte_offset(text, pos)}"
-    raise JsonError(what + where) from None
+    loggable = _LOGGABLE.get(refusal.kind, what)
+    raise JsonError(what + where, loggable=loggable + where) from None
+
+
+# What a refusal says in the log when its message quotes the body (see JsonError.loggable).
+_LOGGABLE = {"key": "duplicate key", "overflow": "number overflows a double"}
 
 
 def _find_token(text: str, kind: str) -> int | None:

@@ -9,6 +9,7 @@ module only maps their failures to the config fields.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from gateway.config import Deployment
@@ -17,7 +18,7 @@ from gateway.crypto.keys import CryptoError, load_certificates
 from gateway.crypto.revocation import Revocations, load_crl
 from gateway.errors import ConfigError
 
-__all__ = ["build_anchors", "build_revocations"]
+__all__ = ["build_anchors", "build_revocations", "check_bound", "check_own_certificate"]
 
 
 def _certificates(dep: Deployment, field: str, pems: tuple[bytes, ...]) -> list[pki.Certificate]:
@@ -71,3 +72,49 @@ def build_anchors(
         return pki.TrustAnchors(anchors, intermediates=intermediates, revocations=revocations)
     except CryptoError as e:
         raise ConfigError(str(dep.path), "gateway.intermediates", str(e)) from None
+
+
+def check_own_certificate(
+    dep: Deployment, chain: Sequence[pki.Certificate], anchors: pki.TrustAnchors, *, now: datetime
+) -> None:
+    """ConfigError (``gateway.certificate``) unless the gateway's signing chain verifies as a
+    receipt's does: to a trust anchor, valid at ``now``, not revoked, naming ``gateway.id``.
+
+    Every receipt and envelope carries this chain in ``x5c``; a chain verifiers refuse (another
+    participant's certificate, an untrusted CA, an expired one) would have the gateway serve
+    signatures that fail verification, its own ``POST /v1/verify`` included.
+    """
+    where = dep.resolve(dep.config.gateway.certificate)
+    try:
+        leaf = pki.verify_chain(chain, anchors, now=now, purpose="signing")
+        named = pki.participant_id(leaf)
+    except CryptoError as e:
+        raise ConfigError(
+            str(dep.path),
+            "gateway.certificate",
+            f"{where}: cannot be verified under the trust anchors, so neither could the "
+            f"receipts signed with it: {e}",
+        ) from None
+    if named != dep.config.gateway.id:
+        raise ConfigError(
+            str(dep.path),
+            "gateway.certificate",
+            f"{where} names {named!r}, not gateway.id {dep.config.gateway.id!r}: receipts "
+            "signed under it would not verify as the gateway's",
+        )
+
+
+def check_bound(dep: Deployment, field: str, cert: pki.Certificate, expected: str) -> None:
+    """ConfigError on ``field`` unless ``cert`` speaks for ``expected`` (pki.participant_id):
+    a participant's pinned certificate naming someone else could never authenticate it."""
+    try:
+        named = pki.participant_id(cert)
+    except CryptoError as e:
+        raise ConfigError(str(dep.path), field, f"names no single participant: {e}") from None
+    if named != expected:
+        raise ConfigError(
+            str(dep.path),
+            field,
+            f"the certificate names {named!r}, not {expected!r}: it could never authenticate "
+            f"{expected}",
+        )

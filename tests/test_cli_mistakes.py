@@ -46,6 +46,19 @@ def test_init_into_a_path_that_is_a_file_exits_2_and_says_so(tmp_path: Path) -> 
     assert r.returncode == 2 and str(f / "sub") in r.stderr
 
 
+@pytest.mark.parametrize("port", ["70000", "-5", "eighty"])
+def test_init_with_a_port_no_gateway_could_listen_on_exits_2_and_writes_nothing(
+    tmp_path: Path, port: str
+) -> None:
+    """`gateway init DIR --port 70000` wrote a deployment, said "Next: gateway serve", and
+    that deployment then refused to start (gateway.port must be 0 to 65535)."""
+    d = tmp_path / "demo"
+    r = run("init", str(d), "--port", port)
+    no_traceback(r)
+    assert r.returncode == 2 and "port" in r.stderr, r.stderr
+    assert not d.exists()
+
+
 # -- send -----------------------------------------------------------------------------------
 SID = "citizen-lookup.v1"
 
@@ -318,6 +331,67 @@ def test_serve_with_a_store_it_cannot_open_exits_2_naming_the_field(
     no_traceback(r)
     assert r.returncode == 2 and f"{field}: cannot open" in r.stderr, r.stderr
     assert "s3cret" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--port", "70000"),  # was a traceback (OverflowError from bind)
+        ("--port", "-1"),
+        ("--workers", "-3"),  # was "listening with -3 worker(s)": no worker, and no way to stop
+        ("--workers", "0"),  # was the config's value, silently
+        ("--workers", "65"),  # gateway.workers allows 1 to 64
+        ("--host", ""),  # was the config's value, silently
+    ],
+)
+def test_serve_flags_that_override_the_config_are_checked_like_it(
+    deployment: Path, flags: tuple[str, str]
+) -> None:
+    """`gateway serve` flags override gateway.host, gateway.port and gateway.workers; they
+    went around the config's checks."""
+    r = subprocess.run(
+        [*GW, "serve", *flags], cwd=deployment, capture_output=True, text=True, timeout=30
+    )
+    no_traceback(r)
+    assert r.returncode == 2 and flags[0] in r.stderr, r.stderr
+    assert "listening" not in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ('path = "audit.db"', 'path = "no-such-dir/audit.db"', "audit.path"),
+        ('path = "audit.db"', 'path = "pki"', "audit.path"),
+        ('state_path = "state.db"', 'state_path = "no-such-dir/state.db"', "audit.state_path"),
+        ('published_path = "audit.published"', 'published_path = "pki"', "audit.published_path"),
+        (  # nothing listens on port 1; the DSN's password must not be shown either
+            'store = "sqlite"',
+            'store = "postgres"\ndsn = "postgresql://gw:S3cret-pw@127.0.0.1:1/gateway"',
+            "audit.dsn",
+        ),
+        (
+            'store = "sqlite"',
+            'store = "postgres"\ndsn = "postgresql://gw:S3cret-pw@127.0.0.1:5432/x?sslmode=bogus"',
+            "audit.dsn",
+        ),
+    ],
+)
+def test_serve_with_a_store_that_cannot_be_opened_exits_2_naming_the_field(
+    tmp_path: Path, old: str, new: str, field: str
+) -> None:
+    """A store path in a missing directory (or a directory), or a PostgreSQL DSN that cannot
+    connect, stopped `gateway serve` with a Python traceback instead of the file and field."""
+    d = tmp_path / "demo"
+    assert run("init", str(d)).returncode == 0
+    cfg = d / "gateway.toml"
+    text = cfg.read_text()
+    assert old in text
+    cfg.write_text(text.replace(old, new, 1))
+    r = run("serve", "--port", "0", cwd=d)
+    no_traceback(r)
+    assert r.returncode == 2, r.stderr
+    assert str(cfg) in r.stderr and field in r.stderr, r.stderr
+    assert "S3cret-pw" not in r.stderr + r.stdout
 
 
 _WATCH_INIT = """

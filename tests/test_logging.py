@@ -79,3 +79,30 @@ _values = st.recursive(
 @given(st.dictionaries(st.sampled_from(["event", "reason", "body", "key", "x", "y"]), _values))
 def test_redact_agrees_with_the_obvious_rule(event: dict[str, Any]) -> None:
     assert redact(None, "info", dict(event)) == _reference(event)
+
+
+_LOG_AN_EXCEPTION = """
+import structlog
+from gateway.logging import configure
+
+configure("info")
+try:
+    raise ValueError("no record for citizen 079203004711")
+except ValueError:
+    structlog.get_logger().exception("http.internal_error", path="/v1/x")
+"""
+
+
+def test_an_exception_logged_with_its_traceback_is_redacted_too() -> None:
+    """log.exception renders the traceback into the line after the redaction had run, so an
+    exception message quoting a citizen id (a provider library's error, a KeyError on a
+    record) reached the log in clear."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", _LOG_AN_EXCEPTION], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert "http.internal_error" in r.stderr and "ValueError" in r.stderr
+    assert "079203004711" not in r.stderr

@@ -82,3 +82,40 @@ def test_no_citizen_id_reaches_logs_or_audit_log(tmp_path: Path) -> None:
     raw_db = (d / "audit.db").read_bytes() + (d / "state.db").read_bytes()
     for cid in IDS:
         assert cid.encode() not in raw_db
+
+
+def _logged_text(output: str) -> str:
+    """Every log line decoded (JSON escapes undone), so an escaped name is found too."""
+    out = []
+    for line in output.splitlines():
+        try:
+            out.append(json.dumps(json.loads(line), ensure_ascii=False))
+        except ValueError:
+            out.append(line)
+    return "\n".join(out)
+
+
+def test_malformed_json_log_lines_name_no_key_or_number_of_the_body(tmp_path: Path) -> None:
+    """A duplicate key was quoted, and an overflowing number echoed, in the rejection's log
+    line (``reason``) as in the client's problem detail. Keys are payload too: a map keyed by
+    a person's name or phone number put that name or number into the structured log."""
+    d = tmp_path / "dep"
+    init_deployment(d)
+    name, phone = "Trần Thị Bích Ngọc", "0903123456"
+    token = (d / "participants/hcm.quan-1/token").read_text().strip()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    url_of = "{}/v1/exchange/pilot-progress-report.v1".format
+    bodies = [
+        f'{{"members": {{"{name}": 1, "{name}": 2}}}}',
+        f'{{"{phone}": 1, "{phone}": 2}}',
+        f'{{"phone": {phone}1e999}}',
+    ]
+    server = ServerProcess(d / "gateway.toml")
+    try:
+        statuses = [_post(url_of(server.url), b.encode(), headers) for b in bodies]
+    finally:
+        output = server.stop()
+    assert statuses == [400, 400, 400]
+    assert output.count("malformed-json") >= len(bodies)
+    logged = _logged_text(output)
+    assert name not in logged and phone not in logged, logged

@@ -123,3 +123,24 @@ async def test_readyz_is_not_ready_while_audit_writes_fail_though_reads_work(
                 assert r.status == 200, await r.text()
     finally:
         server.stop()
+
+
+async def test_readyz_names_a_failing_store_without_its_error_text(tmp_path: Path) -> None:
+    """/readyz is public (orchestrators call it unauthenticated). The state check answered
+    the store's error text ("state database /srv/.../state.db was removed ...", or for
+    PostgreSQL the server's address and user), unlike the audit check, which says only the
+    error's type; the text belongs in the log."""
+    d = tmp_path / "dep"
+    init_deployment(d)
+    cfg = d / "gateway.toml"
+    text = cfg.read_text().replace('state_path = "state.db"', 'state_path = "data/state.db"', 1)
+    cfg.write_text(text)
+    (d / "data").mkdir()
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        shutil.rmtree(d / "data")
+        async with s.get(f"{gw.url}/readyz") as r:
+            body = await r.text()
+            assert r.status == 503, body
+    checks = orjson.loads(body)["checks"]
+    assert checks["state"].startswith("failed"), checks
+    assert str(tmp_path) not in body and "state.db" not in body, body

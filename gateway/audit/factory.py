@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
-import urllib.parse
-from collections.abc import Callable
-from typing import TypeVar
-
 from gateway.audit.checkpoint import NoteSigner
 from gateway.audit.publisher import PublisherThread
 from gateway.audit.store import AuditStore
 from gateway.config import Deployment
 from gateway.crypto.keys import load_private_key
 from gateway.errors import ConfigError
-from gateway.state import StateUnavailable
-
-T = TypeVar("T")
 
 
 def open_store(dep: Deployment, *, appends: bool = False) -> AuditStore:
@@ -44,36 +36,6 @@ def open_store(dep: Deployment, *, appends: bool = False) -> AuditStore:
                 str(dep.path), "audit.dsn", f"cannot open the audit store: {e}"
             ) from None
     raise ConfigError(str(dep.path), "audit.store", f"unknown store {audit.store!r}")
-
-
-def opening(dep: Deployment, what: str, fn: Callable[[], T]) -> T:
-    """``fn()``, which first opens the audit (``what`` "audit") or state store; a store that
-    cannot be opened (server down, wrong DSN, file in a missing directory) is a ConfigError
-    naming the field to fix, so start-up ends with exit 2 and a sentence, not a traceback.
-
-    The DSN is never quoted (it may hold a password); its password is masked in the driver's
-    message too.
-    """
-    audit = dep.config.audit
-    failures: tuple[type[Exception], ...] = (OSError, TimeoutError, StateUnavailable)
-    if audit.store == "postgres":
-        import asyncpg  # type: ignore[import-untyped]  # the postgres extra: installed if used
-
-        from gateway.audit.postgres import StoreCorrupted
-
-        failures += (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, StoreCorrupted)
-        field = "audit.dsn"
-    else:
-        failures += (sqlite3.Error,)
-        field = "audit.path" if what == "audit" else "audit.state_path"
-    try:
-        return fn()
-    except failures as e:
-        problem = f"cannot open the {what} store: {type(e).__name__}: {e}"
-        password = urllib.parse.urlsplit(audit.dsn or "").password if audit.dsn else None
-        if password:
-            problem = problem.replace(password, "***")
-        raise ConfigError(str(dep.path), field, problem) from None
 
 
 def note_signer(dep: Deployment) -> NoteSigner | None:

@@ -6,7 +6,7 @@ cleanup_ctx, so a failed start-up closes what it had opened and a stop flushes t
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -21,10 +21,9 @@ from gateway import plugins
 from gateway.acl import AccessList, Grant
 from gateway.audit.appender import RemoteAppender
 from gateway.audit.checkpoint import NoteError
-from gateway.audit.factory import note_signer, open_store, opening
+from gateway.audit.factory import note_signer, open_store
 from gateway.audit.log import AuditLog
 from gateway.audit.publisher import CheckpointPublisher, check_not_rolled_back
-from gateway.audit.store import root_at
 from gateway.authn import Authenticator, ParticipantAuth
 from gateway.config import Deployment
 from gateway.connector import Connector, ConnectorContext
@@ -33,6 +32,7 @@ from gateway.crypto.keys import (
     CryptoError,
     Keyring,
     SigningKey,
+    encode_x5c,
     load_certificates,
     load_private_key,
     note_key_jwk,
@@ -44,8 +44,7 @@ from gateway.pipeline import Pipeline, ServiceRuntime
 from gateway.ratelimit import RateLimiter
 from gateway.state import ExchangeState
 from gateway.state import opened as opened_state
-from gateway.state import prepare as prepare_state
-from gateway.trust import build_anchors
+from gateway.trust import build_anchors, check_bound, check_own_certificate
 from gateway.validation import CompiledSchema, compile_schema
 
 DEPLOYMENT = web.AppKey("deployment", Deployment)
@@ -99,14 +98,13 @@ def build_participants(dep: Deployment) -> dict[str, ParticipantAuth]:
     for i, p in enumerate(dep.config.participants):
         pinned = None
         if p.id in dep.participant_cert_pems:
+            field = f"participants[{i}].certificate"
             try:
-                pinned = pki.fingerprint_sha256(
-                    load_certificates(dep.participant_cert_pems[p.id])[0]
-                )
+                cert = load_certificates(dep.participant_cert_pems[p.id])[0]
             except (CryptoError, IndexError):
-                raise ConfigError(
-                    str(dep.path), f"participants[{i}].certificate", "not a PEM certificate"
-                ) from None
+                raise ConfigError(str(dep.path), field, "not a PEM certificate") from None
+            check_bound(dep, field, cert, p.id)
+            pinned = pki.fingerprint_sha256(cert)
         out[p.id] = ParticipantAuth(p.id, frozenset(p.auth), pinned, p.token_sha256)
     return out
 
@@ -144,26 +142,6 @@ def build_connectors(dep: Deployment) -> dict[str, Connector]:
     return out
 
 
-def prepare_stores(dep: Deployment) -> None:
-    """Create the database files (or tables) once, before worker processes open them.
-
-    Also the rollback guard: raises RolledBack when the log is behind (or forked from) the
-    newest checkpoint this gateway published, e.g. after an older backup was restored.
-    """
-    store = open_store(dep)
-    try:
-        size, _ = opening(dep, "audit", store.tree_head)
-
-        async def root_at_size(n: int) -> bytes:
-            return root_at(store, n)
-
-        asyncio.run(check_not_rolled_back(dep.published_path(), size, root_at_size))
-    finally:
-        store.close()
-    cfg = dep.config.audit
-    opening(dep, "state", lambda: prepare_state(cfg.store, dep.state_path(), cfg.dsn))
-
-
 def server_ssl_context(dep: Deployment) -> ssl.SSLContext | None:
     """TLS for the listener; with client_auth the trust anchors verify client certificates."""
     tls = dep.config.gateway.tls
@@ -178,8 +156,13 @@ def server_ssl_context(dep: Deployment) -> ssl.SSLContext | None:
             str(dep.path), "gateway.tls", f"cannot load certificate/key: {e}"
         ) from None
     if tls.client_auth != "none":
-        for pem in dep.trust_anchor_pems:
-            ctx.load_verify_locations(cadata=pem.decode("ascii"))
+        for i, pem in enumerate(dep.trust_anchor_pems):
+            # As DER: a PEM file may hold explanatory text (RFC 7468), in Vietnamese too.
+            try:
+                der = [base64.b64decode(c) for c in encode_x5c(load_certificates(pem))]
+            except CryptoError as e:
+                raise ConfigError(str(dep.path), f"gateway.trust_anchors[{i}]", str(e)) from None
+            ctx.load_verify_locations(cadata=b"".join(der))
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.client_auth == "required" else ssl.CERT_OPTIONAL
     return ctx
 
@@ -381,6 +364,7 @@ def create_app(
         connectors=build_connectors(dep),
         access=build_access(dep),
     )
+    check_own_certificate(dep, stages.keyring.chain, stages.anchors, now=now())
     app = web.Application(
         middlewares=[middlewares.request_context, middlewares.problems],
         client_max_size=dep.config.limits.max_body_bytes + 1,
