@@ -179,7 +179,7 @@ async def durable_pool(
     pass through for the caller to name its store.
     """
     plain, _, given = split_dsn(dsn)
-    settings = {k: v for k, v in {"application_name": name}.items() if k not in given}
+    settings = session_settings(name, given)
     settings["synchronous_commit"] = "on"
     settings.update(READ_COMMITTED)
     return await asyncpg.create_pool(
