@@ -49,7 +49,6 @@ from gateway.audit.postgres_schema import (
     COLUMNS,
     QUERY_HEAD,
     create_tables,
-    index_columns,
     query_statement,
     statements,
     table_names,
@@ -65,6 +64,7 @@ from gateway.audit.store import (
     RecordQuery,
     StoredCheckpoint,
     StoredRecord,
+    search_values,
     unsearchable,
 )
 
@@ -173,7 +173,7 @@ class PostgresAuditStore:
         if claims is not None and len(claims) != len(records):
             raise ValueError("one claim (or None) per record")
         hashes = [merkle.leaf_hash(r) for r in records]
-        columns = [index_columns(r) for r in records]
+        columns = [search_values(r) for r in records]
         wanted = claims if claims is not None and any(claims) else None
         sent: list[Any] = []  # (txid, backend pid, result) once the writes are done.
 

@@ -5,8 +5,9 @@ private event loop, the connection, the head lock, recovery after a lost COMMIT)
 owns the text that reaches the server. A change to a table, an index or a statement is then
 reviewed in one place, and the store's logic reads without a hundred lines of SQL in between.
 Nothing here opens a connection: :func:`create_tables` runs on one it is given. The query
-columns are filled from each record by :func:`index_columns`, and a search's statement is put
-together by :func:`query_statement`, next to the columns and indexes they depend on.
+columns are filled from each record by :func:`gateway.audit.store.search_values` (as in
+SQLite), and a search's statement is put together by :func:`query_statement`, next to the
+columns and indexes they depend on.
 
 Every statement is a template over the (schema-qualified, quoted) table names, filled in once
 per store by :func:`statements`, so no value ever reaches SQL text; values always travel as bind
@@ -39,7 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 from gateway.audit import merkle
-from gateway.audit.store import SEARCH_FIELDS, RecordQuery, search_values
+from gateway.audit.store import SEARCH_FIELDS, RecordQuery
 
 __all__ = [
     "COLUMNS",
@@ -47,7 +48,6 @@ __all__ = [
     "QUERY_TAIL",
     "create_tables",
     "ensure_created",
-    "index_columns",
     "qualified",
     "query_statement",
     "quote_ident",
@@ -107,12 +107,6 @@ _SQL: Final = {
 # query(): the filters (column names from COLUMNS only) go between these two halves.
 QUERY_HEAD: Final = "SELECT idx, leaf_hash, record FROM {records} WHERE "
 QUERY_TAIL: Final = " ORDER BY idx LIMIT "
-
-
-def index_columns(record: bytes) -> tuple[str | None, ...]:
-    """The query columns of one record: :func:`gateway.audit.store.search_values`, which leaves
-    a value holding NUL (PostgreSQL text cannot hold it) unindexed, as SQLite does."""
-    return search_values(record)
 
 
 def query_statement(head: str, query: RecordQuery, limit: int) -> tuple[str, list[Any]]:
