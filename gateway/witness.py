@@ -385,11 +385,9 @@ def _proves_a_fork(req: AddCheckpoint, cp: Checkpoint, held_root: bytes) -> bool
     with a garbage proof; that proves nothing against the log (and the honest proof then gets
     the same checkpoint cosigned). A proof that reproduces the signed root (RFC 9162
     2.1.4.2, steps 2-6) while yielding another root at ``old`` does, by collision resistance.
-    When ``old`` is a power of two the proof starts from the held root itself, so it never
-    can: those refusals are not evidence.
+    When ``old`` is a power of two the proof starts from the held root itself, so the root it
+    leads to at ``old`` is the held one: never evidence.
     """
-    if req.old_size & (req.old_size - 1) == 0:
-        return False
     try:
         old_root, new_root = merkle.consistency_roots(req.old_size, cp.size, req.proof, held_root)
     except merkle.ProofError:
