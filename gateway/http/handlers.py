@@ -156,7 +156,7 @@ async def _exchange(
         body_timed_out=body.timed_out,
         over_capacity=not admitted,
     )
-    unread = body.timed_out or not admitted  # a body is still on its way
+    response: web.Response
     try:
         result = await request.app[keys.PIPELINE].process(raw)
     except (AuditUnavailable, StateUnavailable) as e:
@@ -165,23 +165,21 @@ async def _exchange(
         err = StoreUnavailable("the audit or state store is unavailable; retry")
         elapsed = time.perf_counter() - started
         _count(settings.metrics, raw.service, "exchange.unavailable", err.status, elapsed)
-        refused = problem_response(err)
-        if unread:
-            refused.force_close()
-        return refused
-    request.app[_OUTAGE].succeeded()
-    headers = dict(result.headers)
-    if result.exchange_id:
-        headers["X-Exchange-Id"] = result.exchange_id
-    _log_and_count(settings.metrics, raw.service, result, started)
-    response = web.Response(
-        status=result.status,
-        body=result.body,
-        content_type=result.content_type,
-        headers=headers,
-    )
-    if unread:  # never read the rest of that body as a request: close the connection
-        response.force_close()
+        response = problem_response(err)
+    else:
+        request.app[_OUTAGE].succeeded()
+        headers = dict(result.headers)
+        if result.exchange_id:
+            headers["X-Exchange-Id"] = result.exchange_id
+        _log_and_count(settings.metrics, raw.service, result, started)
+        response = web.Response(
+            status=result.status,
+            body=result.body,
+            content_type=result.content_type,
+            headers=headers,
+        )
+    if body.timed_out or not admitted:  # the rest of that body is on its way: never read it
+        response.force_close()  # as a request, close the connection
     return response
 
 
@@ -258,16 +256,16 @@ async def _raises_or_true(probe: Awaitable[object]) -> bool:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    # Taken first: the store checks below may wait on a store that is failing.
-    ago = request.app[_OUTAGE].seconds_ago(time.monotonic())
-    checks: dict[str, str] = {}
     app = request.app
+    # Taken first: the store checks below may wait on a store that is failing.
+    ago = app[_OUTAGE].seconds_ago(time.monotonic())
+    checks: dict[str, str] = {}
     await _check(checks, "state", _raises_or_true(app[keys.STATE].check()))  # off the loop
     await _check(checks, "audit", _raises_or_true(app[keys.AUDIT].tree_head()))
     if ago is not None:  # reads work, writes did not (see RecentOutage)
         checks["writes"] = f"failing: an exchange could not be audited {ago:.1f} s ago"
     checks["keys"] = "ok"
-    for sid, c in request.app[keys.CONNECTORS].items():
+    for sid, c in app[keys.CONNECTORS].items():
         await _check(checks, f"connector:{sid}", c.ready())
     ok = all(v == "ok" for v in checks.values())
     return _json_response(
