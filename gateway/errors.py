@@ -244,14 +244,19 @@ class NotReady(GatewayError):
     status = 503
     default_slug = "not-ready"
     title = "Gateway not ready"
+    #: For a condition that passes by itself: the seconds after which a retry may succeed,
+    #: sent as RFC 9110 ``Retry-After``. None for one that waits on the operator.
+    retry_after: ClassVar[int | None] = None
+
+    def extra_headers(self) -> Mapping[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class StoreUnavailable(NotReady):
     """The audit or state store failed this exchange. The gateway recovers by itself once the
-    store is back, so the sender is told when to try again (RFC 9110 Retry-After)."""
+    store is back, so the sender is told when to try again."""
 
-    def extra_headers(self) -> Mapping[str, str]:
-        return {"Retry-After": "1"}
+    retry_after = 1
 
 
 class GatewayBusy(NotReady):
@@ -261,9 +266,7 @@ class GatewayBusy(NotReady):
 
     default_slug = "gateway-busy"
     title = "Gateway busy"
-
-    def extra_headers(self) -> Mapping[str, str]:
-        return {"Retry-After": "1"}
+    retry_after = 1
 
 
 class ProviderTimeout(GatewayError):

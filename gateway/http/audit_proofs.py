@@ -13,7 +13,6 @@ its format is documented on :func:`exchange_proof`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -41,8 +40,7 @@ _TERMINAL = ("exchange.delivered", "exchange.failed", "exchange.rejected")
 class CheckpointPending(NotReady):
     """The record exists but no signed checkpoint covers it yet: retry in a second."""
 
-    def extra_headers(self) -> Mapping[str, str]:
-        return {"Retry-After": "1"}
+    retry_after = 1
 
 
 async def _default_size(audit: AuditLog, index: int) -> tuple[int, StoredCheckpoint]:
