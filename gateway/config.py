@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.config_checks import cross_check
 from gateway.errors import ConfigError
+from gateway.idempotency import pending_lease
 
 PARTICIPANT_ID = r"^[a-z0-9]+(?:-[a-z0-9]+)*(?:\.[a-z0-9]+(?:-[a-z0-9]+)*)+$"
 SERVICE_ID = r"^[a-z0-9]+(?:-[a-z0-9]+)*\.v[0-9]+$"
@@ -89,8 +90,9 @@ class Limits(_Model):
 
     @model_validator(mode="after")
     def _keys_outlive_deliveries(self) -> Limits:
-        # A pending Idempotency-Key that expired mid-delivery would let a retry be delivered too.
-        if self.idempotency_ttl_seconds < 2 * self.delivery_timeout_seconds + 60:
+        # An answer kept for less than a pending key's lease would be forgotten before the
+        # lease that no live delivery outlasts; a retry could then be delivered too.
+        if self.idempotency_ttl_seconds < pending_lease(self.delivery_timeout_seconds):
             raise ValueError("idempotency_ttl_seconds must be at least 2 x delivery_timeout + 60")
         return self
 

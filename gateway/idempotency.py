@@ -47,7 +47,7 @@ def pending_lease(delivery_timeout: float) -> float:
 
     Why this long: an exchange under way ends within its delivery timeout, plus its two audit
     appends and the rest of the pipeline; twice the timeout and a minute more cannot cut a
-    live one short (the configuration's TTL rule uses the same bound). Why not the TTL: the
+    live one short (gateway.config refuses a TTL shorter than this). Why not the TTL: the
     only pending key that outlives this is one whose process died mid-delivery, and a day of
     409 "in progress" would refuse every retry its sender makes.
     """
