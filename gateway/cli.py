@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Annotated, Any, TypeAlias, cast
 
 from gateway import config as config_mod
 from gateway.errors import ConfigError
@@ -86,33 +87,28 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _port(value: str) -> int:
-    """``--port``: 0 (any free port) to 65535, as ``gateway.port`` in the config."""
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0 to 65535)")
-    return port
+def _as_gateway_field(name: str) -> Callable[[str], Any]:
+    """The argparse type of the flag that overrides ``gateway.<name>`` (``--host``, ``--port``,
+    ``--workers``): the config field's own rules check it (its type and range; a host must
+    not be empty, which would listen on every interface), so the flag and the file cannot
+    disagree."""
+    from pydantic import TypeAdapter, ValidationError
 
+    field = config_mod.GatewaySection.model_fields[name]
+    adapter: TypeAdapter[Any] = TypeAdapter(
+        cast(Any, Annotated)[(field.annotation, *field.metadata)]
+    )
 
-def _workers(value: str) -> int:
-    """``--workers``: 1 to 64, as ``gateway.workers`` in the config."""
-    try:
-        workers = int(value)
-    except ValueError:
-        workers = 0
-    if not 1 <= workers <= 64:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of workers (1 to 64)")
-    return workers
+    def check(value: str) -> Any:
+        try:
+            return adapter.validate_strings(value)
+        except ValidationError as e:
+            problem = e.errors()[0]["msg"]
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not a valid gateway.{name}: {problem}"
+            ) from None
 
-
-def _host(value: str) -> str:
-    """``--host``: an address or name to listen on; empty would mean every interface."""
-    if not value:
-        raise argparse.ArgumentTypeError("an empty host would listen on every interface")
-    return value
+    return check
 
 
 # ---------------------------------------------------------------- init
@@ -146,7 +142,7 @@ _Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 def _add_init(sub: _Subparsers) -> None:
     s = sub.add_parser("init", help="write a development deployment into DIR")
     s.add_argument("dir")
-    s.add_argument("--port", type=_port, default=8080)
+    s.add_argument("--port", type=_as_gateway_field("port"), default=8080)
     s.set_defaults(func=cmd_init)
 
 
@@ -155,9 +151,9 @@ def _add_serve(sub: _Subparsers) -> None:
 
     s = sub.add_parser("serve", help="run the gateway")
     s.add_argument("--config")
-    s.add_argument("--host", type=_host)
-    s.add_argument("--port", type=_port)
-    s.add_argument("--workers", type=_workers)
+    s.add_argument("--host", type=_as_gateway_field("host"))
+    s.add_argument("--port", type=_as_gateway_field("port"))
+    s.add_argument("--workers", type=_as_gateway_field("workers"))
     s.set_defaults(func=cmd_serve)
 
 
