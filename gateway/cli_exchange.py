@@ -77,33 +77,36 @@ def _report_answer(status: int, data: bytes, receipt: str | None) -> int:
     except orjson.JSONDecodeError:
         _err(f"HTTP {status} with a non-JSON body")
         return EXIT_FAILED
-    shown = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
-    if not isinstance(doc, dict):
-        print(shown)
-        _err(f"HTTP {status} with JSON that is not an object: not a gateway's answer")
+    problem = _not_an_exchange_answer(status, doc)
+    if problem is None:
+        xid = doc.get("exchange_id")
+        safe = isinstance(xid, str) and _UUID.fullmatch(xid) is not None
+        out = Path(receipt or f"receipt-{xid if safe else 'unknown'}.json")
+        # Saved before anything is printed: the receipt is the sender's proof of the exchange,
+        # and printing can fail (`gateway send ... | head` closes stdout) after it happened.
+        try:
+            out.write_bytes(orjson.dumps(doc["receipt"], option=orjson.OPT_INDENT_2) + b"\n")
+        except OSError as e:  # The exchange happened: its receipt is in the response printed.
+            problem = (
+                f"cannot save the receipt to {out}: {e.strerror} (it is in the response above)"
+            )
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    if problem is not None:
+        _err(problem)
         return EXIT_FAILED
-    if not 200 <= status < 300:
-        print(shown)
-        _err(f"HTTP {status}: {doc.get('title', '')}: {doc.get('detail', '')}")
-        return EXIT_FAILED
-    if not isinstance(doc.get("receipt"), dict):
-        print(shown)
-        _err(f"HTTP {status} without a receipt: not a gateway's exchange answer")
-        return EXIT_FAILED
-    xid = doc.get("exchange_id")
-    safe = isinstance(xid, str) and _UUID.fullmatch(xid) is not None
-    out = Path(receipt or f"receipt-{xid if safe else 'unknown'}.json")
-    # Saved before anything is printed: the receipt is the sender's proof of the exchange, and
-    # printing can fail (`gateway send ... | head` closes stdout) after the exchange happened.
-    try:
-        out.write_bytes(orjson.dumps(doc["receipt"], option=orjson.OPT_INDENT_2) + b"\n")
-    except OSError as e:  # The exchange happened: its receipt is in the response printed.
-        print(shown)
-        _err(f"cannot save the receipt to {out}: {e.strerror} (it is in the response above)")
-        return EXIT_FAILED
-    print(shown)
     print(f"receipt saved to {out}", file=sys.stderr)
     return EXIT_OK
+
+
+def _not_an_exchange_answer(status: int, doc: Any) -> str | None:
+    """Why ``doc`` (HTTP ``status``) is no delivered exchange with a receipt, or None."""
+    if not isinstance(doc, dict):
+        return f"HTTP {status} with JSON that is not an object: not a gateway's answer"
+    if not 200 <= status < 300:
+        return f"HTTP {status}: {doc.get('title', '')}: {doc.get('detail', '')}"
+    if not isinstance(doc.get("receipt"), dict):
+        return f"HTTP {status} without a receipt: not a gateway's exchange answer"
+    return None
 
 
 def _signed_request(dep: config_mod.Deployment, sender: str, service: str, payload: Any) -> bytes:
