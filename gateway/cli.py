@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +63,26 @@ def _checkpoint_verifiers(dep: config_mod.Deployment | None, vkeys: list[str]) -
         raise ValueError(e.reason) from None
     except CryptoError as e:
         raise ValueError(f"audit.checkpoint_key: {e.reason}") from None
+
+
+def _gateway_url(dep: config_mod.Deployment, base_url: str | None, path: str) -> str:
+    """``path`` on the gateway: at ``--url`` if given, else at the configured address."""
+    g = dep.config.gateway
+    base = base_url or f"{'https' if g.tls else 'http'}://{g.host}:{g.port}"
+    return f"{base.rstrip('/')}{path}"
+
+
+def _tls_context(dep: config_mod.Deployment, url: str) -> ssl.SSLContext | None:
+    """For https, trust the deployment's first anchor (the development CA after ``init``)."""
+    if not url.startswith("https:"):
+        return None
+    cafile = dep.resolve(dep.config.gateway.trust_anchors[0])
+    try:
+        return ssl.create_default_context(cafile=str(cafile))
+    except ssl.SSLError as e:
+        raise ConfigError(
+            str(dep.path), "gateway.trust_anchors[0]", f"{cafile} is no usable CA: {e}"
+        ) from None
 
 
 def _base_url(value: str) -> str:

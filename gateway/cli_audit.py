@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
-import ssl
 import time
 import urllib.error
 import urllib.request
@@ -29,8 +28,10 @@ from gateway.cli import (
     EXIT_USAGE,
     _checkpoint_verifiers,
     _err,
+    _gateway_url,
     _load,
     _stdout_closed,
+    _tls_context,
 )
 
 
@@ -311,9 +312,7 @@ def _audit_summary(report: Any, source: _AuditSource, elapsed: float) -> list[st
 def cmd_audit_tail(args: argparse.Namespace) -> int:
     """Print audit records as they are appended, one JSON line each (Server-Sent Events)."""
     dep = _load(args)
-    g = dep.config.gateway
-    base = args.url or f"{'https' if g.tls else 'http'}://{g.host}:{g.port}"
-    url = f"{base.rstrip('/')}/v1/audit/stream"
+    url = _gateway_url(dep, args.url, "/v1/audit/stream")
     if args.from_index is not None:
         url += f"?from={args.from_index}"
     headers = {"Accept": "text/event-stream"}
@@ -327,9 +326,7 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
             _err(f"{args.token_file} does not hold a token (one line of printable ASCII)")
             return EXIT_USAGE
         headers["Authorization"] = "Bearer " + token.decode("ascii")
-    ctx = None
-    if url.startswith("https:"):
-        ctx = ssl.create_default_context(cafile=str(dep.resolve(g.trust_anchors[0])))
+    ctx = _tls_context(dep, url)
     req = urllib.request.Request(url, headers=headers)  # noqa: S310 - the operator's own URL
     shown = 0
     try:

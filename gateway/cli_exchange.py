@@ -22,7 +22,16 @@ from typing import Any
 import orjson
 
 from gateway import config as config_mod
-from gateway.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _checkpoint_verifiers, _err, _load
+from gateway.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    _checkpoint_verifiers,
+    _err,
+    _gateway_url,
+    _load,
+    _tls_context,
+)
 from gateway.errors import ConfigError
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -56,7 +65,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         _err(f"--receipt {args.receipt}: not a file in an existing directory; nothing sent")
         return EXIT_USAGE
     body = _signed_request(dep, sender, args.service, payload)
-    url = _exchange_url(dep, args.url, args.service)
+    url = _gateway_url(dep, args.url, f"/v1/exchange/{args.service}")
     headers = {"Content-Type": "application/jose+json", "Accept": "application/json"}
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
@@ -131,26 +140,6 @@ def _signed_request(dep: config_mod.Deployment, sender: str, service: str, paylo
         raise ConfigError(
             str(dep.path), "--as", f"{sender}'s key.pem/cert.pem in {where}: {e.reason}"
         ) from None
-
-
-def _exchange_url(dep: config_mod.Deployment, base_url: str | None, service: str) -> str:
-    """``--url`` if given, else the configured listening address."""
-    g = dep.config.gateway
-    base = base_url or f"{'https' if g.tls else 'http'}://{g.host}:{g.port}"
-    return f"{base.rstrip('/')}/v1/exchange/{service}"
-
-
-def _tls_context(dep: config_mod.Deployment, url: str) -> ssl.SSLContext | None:
-    """For https, trust the deployment's first anchor (the development CA after ``init``)."""
-    if url.startswith("https:"):
-        cafile = dep.resolve(dep.config.gateway.trust_anchors[0])
-        try:
-            return ssl.create_default_context(cafile=str(cafile))
-        except ssl.SSLError as e:
-            raise ConfigError(
-                str(dep.path), "gateway.trust_anchors[0]", f"{cafile} is no usable CA: {e}"
-            ) from None
-    return None
 
 
 def _post(
