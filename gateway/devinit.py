@@ -7,7 +7,6 @@ deployment brings its own PKI and leaves tokens off.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 from gateway.config import token_hash
 from gateway.crypto import devpki
 from gateway.crypto.keys import PrivateKey
+from gateway.files import write_new
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -106,10 +106,7 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
     Writing first and chmod-ing after left each key readable by every local user (mode 0644
     under the usual umask) until the chmod, and for good if the write failed half way.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    write_new(path, data, mode=0o600 if private else 0o644)
 
 
 def _toml_str(s: str) -> str:
