@@ -33,8 +33,9 @@ from gateway.cli import (
     _tls_context,
 )
 from gateway.errors import ConfigError
+from gateway.models import UUID_PATTERN
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID = re.compile(UUID_PATTERN)
 
 
 # ---------------------------------------------------------------- send

@@ -42,6 +42,10 @@ _POOL = _RandomPool()
 os.register_at_fork(after_in_child=_POOL.reset)
 
 
+UUID_PATTERN = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+"""A UUID as :func:`uuid7` writes it (lowercase hex): exchange ids in URLs, files, queries."""
+
+
 def uuid7(unix_ms: int | None = None, rand: bytes | None = None) -> str:
     """RFC 9562 UUIDv7: 48-bit Unix milliseconds, then random bits; sorts by creation time."""
     ms = int(time.time() * 1000) if unix_ms is None else unix_ms

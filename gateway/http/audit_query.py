@@ -32,12 +32,11 @@ from gateway.audit.store import StoredRecord
 from gateway.authz import Principal
 from gateway.errors import BadRequest
 from gateway.http import app as keys
-from gateway.models import rfc3339
+from gateway.models import UUID_PATTERN, rfc3339
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 MAX_INDEX = 2**62
 OUTCOMES = {o: f"exchange.{o}" for o in ("accepted", "delivered", "failed", "rejected", "replayed")}
-UUID_PATTERN = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _UUID = re.compile(UUID_PATTERN)
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+\- ]\d{2}:\d{2})"

@@ -11,7 +11,8 @@ from typing import Any
 
 from gateway import authz
 from gateway.config import Deployment, LoadedService
-from gateway.http.audit_query import DEFAULT_LIMIT, MAX_INDEX, MAX_LIMIT, OUTCOMES, UUID_PATTERN
+from gateway.http.audit_query import DEFAULT_LIMIT, MAX_INDEX, MAX_LIMIT, OUTCOMES
+from gateway.models import UUID_PATTERN
 from gateway.witness import SIZE_CONTENT_TYPE
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
