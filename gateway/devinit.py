@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from gateway.config import token_hash
 from gateway.crypto import devpki
-from gateway.crypto.keys import PrivateKey
+from gateway.crypto.keys import PrivateKey, jwk_thumbprint, load_certificates
 from gateway.files import write_new
 
 if TYPE_CHECKING:
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 
 GATEWAY_ID = "hcm.ttcds.gw"
 ORIGIN = "gateway.ttcds.hcm.dev/audit"
+#: Where ``gateway init`` puts the development CA's key, relative to the config's directory;
+#: ``gateway keys rotate`` and ``gateway keys revoke`` use it when they find it there.
+DEV_CA_KEY = "pki/ca.key"
 ROLES = (("dtc-operator", "operator"), ("dtc-auditor", "auditor"), ("dtc-admin", "admin"))
 
 
@@ -109,6 +113,31 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
     write_new(path, data, mode=0o600 if private else 0o644)
 
 
+class DevCaUnreadable(Exception):
+    """The development CA's key file cannot be read or loaded; the message says which and why."""
+
+
+def load_dev_ca(
+    anchor_pems: Sequence[bytes], path: Path
+) -> tuple[PrivateKey, x509.Certificate | None]:
+    """The development CA's key at ``path``, and its certificate among the trust anchors
+    (``anchor_pems``), found by key; None when the key is none of theirs.
+
+    ``gateway keys rotate`` issues with it and ``gateway keys revoke`` signs its CRL with it:
+    both need the certificate that verifiers will hold the result against.
+    """
+    try:
+        key = devpki.load_private_key_raw(path.read_bytes())
+    except (OSError, ValueError, TypeError) as e:
+        raise DevCaUnreadable(f"cannot load the development CA key {path}: {e}") from None
+    kid = jwk_thumbprint(key.public_key())
+    for pem in anchor_pems:
+        for cert in load_certificates(pem):
+            if jwk_thumbprint(cert.public_key()) == kid:
+                return key, cert
+    return key, None
+
+
 def _toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -124,7 +153,7 @@ def _write_gateway_pki(target: Path, now: datetime) -> tuple[PrivateKey, x509.Ce
     """The CA and the gateway's own keys (signing, TLS, checkpoint, witness); returns the CA."""
     ca_key, ca_cert = devpki.make_ca("HCM DTC", now=now)
     _write(target / "pki/ca.crt", devpki.pem_certificate(ca_cert))
-    _write(target / "pki/ca.key", devpki.pem_private_key(ca_key), private=True)
+    _write(target / DEV_CA_KEY, devpki.pem_private_key(ca_key), private=True)
     # Empty, valid for devpki.CRL_DAYS (30 days); `gateway keys revoke` adds to it and renews it.
     _write(target / "pki/ca.crl", devpki.make_crl(ca_key, ca_cert, now=now))
     gw_key, gw_cert = devpki.issue(ca_key, ca_cert, GATEWAY_ID, now=now, purposes=("signing",))

@@ -28,13 +28,12 @@ from pathlib import Path
 
 from gateway import config as config_mod
 from gateway.crypto import devpki, pki
-from gateway.crypto.keys import CryptoError, PrivateKey, jwk_thumbprint, load_certificates
+from gateway.crypto.keys import CryptoError, PrivateKey, load_certificates
 from gateway.crypto.revocation import is_crl_of, issued_by
+from gateway.devinit import DEV_CA_KEY, DevCaUnreadable, load_dev_ca
 from gateway.files import replace_durably
 
 __all__ = ["DEV_CA_KEY", "NotApplicable", "RevocationError", "RevokeResult", "revoke"]
-
-DEV_CA_KEY = "pki/ca.key"
 
 
 class NotApplicable(Exception):
@@ -62,15 +61,12 @@ def _dev_ca(dep: config_mod.Deployment) -> tuple[PrivateKey, pki.Certificate]:
             "in production your CA publishes the CRL (list it in gateway.crls and restart)"
         )
     try:
-        key = devpki.load_private_key_raw(path.read_bytes())
-    except (OSError, ValueError, TypeError) as e:
-        raise RevocationError(f"cannot load the development CA key {path}: {e}") from None
-    kid = jwk_thumbprint(key.public_key())
-    for pem in dep.trust_anchor_pems:
-        for cert in load_certificates(pem):
-            if jwk_thumbprint(cert.public_key()) == kid:
-                return key, cert
-    raise RevocationError(f"{path} belongs to none of the trust anchors")
+        key, cert = load_dev_ca(dep.trust_anchor_pems, path)
+    except DevCaUnreadable as e:
+        raise RevocationError(str(e)) from None
+    if cert is None:
+        raise RevocationError(f"{path} belongs to none of the trust anchors")
+    return key, cert
 
 
 def _serial_of(dep: config_mod.Deployment, pid: str, ca: pki.Certificate) -> int:

@@ -56,12 +56,12 @@ from gateway.crypto.keys import (
     load_certificates,
     load_private_key,
 )
+from gateway.devinit import DEV_CA_KEY, DevCaUnreadable, load_dev_ca
 from gateway.errors import ConfigError
 from gateway.files import replace_durably, write_new
 
 __all__ = ["DEV_CA_KEY", "RotationError", "RotationResult", "edit_gateway_section", "rotate"]
 
-DEV_CA_KEY = "pki/ca.key"
 _KEY_TYPES: dict[str, devpki.KeyType] = {
     "ES256": "ec",
     "EdDSA": "ed25519",
@@ -201,13 +201,11 @@ def _issue_with_dev_ca(
 def _dev_ca(dep: config_mod.Deployment, ca_key_path: Path) -> tuple[PrivateKey, Any]:
     """The development CA's key and its certificate among the trust anchors."""
     try:
-        ca_key = devpki.load_private_key_raw(ca_key_path.read_bytes())
-    except (OSError, ValueError, TypeError) as e:
-        raise RotationError(f"cannot load the development CA key {ca_key_path}: {e}") from None
-    kid = jwk_thumbprint(ca_key.public_key())
-    for cert in _anchors(dep).certs:
-        if jwk_thumbprint(cert.public_key()) == kid:
-            return ca_key, cert
+        ca_key, ca_cert = load_dev_ca(dep.trust_anchor_pems, ca_key_path)
+    except DevCaUnreadable as e:
+        raise RotationError(str(e)) from None
+    if ca_cert is not None:
+        return ca_key, ca_cert
     raise RotationError(
         f"{ca_key_path} belongs to none of the trust anchors: a certificate issued with it "
         "would not verify; issue the certificate with your CA (remove or move this key to get "
