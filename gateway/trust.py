@@ -18,7 +18,13 @@ from gateway.crypto.keys import CryptoError, load_certificates
 from gateway.crypto.revocation import Revocations, load_crl
 from gateway.errors import ConfigError
 
-__all__ = ["build_anchors", "build_revocations", "check_bound", "check_own_certificate"]
+__all__ = [
+    "anchor_certificates",
+    "build_anchors",
+    "build_revocations",
+    "check_bound",
+    "check_own_certificate",
+]
 
 
 def _certificates(dep: Deployment, field: str, pems: tuple[bytes, ...]) -> list[pki.Certificate]:
@@ -32,6 +38,12 @@ def _certificates(dep: Deployment, field: str, pems: tuple[bytes, ...]) -> list[
             path = dep.resolve(getattr(dep.config.gateway, field)[i])
             raise ConfigError(str(dep.path), f"gateway.{field}[{i}]", f"{path}: {e}") from None
     return certs
+
+
+def anchor_certificates(dep: Deployment) -> list[pki.Certificate]:
+    """The trust anchors' certificates; ConfigError naming ``gateway.trust_anchors[i]`` and its
+    file for one that holds none."""
+    return _certificates(dep, "trust_anchors", dep.trust_anchor_pems)
 
 
 def build_revocations(
@@ -60,7 +72,7 @@ def build_anchors(
     dep: Deployment, *, now: datetime | None = None, allow_stale_crls: bool = False
 ) -> pki.TrustAnchors:
     """Trust anchors with the configured intermediates and CRLs; ConfigError naming the field."""
-    anchors = _certificates(dep, "trust_anchors", dep.trust_anchor_pems)
+    anchors = anchor_certificates(dep)
     intermediates = _certificates(dep, "intermediates", dep.intermediate_pems)
     revocations = build_revocations(
         dep,

@@ -44,7 +44,7 @@ from gateway.pipeline import Pipeline, ServiceRuntime
 from gateway.ratelimit import RateLimiter
 from gateway.state import ExchangeState
 from gateway.state import opened as opened_state
-from gateway.trust import build_anchors, check_bound, check_own_certificate
+from gateway.trust import anchor_certificates, build_anchors, check_bound, check_own_certificate
 from gateway.validation import CompiledSchema, compile_schema
 
 DEPLOYMENT = web.AppKey("deployment", Deployment)
@@ -156,13 +156,9 @@ def server_ssl_context(dep: Deployment) -> ssl.SSLContext | None:
             str(dep.path), "gateway.tls", f"cannot load certificate/key: {e}"
         ) from None
     if tls.client_auth != "none":
-        for i, pem in enumerate(dep.trust_anchor_pems):
-            # As DER: a PEM file may hold explanatory text (RFC 7468), in Vietnamese too.
-            try:
-                der = [base64.b64decode(c) for c in encode_x5c(load_certificates(pem))]
-            except CryptoError as e:
-                raise ConfigError(str(dep.path), f"gateway.trust_anchors[{i}]", str(e)) from None
-            ctx.load_verify_locations(cadata=b"".join(der))
+        # As DER: a PEM file may hold explanatory text (RFC 7468), in Vietnamese too.
+        anchors = encode_x5c(anchor_certificates(dep))
+        ctx.load_verify_locations(cadata=b"".join(base64.b64decode(c) for c in anchors))
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.client_auth == "required" else ssl.CERT_OPTIONAL
     return ctx
 
@@ -356,15 +352,16 @@ def create_app(
     from gateway.http import audit_api, handlers, middlewares, verify_api, witness_api
 
     now = clock or (lambda: datetime.now(UTC))
+    started = now()  # the one instant the start-up checks (certificates, CRLs) are made at
     stages = _Stages(  # built in this order (as keyword arguments run): the first bad field fails
         keyring=build_keyring(dep),
-        anchors=build_anchors(dep, now=now()),
+        anchors=build_anchors(dep, now=started),
         participants=build_participants(dep),
         schemas=build_schemas(dep),
         connectors=build_connectors(dep),
         access=build_access(dep),
     )
-    check_own_certificate(dep, stages.keyring.chain, stages.anchors, now=now())
+    check_own_certificate(dep, stages.keyring.chain, stages.anchors, now=started)
     app = web.Application(
         middlewares=[middlewares.request_context, middlewares.problems],
         client_max_size=dep.config.limits.max_body_bytes + 1,
