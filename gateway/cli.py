@@ -65,10 +65,17 @@ def _checkpoint_verifiers(dep: config_mod.Deployment | None, vkeys: list[str]) -
         raise ValueError(f"audit.checkpoint_key: {e.reason}") from None
 
 
+def _http_base(tls: bool, host: str, port: int) -> str:
+    """The base URL of a listen address. An IPv6 literal goes in brackets (RFC 3986 3.2.2):
+    unbracketed, ``http://::1:8080`` is no URL, and ``gateway send`` could not reach a gateway
+    configured with ``host = "::1"``."""
+    return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def _gateway_url(dep: config_mod.Deployment, base_url: str | None, path: str) -> str:
     """``path`` on the gateway: at ``--url`` if given, else at the configured address."""
     g = dep.config.gateway
-    base = base_url or f"{'https' if g.tls else 'http'}://{g.host}:{g.port}"
+    base = base_url or _http_base(g.tls is not None, g.host, g.port)
     return f"{base.rstrip('/')}{path}"
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import config as config_mod
-from gateway.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _err, _load
+from gateway.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _err, _http_base, _load
 from gateway.ratelimit_shared import SharedBuckets
 
 if TYPE_CHECKING:  # fork contexts do not exist on every platform
@@ -182,8 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _err(f"cannot listen on {host}:{port}: {e.strerror or e}")
         return EXIT_USAGE
     actual_port = sock.getsockname()[1]
-    scheme = "https" if g.tls else "http"
-    base = f"{scheme}://{host}:{actual_port}"
+    base = _http_base(g.tls is not None, host, actual_port)
     print(f"gateway {g.id} listening on {base} with {workers} worker(s)", flush=True)
     print(
         "  first payload: gateway send citizen-lookup.v1 examples/citizen-lookup.v1.json"

@@ -321,3 +321,48 @@ def test_serve_names_its_processes_and_only_the_appender_publishes_checkpoints(
     ]
     assert 6 in sizes
     assert len(sizes) == len(set(sizes)), sizes  # each size signed and written once
+
+
+def test_a_gateway_listening_on_ipv6_loopback_prints_a_url_that_gateway_send_reaches(
+    tmp_path: Path,
+) -> None:
+    """`host = "::1"` printed `http://::1:PORT` (no URL at all), and `gateway send` without
+    --url built the same broken address from the config. Both now bracket the literal."""
+    import socket
+    import time
+    import urllib.request
+
+    d = tmp_path / "v6"
+    assert run("init", str(d)).returncode == 0
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    toml = d / "gateway.toml"
+    text = toml.read_text()
+    assert 'host = "127.0.0.1"' in text
+    text = text.replace('host = "127.0.0.1"', 'host = "::1"', 1)
+    toml.write_text(text.replace("\nport = ", f"\nport = {port}\n# port = ", 1))
+    proc = subprocess.Popen(
+        [*GW, "serve"], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert f"listening on http://[::1]:{port} " in first, first
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://[::1]:{port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        sid = "citizen-lookup.v1"
+        r = run("send", sid, str(d / "examples" / f"{sid}.json"), cwd=d)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["status"] == "delivered"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stdout:
+            proc.stdout.close()
