@@ -64,7 +64,6 @@ class GatewaySection(_Model):
     host: str = Field(default="127.0.0.1", min_length=1)  # "" would bind every interface
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
-    public_url: str | None = None
     tls: TlsConfig | None = None
     development: bool = False
 
