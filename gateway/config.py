@@ -357,7 +357,9 @@ def load(path: Path) -> Deployment:
     """Read the config and every file it names. Raises ConfigError; never half-loads."""
     path = path.resolve()
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: an editor that saves UTF-8 with a byte order mark (Windows Notepad) made
+        # every config fail as "Invalid statement (at line 1, column 1)", naming no cause.
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise ConfigError(str(path), "(file)", f"cannot read: {e.strerror}") from None
     except UnicodeDecodeError:

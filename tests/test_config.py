@@ -169,6 +169,12 @@ def test_toml_syntax_error_names_the_file(cfg: Path) -> None:
     assert e.value.field == "(syntax)"
 
 
+def test_a_config_saved_with_a_utf8_byte_order_mark_loads(cfg: Path) -> None:
+    plain = load(cfg).config
+    cfg.write_bytes(b"\xef\xbb\xbf" + cfg.read_bytes())
+    assert load(cfg).config == plain
+
+
 def test_two_grants_for_one_participant_on_one_service_stop_start_up(cfg: Path) -> None:
     """The access list keeps one grant per participant: a second one silently replaced the
     first, so every exchange was audited under the last purpose and legal basis listed."""
