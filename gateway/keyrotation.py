@@ -258,7 +258,7 @@ def _prepare_config(
 ) -> tuple[str, Path]:
     """The edited config text (checked), and where the backup of the old one goes."""
     g = dep.config.gateway
-    text = dep.path.read_text(encoding="utf-8")
+    text = dep.path.read_text(encoding="utf-8-sig")  # as config.load reads it
     retired = [c for c in g.retired_certificates if c != g.certificate] + [g.certificate]
     new_text = edit_gateway_section(
         text, key=_rel(dep, key), certificate=_rel(dep, cert), retired=retired

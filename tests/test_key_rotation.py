@@ -216,6 +216,15 @@ def test_a_certificate_for_another_participant_is_refused(tmp_path: Path) -> Non
     assert config.read_text() == before
 
 
+def test_a_config_saved_with_a_byte_order_mark_is_rotated(tmp_path: Path) -> None:
+    """The gateway loads such a file, so rotation must edit it too (it refused it as not TOML)."""
+    config = make_deployment(tmp_path / "dep")
+    old_key = load(config).config.gateway.key
+    config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())
+    rotate(config, now=datetime.now(UTC))
+    assert load(config).config.gateway.key != old_key
+
+
 # -- the config edit ---------------------------------------------------------------------------
 
 
