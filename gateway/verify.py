@@ -165,7 +165,7 @@ def verify_artifact(
             verify_log.check_bundle(doc, trust, now, payloads or {}, report)
         elif isinstance(doc, dict) and isinstance(doc.get("note"), str):
             report = Report("checkpoint")
-            verify_log.check_checkpoint_json(doc, trust, report)
+            verify_log.check_checkpoint_json(doc, trust, now, report)
         else:
             raise Unreadable(
                 "a JSON object that is neither a JWS, an inclusion proof bundle nor a checkpoint"
@@ -179,7 +179,7 @@ def verify_artifact(
     if "\n\n" not in note or not note.endswith("\n"):
         raise Unreadable("neither JSON nor a signed note (body, blank line, signature lines)")
     report = Report("checkpoint")
-    verify_log.check_note(raw, trust, report)
+    verify_log.check_note(raw, trust, now, report)
     _require_compared(report, payloads or {})
     return report
 

@@ -26,9 +26,15 @@ if TYPE_CHECKING:
     from gateway.verify import Report, Trust
 
 _MAX_PROOF: Final = 64  # A proof in a tree of 2**63 leaves has at most 63 hashes.
+_COSIGNATURE_CLOCK_SLACK: Final = 300
+"""Seconds a cosignature's time may lie ahead of the verifier's clock (clocks drift), and no
+more: a cosignature says "as of this time the largest tree I saw is this one", and a witness
+cannot vouch as of a time that has not come yet (a wrong clock, or a time made up)."""
 
 
-def check_note(note: bytes, trust: Trust, report: Report, prefix: str = "") -> cp.Checkpoint | None:
+def check_note(
+    note: bytes, trust: Trust, now: datetime, report: Report, prefix: str = ""
+) -> cp.Checkpoint | None:
     """Verify a checkpoint note into ``report``; return the Checkpoint (even if unsigned)."""
     try:
         parsed = cp.parse_checkpoint(cp.parse_note(note)[0])
@@ -46,7 +52,7 @@ def check_note(note: bytes, trust: Trust, report: Report, prefix: str = "") -> c
         except cp.NoteError as e:
             report.fail(f"{prefix}checkpoint signature: {e.reason}")
         else:
-            _report_signers(verified.signers, report, prefix)
+            _report_signers(verified.signers, now, report, prefix)
     report.info(
         f"{prefix}origin {parsed.origin}, tree size {parsed.size}, root {parsed.root.hex()}"
     )
@@ -58,17 +64,25 @@ def check_note(note: bytes, trust: Trust, report: Report, prefix: str = "") -> c
     return parsed
 
 
-def _report_signers(signers: Sequence[NoteSignature], report: Report, prefix: str) -> None:
+def _report_signers(
+    signers: Sequence[NoteSignature], now: datetime, report: Report, prefix: str
+) -> None:
     """The log's note signatures, then each witness's cosignature with its time: a cosignature
     is a witness's statement about the checkpoint, not the log's, and reads as one."""
     names = ", ".join(f"{s.name}+{s.key_id:08x}" for s in signers if s.timestamp is None)
     report.ok(f"{prefix}checkpoint signature by {names} (Ed25519 note signature)")
     for s in signers:
-        if s.timestamp is not None:
-            report.ok(
-                f"{prefix}cosignature by {s.name}+{s.key_id:08x} at {_utc(s.timestamp)} "
-                "(tlog-cosignature/v1)"
+        if s.timestamp is None:
+            continue
+        who = f"{prefix}cosignature by {s.name}+{s.key_id:08x} at {_utc(s.timestamp)}"
+        if s.timestamp > now.timestamp() + _COSIGNATURE_CLOCK_SLACK:
+            report.fail(
+                f"{who} is dated after now ({now.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}) by more "
+                f"than {_COSIGNATURE_CLOCK_SLACK} s: a witness cannot vouch for a time to come "
+                "(its clock is wrong, or the time is made up)"
             )
+        else:
+            report.ok(f"{who} (tlog-cosignature/v1)")
 
 
 def _utc(timestamp: int) -> str:
@@ -79,9 +93,11 @@ def _utc(timestamp: int) -> str:
         return f"Unix time {timestamp}"
 
 
-def check_checkpoint_json(doc: Mapping[str, Any], trust: Trust, report: Report) -> None:
+def check_checkpoint_json(
+    doc: Mapping[str, Any], trust: Trust, now: datetime, report: Report
+) -> None:
     """``GET /v1/audit/checkpoint`` as JSON: the note, plus origin/size/root that must agree."""
-    parsed = check_note(str(doc["note"]).encode("utf-8"), trust, report)
+    parsed = check_note(str(doc["note"]).encode("utf-8"), trust, now, report)
     if parsed is None:
         return
     plain = {
@@ -136,7 +152,7 @@ def check_bundle(
     except ValueError as e:
         report.fail(f"bundle: {e}")
         return
-    checkpoint = check_note(note, trust, report, "")
+    checkpoint = check_note(note, trust, now, report, "")
     if checkpoint is not None:
         if "root" in doc and doc["root"] != checkpoint.root.hex():
             report.fail("bundle root is not the checkpoint's root")

@@ -294,6 +294,25 @@ def test_gateway_verify_reports_a_cosignature_as_the_witness_s_not_as_the_log_s(
     assert code == 1 and "invalid signature for key witness.example/w1" in out, out
 
 
+def test_a_cosignature_dated_in_the_future_fails_the_checkpoint(
+    artifacts: Artifacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cosignature vouches "as of its time"; one dated an hour ahead of the verifier's clock
+    was reported OK. A minute ahead (clock drift) still passes."""
+    import time
+
+    log = note_signer(artifacts)
+    witness = NoteSigner("witness.example/w1", devpki.generate_key("ed25519"))
+    checkpoint = Checkpoint(log.name, 3, b"\1" * 32)
+    vkey = ("--vkey", witness.cosigner_vkey())
+    for ahead, code_wanted in ((60, 0), (3600, 1)):
+        line = cosign(checkpoint.body(), witness, timestamp=int(time.time()) + ahead)
+        note = sign_checkpoint(checkpoint, log) + line
+        code, out = gateway_verify(capsys, artifacts, tmp_path, note, *vkey)
+        assert code == code_wanted, out
+    assert "FAIL  cosignature by witness.example/w1+" in out and "dated after now" in out, out
+
+
 async def test_a_proof_bundle_with_its_receipt_verifies(
     artifacts: Artifacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
