@@ -172,10 +172,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.audit.publisher import RolledBack
 
     try:
-        prepare_stores(dep)
+        warnings = prepare_stores(dep)
     except RolledBack as e:
         _err(f"refusing to serve: {e}")
         return EXIT_FAILED
+    for warning in warnings:
+        _err(f"warning: {warning}")
     try:
         sock = _bind(host, port)
     except OSError as e:  # port in use, address not on this host, unknown host name

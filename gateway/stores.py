@@ -24,12 +24,14 @@ from gateway.state import prepare as prepare_state
 __all__ = ["prepare_stores"]
 
 
-def prepare_stores(dep: Deployment) -> None:
+def prepare_stores(dep: Deployment) -> list[str]:
     """Create the database files (or tables) once, before worker processes open them.
 
     Also the rollback guard: raises RolledBack when the log is behind (or forked from) the
     newest checkpoint this gateway published, e.g. after an older backup was restored. Any
     other failure is a ConfigError naming the field of the store that could not be opened.
+
+    Returns warnings for the operator: things that do not stop start-up but must be said.
     """
     audit = dep.config.audit
     field = "audit.dsn" if audit.store == "postgres" else "audit.path"
@@ -51,8 +53,27 @@ def prepare_stores(dep: Deployment) -> None:
             store.close()
     # With PostgreSQL the state (Idempotency-Key) table lives in the audit DSN's database.
     state_field = "audit.dsn" if audit.store == "postgres" else "audit.state_path"
+    warnings = []
+    if audit.store != "postgres" and size > 0 and not dep.state_path().exists():
+        warnings.append(_lost_state(dep, size))
     with _opening(dep, state_field, "the state store"):
         prepare_state(audit.store, dep.state_path(), audit.dsn)
+    return warnings
+
+
+def _lost_state(dep: Deployment, size: int) -> str:
+    """A log that holds records was served with a state database, made at its first start: a
+    missing one was lost or moved. That cannot be refused (an operator may have reset it on
+    purpose), but it must not pass silently: the witness's promise never to cosign a checkpoint
+    inconsistent with one it cosigned rests on that file, and so do the answers kept for
+    ``Idempotency-Key`` retries."""
+    return (
+        f"audit.state_path {dep.state_path()} is missing, but the audit log holds {size} "
+        "records: the state database was lost or moved, and a new one is made. Answers kept "
+        "for Idempotency-Key retries are gone (a retry is delivered again), and as a witness "
+        "this gateway no longer knows which checkpoints it cosigned. Restore the file from a "
+        "backup and restart if that is not intended."
+    )
 
 
 @contextlib.contextmanager

@@ -366,3 +366,27 @@ def test_a_gateway_listening_on_ipv6_loopback_prints_a_url_that_gateway_send_rea
         proc.wait(timeout=30)
         if proc.stdout:
             proc.stdout.close()
+
+
+def test_serve_warns_when_the_state_database_of_a_used_log_is_missing(tmp_path: Path) -> None:
+    """The witness's cosigned checkpoints and the kept Idempotency-Key answers live in the
+    state database; one lost while the gateway was stopped was silently made anew."""
+    from tests.support import make_deployment, post_citizen_lookup
+
+    cfg = make_deployment(tmp_path / "dep")
+    token = (cfg.parent / "participants/hcm.quan-1/token").read_text().strip()
+    server = ServerProcess(cfg)
+    try:
+        assert post_citizen_lookup(server.url, token) == 200
+    finally:
+        first = server.stop()
+    assert "warning:" not in first
+    (cfg.parent / "state.db").unlink()
+    for leftover in cfg.parent.glob("state.db-*"):  # -wal, -shm
+        leftover.unlink()
+    server = ServerProcess(cfg)
+    try:
+        assert post_citizen_lookup(server.url, token) == 200
+    finally:
+        second = server.stop()
+    assert "warning: audit.state_path" in second and "lost or moved" in second, second
