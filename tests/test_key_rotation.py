@@ -27,6 +27,7 @@ from gateway import cli
 from gateway.config import load
 from gateway.crypto import devpki
 from gateway.crypto.keys import jwk_thumbprint, load_certificates
+from gateway.http.app import create_app
 from gateway.keyrotation import RotationError, edit_gateway_section, rotate
 from tests.support import example, make_deployment, running_gateway, signed_request
 
@@ -214,6 +215,29 @@ def test_a_certificate_for_another_participant_is_refused(tmp_path: Path) -> Non
             config, now=datetime.now(UTC), key=tmp_path / "k.pem", certificate=tmp_path / "c.pem"
         )
     assert config.read_text() == before
+
+
+def test_a_revoked_certificate_is_refused_before_the_config_points_at_it(tmp_path: Path) -> None:
+    """The install step checks the new certificate as start-up will (trust.build_anchors: the
+    configured CRLs too): installing one start-up then refuses leaves a gateway that does not
+    restart, with its old key already moved to retired_certificates."""
+    d = tmp_path / "dep"
+    config = make_deployment(d)
+    ca_key = serialization.load_pem_private_key((d / "pki/ca.key").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate((d / "pki/ca.crt").read_bytes())
+    now = datetime.now(UTC)
+    key, cert = devpki.issue(ca_key, ca_cert, "hcm.ttcds.gw", now=now, purposes=("signing",))  # type: ignore[arg-type]
+    (tmp_path / "k.pem").write_bytes(devpki.pem_private_key(key))
+    (tmp_path / "c.pem").write_bytes(devpki.pem_certificate(cert))
+    crl = (d / "pki/ca.crl").read_bytes()
+    crl, _, _ = devpki.revoke_in_crl(ca_key, ca_cert, crl, cert.serial_number, now=now)  # type: ignore[arg-type]
+    (d / "pki/ca.crl").write_bytes(crl)
+    (d / "pki/ca.key").unlink()  # a production CA: the certificate came from elsewhere
+    before = config.read_text()
+    with pytest.raises(RotationError, match="was revoked on"):
+        rotate(config, now=now, key=tmp_path / "k.pem", certificate=tmp_path / "c.pem")
+    assert config.read_text() == before
+    create_app(load(config))  # the deployment still starts, with its current key
 
 
 # -- the config edit ---------------------------------------------------------------------------
