@@ -133,6 +133,12 @@ def test_the_init_deployment_loads_and_builds(cfg: Path) -> None:
             "gateway.trust_anchors[1]",
             "participants/hcm.quan-1/cert.pem: CN=hcm.quan-1 is not a CA certificate",
         ),
+        (  # the JWKS would publish a participant's key as one of the gateway's
+            "workers = 1",
+            'workers = 1\nretired_certificates = ["participants/hcm.quan-1/cert.pem"]',
+            "gateway.retired_certificates[0]",
+            "names the participant 'hcm.quan-1'",
+        ),
         (  # an empty host is every interface to bind(): never what an operator meant by ""
             'host = "127.0.0.1"',
             'host = ""',
