@@ -287,3 +287,30 @@ def test_the_edit_changes_only_those_lines_and_keeps_comments() -> None:
 def test_the_edit_refuses_what_it_cannot_change_safely(text: str) -> None:
     with pytest.raises(RotationError):
         edit_gateway_section(text, key="k2", certificate="c2", retired=["c"])
+
+
+def test_the_new_key_and_certificate_are_durable_before_the_config_names_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash right after the config swap must not leave gateway.toml naming key files whose
+    directory entries never reached the disk: pki/ is fsynced before gateway.toml is replaced."""
+    import os
+
+    config = make_deployment(tmp_path / "dep")
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(f"replace {dst}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    rotate(config, now=datetime.now(UTC))
+    swap = events.index(f"replace {config}")
+    pki_dir = str((tmp_path / "dep/pki").resolve())
+    assert f"fsync {pki_dir}" in events[:swap], events
