@@ -15,15 +15,31 @@ from pathlib import Path
 __all__ = ["replace_durably", "write_new"]
 
 
-def write_new(path: Path, data: bytes, *, mode: int) -> None:
+def write_new(path: Path, data: bytes, *, mode: int, durable_name: bool = True) -> None:
     """Create ``path`` with ``mode`` from its first byte (never overwrite: an existing key file
-    may be in use), write ``data`` and fsync it."""
+    may be in use), write ``data`` and fsync it, then its directory (``durable_name``).
+
+    Why the directory: fsync of the file makes its bytes durable, not its name. ``gateway keys
+    rotate`` writes the new key and certificate, then points the config at them; without the
+    directory fsync a crash could keep the new config and lose the files it names.
+    ``durable_name=False`` for a temporary file that is renamed (and its directory fsynced) next.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    if durable_name:
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def replace_durably(
@@ -36,12 +52,8 @@ def replace_durably(
     """
     tmp = path.with_name(f".{path.name}.{tag}")
     tmp.unlink(missing_ok=True)
-    write_new(tmp, data, mode=mode)
+    write_new(tmp, data, mode=mode, durable_name=False)
     if final_mode is not None:
         os.chmod(tmp, final_mode)
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)

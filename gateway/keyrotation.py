@@ -14,8 +14,9 @@ What a rotation does, and why in this order:
      (``gateway-<timestamp>.csr``) and printed, and the config is left untouched, so the
      gateway keeps signing with its current key. When the CA has answered, the second step
      ``gateway keys rotate --key NEW.key --certificate NEW.crt`` checks that the certificate
-     holds the key, chains to a trust anchor for signing and names the gateway, then installs
-     it exactly as in the development case.
+     holds the key, chains to a trust anchor for signing (with the configured intermediates
+     and CRLs, as start-up will: a revoked one is refused) and names the gateway, then
+     installs it exactly as in the development case.
 
 3. ``gateway.toml`` is edited as text, minimally: the ``key`` and ``certificate`` lines of
    ``[gateway]`` point at the new files and the old certificate path joins
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway import config as config_mod
+from gateway import trust
 from gateway.crypto import devpki, pki
 from gateway.crypto.keys import (
     CryptoError,
@@ -112,10 +114,6 @@ def _current(dep: config_mod.Deployment) -> SigningKey:
     if not chain or jwk_thumbprint(chain[0].public_key()) != key.kid:
         raise RotationError("the current certificate does not hold the current key")
     return key
-
-
-def _anchors(dep: config_mod.Deployment) -> pki.TrustAnchors:
-    return pki.TrustAnchors([c for pem in dep.trust_anchor_pems for c in load_certificates(pem)])
 
 
 def rotate(
@@ -226,8 +224,12 @@ def _install_issued(
         raise RotationError(e.reason) from None
     if jwk_thumbprint(chain[0].public_key()) != new.kid:
         raise RotationError(f"{certificate} does not hold the key in {key}")
+    try:  # as start-up will check it: the configured intermediates and CRLs too
+        anchors = trust.build_anchors(dep, now=now)
+    except ConfigError as e:
+        raise RotationError(f"the deployment's trust does not load: {e}") from None
     try:
-        leaf = pki.verify_chain(chain, _anchors(dep), now=now, purpose="signing")
+        leaf = pki.verify_chain(chain, anchors, now=now, purpose="signing")
         named = pki.participant_id(leaf)
     except CryptoError as e:
         raise RotationError(f"{certificate} is refused: {e.reason}") from None

@@ -28,15 +28,35 @@ __all__ = [
 
 
 def _certificates(dep: Deployment, field: str, pems: tuple[bytes, ...]) -> list[pki.Certificate]:
-    """The certificates of ``gateway.<field>`` (files already read by config.py); ConfigError
-    naming the field and the file for one that holds none."""
+    """The CA certificates of ``gateway.<field>`` (files already read by config.py); ConfigError
+    naming the field and the file for one that holds none, one that is no CA's, or a private key.
+
+    Why refuse a private key: anchor and intermediate files are public, copied to every
+    participant; a CA key pasted beside its certificate must be noticed, not skipped.
+    """
     certs = []
     for i, pem in enumerate(pems):
+        path = dep.resolve(getattr(dep.config.gateway, field)[i])
+        where = f"gateway.{field}[{i}]"
+        if b"PRIVATE KEY-----" in pem:
+            raise ConfigError(
+                str(dep.path),
+                where,
+                f"{path} holds a private key: certificate files are public; keep the key apart "
+                "(and replace it if this file was shared)",
+            )
         try:
-            certs.extend(load_certificates(pem))
+            found = load_certificates(pem)
+            not_ca = next((c for c in found if not pki.is_ca(c)), None)
         except CryptoError as e:
-            path = dep.resolve(getattr(dep.config.gateway, field)[i])
-            raise ConfigError(str(dep.path), f"gateway.{field}[{i}]", f"{path}: {e}") from None
+            raise ConfigError(str(dep.path), where, f"{path}: {e}") from None
+        if not_ca is not None:
+            raise ConfigError(
+                str(dep.path),
+                where,
+                f"{path}: {pki.name_of(not_ca)} is not a CA certificate (basicConstraints CA)",
+            )
+        certs.extend(found)
     return certs
 
 

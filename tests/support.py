@@ -14,12 +14,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from connectors.demo import DemoConnector
 from gateway.config import load
@@ -209,6 +211,35 @@ def signed_request(
         "payload": payload,
     }
     return jws.serialize(jws.sign(req, key, chain, typ=typ))
+
+
+def crl_with(
+    ca_key: Any,
+    ca: x509.Certificate,
+    *,
+    now: datetime,
+    extensions: tuple[tuple[x509.ExtensionType, bool], ...] = (),
+    entries: tuple[tuple[int, tuple[tuple[x509.ExtensionType, bool], ...]], ...] = (),
+    number: int = 1,
+) -> bytes:
+    """A PEM CRL of ``ca`` (thisUpdate ``now``, nextUpdate a day later, CRL number ``number``)
+    with extra CRL ``extensions`` and ``entries`` (serial, entry extensions), each extension with
+    its criticality: the shapes devpki never makes (delta, indirect, partitioned CRLs)."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    for ext, critical in extensions:
+        builder = builder.add_extension(ext, critical=critical)
+    for serial, entry_extensions in entries:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+        for ext, critical in entry_extensions:
+            entry = entry.add_extension(ext, critical=critical)
+        builder = builder.add_revoked_certificate(entry.build())
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def example(service: str) -> Any:

@@ -124,8 +124,20 @@ def test_the_init_deployment_loads_and_builds(cfg: Path) -> None:
         (
             "workers = 1",
             'workers = 1\nintermediates = ["participants/hcm.quan-1/cert.pem"]',
-            "gateway.intermediates",
-            "not a CA certificate",
+            "gateway.intermediates[0]",
+            "participants/hcm.quan-1/cert.pem: CN=hcm.quan-1 is not a CA certificate",
+        ),
+        (  # a participant's certificate listed as an anchor: the field is the anchor's
+            'trust_anchors = ["pki/ca.crt"]',
+            'trust_anchors = ["pki/ca.crt", "participants/hcm.quan-1/cert.pem"]',
+            "gateway.trust_anchors[1]",
+            "participants/hcm.quan-1/cert.pem: CN=hcm.quan-1 is not a CA certificate",
+        ),
+        (  # the JWKS would publish a participant's key as one of the gateway's
+            "workers = 1",
+            'workers = 1\nretired_certificates = ["participants/hcm.quan-1/cert.pem"]',
+            "gateway.retired_certificates[0]",
+            "names the participant 'hcm.quan-1'",
         ),
         (  # an empty host is every interface to bind(): never what an operator meant by ""
             'host = "127.0.0.1"',
@@ -356,3 +368,23 @@ def test_a_gateway_id_that_is_also_a_participant_stops_start_up(cfg: Path) -> No
     assert e.value.file.endswith("gateway.toml")
     assert e.value.field == "gateway.id"
     assert "participants[4]" in e.value.problem, e.value.problem
+
+
+@pytest.mark.parametrize("field", ["trust_anchors", "intermediates"])
+def test_a_ca_file_that_also_holds_a_private_key_stops_start_up(cfg: Path, field: str) -> None:
+    """Anchor and intermediate files are public (copied to every participant): a private key in
+    one (a CA key pasted beside its certificate) is refused, not silently skipped."""
+    bundle = cfg.parent / "pki/bundle.pem"
+    bundle.write_bytes(
+        (cfg.parent / "pki/ca.crt").read_bytes() + (cfg.parent / "pki/ca.key").read_bytes()
+    )
+    text = cfg.read_text()
+    if field == "trust_anchors":
+        text = text.replace('trust_anchors = ["pki/ca.crt"]', 'trust_anchors = ["pki/bundle.pem"]')
+    else:
+        text = text.replace("workers = 1", 'workers = 1\nintermediates = ["pki/bundle.pem"]')
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        create_app(load(cfg))
+    assert e.value.field == f"gateway.{field}[0]"
+    assert "bundle.pem holds a private key" in e.value.problem

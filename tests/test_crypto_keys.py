@@ -220,3 +220,27 @@ def test_keyring_refuses_a_chain_for_another_key() -> None:
         Keyring(signer, other_chain)
     with pytest.raises(KeyInvalid, match="certificate chain"):
         Keyring(signer, [])
+
+
+def test_a_retired_rsa_key_is_published_with_the_alg_it_signed_with() -> None:
+    """An RSA key that signed RS256 must not reappear in the JWKS as PS256 once retired: a
+    verifier that takes the JWK's alg (RFC 7517 4.4) would refuse every signature it made."""
+    from jwcrypto import jws as jwcrypto_jws
+
+    from gateway.crypto.jws import serialize, sign_bytes
+
+    ca_key, ca = devpki.make_ca("t", now=NOW)
+    key, leaf = devpki.issue(ca_key, ca, "hcm.ttcds", now=NOW, key_type="rsa")
+    old = SigningKey(key, alg="RS256")
+    old_receipt = serialize(sign_bytes(b'{"a":1}', old, [leaf, ca], typ="receipt+jws"))
+    new, new_chain = _signer_with_chain("hcm.ttcds", "rsa")
+    ring = Keyring(old, [leaf, ca]).rotate(new, new_chain).rotate(*_signer_with_chain("hcm.ttcds"))
+    published = {k["kid"]: k for k in ring.jwks()["keys"]}
+    assert published[old.kid]["alg"] == "RS256"
+    assert published[new.kid]["alg"] == "PS256"
+    entry = published[old.kid]
+    verifier = jwcrypto_jws.JWS()
+    verifier.deserialize(old_receipt.decode())
+    verifier.verify(jwcrypto_jwk.JWK(**entry), alg=entry["alg"])
+    # A chain from gateway.retired_certificates: the algorithm the gateway signs that key with.
+    assert Keyring(new, new_chain, retired=[[leaf, ca]]).jwks()["keys"][1]["alg"] == "PS256"

@@ -305,6 +305,46 @@ async def test_wrong_artifact_type_is_401(gw: Gateway, provider: Provider) -> No
     assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
 
 
+def _signed_with_kid(gw: Gateway, kid: str | None) -> bytes:
+    """hcm.quan-1's signed request as the contract has it, but with ``kid`` (None: none)."""
+    from gateway.crypto.jws_rules import b64u
+    from gateway.crypto.keys import load_private_key
+
+    token = orjson.loads(signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN)))
+    header = orjson.loads(base64.urlsafe_b64decode(token["protected"] + "=="))
+    header.pop("kid")
+    if kid is not None:
+        header["kid"] = kid
+    key = load_private_key((gw.dir / "participants/hcm.quan-1/key.pem").read_bytes())
+    protected = b64u(orjson.dumps(header))
+    signature = key.sign(f"{protected}.{token['payload']}".encode())
+    return orjson.dumps(
+        {"payload": token["payload"], "protected": protected, "signature": b64u(signature)}
+    )
+
+
+@pytest.mark.parametrize(
+    ("kid", "cause"),
+    [
+        (None, "the protected header has no kid"),
+        ("c29tZS1vdGhlci1rZXk", "kid 'c29tZS1vdGhlci1rZXk' is not the RFC 7638 thumbprint"),
+    ],
+)
+async def test_a_signed_request_without_the_leaf_keys_kid_is_an_audited_401(
+    gw: Gateway, provider: Provider, kid: str | None, cause: str
+) -> None:
+    """CONTRACT.md: the protected header carries kid, the RFC 7638 thumbprint of the x5c leaf
+    key. Missing or another key's: refused like any bad signature, the cause in the log."""
+    import structlog
+
+    with structlog.testing.capture_logs() as logs:
+        status, _, doc = await post(gw, CITIZEN, _signed_with_kid(gw, kid), JOSE)
+    assert_rejected(gw, provider, status, doc, "unauthenticated", 401)
+    assert "signed request" in doc["detail"]
+    (line,) = [e for e in logs if e["event"] == "exchange.rejected"]
+    assert cause in line["reason"], line
+
+
 async def test_replayed_signed_request_is_409_even_after_a_restart(
     tmp_path: Path, provider: Provider
 ) -> None:

@@ -312,6 +312,13 @@ def test_kid_mismatch_is_refused() -> None:
     _refused(token, "kid 'not-the-thumbprint' is not the RFC 7638 thumbprint")
 
 
+def test_a_missing_kid_is_refused() -> None:
+    """The contract's protected header carries kid (the RFC 7638 thumbprint of the x5c leaf
+    key): a JWS without one, even correctly signed by a trusted leaf, is not in the format."""
+    signer, _, _ = _signer()
+    _refused(_forge(_header(kid=None), sign_with=signer.sign), "the protected header has no kid")
+
+
 def test_wrong_x5t_s256_is_refused() -> None:
     signer, _, _ = _signer()
     _refused(_forge(_header(**{"x5t#S256": "AAAA"}), sign_with=signer.sign), "x5t#S256")
@@ -337,7 +344,7 @@ def test_tampered_protected_header_is_refused() -> None:
 
 def test_signature_by_another_key_is_refused() -> None:
     stranger = SigningKey(ec.generate_private_key(ec.SECP256R1()))
-    _refused(_forge(_header(kid=None), sign_with=stranger.sign), "signature does not verify")
+    _refused(_forge(_header(), sign_with=stranger.sign), "signature does not verify")
 
 
 def test_es256_signature_of_wrong_length_is_refused() -> None:
@@ -364,7 +371,8 @@ def test_rsa_1024_signer_is_refused() -> None:
     _, _, inter_key, inter = _ca()
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     leaf = _leaf(inter_key, inter, weak.public_key())
-    header = {"alg": "PS256", "typ": TYP, "x5c": encode_x5c([leaf, inter])}
+    kid = jwk_thumbprint(weak.public_key())
+    header = {"alg": "PS256", "kid": kid, "typ": TYP, "x5c": encode_x5c([leaf, inter])}
     pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
     reason = _refused(
         _forge(header, sign_with=lambda data: weak.sign(data, pss, hashes.SHA256())), "1024 bits"

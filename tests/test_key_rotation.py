@@ -27,6 +27,7 @@ from gateway import cli
 from gateway.config import load
 from gateway.crypto import devpki
 from gateway.crypto.keys import jwk_thumbprint, load_certificates
+from gateway.http.app import create_app
 from gateway.keyrotation import RotationError, edit_gateway_section, rotate
 from tests.support import example, make_deployment, running_gateway, signed_request
 
@@ -225,6 +226,29 @@ def test_a_config_saved_with_a_byte_order_mark_is_rotated(tmp_path: Path) -> Non
     assert load(config).config.gateway.key != old_key
 
 
+def test_a_revoked_certificate_is_refused_before_the_config_points_at_it(tmp_path: Path) -> None:
+    """The install step checks the new certificate as start-up will (trust.build_anchors: the
+    configured CRLs too): installing one start-up then refuses leaves a gateway that does not
+    restart, with its old key already moved to retired_certificates."""
+    d = tmp_path / "dep"
+    config = make_deployment(d)
+    ca_key = serialization.load_pem_private_key((d / "pki/ca.key").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate((d / "pki/ca.crt").read_bytes())
+    now = datetime.now(UTC)
+    key, cert = devpki.issue(ca_key, ca_cert, "hcm.ttcds.gw", now=now, purposes=("signing",))  # type: ignore[arg-type]
+    (tmp_path / "k.pem").write_bytes(devpki.pem_private_key(key))
+    (tmp_path / "c.pem").write_bytes(devpki.pem_certificate(cert))
+    crl = (d / "pki/ca.crl").read_bytes()
+    crl, _, _ = devpki.revoke_in_crl(ca_key, ca_cert, crl, cert.serial_number, now=now)  # type: ignore[arg-type]
+    (d / "pki/ca.crl").write_bytes(crl)
+    (d / "pki/ca.key").unlink()  # a production CA: the certificate came from elsewhere
+    before = config.read_text()
+    with pytest.raises(RotationError, match="was revoked on"):
+        rotate(config, now=now, key=tmp_path / "k.pem", certificate=tmp_path / "c.pem")
+    assert config.read_text() == before
+    create_app(load(config))  # the deployment still starts, with its current key
+
+
 # -- the config edit ---------------------------------------------------------------------------
 
 
@@ -272,3 +296,30 @@ def test_the_edit_changes_only_those_lines_and_keeps_comments() -> None:
 def test_the_edit_refuses_what_it_cannot_change_safely(text: str) -> None:
     with pytest.raises(RotationError):
         edit_gateway_section(text, key="k2", certificate="c2", retired=["c"])
+
+
+def test_the_new_key_and_certificate_are_durable_before_the_config_names_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash right after the config swap must not leave gateway.toml naming key files whose
+    directory entries never reached the disk: pki/ is fsynced before gateway.toml is replaced."""
+    import os
+
+    config = make_deployment(tmp_path / "dep")
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(f"replace {dst}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    rotate(config, now=datetime.now(UTC))
+    swap = events.index(f"replace {config}")
+    pki_dir = str((tmp_path / "dep/pki").resolve())
+    assert f"fsync {pki_dir}" in events[:swap], events

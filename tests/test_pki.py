@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.crypto import devpki
-from gateway.crypto.keys import KeyInvalid, encode_x5c
+from gateway.crypto.keys import KeyInvalid, encode_x5c, load_certificates
 from gateway.crypto.pki import (
     ChainInvalid,
     TrustAnchors,
@@ -683,3 +683,62 @@ def test_a_leaf_whose_key_does_not_parse_is_a_refused_chain_not_a_crash(
     leaf = x509.load_der_x509_certificate(damaged)
     with pytest.raises(ChainInvalid, match="malformed"):
         verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+
+
+# --- weak algorithms anywhere in the chain ------------------------------------------------------
+
+
+def test_a_sha1_signed_certificate_is_refused_naming_it_and_the_algorithm(
+    tmp_path: Path, pki: SimpleNamespace
+) -> None:
+    """SHA-1 signatures are forgeable by chosen-prefix collision: refused, and the reason says
+    which certificate and why (the library's own text is a Rust debug dump of the OID)."""
+    (tmp_path / "inter.key").write_bytes(devpki.pem_private_key(pki.inter_key))
+    _write(tmp_path / "inter.crt", pki.inter)
+    (tmp_path / "leaf.key").write_bytes(devpki.pem_private_key(devpki.generate_key("ec")))
+    (tmp_path / "ext.cnf").write_text(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+    )
+    subprocess.run(
+        "openssl req -new -key leaf.key -subj /CN=hcm.quan-1 -out leaf.csr && openssl x509 -req "
+        "-in leaf.csr -CA inter.crt -CAkey inter.key -sha1 -days 10 -extfile ext.cnf "
+        "-set_serial 7 -out leaf.crt",
+        shell=True,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    leaf = load_certificates((tmp_path / "leaf.crt").read_bytes())[0]
+    now = leaf.not_valid_before_utc + timedelta(minutes=1)
+    with pytest.raises(ChainInvalid) as e:
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=now, purpose="signing")
+    assert e.value.reason == (
+        "certificate 0 (CN=hcm.quan-1) is signed with SHA-1 (1.2.840.10045.4.1): "
+        "signatures need SHA-256 or stronger"
+    )
+
+
+def test_an_rsa_1024_intermediate_is_refused_naming_it(pki: SimpleNamespace) -> None:
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    inter = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak issuing")]))
+        .issuer_name(pki.root.subject)
+        .public_key(weak.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(pki.root_key, hashes.SHA256())
+    )
+    leaf = _custom_leaf(weak, inter, key_usage=_ku(digital_signature=True))  # type: ignore[arg-type]
+    with pytest.raises(ChainInvalid) as e:
+        verify_chain([leaf, inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+    assert e.value.reason == (
+        "certificate 1 (CN=weak issuing) holds an RSA key of 1024 bits: at least 2048 bits required"
+    )

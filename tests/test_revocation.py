@@ -24,6 +24,7 @@ from gateway.crypto.revocation import (
     Revocations,
     load_crl,
 )
+from tests.support import crl_with
 
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 
@@ -178,3 +179,110 @@ def test_a_der_crl_loads_like_a_pem_one(pki: SimpleNamespace) -> None:
     pem = _crl(pki.inter_key, pki.inter, pki.leaf.serial_number)
     der = x509.load_pem_x509_crl(pem).public_bytes(serialization.Encoding.DER)
     assert load_crl(der, [pki.inter], now=NOW).revoked == {pki.leaf.serial_number: NOW}
+
+
+# -- RFC 5280 section 5: CRLs that are not complete, direct CRLs of their issuer ------------------
+
+UNKNOWN = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
+
+
+def _idp(**flags: Any) -> x509.IssuingDistributionPoint:
+    """An Issuing Distribution Point with ``flags`` set, the others absent or false."""
+    values: dict[str, Any] = {
+        "full_name": None,
+        "relative_name": None,
+        "only_contains_user_certs": False,
+        "only_contains_ca_certs": False,
+        "only_some_reasons": None,
+        "indirect_crl": False,
+        "only_contains_attribute_certs": False,
+    }
+    return x509.IssuingDistributionPoint(**{**values, **flags})
+
+
+@pytest.mark.parametrize(
+    ("case", "problem"),
+    [
+        ("critical-extension", "unrecognised critical extension 1.3.6.1.4.1.99999.1"),
+        ("critical-entry-extension", "unrecognised critical extension 1.3.6.1.4.1.99999.1 in"),
+        ("delta", "is a delta CRL (Delta CRL Indicator, base CRL number 4)"),
+        ("indirect", "is an indirect CRL (Issuing Distribution Point indirectCRL)"),
+        ("certificate-issuer", "is an indirect CRL (a Certificate Issuer entry extension"),
+        ("attribute-certificates", "lists attribute certificates only"),
+    ],
+)
+def test_a_crl_that_is_not_a_direct_crl_the_gateway_understands_is_refused(
+    pki: SimpleNamespace, case: str, problem: str
+) -> None:
+    """RFC 5280 5: a CRL with an unrecognised critical extension must not be used; a delta or
+    an indirect CRL read as the issuer's complete, direct CRL would miss revocations."""
+    serial = pki.leaf.serial_number
+    issuer = x509.CertificateIssuer([x509.DirectoryName(pki.other.subject)])
+    extensions: tuple[tuple[x509.ExtensionType, bool], ...] = {
+        "critical-extension": ((UNKNOWN, True),),
+        "critical-entry-extension": (),
+        "delta": ((x509.DeltaCRLIndicator(4), True),),
+        "indirect": ((_idp(indirect_crl=True), True),),
+        "certificate-issuer": (),  # even without the indirectCRL flag that should go with it
+        "attribute-certificates": ((_idp(only_contains_attribute_certs=True), True),),
+    }[case]
+    entry: tuple[tuple[x509.ExtensionType, bool], ...] = {
+        "critical-entry-extension": ((UNKNOWN, True),),
+        "certificate-issuer": ((issuer, True),),
+    }.get(case, ())
+    data = crl_with(
+        pki.inter_key, pki.inter, now=NOW, extensions=extensions, entries=((serial, entry),)
+    )
+    with pytest.raises(CrlInvalid, match=re.escape(problem)) as e:
+        load_crl(data, [pki.root, pki.inter], now=NOW)
+    assert "CN=hcm issuing DEVELOPMENT CA" in e.value.reason
+
+
+def test_unrecognised_non_critical_extensions_are_ignored(pki: SimpleNamespace) -> None:
+    serial = pki.leaf.serial_number
+    reason = x509.CRLReason(x509.ReasonFlags.key_compromise)
+    data = crl_with(
+        pki.inter_key,
+        pki.inter,
+        now=NOW,
+        extensions=((UNKNOWN, False),),
+        entries=((serial, ((UNKNOWN, False), (reason, False))),),
+    )
+    assert load_crl(data, [pki.inter], now=NOW).revoked == {serial: NOW}
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        _idp(only_contains_user_certs=True),
+        _idp(only_contains_ca_certs=True),
+        _idp(only_some_reasons=frozenset({x509.ReasonFlags.key_compromise})),
+        _idp(full_name=[x509.UniformResourceIdentifier("http://crl.example/part-2.crl")]),
+    ],
+)
+def test_a_partitioned_crl_never_supersedes_nor_is_superseded_by_another_partition(
+    pki: SimpleNamespace, scope: x509.IssuingDistributionPoint
+) -> None:
+    """A CRL that covers part of its issuer's certificates (users, CAs, some reasons, one
+    distribution point) is not the issuer's complete CRL: a newer one of another scope does not
+    replace it, and it does not replace the complete one. Every listing stands."""
+    revoked = pki.inter.serial_number
+    whole = crl_with(pki.root_key, pki.root, now=NOW, entries=((revoked, ()),), number=1)
+    part = crl_with(pki.root_key, pki.root, now=NOW, extensions=((scope, True),), number=9)
+    both = [load_crl(c, [pki.root], now=NOW) for c in (whole, part)]
+    for order in (both, both[::-1]):
+        anchors = TrustAnchors([pki.root], revocations=Revocations(order))
+        with pytest.raises(CertificateRevoked):
+            anchors.validate([pki.leaf, pki.inter], now=NOW, purpose="signing")
+        assert len(anchors.revocations.crls) == 2
+    # Listed in the partition, not in a newer complete CRL: still revoked.
+    whole = crl_with(pki.root_key, pki.root, now=NOW, number=9)
+    part = crl_with(
+        pki.root_key, pki.root, now=NOW, extensions=((scope, True),), entries=((revoked, ()),)
+    )
+    revocations = Revocations(load_crl(c, [pki.root], now=NOW) for c in (part, whole))
+    assert [r.serial for r in revocations.find([pki.inter, pki.root])] == [revoked]
+    # Within one scope the newer CRL still supersedes the older.
+    newer = crl_with(pki.root_key, pki.root, now=NOW, extensions=((scope, True),), number=10)
+    revocations = Revocations(load_crl(c, [pki.root], now=NOW) for c in (part, newer))
+    assert revocations.find([pki.inter, pki.root]) == ()

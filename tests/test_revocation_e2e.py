@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from cryptography import x509
 
 from gateway import cli
 from gateway.config import load
@@ -27,6 +28,7 @@ from tests.support import (
     Gateway,
     Provider,
     ServerProcess,
+    crl_with,
     example,
     make_deployment,
     running_gateway,
@@ -133,10 +135,15 @@ def _write_bad_crl(dep: Path, case: str) -> None:
     ca_key = devpki.load_private_key_raw((dep / "pki/ca.key").read_bytes())
     ca = load_certificates((dep / "pki/ca.crt").read_bytes())[0]
     stranger_key, stranger = devpki.make_ca("stranger", now=now)
+    idp = x509.IssuingDistributionPoint(None, None, False, False, None, True, False)
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"")
     data = {
         "malformed": b"this is not a CRL",
         "stranger": devpki.make_crl(stranger_key, stranger, now=now),
         "expired": devpki.make_crl(ca_key, ca, now=now - timedelta(days=31)),
+        "delta": crl_with(ca_key, ca, now=now, extensions=((x509.DeltaCRLIndicator(1), True),)),
+        "indirect": crl_with(ca_key, ca, now=now, extensions=((idp, True),)),
+        "critical": crl_with(ca_key, ca, now=now, extensions=((unknown, True),)),
     }[case]
     (dep / "pki/ca.crl").write_bytes(data)
 
@@ -147,6 +154,9 @@ def _write_bad_crl(dep: Path, case: str) -> None:
         ("malformed", "not a PEM or DER X.509 CRL"),
         ("stranger", "not signed by any trust anchor or configured intermediate"),
         ("expired", "is past; publish a fresh CRL"),
+        ("delta", "is a delta CRL"),
+        ("indirect", "is an indirect CRL"),
+        ("critical", "unrecognised critical extension 1.3.6.1.4.1.99999.1"),
     ],
 )
 def test_start_up_refuses_a_crl_that_is_malformed_foreign_or_expired_naming_the_field(
@@ -160,13 +170,32 @@ def test_start_up_refuses_a_crl_that_is_malformed_foreign_or_expired_naming_the_
     assert str(cfg.parent / "pki/ca.crl") in e.value.problem and problem in e.value.problem
 
 
+@pytest.mark.parametrize(("case", "problem"), [("expired", "is past"), ("delta", "is a delta CRL")])
 def test_gateway_serve_exits_2_naming_the_crl_field_when_the_crl_expired(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, problem: str
 ) -> None:
     cfg = make_deployment(tmp_path / "dep")
-    _write_bad_crl(cfg.parent, "expired")
+    _write_bad_crl(cfg.parent, case)
     assert cli.main(["serve", "--config", str(cfg)]) == 2
-    assert "gateway.crls[0]" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "gateway.crls[0]" in err and problem in err
+
+
+def test_gateway_verify_and_keys_revoke_refuse_a_delta_crl_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every path that reads a configured CRL applies the same rules as start-up."""
+    cfg = make_deployment(tmp_path / "dep")
+    _write_bad_crl(cfg.parent, "delta")
+    before = (cfg.parent / "pki/ca.crl").read_bytes()
+    receipt = tmp_path / "receipt.json"
+    receipt.write_text("{}")
+    assert cli.main(["verify", str(receipt), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "gateway.crls[0]" in err and "is a delta CRL" in err
+    assert revoke(cfg, "hcm.quan-1") == 1
+    assert "is a delta CRL" in capsys.readouterr().err
+    assert (cfg.parent / "pki/ca.crl").read_bytes() == before
 
 
 def _openssl_crl(dep: Path, *extra: str) -> subprocess.CompletedProcess[str]:

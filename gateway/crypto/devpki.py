@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.crypto.keys import PrivateKey
 from gateway.crypto.pki import PARTICIPANT_ID_RE, PARTICIPANT_URI_PREFIX, Purpose
-from gateway.crypto.revocation import CrlInvalid, crl_number, parse_crl, signed_by
+from gateway.crypto.revocation import CrlInvalid, check_direct, crl_number, parse_crl, signed_by
 
 __all__ = [
     "CRL_DAYS",
@@ -313,7 +313,8 @@ def revoke_in_crl(
 
     Returns (new CRL PEM, its CRL number, whether the serial was listed already). The entries
     already listed are kept as they were; the number is one more than the old one. ValueError
-    when the old CRL does not parse or is not this CA's.
+    when the old CRL does not parse, is not this CA's, or is not a complete, direct CRL the
+    gateway would use (revocation.check_direct: a delta, indirect or partitioned CRL).
     """
     _require_aware(now)
     if reason is not None and reason not in CRL_REASONS:
@@ -324,6 +325,14 @@ def revoke_in_crl(
         raise ValueError(e.reason) from None
     if not signed_by(old, ca_cert):
         raise ValueError("the CRL is not signed by this CA")
+    try:  # the rules the gateway reads a CRL by: re-signing must not make a usable CRL of it
+        if check_direct(old) is not None:
+            raise ValueError(
+                "the CRL covers part of the CA's certificates only (Issuing Distribution Point): "
+                "re-signed without it, it would claim to be complete"
+            )
+    except CrlInvalid as e:
+        raise ValueError(e.reason) from None
     entries = list(old)
     listed = any(e.serial_number == serial for e in entries)
     if serial is not None and not listed:

@@ -4,7 +4,8 @@ Why hand-written on ``cryptography`` instead of a JOSE library: verification sit
 (every signed request) and the accepted subset is deliberately tiny, so every rule is visible in
 one place: a protected header only (no unprotected ``header``), ``alg`` in ES256/EdDSA/PS256/RS256
 and matched to the key type, no ``crit``, ``jku``, ``x5u``, ``jwk`` or ``b64``, a mandatory ``x5c``
-chain to the trust anchors, ``kid`` equal to the RFC 7638 thumbprint of the leaf key, and ``typ``
+chain to the trust anchors, a mandatory ``kid`` equal to the RFC 7638 thumbprint of the leaf key
+(CONTRACT.md lists it in every protected header; a kid-less JWS is not in the format), and ``typ``
 equal to what the caller expects so one kind of artifact never passes as another. Nothing is ever
 fetched. Interoperability is pinned by tests that verify our output with jwcrypto and accept
 jwcrypto's.

@@ -3,8 +3,8 @@
 Apart from :mod:`gateway.crypto.jws` (which signs and orchestrates verification) so that every
 refusal a verifier can answer with is reviewed in one place: the members of a flattened JWS,
 strict base64url, strict JSON for headers and payloads, the protected header's rules (``alg``,
-refused parameters, ``typ``, mandatory ``x5c``), the binding of ``kid``/``x5t#S256`` to the leaf
-certificate, and the signature check per algorithm. As ``pki_rules`` is to ``pki``.
+refused parameters, ``typ``, mandatory ``x5c`` and ``kid``), the binding of ``kid``/``x5t#S256``
+to the leaf certificate, and the signature check per algorithm. As ``pki_rules`` is to ``pki``.
 
 Pure: no I/O, no clock, no logging.
 """
@@ -196,11 +196,16 @@ def check_header(
         )
     if "x5c" not in header:
         raise SignatureInvalid("the protected header has no x5c: the signer's chain is required")
+    if "kid" not in header:
+        raise SignatureInvalid(
+            "the protected header has no kid: the contract requires the RFC 7638 thumbprint of "
+            "the x5c leaf key"
+        )
     return alg
 
 
 def check_key_binding(header: Mapping[str, Any], kid: str, leaf: x509.Certificate) -> None:
-    if "kid" in header and header["kid"] != kid:
+    if header["kid"] != kid:  # present: check_header required it
         raise SignatureInvalid(
             f"kid {show(header['kid'])} is not the RFC 7638 thumbprint {kid!r} of the x5c leaf key"
         )

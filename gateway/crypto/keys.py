@@ -15,7 +15,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -33,6 +33,7 @@ __all__ = [
     "Keyring",
     "PrivateKey",
     "PublicKey",
+    "RetiredKey",
     "SigningKey",
     "default_alg",
     "describe_key",
@@ -313,13 +314,25 @@ def load_certificates(pem: bytes) -> list[x509.Certificate]:
         raise KeyInvalid(f"no usable PEM certificate: {exc}") from exc
 
 
+class RetiredKey(NamedTuple):
+    """A key no longer signing: its certificate chain (leaf first) and the alg it signed with."""
+
+    chain: tuple[x509.Certificate, ...]
+    alg: Alg
+
+
 class Keyring:
     """The gateway's current signing key and chain, plus the retired keys still published.
 
     Why keep retired keys: receipts and envelopes outlive keys; a security officer verifying a
     year-old receipt finds its ``kid`` in the JWKS with its ``x5c``. A retired key is only a
-    certificate chain (leaf first): the private key is gone. RSA entries are published with
-    ``alg: PS256``, the gateway's RSA algorithm.
+    certificate chain (leaf first) and the ``alg`` it signed with: the private key is gone.
+
+    Why the ``alg`` is kept: a JOSE verifier may take the algorithm from the JWK (RFC 7517
+    section 4.4), so an RSA key that signed RS256, published as PS256, would fail every old
+    signature. :meth:`rotate` keeps the current key's ``alg``; a plain chain (the config's
+    ``gateway.retired_certificates``) gets :func:`default_alg`, the algorithm this gateway signs
+    every key of that type with.
     """
 
     def __init__(
@@ -327,7 +340,7 @@ class Keyring:
         current: SigningKey,
         chain: Sequence[x509.Certificate],
         *,
-        retired: Iterable[Sequence[x509.Certificate]] = (),
+        retired: Iterable[Sequence[x509.Certificate] | RetiredKey] = (),
     ) -> None:
         if not chain:
             raise KeyInvalid("the current signing key needs its certificate chain (x5c)")
@@ -335,15 +348,19 @@ class Keyring:
             raise KeyInvalid("the first certificate of the chain does not hold the signing key")
         self._current = current
         self._chain = tuple(chain)
-        self._retired: dict[str, tuple[x509.Certificate, ...]] = {}
-        for old in retired:
+        self._retired: dict[str, RetiredKey] = {}
+        for entry in retired:
+            old = entry.chain if isinstance(entry, RetiredKey) else tuple(entry)
             if not old:
                 raise KeyInvalid("a retired key needs its certificate chain (x5c)")
-            kid = jwk_thumbprint(old[0].public_key())
-            if kid != current.kid:
-                self._retired.setdefault(kid, tuple(old))
+            key = _public_key(old[0])
+            kid = jwk_thumbprint(key)
+            if kid != current.kid and kid not in self._retired:
+                alg = entry.alg if isinstance(entry, RetiredKey) else default_alg(key)
+                self._retired[kid] = RetiredKey(old, alg)
         self._jwks = [current.public_jwk(x5c=self._chain)] + [
-            public_jwk(_public_key(old[0]), x5c=old) for old in self._retired.values()
+            public_jwk(_public_key(r.chain[0]), x5c=r.chain, alg=r.alg)
+            for r in self._retired.values()
         ]
 
     @property
@@ -356,17 +373,19 @@ class Keyring:
 
     @property
     def retired(self) -> tuple[tuple[x509.Certificate, ...], ...]:
-        return tuple(self._retired.values())
+        return tuple(r.chain for r in self._retired.values())
 
     def rotate(self, new: SigningKey, chain: Sequence[x509.Certificate]) -> Keyring:
-        """A keyring signing with ``new``; the current key joins the retired ones."""
-        return Keyring(new, chain, retired=[self._chain, *self._retired.values()])
+        """A keyring signing with ``new``; the current key (and its alg) joins the retired ones."""
+        current = RetiredKey(self._chain, self._current.alg)
+        return Keyring(new, chain, retired=[current, *self._retired.values()])
 
     def find(self, kid: str) -> tuple[x509.Certificate, ...] | None:
         """The chain of the current or a retired key with this thumbprint, or None."""
         if kid == self._current.kid:
             return self._chain
-        return self._retired.get(kid)
+        found = self._retired.get(kid)
+        return None if found is None else found.chain
 
     def jwks(self) -> dict[str, Any]:
         """The JWK Set for ``GET /.well-known/jwks.json``: current key first, then retired ones."""

@@ -74,6 +74,8 @@ __all__ = [
     "ValidatedChain",
     "decode_x5c",
     "fingerprint_sha256",
+    "is_ca",
+    "name_of",
     "participant_id",
     "verify_chain",
 ]
@@ -138,12 +140,10 @@ class TrustAnchors:
         if not certs:
             raise KeyInvalid("at least one trust anchor certificate is required")
         for cert in certs:
-            bc = extension(cert, x509.BasicConstraints)
-            if bc is None or not bc.ca:
+            if not is_ca(cert):
                 raise KeyInvalid(f"trust anchor {name_of(cert)} is not a CA certificate")
         for cert in intermediates:
-            bc = extension(cert, x509.BasicConstraints)
-            if bc is None or not bc.ca:
+            if not is_ca(cert):
                 raise KeyInvalid(f"intermediate {name_of(cert)} is not a CA certificate")
         self._certs = tuple(certs)
         # Untrusted: only used to complete the path of a lone TLS client certificate.
@@ -362,6 +362,12 @@ def participant_id(cert: x509.Certificate) -> str | None:
             f"the subject CN {cn!r}"
         )
     return cn_id
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` has basicConstraints CA=true (ChainInvalid if its extensions are bad)."""
+    bc = extension(cert, x509.BasicConstraints)
+    return bc is not None and bc.ca
 
 
 def fingerprint_sha256(cert: x509.Certificate) -> str:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Final, Literal, TypeAlias, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import Criticality, ExtensionPolicy, Policy
@@ -27,6 +28,8 @@ _EKU: Final[dict[str, tuple[x509.ObjectIdentifier, str]]] = {
     "server_auth": (ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth"),
 }
 _T = TypeVar("_T", bound=x509.ExtensionType)
+#: Signature hashes refused wherever they appear in a chain (collisions are practical).
+_WEAK_HASHES: Final = {"md5": "MD5", "sha1": "SHA-1"}
 
 
 class ChainInvalid(CryptoError):
@@ -97,6 +100,30 @@ def check_window(cert: x509.Certificate, position: int, now: datetime) -> None:
         )
 
 
+def check_strength(cert: x509.Certificate, position: int) -> None:
+    """A SHA-1 (or MD5) signature or an RSA key under MIN_RSA_BITS, anywhere in the chain.
+
+    The library refuses both too, but its reasons name neither the certificate nor, for the
+    signature, the algorithm in words ("Forbidden signature algorithm: AlgorithmIdentifier {...}").
+    """
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:  # an OID it does not know: path validation refuses it
+        algorithm = None
+    if algorithm is not None and algorithm.name in _WEAK_HASHES:
+        raise ChainInvalid(
+            f"certificate {position} ({name_of(cert)}) is signed with "
+            f"{_WEAK_HASHES[algorithm.name]} ({cert.signature_algorithm_oid.dotted_string}): "
+            "signatures need SHA-256 or stronger"
+        )
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise ChainInvalid(
+            f"certificate {position} ({name_of(cert)}) holds an RSA key of {key.key_size} bits: "
+            f"at least {MIN_RSA_BITS} bits required"
+        )
+
+
 def extension(cert: x509.Certificate, kind: type[_T]) -> _T | None:
     try:
         return cert.extensions.get_extension_for_class(kind).value
@@ -107,12 +134,8 @@ def extension(cert: x509.Certificate, kind: type[_T]) -> _T | None:
 
 
 def check_leaf_key(leaf: x509.Certificate) -> PublicKey:
+    """The leaf's key, if of a type the gateway verifies (its size: check_strength)."""
     key = leaf.public_key()
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
-        raise ChainInvalid(
-            f"leaf {name_of(leaf)} holds an RSA key of {key.key_size} bits: "
-            f"at least {MIN_RSA_BITS} bits required"
-        )
     if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
         raise ChainInvalid(f"leaf {name_of(leaf)} holds an unsupported {describe_key(key)} key")
     return key
@@ -150,6 +173,7 @@ def precheck(
         raise ChainInvalid(f"the chain has {len(chain)} certificates; at most {MAX_CHAIN_LENGTH}")
     for position, cert in enumerate(chain):
         check_window(cert, position, now)
+        check_strength(cert, position)
     for position in range(len(chain) - 1):
         if chain[position].issuer != chain[position + 1].subject:
             raise ChainInvalid(

@@ -8,14 +8,27 @@ network on the hot path.
 What a configured CRL must be, or start-up stops (:class:`CrlInvalid`, the caller names the
 file): PEM or DER that parses; signed by one of the given issuers (the trust anchors and the
 configured intermediates), checked with that issuer's public key and with the CRL's issuer name
-equal to the issuer's subject; that issuer, when it has keyUsage, allows cRLSign; and a
-nextUpdate that is present and not yet past at ``now``. Two CRLs of the same issuer (same name
-and key): the newer one is kept (higher CRL number, then later thisUpdate), as RFC 5280 says a
-newer CRL supersedes an older one; a copy of last week's CRL lying beside this week's is a
-common operator mistake that should not stop start-up nor resurrect a revocation.
+equal to the issuer's subject; that issuer, when it has keyUsage, allows cRLSign; a
+nextUpdate that is present and not yet past at ``now``; and a *direct, base* CRL this module
+understands (:func:`check_direct`): no unrecognised critical extension, on the CRL or on an entry
+(RFC 5280 section 5: such a CRL must not be used), no Delta CRL Indicator (a delta CRL lists only
+the changes since its base CRL), not indirect (an Issuing Distribution Point with indirectCRL, or
+a Certificate Issuer entry extension: entries may then be another issuer's certificates), and
+not limited to attribute certificates. Each of those, read as the issuer's complete CRL of its
+own certificates, would miss revocations or revoke the wrong certificate.
+
+A CRL whose Issuing Distribution Point limits its scope (onlyContainsUserCerts,
+onlyContainsCACerts, onlySomeReasons, or a distribution point name: one partition of the
+issuer's revocations) is used, but never as the issuer's complete CRL: of two CRLs of the same
+issuer (same name and key) *and the same scope*, the newer one is kept (higher CRL number, then
+later thisUpdate), as RFC 5280 says a newer CRL supersedes an older one; CRLs of different scopes
+(an authority revocation list beside the end-entity CRL, say) are all kept, and a certificate
+listed on any of them is revoked (a serial number names one certificate of its issuer). A copy of
+last week's CRL lying beside this week's is a common operator mistake that should not stop
+start-up nor resurrect a revocation.
 
 What "revoked" means here. :meth:`Revocations.find` lists the certificates of a validated path,
-below the anchor (leaf and intermediates), whose serial number is on the CRL of the certificate
+below the anchor (leaf and intermediates), whose serial number is on a CRL of the certificate
 that issued them (the next one in the path). Certificates whose issuer has no CRL are not
 checked (no CRL configured is the gateway's behaviour without revocation). Online,
 :meth:`Revocations.check` refuses a listed certificate whatever its revocation date says (fail
@@ -34,6 +47,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -49,6 +63,7 @@ __all__ = [
     "CrlInvalid",
     "Revocations",
     "Revoked",
+    "check_direct",
     "crl_number",
     "is_crl_of",
     "issued_by",
@@ -58,8 +73,25 @@ __all__ = [
 ]
 
 
+#: The CRL extensions (RFC 5280 5.2) a CRL may carry, critical or not, and still be used: read
+#: (number, scope) or without effect on what it revokes (key id, issuer's other names, where to
+#: find the issuer's certificate or its delta CRLs). The Delta CRL Indicator is known and refused.
+_CRL_EXTENSIONS: Final = (
+    x509.CRLNumber,
+    x509.IssuingDistributionPoint,
+    x509.AuthorityKeyIdentifier,
+    x509.IssuerAlternativeName,
+    x509.AuthorityInformationAccess,
+    x509.FreshestCRL,
+)
+#: The CRL entry extensions (RFC 5280 5.3) an entry may carry: why, and since when. The
+#: Certificate Issuer extension (indirect CRLs) is known and refused.
+_ENTRY_EXTENSIONS: Final = (x509.CRLReason, x509.InvalidityDate)
+
+
 class CrlInvalid(CryptoError):
-    """A configured CRL cannot be used (does not parse, wrong signer, expired); ``reason`` says."""
+    """A configured CRL cannot be used (does not parse, wrong signer, expired, a delta or an
+    indirect CRL, an unrecognised critical extension); ``reason`` says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +128,11 @@ class CertificateRevoked(ChainInvalid):
 
 @dataclass(frozen=True, slots=True)
 class Crl:
-    """A CRL whose signature was checked: its issuer, freshness and revoked serials."""
+    """A CRL whose signature was checked: its issuer, freshness, scope and revoked serials.
+
+    ``scope``: its Issuing Distribution Point when it covers part of the issuer's certificates
+    only (see the module doc), None for the issuer's complete CRL.
+    """
 
     issuer_key: tuple[bytes, bytes]  # (issuer subject DER, SHA-256 of its SubjectPublicKeyInfo)
     issuer_name: str
@@ -104,6 +140,7 @@ class Crl:
     this_update: datetime
     next_update: datetime
     revoked: dict[int, datetime]
+    scope: x509.IssuingDistributionPoint | None = None
 
 
 def _issuer_key(cert: x509.Certificate) -> tuple[bytes, bytes]:
@@ -160,6 +197,56 @@ def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
+def check_direct(crl: x509.CertificateRevocationList) -> x509.IssuingDistributionPoint | None:
+    """CrlInvalid unless ``crl`` is a direct base CRL this module understands (module doc);
+    else its scope: the Issuing Distribution Point of a partition, None for a complete CRL.
+
+    ValueError for extensions that do not parse (cryptography reads them lazily).
+    """
+    issuer = crl.issuer.rfc4514_string() or "(empty issuer)"
+    scope = None
+    for ext in crl.extensions:
+        if isinstance(ext.value, x509.DeltaCRLIndicator):
+            raise CrlInvalid(
+                f"the CRL of {issuer} is a delta CRL (Delta CRL Indicator, base CRL number "
+                f"{ext.value.crl_number}): it lists only the changes since its base CRL; "
+                "configure the issuer's complete CRL"
+            )
+        if ext.critical and not isinstance(ext.value, _CRL_EXTENSIONS):
+            raise CrlInvalid(
+                f"the CRL of {issuer} has an unrecognised critical extension "
+                f"{ext.oid.dotted_string}: RFC 5280 section 5 forbids using such a CRL"
+            )
+        if isinstance(ext.value, x509.IssuingDistributionPoint):
+            scope = ext.value
+    if scope is not None and scope.indirect_crl:
+        raise CrlInvalid(
+            f"the CRL of {issuer} is an indirect CRL (Issuing Distribution Point indirectCRL): "
+            "it may list other issuers' certificates, which the gateway cannot tell apart; "
+            "configure each issuer's own CRL"
+        )
+    if scope is not None and scope.only_contains_attribute_certs:
+        raise CrlInvalid(
+            f"the CRL of {issuer} lists attribute certificates only (Issuing Distribution Point "
+            "onlyContainsAttributeCerts): it revokes no certificate the gateway checks"
+        )
+    for entry in crl:
+        for ext in entry.extensions:
+            if isinstance(ext.value, x509.CertificateIssuer):
+                raise CrlInvalid(
+                    f"the CRL of {issuer} is an indirect CRL (a Certificate Issuer entry "
+                    f"extension, at serial {entry.serial_number:#x}): its entries may be other "
+                    "issuers' certificates; configure each issuer's own CRL"
+                )
+            if ext.critical and not isinstance(ext.value, _ENTRY_EXTENSIONS):
+                raise CrlInvalid(
+                    f"the CRL of {issuer} has an unrecognised critical extension "
+                    f"{ext.oid.dotted_string} in its entry for serial {entry.serial_number:#x}: "
+                    "RFC 5280 section 5 forbids using such a CRL"
+                )
+    return scope
+
+
 def load_crl(
     data: bytes, issuers: Sequence[x509.Certificate], *, now: datetime, allow_stale: bool = False
 ) -> Crl:
@@ -189,6 +276,7 @@ def load_crl(
                 f"the CRL of {issuer_name} expired: its nextUpdate {next_update.isoformat()} is "
                 "past; publish a fresh CRL"
             )
+        scope = check_direct(crl)
         number = crl_number(crl)
         revoked = {entry.serial_number: entry.revocation_date_utc for entry in crl}
     except ValueError as exc:  # parsed lazily: names, extensions, entries
@@ -200,6 +288,7 @@ def load_crl(
         this_update=crl.last_update_utc,
         next_update=next_update,
         revoked=revoked,
+        scope=scope,
     )
 
 
@@ -212,7 +301,8 @@ def crl_number(crl: x509.CertificateRevocationList) -> int | None:
 
 
 def _newer(a: Crl, b: Crl) -> bool:
-    """Whether ``a`` supersedes ``b`` (same issuer): higher CRL number, then later thisUpdate."""
+    """Whether ``a`` supersedes ``b`` (same issuer and scope): higher CRL number, then later
+    thisUpdate."""
     rank = (-1 if a.number is None else a.number, a.this_update)
     return rank > (-1 if b.number is None else b.number, b.this_update)
 
@@ -223,35 +313,45 @@ class Revocations:
     Why immutable: the set is fixed for the process lifetime (CRLs are read at start-up), so a
     chain-validation verdict cached by the :class:`gateway.crypto.pki.TrustAnchors` that holds
     this object can never predate a revocation it knows of.
+
+    Per issuer and scope the newest CRL is kept; an issuer may so have several CRLs (a complete
+    one and partitions, or several partitions), all of which apply (module doc).
     """
 
     def __init__(self, crls: Iterable[Crl] = ()) -> None:
-        by_issuer: dict[tuple[bytes, bytes], Crl] = {}
+        newest: dict[tuple[tuple[bytes, bytes], x509.IssuingDistributionPoint | None], Crl] = {}
         for crl in crls:
-            kept = by_issuer.get(crl.issuer_key)
+            kept = newest.get((crl.issuer_key, crl.scope))
             if kept is None or _newer(crl, kept):
-                by_issuer[crl.issuer_key] = crl
+                newest[crl.issuer_key, crl.scope] = crl
+        by_issuer: dict[tuple[bytes, bytes], list[Crl]] = {}
+        for crl in newest.values():
+            by_issuer.setdefault(crl.issuer_key, []).append(crl)
         self._by_issuer = by_issuer
+        self._crls = tuple(newest.values())
 
     def __bool__(self) -> bool:
-        return bool(self._by_issuer)
+        return bool(self._crls)
 
     @property
     def crls(self) -> tuple[Crl, ...]:
-        return tuple(self._by_issuer.values())
+        return self._crls
 
     def find(self, path: Sequence[x509.Certificate]) -> tuple[Revoked, ...]:
-        """The certificates of ``path`` (leaf first, anchor last) that their issuer revoked."""
+        """The certificates of ``path`` (leaf first, anchor last) that their issuer revoked,
+        each with its earliest revocation date among the issuer's CRLs."""
         if not self._by_issuer:
             return ()
         found = []
         for cert, issuer in itertools.pairwise(path):
-            crl = self._by_issuer.get(_issuer_key(issuer))
-            if crl is None:
-                continue
-            when = crl.revoked.get(cert.serial_number)
-            if when is not None:
-                found.append(Revoked(name_of(cert), cert.serial_number, when, crl.issuer_name))
+            listed = [
+                (crl.revoked[cert.serial_number], crl.issuer_name)
+                for crl in self._by_issuer.get(_issuer_key(issuer), ())
+                if cert.serial_number in crl.revoked
+            ]
+            if listed:
+                when, crl_issuer = min(listed)
+                found.append(Revoked(name_of(cert), cert.serial_number, when, crl_issuer))
         return tuple(found)
 
     def check(self, path: Sequence[x509.Certificate]) -> None:
@@ -263,4 +363,4 @@ class Revocations:
     def stale(self, now: datetime) -> tuple[Crl, ...]:
         """The CRLs whose nextUpdate is past at ``now`` (still applied: their revocations stand)."""
         require_aware(now)
-        return tuple(crl for crl in self._by_issuer.values() if crl.next_update <= now)
+        return tuple(crl for crl in self._crls if crl.next_update <= now)

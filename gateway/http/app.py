@@ -71,11 +71,22 @@ def build_keyring(dep: Deployment) -> Keyring:
         raise ConfigError(str(dep.path), "gateway.certificate", str(e)) from None
     retired = []
     for i, pem in enumerate(dep.retired_certificate_pems):
+        field = f"gateway.retired_certificates[{i}]"
         try:
-            retired.append(load_certificates(pem))
+            old = load_certificates(pem)
+            named = pki.participant_id(old[0])
         except CryptoError as e:
-            field = f"gateway.retired_certificates[{i}]"
             raise ConfigError(str(dep.path), field, str(e)) from None
+        if named != dep.config.gateway.id and dep.config.participant(named or "") is not None:
+            # Published as one of the gateway's keys: a unit's certificate here (a wrong file)
+            # would have the JWKS and gateway verify vouch for the unit's signatures as ours.
+            raise ConfigError(
+                str(dep.path),
+                field,
+                f"names the participant {named!r}, not the gateway {dep.config.gateway.id!r}: "
+                "the JWKS would publish that participant's key as the gateway's",
+            )
+        retired.append(old)
     try:
         return Keyring(key, chain, retired=retired)
     except CryptoError as e:
