@@ -388,3 +388,30 @@ def test_a_ca_file_that_also_holds_a_private_key_stops_start_up(cfg: Path, field
         create_app(load(cfg))
     assert e.value.field == f"gateway.{field}[0]"
     assert "bundle.pem holds a private key" in e.value.problem
+
+
+def test_a_checkpoint_key_that_is_the_gateway_signing_key_stops_start_up(cfg: Path) -> None:
+    """An Ed25519 gateway.key given as audit.checkpoint_key too was accepted: one key signed
+    receipts and checkpoint notes, and the JWKS listed its kid twice (once without the x5c a
+    JWS verifier needs), so a verifier picking the first entry by kid could fail receipts."""
+    from gateway.crypto import devpki
+
+    ca_key, ca_cert = _dev_ca(cfg)
+    key, cert = devpki.issue(
+        ca_key,  # type: ignore[arg-type]
+        ca_cert,  # type: ignore[arg-type]
+        "hcm.ttcds.gw",
+        now=datetime.now(UTC),
+        key_type="ed25519",
+        purposes=("signing",),
+    )
+    _install_gateway_cert(cfg, key, cert)
+    create_app(load(cfg))  # an Ed25519 gateway key of its own is fine
+    text = cfg.read_text()
+    old = 'checkpoint_key = "pki/checkpoint.key"'
+    assert old in text
+    cfg.write_text(text.replace(old, 'checkpoint_key = "pki/gateway.key"', 1))
+    with pytest.raises(ConfigError) as e:
+        create_app(load(cfg))
+    assert e.value.field == "audit.checkpoint_key"
+    assert "gateway's own signing key" in e.value.problem, e.value.problem

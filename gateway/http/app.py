@@ -93,15 +93,27 @@ def build_keyring(dep: Deployment) -> Keyring:
         raise ConfigError(str(dep.path), "gateway.certificate", str(e)) from None
 
 
-def build_note_keys(dep: Deployment) -> tuple[dict[str, Any], ...]:
-    """The checkpoint key's JWK (CONTRACT.md: published in the JWKS like the others), if any."""
+def build_note_keys(dep: Deployment, keyring: Keyring) -> tuple[dict[str, Any], ...]:
+    """The checkpoint key's JWK (CONTRACT.md: published in the JWKS like the others), if any.
+
+    Refused when it is one of the gateway's JWS keys (an Ed25519 ``gateway.key``, current or
+    retired): one key would then sign two formats, and the JWKS would list one kid twice,
+    once with the x5c a JWS verifier requires and once without."""
     try:
         signer = note_signer(dep)
     except (CryptoError, NoteError) as e:
         raise ConfigError(str(dep.path), "audit.checkpoint_key", str(e)) from None
     if signer is None:
         return ()
-    return (note_key_jwk(signer.public_key, signer.vkey()),)
+    jwk = note_key_jwk(signer.public_key, signer.vkey())
+    if keyring.find(jwk["kid"]) is not None:
+        raise ConfigError(
+            str(dep.path),
+            "audit.checkpoint_key",
+            "is the gateway's own signing key (gateway.key or a retired one): checkpoints "
+            "need a key of their own",
+        )
+    return (jwk,)
 
 
 def build_participants(dep: Deployment) -> dict[str, ParticipantAuth]:
@@ -381,7 +393,7 @@ def create_app(
     app[DEPLOYMENT] = dep
     app[KEYRING] = stages.keyring
     app[ANCHORS] = stages.anchors
-    app[NOTE_KEYS] = build_note_keys(dep)
+    app[NOTE_KEYS] = build_note_keys(dep, stages.keyring)
     app[CONNECTORS] = stages.connectors
     app[METRICS] = ExchangeMetrics(dep.services, multiprocess_dir=metrics_dir)
     app.cleanup_ctx.append(_resources(dep, stages, now, appender_address, rate))
