@@ -32,8 +32,8 @@ _MEDIA_TYPES = ("application/json", SIGNED_MEDIA_TYPE)
 
 def parse_request(raw: RawRequest, limits: Limits) -> Any:
     """The body as JSON (a JWS object for a signed request), or the GatewayError that says why
-    not: 503 worker at capacity, 408 body too slow, 413 too large, 400 bad ``Idempotency-Key``
-    or JSON, 415 media type.
+    not: 503 worker at capacity, 408 body too slow, 400 body cut short by the client leaving,
+    413 too large, 400 bad ``Idempotency-Key`` or JSON, 415 media type.
     """
     if raw.over_capacity:
         raise GatewayBusy(
@@ -42,6 +42,11 @@ def parse_request(raw: RawRequest, limits: Limits) -> Any:
         )
     if raw.body_timed_out:
         raise RequestTimeout.after("the body", limits.body_timeout)
+    if raw.client_gone:  # no one reads this answer; the audit record is what it is for
+        raise BadRequest(
+            "the connection closed before the whole body arrived; send the request again",
+            slug="incomplete-body",
+        )
     declared = raw.declared_length or 0
     if len(raw.body) > limits.max_body_bytes or declared > limits.max_body_bytes:
         raise PayloadTooLarge(f"the body exceeds the limit of {limits.max_body_bytes} bytes")

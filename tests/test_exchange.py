@@ -735,6 +735,44 @@ async def test_a_worker_at_its_concurrency_limit_refuses_with_503_before_reading
             assert status == 200, doc
 
 
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_a_client_that_leaves_mid_body_leaves_an_audited_rejection(
+    gw: Gateway, provider: Provider, how: str
+) -> None:
+    """An exchange whose client declares a body, sends half and goes (FIN or RST) was only a
+    ``http.client_disconnected`` log line: an exchange attempt with no audit record, against
+    CONTRACT.md. It is now an ``exchange.rejected`` record (400 ``incomplete-body``, the
+    declared size), like a body that arrives too late."""
+    import socket
+    import struct
+
+    host, port = gw.url.removeprefix("http://").split(":")
+    before = len(gw.records())
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /v1/exchange/{CITIZEN} HTTP/1.1\r\nHost: gw\r\n"
+        f"Authorization: Bearer {gw.token('hcm.quan-1')}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode()
+        + b'{"citizen_id": "0792'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.05)  # the handler is now waiting for the rest of the body
+    if how == "reset":
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    else:
+        writer.close()
+    async with asyncio.timeout(10):
+        while len(gw.records()) == before:
+            await asyncio.sleep(0.05)
+    [rec] = gw.records()[before:]
+    assert rec["event"] == "exchange.rejected"
+    assert (rec["cause"], rec["status"], rec["body_size"]) == ("incomplete-body", 400, 1000)
+    assert rec["service"] == CITIZEN
+    assert provider.received == []
+
+
 def test_token_buckets_refill_over_time() -> None:
     from gateway.errors import RateLimited
     from gateway.ratelimit import TokenBuckets

@@ -22,19 +22,24 @@ __all__ = ["Body", "read_body", "read_whole"]
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    """What arrived: the bytes (empty when over the limit or late), the declared length, and
-    whether the body was cut short by the timeout."""
+    """What arrived: the bytes (empty when over the limit, late or cut short), the declared
+    length, whether the body was cut short by the timeout, and whether the client closed the
+    connection before sending all of it (``client_gone``)."""
 
     data: bytes
     declared: int | None
     timed_out: bool = False
+    client_gone: bool = False
 
 
 async def read_body(request: web.Request, *, limit: int, time_limit: float) -> Body:
     """The body, never read whole when over ``limit`` (``declared`` then says more than
     ``limit``), and given up after ``time_limit`` seconds (``timed_out``).
 
-    The caller decides what each means (the exchange pipeline audits both as rejections). A
+    A client that closes (or resets) its connection mid-body gives ``client_gone``: the
+    exchange is still an attempt to audit, and an answer nobody will read costs nothing.
+
+    The caller decides what each means (the exchange pipeline audits all as rejections). A
     body given up on leaves unread bytes on the connection: the answer must close it
     (``web.StreamResponse.force_close``), or they would be read as the next request.
     """
@@ -48,12 +53,19 @@ async def read_body(request: web.Request, *, limit: int, time_limit: float) -> B
         return Body(b"", max(declared or 0, limit + 1))
     except TimeoutError:
         return Body(b"", declared, timed_out=True)
+    except ConnectionResetError:
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            raise  # not this request's connection: a fault to log as one
+        return Body(b"", declared, client_gone=True)
 
 
 async def read_whole(request: web.Request, *, limit: int, time_limit: float, what: str) -> bytes:
     """The body, or the problem a route that is not an exchange answers: 413 over ``limit``,
     408 after ``time_limit`` (the connection then closes; see :func:`read_body`)."""
     body = await read_body(request, limit=limit, time_limit=time_limit)
+    if body.client_gone:  # nobody to answer: gateway.http.middlewares logs the disconnect
+        raise ConnectionResetError("the client closed the connection mid-body")
     if body.timed_out:
         raise RequestTimeout.after(what, time_limit)
     if len(body.data) > limit or (body.declared is not None and body.declared > limit):

@@ -155,6 +155,7 @@ async def _exchange(
         declared_length=body.declared,
         body_timed_out=body.timed_out,
         over_capacity=not admitted,
+        client_gone=body.client_gone,
     )
     response: web.Response
     try:
@@ -178,7 +179,9 @@ async def _exchange(
             content_type=result.content_type,
             headers=headers,
         )
-    if body.timed_out or not admitted:  # the rest of that body is on its way: never read it
+    if (
+        body.timed_out or body.client_gone or not admitted
+    ):  # the rest of that body is on its way: never read it
         response.force_close()  # as a request, close the connection
     return response
 
