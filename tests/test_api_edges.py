@@ -422,6 +422,36 @@ async def test_a_client_gone_while_sending_its_body_is_a_disconnect_not_an_inter
     assert not [e for e in logs if e["event"] == "http.internal_error"], logs
 
 
+@pytest.mark.parametrize(
+    "path", ["/v1/verify", "/v1/witness/add-checkpoint", "/v1/audit/checkpoint"]
+)
+async def test_expectations_on_other_post_routes_get_problems_and_no_unwanted_100(
+    gw: Gateway, path: str
+) -> None:
+    """aiohttp answers ``Expect`` before any middleware: 100 Continue for a declared body over
+    the limit (sent only to be refused unread), and its own text/plain 417 for anything but
+    100-continue. Neither: no 100 for a body that will not be read, an unknown expectation
+    ignored (RFC 9110 10.1.1), and the answer is the route's own problem."""
+    import asyncio
+
+    port = int(gw.url.rsplit(":", 1)[1])
+    for expect, length in (("100-continue", 50_000_000), ("x-unheard-of", 0)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nExpect: {expect}\r\n"
+                f"Content-Length: {length}\r\n\r\n".encode()
+            )
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(65536), 10)
+        finally:
+            writer.close()
+        first = answer.split(b"\r\n", 1)[0]
+        assert b" 100 " not in first and b" 417 " not in first, (expect, answer[:300])
+        assert b"content-type: application/problem+json" in answer.lower(), (expect, answer)
+
+
 async def test_a_readiness_check_that_hangs_is_reported_failed_not_waited_for(
     tmp_path: Path, provider: Provider
 ) -> None:

@@ -773,6 +773,91 @@ async def test_a_client_that_leaves_mid_body_leaves_an_audited_rejection(
     assert provider.received == []
 
 
+async def _first_answer(gw: Gateway, head: str, body: bytes = b"") -> bytes:
+    """Send ``head`` (and ``body``) on a raw connection; what the server sends until it closes
+    or goes quiet for a second (bounded)."""
+    host, port = gw.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    got = b""
+    try:
+        writer.write(head.encode() + body)
+        await writer.drain()
+        for _ in range(100):
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), 1)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        writer.close()
+    return got
+
+
+async def test_expect_100_continue_is_not_sent_for_a_body_the_gateway_will_not_read(
+    gw: Gateway, provider: Provider
+) -> None:
+    """aiohttp answered every ``Expect: 100-continue`` with 100 Continue before any handler
+    ran, so a client declaring a body over the limit was told to send all of it, only to get
+    a 413 that never read it. Now the 413 (audited) comes instead of 100, and the connection
+    closes."""
+    head = (
+        f"POST /v1/exchange/{CITIZEN} HTTP/1.1\r\nHost: gw\r\n"
+        f"Authorization: Bearer {gw.token('hcm.quan-1')}\r\n"
+        "Content-Type: application/json\r\nExpect: 100-continue\r\n"
+        "Content-Length: 50000000\r\n\r\n"
+    )
+    answer = await _first_answer(gw, head)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"100 Continue" not in answer
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+    doc = orjson.loads(answer.partition(b"\r\n\r\n")[2])
+    rec = assert_rejected(gw, provider, 413, doc, "payload-too-large", 413)
+    assert rec["body_size"] == 50_000_000
+
+
+async def test_expect_100_continue_still_solicits_a_body_within_the_limit(
+    gw: Gateway, provider: Provider
+) -> None:
+    body = orjson.dumps(example(CITIZEN))
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{gw.url}/v1/exchange/{CITIZEN}",
+            data=body,
+            headers={
+                "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+                "Content-Type": "application/json",
+            },
+            expect100=True,
+        ) as r,
+    ):
+        assert r.status == 200, await r.text()
+
+
+async def test_an_unknown_expectation_is_an_audited_exchange_not_a_plain_text_417(
+    gw: Gateway, provider: Provider
+) -> None:
+    """aiohttp answered any ``Expect`` other than 100-continue with its own text/plain 417,
+    before the middlewares and the pipeline: no problem, no audit record. RFC 9110 10.1.1
+    lets a server ignore an expectation; the exchange is processed (and audited) as sent."""
+    body = orjson.dumps(example(CITIZEN))
+    head = (
+        f"POST /v1/exchange/{CITIZEN} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+        f"Authorization: Bearer {gw.token('hcm.quan-1')}\r\n"
+        "Content-Type: application/json\r\nExpect: x-unheard-of\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    answer = await _first_answer(gw, head, body)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    xid = orjson.loads(answer.partition(b"\r\n\r\n")[2])["exchange_id"]
+    assert [r["event"] for r in gw.records() if r["exchange_id"] == xid] == [
+        "exchange.accepted",
+        "exchange.delivered",
+    ]
+
+
 def test_token_buckets_refill_over_time() -> None:
     from gateway.errors import RateLimited
     from gateway.ratelimit import TokenBuckets

@@ -11,13 +11,14 @@ aiohttp as its keep-alive timeout).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from gateway.errors import PayloadTooLarge, RequestTimeout
 
-__all__ = ["Body", "read_body", "read_whole"]
+__all__ = ["Body", "continue_unless", "continue_within", "read_body", "read_whole"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +72,32 @@ async def read_whole(request: web.Request, *, limit: int, time_limit: float, wha
     if len(body.data) > limit or (body.declared is not None and body.declared > limit):
         raise PayloadTooLarge(f"{what} is larger than the body limit of {limit} bytes")
     return body.data
+
+
+def continue_unless(
+    refused: Callable[[web.Request], bool],
+) -> Callable[[web.Request], Awaitable[None]]:
+    """A route's ``expect_handler``: ``100 Continue`` only for a body the handler will read.
+
+    Why: aiohttp's default sends 100 Continue to every ``Expect: 100-continue`` before the
+    handler runs, so a client declaring a body over the limit is told to send it all, only to
+    be refused without it being read. When ``refused(request)`` (e.g. the declared length is
+    over the limit), nothing is sent: the handler answers (and closes the connection) before
+    the body comes. Any other expectation is ignored, as RFC 9110 10.1.1 allows: aiohttp's
+    answer to it was its own text/plain 417, made outside the middlewares (no problem, and an
+    exchange not audited). Never answers itself: the handler always runs.
+    """
+
+    async def expect(request: web.Request) -> None:
+        wanted = request.headers.get("Expect", "").strip().lower() == "100-continue"
+        if wanted and request.version == HttpVersion11 and not refused(request):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # as aiohttp's: the response proper has not begun
+
+    return expect
+
+
+def continue_within(limit: int) -> Callable[[web.Request], Awaitable[None]]:
+    """:func:`continue_unless` the declared body is over ``limit`` (a route using
+    :func:`read_whole`, which refuses such a body unread)."""
+    return continue_unless(lambda request: (request.content_length or 0) > limit)

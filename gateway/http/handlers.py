@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.audit.log import AuditUnavailable
 from gateway.errors import NotReady, StoreUnavailable
 from gateway.http import app as keys
-from gateway.http.bodies import Body, read_body
+from gateway.http.bodies import Body, continue_unless, read_body
 from gateway.http.middlewares import peer_certificate, problem_response
 from gateway.http.openapi import openapi_document
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -112,7 +112,15 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
     # Any segment is an exchange attempt (audited; a name that is no service is a 404 problem
     # from the pipeline): aiohttp's default segment pattern leaves out "{" and "}", and the
     # router's own 404 for those would not be audited.
-    app.router.add_post("/v1/exchange/{service:[^/]+}", exchange)
+    limit, in_flight = limits.max_body_bytes, app[_EXCHANGE].in_flight
+    app.router.add_post(
+        "/v1/exchange/{service:[^/]+}",
+        exchange,
+        # Neither a body over the limit nor one a full worker will not take is asked for.
+        expect_handler=continue_unless(
+            lambda r: (r.content_length or 0) > limit or in_flight.count >= in_flight.limit
+        ),
+    )
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -179,10 +187,11 @@ async def _exchange(
             content_type=result.content_type,
             headers=headers,
         )
-    if (
-        body.timed_out or body.client_gone or not admitted
-    ):  # the rest of that body is on its way: never read it
-        response.force_close()  # as a request, close the connection
+    unread = body.declared is not None and body.declared > settings.max_body_bytes
+    if body.timed_out or body.client_gone or unread or not admitted:
+        # The rest of that body may be on its way, unread: close the connection rather than
+        # read it as the next request, or make aiohttp read and discard it.
+        response.force_close()
     return response
 
 
