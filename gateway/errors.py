@@ -101,6 +101,15 @@ class MalformedJson(BadRequest):
     title = "Malformed JSON"
 
 
+class MalformedRequest(BadRequest):
+    """Not valid HTTP/1.1 (RFC 9112): refused by the HTTP parser, or a body that cannot be
+    decoded (chunked coding, Content-Encoding). The connection is closed after the answer:
+    what follows on it cannot be trusted to start a request."""
+
+    default_slug = "malformed-request"
+    title = "Malformed request"
+
+
 class Unauthenticated(GatewayError):
     """Uniform answer for every authentication failure; the cause goes in ``log_detail``."""
 

@@ -87,6 +87,7 @@ class RawRequest:
     body_timed_out: bool = False  # the body did not arrive within limits.body_timeout
     over_capacity: bool = False  # the worker had max_concurrent_exchanges going: body not read
     client_gone: bool = False  # the client closed its connection before the whole body came
+    body_malformed: str | None = None  # why the body could not be decoded (a fixed text)
 
     @property
     def received(self) -> str:

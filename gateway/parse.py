@@ -15,6 +15,7 @@ from gateway.errors import (
     BadRequest,
     GatewayBusy,
     MalformedJson,
+    MalformedRequest,
     PayloadTooLarge,
     RequestTimeout,
     UnsupportedMediaType,
@@ -32,7 +33,8 @@ _MEDIA_TYPES = ("application/json", SIGNED_MEDIA_TYPE)
 
 def parse_request(raw: RawRequest, limits: Limits) -> Any:
     """The body as JSON (a JWS object for a signed request), or the GatewayError that says why
-    not: 503 worker at capacity, 408 body too slow, 400 body cut short by the client leaving,
+    not: 503 worker at capacity, 408 body too slow, 400 body cut short by the client leaving
+    or not decodable,
     413 too large, 400 bad ``Idempotency-Key`` or JSON, 415 media type.
     """
     if raw.over_capacity:
@@ -42,6 +44,8 @@ def parse_request(raw: RawRequest, limits: Limits) -> Any:
         )
     if raw.body_timed_out:
         raise RequestTimeout.after("the body", limits.body_timeout)
+    if raw.body_malformed is not None:
+        raise MalformedRequest(raw.body_malformed)
     if raw.client_gone:  # no one reads this answer; the audit record is what it is for
         raise BadRequest(
             "the connection closed before the whole body arrived; send the request again",

@@ -858,6 +858,52 @@ async def test_an_unknown_expectation_is_an_audited_exchange_not_a_plain_text_41
     ]
 
 
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_body_that_cannot_be_decoded_is_an_audited_400_not_an_internal_error(
+    gw: Gateway, provider: Provider, coding: str
+) -> None:
+    """A body the HTTP layer cannot decode once the handler reads it (``Content-Encoding:
+    gzip`` over plain bytes) made aiohttp raise RequestPayloadError from ``request.read()``:
+    a 500 ``internal`` problem, an ``http.internal_error`` log line with a traceback, and no
+    audit record. It is the client's fault: a 400 ``malformed-request`` problem, audited,
+    the connection closed."""
+    from structlog.testing import capture_logs
+
+    body = orjson.dumps(example(CITIZEN))
+    host, port = gw.url.removeprefix("http://").split(":")
+    with capture_logs() as logs:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                f"POST /v1/exchange/{CITIZEN} HTTP/1.1\r\nHost: gw\r\n"
+                f"Authorization: Bearer {gw.token('hcm.quan-1')}\r\n"
+                f"Content-Type: application/json\r\nContent-Encoding: {coding}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)  # to the end: the server closes
+        finally:
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert not [e for e in logs if e["event"] == "http.internal_error"], logs
+    doc = orjson.loads(answer.partition(b"\r\n\r\n")[2])
+    assert_rejected(gw, provider, 400, doc, "malformed-request", 400)
+
+
+async def test_a_body_that_cannot_be_decoded_on_another_post_route_is_a_400(gw: Gateway) -> None:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{gw.url}/v1/verify",
+            data=b'{"not": "gzip"}',
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        ) as r,
+    ):
+        assert r.status == 400, await r.text()
+        assert (await r.json())["type"] == "urn:gateway:problem:malformed-request"
+
+
 def test_token_buckets_refill_over_time() -> None:
     from gateway.errors import RateLimited
     from gateway.ratelimit import TokenBuckets

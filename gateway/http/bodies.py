@@ -16,21 +16,24 @@ from dataclasses import dataclass
 
 from aiohttp import HttpVersion11, web
 
-from gateway.errors import PayloadTooLarge, RequestTimeout
+from gateway.errors import MalformedRequest, PayloadTooLarge, RequestTimeout
+from gateway.http.protocol import malformed_body_detail
 
 __all__ = ["Body", "continue_unless", "continue_within", "read_body", "read_whole"]
 
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    """What arrived: the bytes (empty when over the limit, late or cut short), the declared
-    length, whether the body was cut short by the timeout, and whether the client closed the
-    connection before sending all of it (``client_gone``)."""
+    """What arrived: the bytes (empty when over the limit, late, cut short or undecodable),
+    the declared length, whether the body was cut short by the timeout, whether the client
+    closed the connection before sending all of it (``client_gone``), and why it could not be
+    decoded (``malformed``: chunked coding or Content-Encoding, a fixed text)."""
 
     data: bytes
     declared: int | None
     timed_out: bool = False
     client_gone: bool = False
+    malformed: str | None = None
 
 
 async def read_body(request: web.Request, *, limit: int, time_limit: float) -> Body:
@@ -42,7 +45,8 @@ async def read_body(request: web.Request, *, limit: int, time_limit: float) -> B
 
     The caller decides what each means (the exchange pipeline audits all as rejections). A
     body given up on leaves unread bytes on the connection: the answer must close it
-    (``web.StreamResponse.force_close``), or they would be read as the next request.
+    (``web.StreamResponse.force_close``), or they would be read as the next request; so must
+    the answer to a body that cannot be decoded.
     """
     declared = request.content_length
     if declared is not None and declared > limit:
@@ -54,6 +58,8 @@ async def read_body(request: web.Request, *, limit: int, time_limit: float) -> B
         return Body(b"", max(declared or 0, limit + 1))
     except TimeoutError:
         return Body(b"", declared, timed_out=True)
+    except web.RequestPayloadError as e:  # the client's bytes, not our fault: never a 500
+        return Body(b"", declared, malformed=malformed_body_detail(e.__cause__))
     except ConnectionResetError:
         transport = request.transport
         if transport is not None and not transport.is_closing():
@@ -69,6 +75,8 @@ async def read_whole(request: web.Request, *, limit: int, time_limit: float, wha
         raise ConnectionResetError("the client closed the connection mid-body")
     if body.timed_out:
         raise RequestTimeout.after(what, time_limit)
+    if body.malformed is not None:
+        raise MalformedRequest(body.malformed)
     if len(body.data) > limit or (body.declared is not None and body.declared > limit):
         raise PayloadTooLarge(f"{what} is larger than the body limit of {limit} bytes")
     return body.data

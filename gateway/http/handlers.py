@@ -164,6 +164,7 @@ async def _exchange(
         body_timed_out=body.timed_out,
         over_capacity=not admitted,
         client_gone=body.client_gone,
+        body_malformed=body.malformed,
     )
     response: web.Response
     try:
@@ -188,7 +189,8 @@ async def _exchange(
             headers=headers,
         )
     unread = body.declared is not None and body.declared > settings.max_body_bytes
-    if body.timed_out or body.client_gone or unread or not admitted:
+    cut = body.timed_out or body.client_gone or body.malformed is not None
+    if cut or unread or not admitted:
         # The rest of that body may be on its way, unread: close the connection rather than
         # read it as the next request, or make aiohttp read and discard it.
         response.force_close()

@@ -36,13 +36,11 @@ from aiohttp.http_exceptions import (
     TransferEncodingError,
 )
 
-from gateway.errors import PROBLEM_BASE
+from gateway.errors import PROBLEM_BASE, MalformedRequest
 
-__all__ = ["MALFORMED_REQUEST", "GatewayRunner", "malformed_detail"]
+__all__ = ["GatewayRunner", "malformed_body_detail", "malformed_detail"]
 
 log = structlog.get_logger("gateway.http")
-
-MALFORMED_REQUEST = PROBLEM_BASE + "malformed-request"
 
 # Most specific first (BadHttpMethod is a BadStatusLine). Fixed texts: the exception's own
 # message quotes the raw bytes.
@@ -64,6 +62,17 @@ _DETAILS: tuple[tuple[type[HttpProcessingError], str], ...] = (
     (ContentLengthError, "the body does not match its Content-Length"),
     (ContentEncodingError, "the body's Content-Encoding cannot be decoded"),
 )
+
+
+def malformed_body_detail(exc: BaseException | None) -> str:
+    """:func:`malformed_detail` for a body that failed once its handler read it: aiohttp's
+    RequestPayloadError, whose cause (when it names one) is the parser's error."""
+    if isinstance(exc, HttpProcessingError):
+        return malformed_detail(exc)
+    return (
+        "the request is not valid HTTP/1.1: its body cannot be decoded (invalid chunked"
+        " coding, or not in the Content-Encoding it names)"
+    )
 
 
 def malformed_detail(exc: BaseException | None) -> str:
@@ -95,12 +104,7 @@ class _ProblemRequestHandler(web.RequestHandler):
             raise ConnectionError("the response had begun; the connection is broken")
         if status < 500:
             log.info("http.malformed_request", error=type(exc).__name__, status=status)
-            doc = {
-                "type": MALFORMED_REQUEST,
-                "title": "Malformed request",
-                "status": status,
-                "detail": malformed_detail(exc),
-            }
+            doc = {**MalformedRequest(malformed_detail(exc)).problem(), "status": status}
         else:
             log.error("http.server_error", status=status, exc_info=exc)
             doc = {
