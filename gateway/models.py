@@ -88,6 +88,7 @@ class RawRequest:
     over_capacity: bool = False  # the worker had max_concurrent_exchanges going: body not read
     client_gone: bool = False  # the client closed its connection before the whole body came
     body_malformed: str | None = None  # why the body could not be decoded (a fixed text)
+    repeated_header: str | None = None  # a one-value header (Authorization...) given twice
 
     @property
     def received(self) -> str:

@@ -904,6 +904,27 @@ async def test_a_body_that_cannot_be_decoded_on_another_post_route_is_a_400(gw: 
         assert (await r.json())["type"] == "urn:gateway:problem:malformed-request"
 
 
+@pytest.mark.parametrize("header", ["Authorization", "Idempotency-Key"])
+async def test_a_repeated_authorization_or_idempotency_key_is_an_audited_400(
+    gw: Gateway, provider: Provider, header: str
+) -> None:
+    """Each names one value (RFC 9110 11.6.2; an Idempotency-Key is a structured Item).
+    Given twice, the gateway silently used the first while a proxy in front may act on the
+    last (or join them): two bearer tokens authenticated as the first, two keys deduplicated
+    on the first. Which one the sender meant is unknowable: a 400 naming the header, audited."""
+    token = f"Bearer {gw.token('hcm.quan-1')}"
+    values = {"Authorization": (token, f"Bearer {gw.token('hcm.thu-duc')}")}
+    first, second = values.get(header, ("key-one", "key-two"))
+    extra = b"" if header == "Authorization" else f"Authorization: {token}\r\n".encode()
+    status, doc = await _post_raw_header(
+        gw,
+        f"/v1/exchange/{CITIZEN}",
+        extra + f"{header}: {first}\r\n{header}: {second}".encode(),
+    )
+    assert_rejected(gw, provider, status, doc, "bad-request", 400)
+    assert header in doc["detail"]
+
+
 def test_token_buckets_refill_over_time() -> None:
     from gateway.errors import RateLimited
     from gateway.ratelimit import TokenBuckets

@@ -65,6 +65,10 @@ class InFlight:
 
 
 _EXCHANGE = web.AppKey("exchange_settings", _ExchangeSettings)
+# Headers that name one value (RFC 9110 11.6.2; an Idempotency-Key is a structured Item):
+# given twice, which one the sender meant is unknowable (aiohttp already refuses a repeated
+# Content-Type or Content-Length).
+_ONE_VALUE = ("Authorization", "Idempotency-Key")
 
 READY_AFTER_FAILURE_SECONDS = 5.0
 
@@ -150,6 +154,7 @@ async def _exchange(
         body = await read_body(request, limit=limit, time_limit=time_limit)
     else:
         body = Body(b"", request.content_length)
+    fields = request.headers
     raw = RawRequest(
         service=request.match_info["service"],
         body=body.data,
@@ -157,14 +162,15 @@ async def _exchange(
         received_at=received_at,
         received_text=rfc3339(received_at),
         peer_cert_der=peer_certificate(request),
-        authorization=request.headers.get("Authorization"),
-        idempotency_key=request.headers.get("Idempotency-Key"),
+        authorization=fields.get("Authorization"),
+        idempotency_key=fields.get("Idempotency-Key"),
         remote=request.remote,
         declared_length=body.declared,
         body_timed_out=body.timed_out,
         over_capacity=not admitted,
         client_gone=body.client_gone,
         body_malformed=body.malformed,
+        repeated_header=next((h for h in _ONE_VALUE if len(fields.getall(h, ())) > 1), None),
     )
     response: web.Response
     try:
