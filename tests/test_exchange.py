@@ -597,6 +597,58 @@ async def test_provider_failures_are_5xx_and_audited(
     assert events == [("exchange.accepted", None), ("exchange.failed", slug)]
 
 
+async def test_a_connector_that_crashes_leaves_an_outcome_record_and_an_exchange_id(
+    tmp_path: Path,
+) -> None:
+    """A connector plugin raising something other than its errors (a bug: KeyError, a
+    driver's own exception) escaped the pipeline: a 500 without ``exchange_id``, and an
+    exchange whose audit trail stopped at "accepted", forever in flight for auditors and for
+    GET /v1/exchanges/{id}. Now its outcome is audited (``exchange.failed``, 502
+    ``provider-failed``, as any failure to deliver) and the problem names the exchange."""
+    from aiohttp import web
+    from structlog.testing import capture_logs
+
+    from gateway.http import app as keys
+    from gateway.http.app import create_app
+    from gateway.http.protocol import GatewayRunner
+    from gateway.testing import FakeConnector
+    from tests.support import audit_records
+
+    class Crashing(FakeConnector):
+        async def deliver(self, message: Any) -> Any:
+            raise KeyError("a bug in the plugin")
+
+    cfg = make_deployment(tmp_path / "dep")
+    app = create_app(load(cfg))
+    app[keys.CONNECTORS][CITIZEN] = Crashing()
+    runner = GatewayRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/exchange/{CITIZEN}"
+        token = (cfg.parent / "participants" / "hcm.quan-1" / "token").read_text().strip()
+        with capture_logs() as logs:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(
+                    url, json=example(CITIZEN), headers={"Authorization": f"Bearer {token}"}
+                ) as r,
+            ):
+                status, doc = r.status, await r.json(content_type=None)
+    finally:
+        await runner.cleanup()
+    assert status == 502 and doc["type"].endswith(":provider-failed"), doc
+    assert "KeyError" not in doc["detail"]
+    records = [r for r in audit_records(cfg.parent) if r["exchange_id"] == doc["exchange_id"]]
+    assert [(r["event"], r.get("cause")) for r in records] == [
+        ("exchange.accepted", None),
+        ("exchange.failed", "provider-failed"),
+    ]
+    crashed = [e for e in logs if e["event"] == "exchange.connector_crashed"]
+    assert crashed and crashed[0]["exc_info"], logs
+
+
 async def test_no_route_and_wrong_method_are_problems_not_500(gw: Gateway) -> None:
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{gw.url}/v1/exchange/{CITIZEN}") as r:
