@@ -576,6 +576,21 @@ async def test_a_service_name_outside_the_default_route_pattern_is_an_audited_40
     assert_rejected(gw, provider, status, doc, "unknown-service", 404)
 
 
+@pytest.mark.parametrize("service", [f"{CITIZEN}/", "", "a/b", f"{CITIZEN}/..", "%2F"])
+async def test_any_post_under_the_exchange_prefix_is_an_audited_exchange_attempt(
+    gw: Gateway, provider: Provider, service: str
+) -> None:
+    """A trailing slash, an empty name or one with a "/" in it got the router's 404: a POST
+    that is plainly an exchange attempt, neither seen by the pipeline nor audited."""
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": "application/json",
+    }
+    status, _, doc = await post(gw, service, orjson.dumps(example(CITIZEN)), headers)
+    rec = assert_rejected(gw, provider, status, doc, "unknown-service", 404)
+    assert rec["service"] is None
+
+
 # ------------------------------------------------------------------ (6)/(7) provider failures
 @pytest.mark.parametrize(
     ("mode", "slug", "code"),

@@ -113,12 +113,13 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
         app[keys.METRICS],
         InFlight(limits.max_concurrent_exchanges),
     )
-    # Any segment is an exchange attempt (audited; a name that is no service is a 404 problem
-    # from the pipeline): aiohttp's default segment pattern leaves out "{" and "}", and the
-    # router's own 404 for those would not be audited.
+    # Any POST under the prefix is an exchange attempt (audited; a name that is no service is
+    # a 404 problem from the pipeline), whatever follows it: braces (left out of aiohttp's
+    # default segment pattern), a trailing slash, no name, a "/" in it. The router's own 404
+    # for those would not be audited.
     limit, in_flight = limits.max_body_bytes, app[_EXCHANGE].in_flight
     app.router.add_post(
-        "/v1/exchange/{service:[^/]+}",
+        "/v1/exchange/{service:.*}",
         exchange,
         # Neither a body over the limit nor one a full worker will not take is asked for.
         expect_handler=continue_unless(
