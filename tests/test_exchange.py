@@ -576,7 +576,9 @@ async def test_a_service_name_outside_the_default_route_pattern_is_an_audited_40
     assert_rejected(gw, provider, status, doc, "unknown-service", 404)
 
 
-@pytest.mark.parametrize("service", [f"{CITIZEN}/", "", "a/b", f"{CITIZEN}/..", "%2F"])
+@pytest.mark.parametrize(
+    "service", [f"{CITIZEN}/", "", "a/b", f"{CITIZEN}/..", "%2F", "%0A", "a%0A"]
+)
 async def test_any_post_under_the_exchange_prefix_is_an_audited_exchange_attempt(
     gw: Gateway, provider: Provider, service: str
 ) -> None:

@@ -119,7 +119,7 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
     # for those would not be audited.
     limit, in_flight = limits.max_body_bytes, app[_EXCHANGE].in_flight
     app.router.add_post(
-        "/v1/exchange/{service:.*}",
+        r"/v1/exchange/{service:[\s\S]*}",  # "." would leave out a newline
         exchange,
         # Neither a body over the limit nor one a full worker will not take is asked for.
         expect_handler=continue_unless(
