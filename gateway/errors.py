@@ -5,7 +5,8 @@ into an RFC 9457 ``application/problem+json`` answer. The ``slug`` is part of th
 contract (clients switch on it), so it never changes once published.
 
     GatewayError
-    +-- BadRequest               400  malformed-json, bad-request
+    +-- BadRequest               400  malformed-json, bad-request, incomplete-body (the client
+                                       left mid-body), malformed-request (not HTTP/1.1)
     +-- Unauthenticated          401  unauthenticated (one answer for every cause: no oracle)
     +-- Forbidden                403  forbidden
     +-- NotFound                 404  unknown-service, not-found
@@ -98,6 +99,15 @@ class BadRequest(GatewayError):
 class MalformedJson(BadRequest):
     default_slug = "malformed-json"
     title = "Malformed JSON"
+
+
+class MalformedRequest(BadRequest):
+    """Not valid HTTP/1.1 (RFC 9112): refused by the HTTP parser, or a body that cannot be
+    decoded (chunked coding, Content-Encoding). The connection is closed after the answer:
+    what follows on it cannot be trusted to start a request."""
+
+    default_slug = "malformed-request"
+    title = "Malformed request"
 
 
 class Unauthenticated(GatewayError):

@@ -86,6 +86,9 @@ class RawRequest:
     received_text: str = ""  # rfc3339(received_at), when the caller has it already
     body_timed_out: bool = False  # the body did not arrive within limits.body_timeout
     over_capacity: bool = False  # the worker had max_concurrent_exchanges going: body not read
+    client_gone: bool = False  # the client closed its connection before the whole body came
+    body_malformed: str | None = None  # why the body could not be decoded (a fixed text)
+    repeated_header: str | None = None  # a one-value header (Authorization...) given twice
 
     @property
     def received(self) -> str:

@@ -15,6 +15,7 @@ from gateway.errors import (
     BadRequest,
     GatewayBusy,
     MalformedJson,
+    MalformedRequest,
     PayloadTooLarge,
     RequestTimeout,
     UnsupportedMediaType,
@@ -32,8 +33,9 @@ _MEDIA_TYPES = ("application/json", SIGNED_MEDIA_TYPE)
 
 def parse_request(raw: RawRequest, limits: Limits) -> Any:
     """The body as JSON (a JWS object for a signed request), or the GatewayError that says why
-    not: 503 worker at capacity, 408 body too slow, 413 too large, 400 bad ``Idempotency-Key``
-    or JSON, 415 media type.
+    not: 503 worker at capacity, 408 body too slow, 400 body cut short by the client leaving
+    or not decodable, 413 too large, 400 a repeated one-value header, a bad
+    ``Idempotency-Key`` or JSON, 415 media type.
     """
     if raw.over_capacity:
         raise GatewayBusy(
@@ -42,9 +44,20 @@ def parse_request(raw: RawRequest, limits: Limits) -> Any:
         )
     if raw.body_timed_out:
         raise RequestTimeout.after("the body", limits.body_timeout)
+    if raw.body_malformed is not None:
+        raise MalformedRequest(raw.body_malformed)
+    if raw.client_gone:  # no one reads this answer; the audit record is what it is for
+        raise BadRequest(
+            "the connection closed before the whole body arrived; send the request again",
+            slug="incomplete-body",
+        )
     declared = raw.declared_length or 0
     if len(raw.body) > limits.max_body_bytes or declared > limits.max_body_bytes:
         raise PayloadTooLarge(f"the body exceeds the limit of {limits.max_body_bytes} bytes")
+    if raw.repeated_header is not None:
+        raise BadRequest(
+            f"send one {raw.repeated_header} header, not several: which one is meant is unknowable"
+        )
     key = raw.idempotency_key
     if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID)")

@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
+import structlog
 
 from gateway import idempotency, records
 from gateway.acl import AccessList, Grant
@@ -55,6 +56,8 @@ from gateway.parse import parse_request
 from gateway.ratelimit import RateLimiter, TokenBuckets
 from gateway.records import sha256_hex
 from gateway.validation import CompiledSchema
+
+log = structlog.get_logger("gateway.exchange")
 
 ENVELOPE_TYP = "envelope+jws"
 RECEIPT_TYP = "receipt+jws"
@@ -331,6 +334,11 @@ class Pipeline:
             ) from None
         except DeliveryFailed as e:
             raise ProviderFailed(f"{svc.provider} could not be reached or failed: {e}") from None
+        except Exception:  # a connector's bug: audit an outcome, or it stays "accepted" for ever
+            log.exception("exchange.connector_crashed", exchange_id=message.exchange_id)
+            raise ProviderFailed(
+                f"the connector to {svc.provider} failed unexpectedly; the error was logged"
+            ) from None
         finally:
             spent.upstream += time.perf_counter() - started
         return result.response, result.attempts

@@ -30,6 +30,7 @@ from gateway.crypto import jws
 from gateway.crypto.keys import load_certificates, load_private_key
 from gateway.devinit import init_deployment
 from gateway.http.app import create_app, server_ssl_context
+from gateway.http.protocol import GatewayRunner
 from gateway.models import rfc3339
 
 SERVICES = ("citizen-lookup.v1", "pilot-progress-report.v1", "budget-proposal.v1")
@@ -174,7 +175,7 @@ async def running_gateway(
 ) -> AsyncIterator[Gateway]:
     dep = load(config)
     app = create_app(dep, clock=clock)
-    runner = web.AppRunner(app, access_log=None)
+    runner = GatewayRunner(app, access_log=None)  # as `gateway serve` runs it
     await runner.setup()
     ctx = server_ssl_context(dep)
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)

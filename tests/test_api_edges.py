@@ -255,6 +255,69 @@ def test_a_request_aiohttp_cannot_parse_leaves_no_token_or_path_in_the_log(
     assert len(malformed) == 2, output[-3000:]
 
 
+_MALFORMED = {
+    "not HTTP at all (TLS to the plain port)": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    "a bad request line": b"GARBAGE\r\n\r\n",
+    "a control character in a header": b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-A: a\x01b\r\n\r\n",
+    "a header line over the limit": b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-A: "
+    + b"a" * 9000
+    + b"\r\n\r\n",
+    "a request line over the limit": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "bad chunked encoding": b"POST /v1/exchange/citizen-lookup.v1 HTTP/1.1\r\nHost: gw\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n",
+    "an invalid Content-Length": b"POST /v1/exchange/citizen-lookup.v1 HTTP/1.1\r\nHost: gw\r\n"
+    b"Content-Length: abc\r\n\r\n",
+    "two Content-Lengths": b"POST /v1/exchange/citizen-lookup.v1 HTTP/1.1\r\nHost: gw\r\n"
+    b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    "Content-Length with chunked": b"POST /v1/verify HTTP/1.1\r\nHost: gw\r\n"
+    b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+}
+
+
+def _raw_exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """Send ``request`` as is; the answer's head and body, read until the server closes."""
+    import socket
+
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        for _ in range(1000):  # until the server closes the connection (bounded)
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_a_request_aiohttp_cannot_parse_is_answered_with_a_problem_and_closed(
+    tmp_path: Path,
+) -> None:
+    """aiohttp's parser refuses these before any route or middleware runs, and answered each
+    with its own text/plain 400 that quoted the offending raw line back (a bearer token, a
+    citizen id in a path). Under `gateway serve` each is now an RFC 9457 problem with a stable
+    type and a fixed, actionable detail, and the connection is closed (``recv`` sees its end).
+    """
+    from tests.support import ServerProcess
+
+    cfg = make_deployment(tmp_path / "dep")
+    server = ServerProcess(cfg)
+    try:
+        answers = {what: _raw_exchange(server.port, req) for what, req in _MALFORMED.items()}
+    finally:
+        output = server.stop()
+    for what, (head, body) in answers.items():
+        assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0], (what, head)
+        assert b"content-type: application/problem+json" in head.lower(), (what, head)
+        doc = orjson.loads(body)
+        assert doc["type"] == "urn:gateway:problem:malformed-request", (what, doc)
+        assert doc["status"] == 400 and doc["detail"], (what, doc)
+        assert b"aaaa" not in body and b"abc" not in body, (what, doc)  # nothing echoed back
+    assert "Traceback" not in output
+    malformed = [line for line in output.splitlines() if '"event":"http.malformed_request"' in line]
+    assert len(malformed) == len(_MALFORMED), output[-3000:]
+
+
 async def test_no_checkpoint_because_none_are_configured_says_so_instead_of_retry(
     plain_gw: Gateway,
 ) -> None:
@@ -357,6 +420,36 @@ async def test_a_client_gone_while_sending_its_body_is_a_disconnect_not_an_inter
             while sum(e["event"] in events for e in logs) < 3:
                 await asyncio.sleep(0.05)
     assert not [e for e in logs if e["event"] == "http.internal_error"], logs
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/verify", "/v1/witness/add-checkpoint", "/v1/audit/checkpoint"]
+)
+async def test_expectations_on_other_post_routes_get_problems_and_no_unwanted_100(
+    gw: Gateway, path: str
+) -> None:
+    """aiohttp answers ``Expect`` before any middleware: 100 Continue for a declared body over
+    the limit (sent only to be refused unread), and its own text/plain 417 for anything but
+    100-continue. Neither: no 100 for a body that will not be read, an unknown expectation
+    ignored (RFC 9110 10.1.1), and the answer is the route's own problem."""
+    import asyncio
+
+    port = int(gw.url.rsplit(":", 1)[1])
+    for expect, length in (("100-continue", 50_000_000), ("x-unheard-of", 0)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nExpect: {expect}\r\n"
+                f"Content-Length: {length}\r\n\r\n".encode()
+            )
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(65536), 10)
+        finally:
+            writer.close()
+        first = answer.split(b"\r\n", 1)[0]
+        assert b" 100 " not in first and b" 417 " not in first, (expect, answer[:300])
+        assert b"content-type: application/problem+json" in answer.lower(), (expect, answer)
 
 
 async def test_a_readiness_check_that_hangs_is_reported_failed_not_waited_for(

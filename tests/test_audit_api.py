@@ -607,6 +607,42 @@ async def test_exchange_state_for_its_sender_and_operators_only(
     assert (doc["state"], doc["status"], doc["cause"]) == ("rejected", 403, "forbidden")
 
 
+async def test_exchange_state_lists_every_record_of_a_much_replayed_exchange_page_by_page(
+    gw: Gateway,
+) -> None:
+    """Each answer given again under an Idempotency-Key is audited against the original
+    exchange, so an exchange gathers any number of records; the state listed its first 100
+    and silently dropped the rest. Now the list comes in pages, with ``next_cursor`` (null on
+    the last page), and the summary is the exchange's whichever page is asked for."""
+    replays = 120
+    headers = {**participant(gw, "hcm.quan-1"), "Idempotency-Key": str(uuid7())}
+    async with aiohttp.ClientSession() as s:
+        for _ in range(replays + 1):
+            async with s.post(
+                f"{gw.url}/v1/exchange/{CITIZEN}", json=example(CITIZEN), headers=headers
+            ) as r:
+                assert r.status == 200, await r.text()
+                xid = r.headers["X-Exchange-Id"]
+    path = f"/v1/exchanges/{xid}"
+    listed: list[dict[str, Any]] = []
+    params: dict[str, str] = {}
+    for _ in range(10):  # bounded: 122 records are two pages
+        status, _, doc = await call(gw, path, participant(gw, "hcm.quan-1"), params=params)
+        assert status == 200, doc
+        assert (doc["state"], doc["status"]) == ("delivered", 200)
+        listed += doc["records"]
+        if doc["next_cursor"] is None:
+            break
+        params = {"cursor": doc["next_cursor"]}
+    events = [r["event"] for r in listed]
+    assert events == ["exchange.accepted", "exchange.delivered"] + ["exchange.replayed"] * replays
+    assert [r["index"] for r in listed] == sorted({r["index"] for r in listed})
+    status, _, doc = await call(gw, path, role(gw, OPERATOR), params={"cursor": "nonsense"})
+    assert status == 400 and "cursor" in doc["detail"]
+    status, _, doc = await call(gw, path, role(gw, OPERATOR), params={"limit": "5"})
+    assert status == 400 and "limit" in doc["detail"]  # unknown parameters are not ignored
+
+
 async def test_exchange_proof_bundle_completes_the_receipt(gw: Gateway) -> None:
     ok = await send(gw, "hcm.quan-1", CITIZEN)
     await send(gw, "hcm.thu-duc", CITIZEN)

@@ -616,6 +616,23 @@ async def test_a_service_name_outside_the_default_route_pattern_is_an_audited_40
     assert_rejected(gw, provider, status, doc, "unknown-service", 404)
 
 
+@pytest.mark.parametrize(
+    "service", [f"{CITIZEN}/", "", "a/b", f"{CITIZEN}/..", "%2F", "%0A", "a%0A"]
+)
+async def test_any_post_under_the_exchange_prefix_is_an_audited_exchange_attempt(
+    gw: Gateway, provider: Provider, service: str
+) -> None:
+    """A trailing slash, an empty name or one with a "/" in it got the router's 404: a POST
+    that is plainly an exchange attempt, neither seen by the pipeline nor audited."""
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": "application/json",
+    }
+    status, _, doc = await post(gw, service, orjson.dumps(example(CITIZEN)), headers)
+    rec = assert_rejected(gw, provider, status, doc, "unknown-service", 404)
+    assert rec["service"] is None
+
+
 # ------------------------------------------------------------------ (6)/(7) provider failures
 @pytest.mark.parametrize(
     ("mode", "slug", "code"),
@@ -635,6 +652,58 @@ async def test_provider_failures_are_5xx_and_audited(
     assert status == code and doc["type"].endswith(":" + slug), doc
     events = [(r["event"], r.get("cause")) for r in gw.records()]
     assert events == [("exchange.accepted", None), ("exchange.failed", slug)]
+
+
+async def test_a_connector_that_crashes_leaves_an_outcome_record_and_an_exchange_id(
+    tmp_path: Path,
+) -> None:
+    """A connector plugin raising something other than its errors (a bug: KeyError, a
+    driver's own exception) escaped the pipeline: a 500 without ``exchange_id``, and an
+    exchange whose audit trail stopped at "accepted", forever in flight for auditors and for
+    GET /v1/exchanges/{id}. Now its outcome is audited (``exchange.failed``, 502
+    ``provider-failed``, as any failure to deliver) and the problem names the exchange."""
+    from aiohttp import web
+    from structlog.testing import capture_logs
+
+    from gateway.http import app as keys
+    from gateway.http.app import create_app
+    from gateway.http.protocol import GatewayRunner
+    from gateway.testing import FakeConnector
+    from tests.support import audit_records
+
+    class Crashing(FakeConnector):
+        async def deliver(self, message: Any) -> Any:
+            raise KeyError("a bug in the plugin")
+
+    cfg = make_deployment(tmp_path / "dep")
+    app = create_app(load(cfg))
+    app[keys.CONNECTORS][CITIZEN] = Crashing()
+    runner = GatewayRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/exchange/{CITIZEN}"
+        token = (cfg.parent / "participants" / "hcm.quan-1" / "token").read_text().strip()
+        with capture_logs() as logs:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(
+                    url, json=example(CITIZEN), headers={"Authorization": f"Bearer {token}"}
+                ) as r,
+            ):
+                status, doc = r.status, await r.json(content_type=None)
+    finally:
+        await runner.cleanup()
+    assert status == 502 and doc["type"].endswith(":provider-failed"), doc
+    assert "KeyError" not in doc["detail"]
+    records = [r for r in audit_records(cfg.parent) if r["exchange_id"] == doc["exchange_id"]]
+    assert [(r["event"], r.get("cause")) for r in records] == [
+        ("exchange.accepted", None),
+        ("exchange.failed", "provider-failed"),
+    ]
+    crashed = [e for e in logs if e["event"] == "exchange.connector_crashed"]
+    assert crashed and crashed[0]["exc_info"], logs
 
 
 async def test_no_route_and_wrong_method_are_problems_not_500(gw: Gateway) -> None:
@@ -773,6 +842,196 @@ async def test_a_worker_at_its_concurrency_limit_refuses_with_503_before_reading
             slow.mode = "ok"  # places are free again
             status, _, doc = await post(gw, CITIZEN, body, headers)
             assert status == 200, doc
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_a_client_that_leaves_mid_body_leaves_an_audited_rejection(
+    gw: Gateway, provider: Provider, how: str
+) -> None:
+    """An exchange whose client declares a body, sends half and goes (FIN or RST) was only a
+    ``http.client_disconnected`` log line: an exchange attempt with no audit record, against
+    CONTRACT.md. It is now an ``exchange.rejected`` record (400 ``incomplete-body``, the
+    declared size), like a body that arrives too late."""
+    import socket
+    import struct
+
+    host, port = gw.url.removeprefix("http://").split(":")
+    before = len(gw.records())
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /v1/exchange/{CITIZEN} HTTP/1.1\r\nHost: gw\r\n"
+        f"Authorization: Bearer {gw.token('hcm.quan-1')}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode()
+        + b'{"citizen_id": "0792'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.05)  # the handler is now waiting for the rest of the body
+    if how == "reset":
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    else:
+        writer.close()
+    async with asyncio.timeout(10):
+        while len(gw.records()) == before:
+            await asyncio.sleep(0.05)
+    [rec] = gw.records()[before:]
+    assert rec["event"] == "exchange.rejected"
+    assert (rec["cause"], rec["status"], rec["body_size"]) == ("incomplete-body", 400, 1000)
+    assert rec["service"] == CITIZEN
+    assert provider.received == []
+
+
+async def _first_answer(gw: Gateway, head: str, body: bytes = b"") -> bytes:
+    """Send ``head`` (and ``body``) on a raw connection; what the server sends until it closes
+    or goes quiet for a second (bounded)."""
+    host, port = gw.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    got = b""
+    try:
+        writer.write(head.encode() + body)
+        await writer.drain()
+        for _ in range(100):
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), 1)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        writer.close()
+    return got
+
+
+async def test_expect_100_continue_is_not_sent_for_a_body_the_gateway_will_not_read(
+    gw: Gateway, provider: Provider
+) -> None:
+    """aiohttp answered every ``Expect: 100-continue`` with 100 Continue before any handler
+    ran, so a client declaring a body over the limit was told to send all of it, only to get
+    a 413 that never read it. Now the 413 (audited) comes instead of 100, and the connection
+    closes."""
+    head = (
+        f"POST /v1/exchange/{CITIZEN} HTTP/1.1\r\nHost: gw\r\n"
+        f"Authorization: Bearer {gw.token('hcm.quan-1')}\r\n"
+        "Content-Type: application/json\r\nExpect: 100-continue\r\n"
+        "Content-Length: 50000000\r\n\r\n"
+    )
+    answer = await _first_answer(gw, head)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"100 Continue" not in answer
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+    doc = orjson.loads(answer.partition(b"\r\n\r\n")[2])
+    rec = assert_rejected(gw, provider, 413, doc, "payload-too-large", 413)
+    assert rec["body_size"] == 50_000_000
+
+
+async def test_expect_100_continue_still_solicits_a_body_within_the_limit(
+    gw: Gateway, provider: Provider
+) -> None:
+    body = orjson.dumps(example(CITIZEN))
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{gw.url}/v1/exchange/{CITIZEN}",
+            data=body,
+            headers={
+                "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+                "Content-Type": "application/json",
+            },
+            expect100=True,
+        ) as r,
+    ):
+        assert r.status == 200, await r.text()
+
+
+async def test_an_unknown_expectation_is_an_audited_exchange_not_a_plain_text_417(
+    gw: Gateway, provider: Provider
+) -> None:
+    """aiohttp answered any ``Expect`` other than 100-continue with its own text/plain 417,
+    before the middlewares and the pipeline: no problem, no audit record. RFC 9110 10.1.1
+    lets a server ignore an expectation; the exchange is processed (and audited) as sent."""
+    body = orjson.dumps(example(CITIZEN))
+    head = (
+        f"POST /v1/exchange/{CITIZEN} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+        f"Authorization: Bearer {gw.token('hcm.quan-1')}\r\n"
+        "Content-Type: application/json\r\nExpect: x-unheard-of\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    answer = await _first_answer(gw, head, body)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    xid = orjson.loads(answer.partition(b"\r\n\r\n")[2])["exchange_id"]
+    assert [r["event"] for r in gw.records() if r["exchange_id"] == xid] == [
+        "exchange.accepted",
+        "exchange.delivered",
+    ]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_body_that_cannot_be_decoded_is_an_audited_400_not_an_internal_error(
+    gw: Gateway, provider: Provider, coding: str
+) -> None:
+    """A body the HTTP layer cannot decode once the handler reads it (``Content-Encoding:
+    gzip`` over plain bytes) made aiohttp raise RequestPayloadError from ``request.read()``:
+    a 500 ``internal`` problem, an ``http.internal_error`` log line with a traceback, and no
+    audit record. It is the client's fault: a 400 ``malformed-request`` problem, audited,
+    the connection closed."""
+    from structlog.testing import capture_logs
+
+    body = orjson.dumps(example(CITIZEN))
+    host, port = gw.url.removeprefix("http://").split(":")
+    with capture_logs() as logs:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                f"POST /v1/exchange/{CITIZEN} HTTP/1.1\r\nHost: gw\r\n"
+                f"Authorization: Bearer {gw.token('hcm.quan-1')}\r\n"
+                f"Content-Type: application/json\r\nContent-Encoding: {coding}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)  # to the end: the server closes
+        finally:
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert not [e for e in logs if e["event"] == "http.internal_error"], logs
+    doc = orjson.loads(answer.partition(b"\r\n\r\n")[2])
+    assert_rejected(gw, provider, 400, doc, "malformed-request", 400)
+
+
+async def test_a_body_that_cannot_be_decoded_on_another_post_route_is_a_400(gw: Gateway) -> None:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{gw.url}/v1/verify",
+            data=b'{"not": "gzip"}',
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        ) as r,
+    ):
+        assert r.status == 400, await r.text()
+        assert (await r.json())["type"] == "urn:gateway:problem:malformed-request"
+
+
+@pytest.mark.parametrize("header", ["Authorization", "Idempotency-Key"])
+async def test_a_repeated_authorization_or_idempotency_key_is_an_audited_400(
+    gw: Gateway, provider: Provider, header: str
+) -> None:
+    """Each names one value (RFC 9110 11.6.2; an Idempotency-Key is a structured Item).
+    Given twice, the gateway silently used the first while a proxy in front may act on the
+    last (or join them): two bearer tokens authenticated as the first, two keys deduplicated
+    on the first. Which one the sender meant is unknowable: a 400 naming the header, audited."""
+    token = f"Bearer {gw.token('hcm.quan-1')}"
+    values = {"Authorization": (token, f"Bearer {gw.token('hcm.thu-duc')}")}
+    first, second = values.get(header, ("key-one", "key-two"))
+    extra = b"" if header == "Authorization" else f"Authorization: {token}\r\n".encode()
+    status, doc = await _post_raw_header(
+        gw,
+        f"/v1/exchange/{CITIZEN}",
+        extra + f"{header}: {first}\r\n{header}: {second}".encode(),
+    )
+    assert_rejected(gw, provider, status, doc, "bad-request", 400)
+    assert header in doc["detail"]
 
 
 def test_token_buckets_refill_over_time() -> None:

@@ -72,6 +72,7 @@ from gateway.http.audit_query import (
     time_param,
 )
 from gateway.http.audit_stream import TAIL, Tail, abort, stream, write_or_drop
+from gateway.http.bodies import continue_within
 from gateway.http.middlewares import peer_certificate
 
 __all__ = [
@@ -295,7 +296,8 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime] | None = N
     r.add_get("/v1/audit/stream", stream, allow_head=False)
     r.add_get("/v1/audit/export", export, allow_head=False)
     r.add_get("/v1/audit/checkpoint", get_checkpoint)
-    r.add_post("/v1/audit/checkpoint", publish_checkpoint)
+    # It reads no body: none is asked for.
+    r.add_post("/v1/audit/checkpoint", publish_checkpoint, expect_handler=continue_within(0))
     r.add_get("/v1/audit/proof/inclusion", inclusion)
     r.add_get("/v1/audit/proof/consistency", consistency)
     r.add_get("/v1/exchanges/{exchange_id}", exchange_state)

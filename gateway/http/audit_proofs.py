@@ -27,6 +27,8 @@ from gateway.http.audit_query import (
     audit_of,
     bad,
     check_params,
+    decode_cursor,
+    encode_cursor,
     exchange_id_param,
     int_param,
     json_response,
@@ -53,9 +55,19 @@ async def _default_size(audit: AuditLog, index: int) -> tuple[int, StoredCheckpo
     return cp.size, cp
 
 
+EXCHANGE_PAGE = 100
+"""Records per page of ``GET /v1/exchanges/{id}``. An exchange has no bound on its records:
+every answer given again under its ``Idempotency-Key`` is audited against it."""
+
+
 async def _exchange_records(audit: AuditLog, xid: str) -> tuple[StoredRecord, list[StoredRecord]]:
-    """The exchange's accepted record (else its first: a rejection), and all its records."""
-    rows = await audit.query(RecordQuery(exchange_id=xid, limit=100))
+    """The exchange's accepted record (else its first: a rejection), and its first records.
+
+    Those hold what the exchange's state is read from: its first record (accepted or
+    rejected) and its outcome come before any replayed record (an answer is stored for replay
+    only once its outcome is audited). One more than a page tells whether there are more.
+    """
+    rows = await audit.query(RecordQuery(exchange_id=xid, limit=EXCHANGE_PAGE + 1))
     if not rows:
         raise NotFound(authz.NOT_VISIBLE_DETAIL)
     for r in rows:
@@ -137,12 +149,22 @@ async def consistency(request: web.Request) -> web.Response:
 
 # ------------------------------------------------------------------ exchanges
 async def exchange_state(request: web.Request) -> web.Response:
-    """``GET /v1/exchanges/{exchange_id}``: the exchange as its audit records tell it."""
+    """``GET /v1/exchanges/{exchange_id}[?cursor=]``: the exchange as its audit records tell
+    it, and one page of those records (``next_cursor`` for the next, null on the last)."""
+    check_params(request, frozenset({"cursor"}))
     xid = exchange_id_param(request.match_info["exchange_id"])
-    _, rows = await _exchange_records(audit_of(request), xid)
+    after = decode_cursor(request.query.get("cursor"))
+    audit = audit_of(request)
+    _, rows = await _exchange_records(audit, xid)
     records = [orjson.loads(r.record) for r in rows]
     sender = next((r.get("sender") for r in records if r.get("sender")), None)
     authz.require_visible(request[PRINCIPAL], sender)
+    page = rows
+    if after >= 0:  # a later page, asked for once the exchange is known to be visible
+        query = RecordQuery(exchange_id=xid, after_index=after, limit=EXCHANGE_PAGE + 1)
+        page = await audit.query(query)
+    more = len(page) > EXCHANGE_PAGE
+    page = page[:EXCHANGE_PAGE]
     last = next((r for r in reversed(records) if r.get("event") in _TERMINAL), records[-1])
     terminal = last.get("event") in _TERMINAL
     doc: dict[str, Any] = {
@@ -152,15 +174,18 @@ async def exchange_state(request: web.Request) -> web.Response:
         "provider": next((r["provider"] for r in records if r.get("provider")), None),
         "state": str(last.get("event", "")).removeprefix("exchange."),
         "status": last.get("status") if terminal else None,
-        "records": [
-            {"index": row.index, "event": r.get("event"), "at": r.get("at")}
-            for row, r in zip(rows, records, strict=True)
-        ],
+        "records": [_record_line(row) for row in page],
+        "next_cursor": encode_cursor(page[-1].index) if more else None,
     }
     for member in ("cause", "attempts", "receipt_sha256"):
         if member in last:
             doc[member] = last[member]
     return json_response(doc)
+
+
+def _record_line(row: StoredRecord) -> dict[str, Any]:
+    record = orjson.loads(row.record)
+    return {"index": row.index, "event": record.get("event"), "at": record.get("at")}
 
 
 async def exchange_proof(request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.audit.log import AuditUnavailable
 from gateway.errors import NotReady, StoreUnavailable
 from gateway.http import app as keys
-from gateway.http.bodies import Body, read_body
+from gateway.http.bodies import Body, continue_unless, read_body
 from gateway.http.middlewares import peer_certificate, problem_response
 from gateway.http.openapi import openapi_document
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -65,6 +65,10 @@ class InFlight:
 
 
 _EXCHANGE = web.AppKey("exchange_settings", _ExchangeSettings)
+# Headers that name one value (RFC 9110 11.6.2; an Idempotency-Key is a structured Item):
+# given twice, which one the sender meant is unknowable (aiohttp already refuses a repeated
+# Content-Type or Content-Length).
+_ONE_VALUE = ("Authorization", "Idempotency-Key")
 
 READY_AFTER_FAILURE_SECONDS = 5.0
 
@@ -109,10 +113,19 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime]) -> None:
         app[keys.METRICS],
         InFlight(limits.max_concurrent_exchanges),
     )
-    # Any segment is an exchange attempt (audited; a name that is no service is a 404 problem
-    # from the pipeline): aiohttp's default segment pattern leaves out "{" and "}", and the
-    # router's own 404 for those would not be audited.
-    app.router.add_post("/v1/exchange/{service:[^/]+}", exchange)
+    # Any POST under the prefix is an exchange attempt (audited; a name that is no service is
+    # a 404 problem from the pipeline), whatever follows it: braces (left out of aiohttp's
+    # default segment pattern), a trailing slash, no name, a "/" in it. The router's own 404
+    # for those would not be audited.
+    limit, in_flight = limits.max_body_bytes, app[_EXCHANGE].in_flight
+    app.router.add_post(
+        r"/v1/exchange/{service:[\s\S]*}",  # "." would leave out a newline
+        exchange,
+        # Neither a body over the limit nor one a full worker will not take is asked for.
+        expect_handler=continue_unless(
+            lambda r: (r.content_length or 0) > limit or in_flight.count >= in_flight.limit
+        ),
+    )
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -142,6 +155,7 @@ async def _exchange(
         body = await read_body(request, limit=limit, time_limit=time_limit)
     else:
         body = Body(b"", request.content_length)
+    fields = request.headers
     raw = RawRequest(
         service=request.match_info["service"],
         body=body.data,
@@ -149,12 +163,15 @@ async def _exchange(
         received_at=received_at,
         received_text=rfc3339(received_at),
         peer_cert_der=peer_certificate(request),
-        authorization=request.headers.get("Authorization"),
-        idempotency_key=request.headers.get("Idempotency-Key"),
+        authorization=fields.get("Authorization"),
+        idempotency_key=fields.get("Idempotency-Key"),
         remote=request.remote,
         declared_length=body.declared,
         body_timed_out=body.timed_out,
         over_capacity=not admitted,
+        client_gone=body.client_gone,
+        body_malformed=body.malformed,
+        repeated_header=next((h for h in _ONE_VALUE if len(fields.getall(h, ())) > 1), None),
     )
     response: web.Response
     try:
@@ -178,8 +195,12 @@ async def _exchange(
             content_type=result.content_type,
             headers=headers,
         )
-    if body.timed_out or not admitted:  # the rest of that body is on its way: never read it
-        response.force_close()  # as a request, close the connection
+    unread = body.declared is not None and body.declared > settings.max_body_bytes
+    cut = body.timed_out or body.client_gone or body.malformed is not None
+    if cut or unread or not admitted:
+        # The rest of that body may be on its way, unread: close the connection rather than
+        # read it as the next request, or make aiohttp read and discard it.
+        response.force_close()
     return response
 
 

@@ -15,6 +15,7 @@ from gateway.errors import (
     BadRequest,
     GatewayError,
     Internal,
+    MalformedRequest,
     MethodNotAllowed,
     NotFound,
     RequestTimeout,
@@ -96,7 +97,8 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         fields = {"reason": e.log_detail} if e.log_detail != e.detail else {}
         log.info("http.problem", path=request.path, status=e.status, cause=e.slug, **fields)
         response = problem_response(e, instance=request.path)
-        if isinstance(e, RequestTimeout):  # the body's rest may still come: never parse it
+        # The body's rest may still come, or its framing is broken: never parse what follows.
+        if isinstance(e, RequestTimeout | MalformedRequest):
             response.force_close()
         return response
     except web.HTTPException as e:

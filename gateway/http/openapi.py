@@ -74,9 +74,10 @@ _OPERATIONS: tuple[_Op, ...] = (
     _Op(
         "/v1/exchanges/{exchange_id}",
         "get",
-        "State of one exchange from its audit records",
+        "State of one exchange from its audit records, which are listed a page at a time"
+        " (next_cursor, null on the last page; an exchange gains a record per replayed answer)",
         "its sender, operators, admins",
-        ("exchange_id",),
+        ("exchange_id", "cursor"),
     ),
     _Op(
         "/v1/exchanges/{exchange_id}/proof",

@@ -7,6 +7,7 @@ Why a module of its own: how a worker stops is a contract with its supervisor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -15,6 +16,8 @@ import ssl
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+
+from gateway.http.protocol import GatewayRunner
 
 log = structlog.get_logger("gateway.http")
 
@@ -71,11 +74,11 @@ def run(
     def stop() -> None:
         nonlocal stopping, asked
         if not started:
-            # Not now: run_app's start-up (runner.setup) is outside its try/finally, so a
-            # GracefulExit there cancels it and never runs the app's cleanup. The loop then
-            # closes the half-unwound cleanup_ctx generators all at once, racing each other
-            # ("athrow(): asynchronous generator is already running", a traceback, resources
-            # not closed in order). Stop as soon as start-up is done instead.
+            # Not now: _serve's start-up (runner.setup, as in web.run_app) is outside its
+            # try/finally, so a GracefulExit there cancels it and never runs the app's
+            # cleanup. The loop then closes the half-unwound cleanup_ctx generators all at
+            # once, racing each other ("athrow(): asynchronous generator is already running",
+            # a traceback, resources not closed in order). Stop as soon as start-up is done instead.
             asked = True
             return
         if not stopping:  # one graceful shutdown; a repeat must not break its cleanup
@@ -84,22 +87,54 @@ def run(
             raise web.GracefulExit()
 
     async def on_started(_: web.Application) -> None:
-        """The last start-up hook: from here on run_app cleans up after a GracefulExit."""
+        """The last start-up hook: from here on _serve cleans up after a GracefulExit."""
         nonlocal started
         started = True
-        if asked:  # runs at the next await, which is inside run_app's try (site start)
+        if asked:  # runs at the next await, which is inside _serve's try (site start)
             loop.call_soon(stop)
 
     app.on_startup.append(on_started)
     loop.add_signal_handler(stop_signal, stop)
-    web.run_app(
+    runner = GatewayRunner(  # web.run_app's, with problem answers to unparsable requests
         app,
-        sock=sock,
-        ssl_context=ssl_context,
         access_log=None,  # one structured line per exchange instead (handlers.py)
-        print=None,
         handle_signals=False,  # stop() instead: SIGTERM/SIGINT are the supervisor's
         shutdown_timeout=10,
         keepalive_timeout=idle_timeout,
-        loop=loop,
     )
+    main = loop.create_task(_serve(runner, sock, ssl_context))
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    except web.GracefulExit:
+        pass
+    finally:
+        _close(loop, main)
+
+
+async def _serve(runner: GatewayRunner, sock: socket.socket, ssl: ssl.SSLContext | None) -> None:
+    """What ``web.run_app`` does with one socket: start-up outside the try (see ``stop``),
+    then serve until cancelled or told to stop, and clean up."""
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock, ssl_context=ssl).start()
+        await asyncio.Event().wait()  # until stop() raises GracefulExit out of the loop
+    finally:
+        await runner.cleanup()
+
+
+def _close(loop: asyncio.AbstractEventLoop, main: asyncio.Task[None]) -> None:
+    """As ``web.run_app`` ends: the serving task finished (its cleanup run), the rest
+    cancelled, the async generators closed, the loop closed."""
+    try:
+        if not main.done():
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+    finally:
+        rest = asyncio.all_tasks(loop)
+        for task in rest:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

@@ -26,7 +26,7 @@ from gateway.audit.checkpoint import NoteError
 from gateway.crypto.keys import CryptoError, jwk_thumbprint
 from gateway.errors import BadRequest, ConfigError
 from gateway.http import app as keys
-from gateway.http.bodies import read_whole
+from gateway.http.bodies import continue_within, read_whole
 from gateway.verify import Trust, Unreadable, checkpoint_verifiers, verify_artifact
 
 __all__ = ["VERIFY_PATH", "add_routes", "build_trust"]
@@ -84,4 +84,4 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime] | None = N
             raise BadRequest(f"not an artifact the gateway signs: {e}") from None
         return web.Response(body=orjson.dumps(report.as_json()), content_type="application/json")
 
-    app.router.add_post(VERIFY_PATH, verify)
+    app.router.add_post(VERIFY_PATH, verify, expect_handler=continue_within(limits.max_body_bytes))

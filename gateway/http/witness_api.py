@@ -50,7 +50,7 @@ from gateway.errors import (
     NotReady,
 )
 from gateway.http import app as keys
-from gateway.http.bodies import read_whole
+from gateway.http.bodies import continue_within, read_whole
 from gateway.witness import (
     SIZE_CONTENT_TYPE,
     PeerLogs,
@@ -250,7 +250,8 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime] | None = N
         return _cosigned(sub, witness, cosigned.cosigned_at)
 
     app.cleanup_ctx.append(_store_ctx)
-    app.router.add_post(ADD_CHECKPOINT_PATH, add_checkpoint)
+    limit = app[keys.DEPLOYMENT].config.limits.max_body_bytes
+    app.router.add_post(ADD_CHECKPOINT_PATH, add_checkpoint, expect_handler=continue_within(limit))
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
