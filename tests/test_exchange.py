@@ -22,7 +22,8 @@ from cryptography import x509
 from jwcrypto import jwk
 from jwcrypto import jws as jwcrypto_jws
 
-from gateway.config import load
+from gateway import cli
+from gateway.config import Limits, load
 from gateway.crypto import jws
 from tests.support import (
     Gateway,
@@ -209,6 +210,44 @@ async def test_malformed_json_is_400(gw: Gateway, provider: Provider, body: byte
         {"Authorization": f"Bearer {gw.token('hcm.quan-1')}", "Content-Type": "application/json"},
     )
     assert_rejected(gw, provider, status, doc, "malformed-json", 400)
+
+
+async def test_the_deepest_payload_the_config_admits_is_exchanged_and_verifiable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every limits.max_json_depth the config accepts is one the whole chain supports: a payload
+    of exactly that depth is parsed, canonicalized (RFC 8785), signed into an envelope one level
+    deeper, answered with a receipt, and `gateway verify --request` binds it. (The config once
+    took up to 512 while canonicalization stopped at 200: such payloads got a 400 that blamed
+    big integers, and the offline verifier stopped at depth 64.)"""
+    limit = next(m.le for m in Limits.model_fields["max_json_depth"].metadata if hasattr(m, "le"))
+    provider = Provider(mode="bad")  # answers {"unexpected": true}
+    async with running_provider(provider):
+        cfg = make_deployment(tmp_path / "dep", provider_port=provider.port)
+        cfg.write_text(cfg.read_text().replace("max_json_depth = 64", f"max_json_depth = {limit}"))
+        for kind in ("request", "response"):  # any JSON value, so depth is the only limit
+            path = cfg.parent / "schemas" / f"{CITIZEN}.{kind}.json"
+            schema = orjson.loads(path.read_bytes())
+            path.write_bytes(orjson.dumps({k: schema[k] for k in ("$schema", "$id")}))
+        body = b'{"k":' * (limit - 1) + b"[]" + b"}" * (limit - 1)
+        async with running_gateway(cfg) as gw:
+            headers = {
+                "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+                "Content-Type": "application/json",
+            }
+            status, _, doc = await post(gw, CITIZEN, body, headers)
+            assert status == 200, doc
+            assert provider.received, "the deep payload never reached the provider"
+    receipt = tmp_path / "receipt.json"
+    receipt.write_bytes(orjson.dumps(doc["receipt"]))
+    envelope = tmp_path / "envelope.json"
+    envelope.write_bytes(orjson.dumps(provider.received[0]["envelope"]))
+    request = tmp_path / "request.json"
+    request.write_bytes(body)
+    for artifact in (receipt, envelope):
+        code = cli.main(["verify", str(artifact), "--config", str(cfg), "--request", str(request)])
+        out = capsys.readouterr()
+        assert code == 0, out.out + out.err
 
 
 # ------------------------------------------------------------------ (1) authenticate
