@@ -236,7 +236,7 @@ class Config(_Model):
 
 @dataclass(frozen=True, slots=True)
 class LoadedService:
-    """A service with its schema documents read (still unchecked: validation.py compiles)."""
+    """A service with its schema documents read (still unchecked: gateway.validation compiles)."""
 
     spec: Service
     request_schema: dict[str, Any]

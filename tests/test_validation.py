@@ -77,6 +77,42 @@ def test_other_drafts_are_refused():
     assert caught.value.field == "/$schema"
 
 
+@pytest.mark.parametrize(
+    ("document", "pointer"),
+    [
+        (
+            schema(
+                properties={
+                    "o": {
+                        "$id": "urn:test:o",
+                        "$schema": "http://json-schema.org/draft-07/schema#",
+                        "properties": {"a": {}},
+                        "unevaluatedProperties": False,
+                    }
+                }
+            ),
+            "/properties/o/$schema",
+        ),
+        (
+            schema(**{"$defs": {"x": {"$schema": "http://json-schema.org/draft-04/schema#"}}}),
+            "/$defs/x/$schema",
+        ),
+        (
+            schema(items={"$id": "urn:test:i", "$schema": "https://example.com/meta"}),
+            "/items/$schema",
+        ),
+    ],
+)
+def test_embedded_schemas_must_be_draft_2020_12_too(document, pointer):
+    """An embedded resource naming another draft switches the engines to that draft's rules
+    there: under draft-07, ``unevaluatedProperties`` (and a ``$ref``'s siblings) are silently
+    ignored, so a constraint the contract shows would not be enforced."""
+    with pytest.raises(ConfigError) as caught:
+        compile_schema(document, source="s.json")
+    assert caught.value.field == pointer
+    assert "2020-12" in caught.value.problem
+
+
 def test_schema_without_id_is_refused_because_receipts_name_it():
     with pytest.raises(ConfigError) as caught:
         compile_schema({"$schema": DRAFT, "type": "object"}, source="s.json")
