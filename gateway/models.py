@@ -76,7 +76,7 @@ class RawRequest:
 
     service: str
     body: bytes
-    content_type: str
+    content_type: str  # the media type, lower case, without parameters
     received_at: datetime
     peer_cert_der: bytes | None = None
     authorization: str | None = None
@@ -86,6 +86,7 @@ class RawRequest:
     received_text: str = ""  # rfc3339(received_at), when the caller has it already
     body_timed_out: bool = False  # the body did not arrive within limits.body_timeout
     over_capacity: bool = False  # the worker had max_concurrent_exchanges going: body not read
+    charset: str | None = None  # the Content-Type's charset parameter, when it has one
 
     @property
     def received(self) -> str:

@@ -179,6 +179,36 @@ async def test_unsupported_media_type_is_415(gw: Gateway, provider: Provider) ->
     assert_rejected(gw, provider, status, doc, "unsupported-media-type", 415)
 
 
+@pytest.mark.parametrize("charset", ["windows-1258", "utf-16", "iso-8859-1"])
+async def test_a_declared_charset_other_than_utf8_is_415_not_read_as_utf8(
+    gw: Gateway, provider: Provider, charset: str
+) -> None:
+    """JSON between systems is UTF-8 (RFC 8259 section 8.1). A body its sender says is in
+    another charset (Windows-1258 is still common in Vietnamese systems) was read as UTF-8
+    whenever its bytes happened to be valid UTF-8: bytes C3 A9, "Ă©" in Windows-1258, became
+    "é", and the gateway signed and forwarded text the sender never wrote. Now refused."""
+    body = orjson.dumps(example(CITIZEN))  # ASCII: valid in every charset named above
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": f"application/json; charset={charset}",
+    }
+    status, _, doc = await post(gw, CITIZEN, body, headers)
+    assert_rejected(gw, provider, status, doc, "unsupported-media-type", 415)
+    assert "UTF-8" in doc["detail"]
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "UTF-8", '"utf-8"', "utf8"])
+async def test_a_utf8_charset_parameter_is_accepted(
+    gw: Gateway, provider: Provider, charset: str
+) -> None:
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": f"application/json; charset={charset}",
+    }
+    status, _, doc = await post(gw, CITIZEN, orjson.dumps(example(CITIZEN)), headers)
+    assert status == 200, doc
+
+
 @pytest.mark.parametrize(
     "body",
     [
