@@ -244,8 +244,15 @@ class Authenticator:
                 f"signed request refused: {e}", audit_reason=revocation_reason(e)
             ) from None
         try:
-            req = loads(verified.payload, max_depth=self._max_depth)
+            # The request object holds the payload one level down: the limit is the payload's,
+            # as for a plain body, whatever the way the sender authenticates.
+            req = loads(verified.payload, max_depth=self._max_depth + 1)
         except JsonError as e:
+            if e.loggable.startswith("nesting deeper than"):  # counted from the request object
+                raise MalformedJson(
+                    f"the payload nests deeper than {self._max_depth} (the request object "
+                    "around it not counted)"
+                ) from None
             raise MalformedJson(
                 f"signed payload is not valid JSON: {e}",
                 log_detail=f"signed payload is not valid JSON: {e.loggable}",

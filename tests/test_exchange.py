@@ -38,6 +38,7 @@ from tests.support import (
 
 CITIZEN = "citizen-lookup.v1"
 JOSE = {"Content-Type": "application/jose+json"}
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -242,6 +243,39 @@ async def test_malformed_json_is_400(gw: Gateway, provider: Provider, body: byte
     assert_rejected(gw, provider, status, doc, "malformed-json", 400)
 
 
+def accept_any_json(cfg: Path) -> None:
+    """Make both schemas of citizen-lookup.v1 in a deployment accept any JSON value."""
+    for kind in ("request", "response"):
+        path = cfg.parent / "schemas" / f"{CITIZEN}.{kind}.json"
+        schema = orjson.loads(path.read_bytes())
+        path.write_bytes(orjson.dumps({k: schema[k] for k in ("$schema", "$id")}))
+
+
+@pytest.mark.parametrize(("depth", "status"), [(64, 200), (65, 400)])
+async def test_the_depth_limit_is_the_payloads_whether_sent_plain_or_signed(
+    tmp_path: Path, depth: int, status: int
+) -> None:
+    """limits.max_json_depth (64 here) bounds the payload the same way for every sender: a
+    signed request wraps the payload in {id, sender, service, created, payload}, one level
+    more, which once made a depth-64 payload a 400 when signed and a 200 when sent by token."""
+    provider = Provider(mode="bad")  # answers {"unexpected": true}
+    async with running_provider(provider):
+        cfg = make_deployment(tmp_path / "dep", provider_port=provider.port)
+        accept_any_json(cfg)
+        payload: Any = []
+        for _ in range(depth - 1):
+            payload = {"k": payload}
+        async with running_gateway(cfg) as gw:
+            token = {"Authorization": f"Bearer {gw.token('hcm.quan-1')}"}
+            plain = await post(gw, CITIZEN, orjson.dumps(payload), token | JSON)
+            signed = await post(
+                gw, CITIZEN, signed_request(gw.dir, "hcm.quan-1", CITIZEN, payload), JOSE
+            )
+    assert (plain[0], signed[0]) == (status, status), (plain[2], signed[2])
+    if status == 400:
+        assert "deeper than 64" in signed[2]["detail"], signed[2]
+
+
 async def test_the_deepest_payload_the_config_admits_is_exchanged_and_verifiable(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -255,10 +289,7 @@ async def test_the_deepest_payload_the_config_admits_is_exchanged_and_verifiable
     async with running_provider(provider):
         cfg = make_deployment(tmp_path / "dep", provider_port=provider.port)
         cfg.write_text(cfg.read_text().replace("max_json_depth = 64", f"max_json_depth = {limit}"))
-        for kind in ("request", "response"):  # any JSON value, so depth is the only limit
-            path = cfg.parent / "schemas" / f"{CITIZEN}.{kind}.json"
-            schema = orjson.loads(path.read_bytes())
-            path.write_bytes(orjson.dumps({k: schema[k] for k in ("$schema", "$id")}))
+        accept_any_json(cfg)  # so depth is the only limit
         body = b'{"k":' * (limit - 1) + b"[]" + b"}" * (limit - 1)
         async with running_gateway(cfg) as gw:
             headers = {
