@@ -14,6 +14,8 @@ import copy
 import hashlib
 import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -404,6 +406,45 @@ def test_errors_are_capped_and_the_detail_says_so():
         "/line_items/2/amount_vnd",
     ]
     assert pointers.index("/line_items/2/amount_vnd") < pointers.index("/line_items/10/amount_vnd")
+
+
+_PEAK_MEMORY_OF_LISTING_ERRORS = """
+import resource, sys
+from gateway.errors import SchemaInvalid
+from gateway.validation import compile_schema
+compiled = compile_schema(
+    {"$id": "urn:test:schema", "propertyNames": {"maxLength": 4}}, source="s.json"
+)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    compiled.validate({f"k{i:05d}": 0 for i in range(int(sys.argv[1]))})
+except SchemaInvalid as e:
+    errors = e.errors
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(after - before, len(errors), errors[0].pointer, errors[0].message)
+"""
+
+
+def test_listing_errors_costs_memory_linear_in_the_payload_not_quadratic():
+    """The engine's error list is built eagerly, each error holding a copy of the value that
+    failed. Under ``propertyNames`` that value is the whole object, once per bad name: 1 500
+    names (a 20 KiB body) took ~300 MB and 4 000 names ~2.6 GB and seconds on the event loop,
+    so one small request from any allowed sender could stall or kill a worker. Past a budget
+    the errors are located without those copies: still pointers, still capped, no values.
+    Measured in a child process (the engine's memory is not Python's: tracemalloc misses it)."""
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY_OF_LISTING_ERRORS, "1500"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=True,
+    )
+    grown_kib, count, pointer, message = run.stdout.strip().split(" ", 3)
+    assert int(grown_kib) < 64 * 1024, f"{int(grown_kib) // 1024} MiB to list the errors"
+    assert 1 <= int(count) <= MAX_ERRORS
+    assert pointer == ""
+    assert "k0" not in message and "propertyNames" in message
 
 
 @pytest.mark.parametrize("instance", [{1, 2}, {"a": b"bytes"}, {"a": 1, "b": {"c": {1, 2}}}])

@@ -41,7 +41,15 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
 
 from gateway.errors import ConfigError, PointerError, SchemaInvalid
-from gateway.validation.messages import clip, describe, escape, json_pointer, sort_key
+from gateway.validation.messages import (
+    clip,
+    describe,
+    detailed_walk_is_cheap,
+    escape,
+    json_pointer,
+    located_errors,
+    sort_key,
+)
 
 __all__ = ["DRAFT_2020_12", "MAX_ERRORS", "REGEX_SIZE_LIMIT", "CompiledSchema", "compile_schema"]
 
@@ -114,7 +122,10 @@ class CompiledSchema:
         raise SchemaInvalid(detail, errors=errors)
 
     def _errors(self, instance: Any) -> tuple[list[PointerError], bool]:
-        errors: list[PointerError] = []
+        located = self._validator.evaluate(instance).errors()
+        if not detailed_walk_is_cheap(instance, located):
+            return located_errors(located, MAX_ERRORS)
+        errors = []
         truncated = False
         for count, error in enumerate(self._validator.iter_errors(instance)):
             if count == MAX_ERRORS:

@@ -10,14 +10,94 @@ only owner of ``jsonschema_rs`` (ARCHITECTURE rule 3).
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import jsonschema_rs
 from jsonschema_rs import ValidationErrorKind as Kind
 
 from gateway.errors import PointerError
 
+if TYPE_CHECKING:
+    from jsonschema_rs import EvaluationErrorEntry
+
 _MAX_MESSAGE = 200
+#: What the engine's detailed error list may cost, in JSON values it copies: the engine builds
+#: that list whole, each error holding a copy of the value that failed (under
+#: ``propertyNames`` the whole object, once per bad name: quadratic). ~30 ms at most.
+WALK_BUDGET = 100_000
+_PER_ERROR = 16  # an error's own cost, in the same unit
+
+
+def detailed_walk_is_cheap(instance: Any, located: Sequence[EvaluationErrorEntry]) -> bool:
+    """Whether ``iter_errors`` would copy at most :data:`WALK_BUDGET` values (or twice the
+    payload's), judged from the errors ``evaluate`` located (cheap: it copies nothing)."""
+    sizes: dict[str, int] = {}
+    # One copy of the whole payload is linear (additionalProperties reports the object once);
+    # many copies of big values are what must not happen.
+    budget = max(WALK_BUDGET, 2 * _size(instance, 2**62))
+    for error in located:
+        where = error["instanceLocation"]
+        size = sizes.get(where)
+        if size is None:
+            size = sizes[where] = _size(_resolve(instance, where), budget)
+        budget -= size + _PER_ERROR
+        if budget < 0:
+            return False
+    return True
+
+
+def located_errors(
+    located: Sequence[EvaluationErrorEntry], limit: int
+) -> tuple[list[PointerError], bool]:
+    """Errors from ``evaluate``'s output, for payloads too costly to describe in detail: the
+    pointer and the schema keyword that failed (schema text, never payload values), one per
+    distinct pair; the first ``limit`` in the engine's order, then sorted, and whether there
+    were more. Stops at ``limit``: sorting every error of a huge payload costs seconds."""
+    pairs: dict[tuple[str, str], None] = {}
+    for error in located:
+        pair = (error["instanceLocation"], error["schemaLocation"])
+        if pair not in pairs:
+            if len(pairs) == limit:
+                break
+            pairs[pair] = None
+    else:
+        return _listed(pairs), False
+    return _listed(pairs), True
+
+
+def _listed(pairs: dict[tuple[str, str], None]) -> list[PointerError]:
+    errors = [
+        PointerError(where, clip(f"does not satisfy {json.dumps(keyword)} of the schema"))
+        for where, keyword in pairs
+    ]
+    errors.sort(key=sort_key)
+    return errors
+
+
+def _resolve(instance: Any, pointer: str) -> Any:
+    """The value at an RFC 6901 ``pointer`` the engine gave (None if it names nothing)."""
+    value = instance
+    for token in pointer.split("/")[1:]:
+        token = token.replace("~1", "/").replace("~0", "~")
+        try:
+            value = value[int(token)] if isinstance(value, list) else value[token]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    return value
+
+
+def _size(value: Any, limit: int) -> int:
+    """Number of JSON values in ``value`` (itself included), counting no further than limit."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
 
 
 def describe(error: jsonschema_rs.ValidationError) -> list[PointerError]:
