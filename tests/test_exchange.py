@@ -697,6 +697,21 @@ async def test_provider_failures_are_5xx_and_audited(
     assert events == [("exchange.accepted", None), ("exchange.failed", slug)]
 
 
+async def test_an_answer_outside_the_response_schema_reaches_the_sender_in_no_form(
+    gw: Gateway, provider: Provider
+) -> None:
+    """The response schema is the contract's limit on what a sender may learn (data
+    minimisation). An answer that breaks it is withheld, and so must be its shape: the 502 once
+    listed JSON Pointers into it, naming the members the sender may not see (a member named by
+    a citizen id would be that id). The sender gets the count; the log gets value-free causes."""
+    provider.mode = "bad"  # answers {"unexpected": true}, outside the response schema
+    body = signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN))
+    status, _, doc = await post(gw, CITIZEN, body, JOSE)
+    assert status == 502 and doc["type"].endswith(":provider-contract-broken"), doc
+    assert "unexpected" not in orjson.dumps(doc).decode(), doc
+    assert "errors" not in doc and "error(s)" in doc["detail"]
+
+
 async def test_no_route_and_wrong_method_are_problems_not_500(gw: Gateway) -> None:
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{gw.url}/v1/exchange/{CITIZEN}") as r:
