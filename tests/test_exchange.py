@@ -25,6 +25,7 @@ from jwcrypto import jws as jwcrypto_jws
 from gateway import cli
 from gateway.config import Limits, load
 from gateway.crypto import jws
+from gateway.verify import Trust, verify_artifact
 from tests.support import (
     Gateway,
     Provider,
@@ -274,6 +275,37 @@ async def test_the_depth_limit_is_the_payloads_whether_sent_plain_or_signed(
     assert (plain[0], signed[0]) == (status, status), (plain[2], signed[2])
     if status == 400:
         assert "deeper than 64" in signed[2]["detail"], signed[2]
+
+
+async def test_an_envelope_at_the_depth_limit_verifies_after_the_gateway_certificate_expired(
+    tmp_path: Path,
+) -> None:
+    """Security staff check old envelopes offline: once the gateway's certificate has expired,
+    an envelope is "valid when signed" at the time it states. The verifier read that time with
+    the default depth 64, and the envelope holds the payload one level down, so the envelope of
+    any payload at the default limit was reported invalid instead."""
+    provider = Provider(mode="bad")
+    async with running_provider(provider):
+        cfg = make_deployment(tmp_path / "dep", provider_port=provider.port)
+        accept_any_json(cfg)
+        payload: Any = []
+        for _ in range(63):
+            payload = {"k": payload}
+        async with running_gateway(cfg) as gw:
+            token = {"Authorization": f"Bearer {gw.token('hcm.quan-1')}"}
+            status, _, doc = await post(gw, CITIZEN, orjson.dumps(payload), token | JSON)
+            assert status == 200, doc
+    envelope = provider.received[0]["envelope"]
+    header = json.loads(base64.urlsafe_b64decode(envelope["protected"] + "=="))
+    leaf = x509.load_der_x509_certificate(base64.b64decode(header["x5c"][0]))
+    dep = load(cfg)
+    trust = Trust.from_pems(
+        dep.trust_anchor_pems, gateway_id=dep.config.gateway.id, origin=dep.config.audit.origin
+    )
+    later = leaf.not_valid_after_utc + timedelta(days=1)
+    report = verify_artifact(orjson.dumps(envelope), trust, now=later)
+    assert report.valid, report.lines()
+    assert any("valid when signed" in line for line in report.lines()), report.lines()
 
 
 async def test_the_deepest_payload_the_config_admits_is_exchanged_and_verifiable(
