@@ -269,8 +269,10 @@ class Authenticator:
         if not isinstance(sender, str) or not isinstance(service, str):
             raise BadRequest("signed request 'sender' and 'service' must be strings")
         if service != raw.service:
-            raise BadRequest(
-                f"the request was signed for service {service!r} but sent to {raw.service!r}"
+            raise BadRequest(  # the sender may see what it signed; the log may not
+                f"the request was signed for service {service[:100]!r} but sent to "
+                f"{raw.service[:100]!r}",
+                log_detail="the request was signed for another service than the URL names",
             )
         try:
             created_at = parse_created(created) if isinstance(created, str) else None
