@@ -43,6 +43,7 @@ from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
 from gateway.errors import ConfigError, PointerError, SchemaInvalid
 from gateway.validation.messages import (
     clip,
+    count_values,
     describe,
     detailed_walk_is_cheap,
     escape,
@@ -60,6 +61,8 @@ MAX_ERRORS = 50
 #: Cap, in bytes, on one compiled pattern (and on its lazy-DFA cache): a pattern like
 #: ``(?:.{1000}){1000}`` compiles to a program far above it and is refused at start-up.
 REGEX_SIZE_LIMIT = 1 << 20
+#: Payloads of more JSON values than this get their first schema error only (see _errors).
+LIST_ALL_UP_TO = 20_000
 
 # Keywords whose values are schemas, by shape (Draft 2020-12 core and applicator vocabularies).
 _SCHEMA_MAPS = frozenset(
@@ -122,6 +125,12 @@ class CompiledSchema:
         raise SchemaInvalid(detail, errors=errors)
 
     def _errors(self, instance: Any) -> tuple[list[PointerError], bool]:
+        """Up to MAX_ERRORS errors, and whether there may be more, at a bounded cost: the
+        engine lists errors only eagerly (~1 KB each, and under ``propertyNames`` a copy of
+        the whole object each), so a large payload gets its first error only, and a smaller
+        one the detailed walk only when ``evaluate`` shows it cheap."""
+        if count_values(instance, LIST_ALL_UP_TO) > LIST_ALL_UP_TO:
+            return self._first_error(instance), True
         located = self._validator.evaluate(instance).errors()
         if not detailed_walk_is_cheap(instance, located):
             return located_errors(located, MAX_ERRORS)
@@ -136,6 +145,13 @@ class CompiledSchema:
         if len(errors) > MAX_ERRORS:
             errors, truncated = errors[:MAX_ERRORS], True
         return errors, truncated
+
+    def _first_error(self, instance: Any) -> list[PointerError]:
+        try:
+            self._validator.validate(instance)  # stops at the first error
+        except jsonschema_rs.ValidationError as error:
+            return describe(error)[:MAX_ERRORS]
+        return [PointerError("", "does not match the schema")]  # is_valid said it does not
 
 
 def compile_schema(document: Mapping[str, Any], *, source: str) -> CompiledSchema:

@@ -35,12 +35,12 @@ def detailed_walk_is_cheap(instance: Any, located: Sequence[EvaluationErrorEntry
     sizes: dict[str, int] = {}
     # One copy of the whole payload is linear (additionalProperties reports the object once);
     # many copies of big values are what must not happen.
-    budget = max(WALK_BUDGET, 2 * _size(instance, 2**62))
+    budget = max(WALK_BUDGET, 2 * count_values(instance, 2**62))
     for error in located:
         where = error["instanceLocation"]
         size = sizes.get(where)
         if size is None:
-            size = sizes[where] = _size(_resolve(instance, where), budget)
+            size = sizes[where] = count_values(_resolve(instance, where), budget)
         budget -= size + _PER_ERROR
         if budget < 0:
             return False
@@ -87,7 +87,7 @@ def _resolve(instance: Any, pointer: str) -> Any:
     return value
 
 
-def _size(value: Any, limit: int) -> int:
+def count_values(value: Any, limit: int) -> int:
     """Number of JSON values in ``value`` (itself included), counting no further than limit."""
     count, stack = 0, [value]
     while stack and count <= limit:
