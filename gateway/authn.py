@@ -244,8 +244,15 @@ class Authenticator:
                 f"signed request refused: {e}", audit_reason=revocation_reason(e)
             ) from None
         try:
-            req = loads(verified.payload, max_depth=self._max_depth)
+            # The request object holds the payload one level down: the limit is the payload's,
+            # as for a plain body, whatever the way the sender authenticates.
+            req = loads(verified.payload, max_depth=self._max_depth + 1)
         except JsonError as e:
+            if e.loggable.startswith("nesting deeper than"):  # counted from the request object
+                raise MalformedJson(
+                    f"the payload nests deeper than {self._max_depth} (the request object "
+                    "around it not counted)"
+                ) from None
             raise MalformedJson(
                 f"signed payload is not valid JSON: {e}",
                 log_detail=f"signed payload is not valid JSON: {e.loggable}",
@@ -262,8 +269,10 @@ class Authenticator:
         if not isinstance(sender, str) or not isinstance(service, str):
             raise BadRequest("signed request 'sender' and 'service' must be strings")
         if service != raw.service:
-            raise BadRequest(
-                f"the request was signed for service {service!r} but sent to {raw.service!r}"
+            raise BadRequest(  # the sender may see what it signed; the log may not
+                f"the request was signed for service {service[:100]!r} but sent to "
+                f"{raw.service[:100]!r}",
+                log_detail="the request was signed for another service than the URL names",
             )
         try:
             created_at = parse_created(created) if isinstance(created, str) else None

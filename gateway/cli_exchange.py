@@ -50,12 +50,15 @@ def _participant_files(dep: config_mod.Deployment, pid: str) -> tuple[bytes, byt
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from gateway.crypto.canonical import MAX_DEPTH
     from gateway.strictjson import JsonError, loads
 
     dep = _load(args)
     sender = args.as_ or _default_sender(dep)
     try:
-        payload = loads(Path(args.file).read_bytes())
+        # One level under what canonicalization takes: the signed request wraps the payload.
+        # The gateway applies its own, possibly lower, limit.
+        payload = loads(Path(args.file).read_bytes(), max_depth=MAX_DEPTH - 1)
     except OSError as e:
         _err(f"cannot read {args.file}: {e.strerror}")
         return EXIT_USAGE

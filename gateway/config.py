@@ -21,6 +21,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.config_checks import cross_check
+from gateway.crypto.canonical import MAX_DEPTH as CANONICAL_MAX_DEPTH
 from gateway.errors import ConfigError
 from gateway.idempotency import pending_lease
 
@@ -28,6 +29,11 @@ PARTICIPANT_ID = r"^[a-z0-9]+(?:-[a-z0-9]+)*(?:\.[a-z0-9]+(?:-[a-z0-9]+)*)+$"
 SERVICE_ID = r"^[a-z0-9]+(?:-[a-z0-9]+)*\.v[0-9]+$"
 CONFIG_ENV = "GATEWAY_CONFIG"
 DEFAULT_CONFIG_NAME = "gateway.toml"
+#: Deepest payload a deployment may admit: the envelope (and a signed request) carries the payload
+#: one level down, and both are canonicalized (RFC 8785), which stops at CANONICAL_MAX_DEPTH.
+#: A larger limit would let payloads through stage (0) only to fail at signing with a 400 that
+#: blames something else, and give envelopes no verifier accepts.
+MAX_JSON_DEPTH = CANONICAL_MAX_DEPTH - 1
 
 AuthMethod = Literal["mtls", "signed", "token"]
 
@@ -72,7 +78,7 @@ class Limits(_Model):
     """Safe defaults for every limit; each can be tightened per deployment."""
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
-    max_json_depth: int = Field(default=64, ge=2, le=512)
+    max_json_depth: int = Field(default=64, ge=2, le=MAX_JSON_DEPTH)
     clock_skew_seconds: int = Field(default=300, ge=1, le=3600)
     delivery_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # A connection must complete a request's headers within idle_timeout_seconds of opening
@@ -229,7 +235,7 @@ class Config(_Model):
 
 @dataclass(frozen=True, slots=True)
 class LoadedService:
-    """A service with its schema documents read (still unchecked: validation.py compiles)."""
+    """A service with its schema documents read (still unchecked: gateway.validation compiles)."""
 
     spec: Service
     request_schema: dict[str, Any]

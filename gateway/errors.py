@@ -239,15 +239,20 @@ class ProviderFailed(GatewayError):
 
 
 class ProviderContractBroken(ProviderFailed):
+    """The answer broke the response schema. It is withheld, and so is its shape: no JSON
+    Pointers into it (they would name members the sender may not see, and a member's name can
+    be personal data). The sender gets the count, the log the value-free messages."""
+
     default_slug = "provider-contract-broken"
     title = "Provider answer does not match the service schema"
 
     def __init__(self, detail: str, errors: Sequence[PointerError]):
-        super().__init__(detail)
+        causes = sorted({e.message for e in errors})
+        super().__init__(
+            f"{detail} ({len(errors)} error(s))",
+            log_detail=f"{detail}: {'; '.join(causes)}"[:1000],
+        )
         self.errors = list(errors)
-
-    def extra_members(self) -> Mapping[str, Any]:
-        return {"errors": [{"pointer": e.pointer, "message": e.message} for e in self.errors]}
 
 
 class NotReady(GatewayError):

@@ -76,7 +76,7 @@ class RawRequest:
 
     service: str
     body: bytes
-    content_type: str
+    content_type: str  # the media type, lower case, without parameters
     received_at: datetime
     peer_cert_der: bytes | None = None
     authorization: str | None = None
@@ -89,6 +89,7 @@ class RawRequest:
     client_gone: bool = False  # the client closed its connection before the whole body came
     body_malformed: str | None = None  # why the body could not be decoded (a fixed text)
     repeated_header: str | None = None  # a one-value header (Authorization...) given twice
+    charset: str | None = None  # the Content-Type's charset parameter, when it has one
 
     @property
     def received(self) -> str:

@@ -29,13 +29,14 @@ __all__ = ["parse_request"]
 # above 0x7f reaches us as a lone surrogate that no store can encode.
 _IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 _MEDIA_TYPES = ("application/json", SIGNED_MEDIA_TYPE)
+_UTF8 = ("utf-8", "utf8")
 
 
 def parse_request(raw: RawRequest, limits: Limits) -> Any:
     """The body as JSON (a JWS object for a signed request), or the GatewayError that says why
     not: 503 worker at capacity, 408 body too slow, 400 body cut short by the client leaving
     or not decodable, 413 too large, 400 a repeated one-value header, a bad
-    ``Idempotency-Key`` or JSON, 415 media type.
+    ``Idempotency-Key`` or JSON, 415 media type or a charset other than UTF-8.
     """
     if raw.over_capacity:
         raise GatewayBusy(
@@ -65,6 +66,14 @@ def parse_request(raw: RawRequest, limits: Limits) -> Any:
         raise UnsupportedMediaType(
             f"send application/json (mTLS or bearer) or {SIGNED_MEDIA_TYPE} (signed request),"
             f" not {raw.content_type[:80]!r}"
+        )
+    if raw.charset is not None and raw.charset.lower() not in _UTF8:
+        # RFC 8259 section 8.1: JSON between systems is UTF-8. A body declared in another
+        # charset whose bytes happen to be valid UTF-8 would otherwise be read (and signed) as
+        # text its sender never wrote.
+        raise UnsupportedMediaType(
+            f"JSON must be sent in UTF-8 (RFC 8259), not charset={raw.charset[:40]!r}; "
+            "omit the charset parameter or say charset=utf-8"
         )
     try:
         return loads(raw.body, max_depth=limits.max_depth)

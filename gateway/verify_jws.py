@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.crypto import jws, pki
-from gateway.crypto.canonical import canonicalize
+from gateway.crypto.canonical import MAX_DEPTH, canonicalize
 from gateway.crypto.jws import CryptoError
 from gateway.strictjson import JsonError, loads
 
@@ -54,7 +54,8 @@ def _peek(doc: Mapping[str, Any], member: str) -> Any:
     if not isinstance(text, str):
         return None
     try:
-        return loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        # As deep as any gateway canonicalizes: an envelope holds its payload one level down.
+        return loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), max_depth=MAX_DEPTH)
     except (binascii.Error, ValueError):
         return None
 
@@ -227,7 +228,9 @@ def _digest_of(value: Any) -> str:
 
 
 def _digest(value: bytes) -> str:
-    return _digest_of(loads(value))
+    """Digest of a payload file; as deep as any gateway canonicalizes, not the default 64 (a
+    deployment may admit deeper payloads, and their receipts must still verify offline)."""
+    return _digest_of(loads(value, max_depth=MAX_DEPTH))
 
 
 def check_payloads(body: Mapping[str, Any], payloads: Mapping[str, bytes], report: Report) -> None:

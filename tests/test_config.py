@@ -109,6 +109,12 @@ def test_the_init_deployment_loads_and_builds(cfg: Path) -> None:
             "unknown connector",
         ),
         ("max_json_depth = 64", "max_json_depth = 100000", "limits.max_json_depth", "less than"),
+        (  # RFC 8785 canonicalization stops at 200 and the envelope nests the payload once more
+            "max_json_depth = 64",
+            "max_json_depth = 200",
+            "limits.max_json_depth",
+            "less than or equal to 199",
+        ),
         (  # a pending key must not expire while its first delivery may still run
             "delivery_timeout_seconds = 10",
             "delivery_timeout_seconds = 100\nidempotency_ttl_seconds = 120",

@@ -22,8 +22,10 @@ from cryptography import x509
 from jwcrypto import jwk
 from jwcrypto import jws as jwcrypto_jws
 
-from gateway.config import load
+from gateway import cli
+from gateway.config import Limits, load
 from gateway.crypto import jws
+from gateway.verify import Trust, verify_artifact
 from tests.support import (
     Gateway,
     Provider,
@@ -37,6 +39,7 @@ from tests.support import (
 
 CITIZEN = "citizen-lookup.v1"
 JOSE = {"Content-Type": "application/jose+json"}
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -178,6 +181,36 @@ async def test_unsupported_media_type_is_415(gw: Gateway, provider: Provider) ->
     assert_rejected(gw, provider, status, doc, "unsupported-media-type", 415)
 
 
+@pytest.mark.parametrize("charset", ["windows-1258", "utf-16", "iso-8859-1"])
+async def test_a_declared_charset_other_than_utf8_is_415_not_read_as_utf8(
+    gw: Gateway, provider: Provider, charset: str
+) -> None:
+    """JSON between systems is UTF-8 (RFC 8259 section 8.1). A body its sender says is in
+    another charset (Windows-1258 is still common in Vietnamese systems) was read as UTF-8
+    whenever its bytes happened to be valid UTF-8: bytes C3 A9, "Ă©" in Windows-1258, became
+    "é", and the gateway signed and forwarded text the sender never wrote. Now refused."""
+    body = orjson.dumps(example(CITIZEN))  # ASCII: valid in every charset named above
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": f"application/json; charset={charset}",
+    }
+    status, _, doc = await post(gw, CITIZEN, body, headers)
+    assert_rejected(gw, provider, status, doc, "unsupported-media-type", 415)
+    assert "UTF-8" in doc["detail"]
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "UTF-8", '"utf-8"', "utf8"])
+async def test_a_utf8_charset_parameter_is_accepted(
+    gw: Gateway, provider: Provider, charset: str
+) -> None:
+    headers = {
+        "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+        "Content-Type": f"application/json; charset={charset}",
+    }
+    status, _, doc = await post(gw, CITIZEN, orjson.dumps(example(CITIZEN)), headers)
+    assert status == 200, doc
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -209,6 +242,105 @@ async def test_malformed_json_is_400(gw: Gateway, provider: Provider, body: byte
         {"Authorization": f"Bearer {gw.token('hcm.quan-1')}", "Content-Type": "application/json"},
     )
     assert_rejected(gw, provider, status, doc, "malformed-json", 400)
+
+
+def accept_any_json(cfg: Path) -> None:
+    """Make both schemas of citizen-lookup.v1 in a deployment accept any JSON value."""
+    for kind in ("request", "response"):
+        path = cfg.parent / "schemas" / f"{CITIZEN}.{kind}.json"
+        schema = orjson.loads(path.read_bytes())
+        path.write_bytes(orjson.dumps({k: schema[k] for k in ("$schema", "$id")}))
+
+
+@pytest.mark.parametrize(("depth", "status"), [(64, 200), (65, 400)])
+async def test_the_depth_limit_is_the_payloads_whether_sent_plain_or_signed(
+    tmp_path: Path, depth: int, status: int
+) -> None:
+    """limits.max_json_depth (64 here) bounds the payload the same way for every sender: a
+    signed request wraps the payload in {id, sender, service, created, payload}, one level
+    more, which once made a depth-64 payload a 400 when signed and a 200 when sent by token."""
+    provider = Provider(mode="bad")  # answers {"unexpected": true}
+    async with running_provider(provider):
+        cfg = make_deployment(tmp_path / "dep", provider_port=provider.port)
+        accept_any_json(cfg)
+        payload: Any = []
+        for _ in range(depth - 1):
+            payload = {"k": payload}
+        async with running_gateway(cfg) as gw:
+            token = {"Authorization": f"Bearer {gw.token('hcm.quan-1')}"}
+            plain = await post(gw, CITIZEN, orjson.dumps(payload), token | JSON)
+            signed = await post(
+                gw, CITIZEN, signed_request(gw.dir, "hcm.quan-1", CITIZEN, payload), JOSE
+            )
+    assert (plain[0], signed[0]) == (status, status), (plain[2], signed[2])
+    if status == 400:
+        assert "deeper than 64" in signed[2]["detail"], signed[2]
+
+
+async def test_an_envelope_at_the_depth_limit_verifies_after_the_gateway_certificate_expired(
+    tmp_path: Path,
+) -> None:
+    """Security staff check old envelopes offline: once the gateway's certificate has expired,
+    an envelope is "valid when signed" at the time it states. The verifier read that time with
+    the default depth 64, and the envelope holds the payload one level down, so the envelope of
+    any payload at the default limit was reported invalid instead."""
+    provider = Provider(mode="bad")
+    async with running_provider(provider):
+        cfg = make_deployment(tmp_path / "dep", provider_port=provider.port)
+        accept_any_json(cfg)
+        payload: Any = []
+        for _ in range(63):
+            payload = {"k": payload}
+        async with running_gateway(cfg) as gw:
+            token = {"Authorization": f"Bearer {gw.token('hcm.quan-1')}"}
+            status, _, doc = await post(gw, CITIZEN, orjson.dumps(payload), token | JSON)
+            assert status == 200, doc
+    envelope = provider.received[0]["envelope"]
+    header = json.loads(base64.urlsafe_b64decode(envelope["protected"] + "=="))
+    leaf = x509.load_der_x509_certificate(base64.b64decode(header["x5c"][0]))
+    dep = load(cfg)
+    trust = Trust.from_pems(
+        dep.trust_anchor_pems, gateway_id=dep.config.gateway.id, origin=dep.config.audit.origin
+    )
+    later = leaf.not_valid_after_utc + timedelta(days=1)
+    report = verify_artifact(orjson.dumps(envelope), trust, now=later)
+    assert report.valid, report.lines()
+    assert any("valid when signed" in line for line in report.lines()), report.lines()
+
+
+async def test_the_deepest_payload_the_config_admits_is_exchanged_and_verifiable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every limits.max_json_depth the config accepts is one the whole chain supports: a payload
+    of exactly that depth is parsed, canonicalized (RFC 8785), signed into an envelope one level
+    deeper, answered with a receipt, and `gateway verify --request` binds it. (The config once
+    took up to 512 while canonicalization stopped at 200: such payloads got a 400 that blamed
+    big integers, and the offline verifier stopped at depth 64.)"""
+    limit = next(m.le for m in Limits.model_fields["max_json_depth"].metadata if hasattr(m, "le"))
+    provider = Provider(mode="bad")  # answers {"unexpected": true}
+    async with running_provider(provider):
+        cfg = make_deployment(tmp_path / "dep", provider_port=provider.port)
+        cfg.write_text(cfg.read_text().replace("max_json_depth = 64", f"max_json_depth = {limit}"))
+        accept_any_json(cfg)  # so depth is the only limit
+        body = b'{"k":' * (limit - 1) + b"[]" + b"}" * (limit - 1)
+        async with running_gateway(cfg) as gw:
+            headers = {
+                "Authorization": f"Bearer {gw.token('hcm.quan-1')}",
+                "Content-Type": "application/json",
+            }
+            status, _, doc = await post(gw, CITIZEN, body, headers)
+            assert status == 200, doc
+            assert provider.received, "the deep payload never reached the provider"
+    receipt = tmp_path / "receipt.json"
+    receipt.write_bytes(orjson.dumps(doc["receipt"]))
+    envelope = tmp_path / "envelope.json"
+    envelope.write_bytes(orjson.dumps(provider.received[0]["envelope"]))
+    request = tmp_path / "request.json"
+    request.write_bytes(body)
+    for artifact in (receipt, envelope):
+        code = cli.main(["verify", str(artifact), "--config", str(cfg), "--request", str(request)])
+        out = capsys.readouterr()
+        assert code == 0, out.out + out.err
 
 
 # ------------------------------------------------------------------ (1) authenticate
@@ -704,6 +836,21 @@ async def test_a_connector_that_crashes_leaves_an_outcome_record_and_an_exchange
     ]
     crashed = [e for e in logs if e["event"] == "exchange.connector_crashed"]
     assert crashed and crashed[0]["exc_info"], logs
+
+
+async def test_an_answer_outside_the_response_schema_reaches_the_sender_in_no_form(
+    gw: Gateway, provider: Provider
+) -> None:
+    """The response schema is the contract's limit on what a sender may learn (data
+    minimisation). An answer that breaks it is withheld, and so must be its shape: the 502 once
+    listed JSON Pointers into it, naming the members the sender may not see (a member named by
+    a citizen id would be that id). The sender gets the count; the log gets value-free causes."""
+    provider.mode = "bad"  # answers {"unexpected": true}, outside the response schema
+    body = signed_request(gw.dir, "hcm.quan-1", CITIZEN, example(CITIZEN))
+    status, _, doc = await post(gw, CITIZEN, body, JOSE)
+    assert status == 502 and doc["type"].endswith(":provider-contract-broken"), doc
+    assert "unexpected" not in orjson.dumps(doc).decode(), doc
+    assert "errors" not in doc and "error(s)" in doc["detail"]
 
 
 async def test_no_route_and_wrong_method_are_problems_not_500(gw: Gateway) -> None:

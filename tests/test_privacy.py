@@ -119,3 +119,28 @@ def test_malformed_json_log_lines_name_no_key_or_number_of_the_body(tmp_path: Pa
     assert output.count("malformed-json") >= len(bodies)
     logged = _logged_text(output)
     assert name not in logged and phone not in logged, logged
+
+
+def test_signed_request_members_a_sender_got_wrong_are_not_echoed_into_the_log(
+    tmp_path: Path,
+) -> None:
+    """A signed request's members are the sender's data like its payload: a wrong 'service'
+    (signed for one service, posted to another) was quoted, whole and unbounded, in the
+    rejection's log line. The sender may see its own value in the problem; the log may not."""
+    d = tmp_path / "dep"
+    init_deployment(d)
+    name = "Trần Thị Bích Ngọc 0903123456"
+    body = signed_request(d, "hcm.quan-1", name, example("citizen-lookup.v1"))
+    server = ServerProcess(d / "gateway.toml")
+    try:
+        status = _post(
+            f"{server.url}/v1/exchange/citizen-lookup.v1",
+            body,
+            {"Content-Type": "application/jose+json"},
+        )
+    finally:
+        output = server.stop()
+    assert status == 400
+    assert "exchange.rejected" in output
+    logged = _logged_text(output)
+    assert name not in logged and "0903123456" not in logged, logged

@@ -14,6 +14,8 @@ import copy
 import hashlib
 import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,42 @@ def test_other_drafts_are_refused():
     with pytest.raises(ConfigError) as caught:
         compile_schema(document, source="s.json")
     assert caught.value.field == "/$schema"
+
+
+@pytest.mark.parametrize(
+    ("document", "pointer"),
+    [
+        (
+            schema(
+                properties={
+                    "o": {
+                        "$id": "urn:test:o",
+                        "$schema": "http://json-schema.org/draft-07/schema#",
+                        "properties": {"a": {}},
+                        "unevaluatedProperties": False,
+                    }
+                }
+            ),
+            "/properties/o/$schema",
+        ),
+        (
+            schema(**{"$defs": {"x": {"$schema": "http://json-schema.org/draft-04/schema#"}}}),
+            "/$defs/x/$schema",
+        ),
+        (
+            schema(items={"$id": "urn:test:i", "$schema": "https://example.com/meta"}),
+            "/items/$schema",
+        ),
+    ],
+)
+def test_embedded_schemas_must_be_draft_2020_12_too(document, pointer):
+    """An embedded resource naming another draft switches the engines to that draft's rules
+    there: under draft-07, ``unevaluatedProperties`` (and a ``$ref``'s siblings) are silently
+    ignored, so a constraint the contract shows would not be enforced."""
+    with pytest.raises(ConfigError) as caught:
+        compile_schema(document, source="s.json")
+    assert caught.value.field == pointer
+    assert "2020-12" in caught.value.problem
 
 
 def test_schema_without_id_is_refused_because_receipts_name_it():
@@ -368,6 +406,58 @@ def test_errors_are_capped_and_the_detail_says_so():
         "/line_items/2/amount_vnd",
     ]
     assert pointers.index("/line_items/2/amount_vnd") < pointers.index("/line_items/10/amount_vnd")
+
+
+_PEAK_MEMORY_OF_LISTING_ERRORS = """
+import resource, sys
+from gateway.errors import SchemaInvalid
+from gateway.validation import compile_schema
+kind, n = sys.argv[1], int(sys.argv[2])
+if kind == "names":  # one error per bad name, each (in the engine) holding the whole object
+    keyword = {"propertyNames": {"maxLength": 4}}
+    payload = {f"k{i:05d}": 0 for i in range(n)}
+else:  # one small error per item, but very many
+    keyword = {"items": {"type": "string"}}
+    payload = list(range(n))
+compiled = compile_schema({"$id": "urn:test:schema", **keyword}, source="s.json")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    compiled.validate(payload)
+except SchemaInvalid as e:
+    errors = e.errors
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(after - before, len(errors), errors[0].pointer, errors[0].message)
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "n", "pointer", "message"),
+    [
+        ("names", 1500, "", "propertyNames"),
+        ("items", 250_000, "/0", "must be of type string, not integer"),
+    ],
+)
+def test_listing_errors_costs_bounded_memory_whatever_the_payload(kind, n, pointer, message):
+    """The engine's error list is built eagerly, each error holding a copy of the value that
+    failed. Under ``propertyNames`` that value is the whole object, once per bad name: 1 500
+    names (a 20 KiB body) took ~300 MB and 4 000 names ~2.6 GB and seconds on the event loop,
+    so one small request from any allowed sender could stall or kill a worker; and a 1 MiB
+    array of 250 000 wrong items took ~350 MB. Errors are now listed within a budget, still
+    with pointers and never a value. Measured in a child process (the engine's memory is not
+    Python's: tracemalloc misses it)."""
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY_OF_LISTING_ERRORS, kind, str(n)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=True,
+    )
+    grown_kib, count, first_pointer, first_message = run.stdout.strip().split(" ", 3)
+    assert int(grown_kib) < 64 * 1024, f"{int(grown_kib) // 1024} MiB to list the errors"
+    assert 1 <= int(count) <= MAX_ERRORS
+    assert first_pointer == pointer
+    assert "k0" not in first_message and message in first_message
 
 
 @pytest.mark.parametrize("instance", [{1, 2}, {"a": b"bytes"}, {"a": 1, "b": {"c": {1, 2}}}])

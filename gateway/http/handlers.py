@@ -160,6 +160,7 @@ async def _exchange(
         service=request.match_info["service"],
         body=body.data,
         content_type=request.content_type,
+        charset=request.charset,
         received_at=received_at,
         received_text=rfc3339(received_at),
         peer_cert_der=peer_certificate(request),

@@ -39,9 +39,18 @@ import jsonschema_rs
 import rfc8785
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
-from jsonschema_rs import ValidationErrorKind as Kind
 
 from gateway.errors import ConfigError, PointerError, SchemaInvalid
+from gateway.validation.messages import (
+    clip,
+    count_values,
+    describe,
+    detailed_walk_is_cheap,
+    escape,
+    json_pointer,
+    located_errors,
+    sort_key,
+)
 
 __all__ = ["DRAFT_2020_12", "MAX_ERRORS", "REGEX_SIZE_LIMIT", "CompiledSchema", "compile_schema"]
 
@@ -52,7 +61,8 @@ MAX_ERRORS = 50
 #: Cap, in bytes, on one compiled pattern (and on its lazy-DFA cache): a pattern like
 #: ``(?:.{1000}){1000}`` compiles to a program far above it and is refused at start-up.
 REGEX_SIZE_LIMIT = 1 << 20
-_MAX_MESSAGE = 200
+#: Payloads of more JSON values than this get their first schema error only (see _errors).
+LIST_ALL_UP_TO = 20_000
 
 # Keywords whose values are schemas, by shape (Draft 2020-12 core and applicator vocabularies).
 _SCHEMA_MAPS = frozenset(
@@ -115,17 +125,33 @@ class CompiledSchema:
         raise SchemaInvalid(detail, errors=errors)
 
     def _errors(self, instance: Any) -> tuple[list[PointerError], bool]:
-        errors: list[PointerError] = []
+        """Up to MAX_ERRORS errors, and whether there may be more, at a bounded cost: the
+        engine lists errors only eagerly (~1 KB each, and under ``propertyNames`` a copy of
+        the whole object each), so a large payload gets its first error only, and a smaller
+        one the detailed walk only when ``evaluate`` shows it cheap."""
+        if count_values(instance, LIST_ALL_UP_TO) > LIST_ALL_UP_TO:
+            return self._first_error(instance), True
+        located = self._validator.evaluate(instance).errors()
+        if not detailed_walk_is_cheap(instance, located):
+            return located_errors(located, MAX_ERRORS)
+        errors = []
         truncated = False
         for count, error in enumerate(self._validator.iter_errors(instance)):
             if count == MAX_ERRORS:
                 truncated = True
                 break
-            errors.extend(_describe(error))
-        errors.sort(key=_sort_key)
+            errors.extend(describe(error))
+        errors.sort(key=sort_key)
         if len(errors) > MAX_ERRORS:
             errors, truncated = errors[:MAX_ERRORS], True
         return errors, truncated
+
+    def _first_error(self, instance: Any) -> list[PointerError]:
+        try:
+            self._validator.validate(instance)  # stops at the first error
+        except jsonschema_rs.ValidationError as error:
+            return describe(error)[:MAX_ERRORS]
+        return [PointerError("", "does not match the schema")]  # is_valid said it does not
 
 
 def compile_schema(document: Mapping[str, Any], *, source: str) -> CompiledSchema:
@@ -158,9 +184,12 @@ def compile_schema(document: Mapping[str, Any], *, source: str) -> CompiledSchem
 
 
 def _check_draft(doc: dict[str, Any], source: str) -> None:
-    declared = doc.get("$schema", DRAFT_2020_12)
-    if declared != DRAFT_2020_12:
-        raise ConfigError(source, "/$schema", f"must be {DRAFT_2020_12!r} (Draft 2020-12)")
+    """Every ``$schema``, the root's and any embedded resource's, must name Draft 2020-12: an
+    embedded draft-07 one makes both engines ignore ``unevaluatedProperties`` there."""
+    for pointer, node, _base in _walk(doc, "", ""):
+        if node.get("$schema", DRAFT_2020_12) != DRAFT_2020_12:
+            problem = f"must be {DRAFT_2020_12!r} (Draft 2020-12)"
+            raise ConfigError(source, f"{pointer}/$schema", problem)
 
 
 def _check_meta_schema(doc: dict[str, Any], source: str) -> None:
@@ -173,9 +202,9 @@ def _check_meta_schema(doc: dict[str, Any], source: str) -> None:
     try:
         Draft202012Validator.check_schema(doc, format_checker=None)
     except SchemaError as exc:
-        pointer = _pointer(list(exc.absolute_path))
+        pointer = json_pointer(list(exc.absolute_path))
         raise ConfigError(
-            source, pointer, f"violates the Draft 2020-12 meta-schema: {_clip(exc.message)}"
+            source, pointer, f"violates the Draft 2020-12 meta-schema: {clip(exc.message)}"
         ) from None
 
 
@@ -196,14 +225,14 @@ def _check_refs_local(doc: dict[str, Any], source: str, root_id: str) -> None:
         for keyword in _REF_KEYWORDS:
             ref = node.get(keyword)
             if isinstance(ref, str):
-                refs.append((f"{pointer}/{_escape(keyword)}", ref, base))
+                refs.append((f"{pointer}/{escape(keyword)}", ref, base))
     for pointer, ref, base in refs:
         if ref.startswith("#") or urldefrag(_resolve(base, ref)).url in ids:
             continue
         raise ConfigError(
             source,
             pointer,
-            f"reference {_clip(json.dumps(ref))} is not local: only '#...' fragments and $ids "
+            f"reference {clip(json.dumps(ref))} is not local: only '#...' fragments and $ids "
             "defined in this document may be referenced (nothing is ever retrieved)",
         )
 
@@ -217,7 +246,7 @@ def _check_patterns(doc: dict[str, Any], source: str) -> None:
         pattern_properties = node.get("patternProperties")
         if isinstance(pattern_properties, dict):
             for key in pattern_properties:
-                _check_pattern(key, f"{pointer}/patternProperties/{_escape(key)}", source)
+                _check_pattern(key, f"{pointer}/patternProperties/{escape(key)}", source)
 
 
 def _check_pattern(pattern: str, pointer: str, source: str) -> None:
@@ -227,7 +256,7 @@ def _check_pattern(pattern: str, pointer: str, source: str) -> None:
         raise ConfigError(
             source,
             pointer,
-            f"pattern {_clip(json.dumps(pattern))} is refused: patterns run on a linear-time "
+            f"pattern {clip(json.dumps(pattern))} is refused: patterns run on a linear-time "
             "engine, so look-around and back-references are not supported and the compiled "
             f"size is capped at {REGEX_SIZE_LIMIT} bytes",
         ) from None
@@ -244,9 +273,9 @@ def _compile(doc: dict[str, Any], source: str) -> jsonschema_rs.Validator:
         )
     except jsonschema_rs.ValidationError as exc:
         # Here the "instance" is the schema, so instance_path points into the document.
-        raise ConfigError(source, _pointer(exc.instance_path), _clip(exc.message)) from None
+        raise ConfigError(source, json_pointer(exc.instance_path), clip(exc.message)) from None
     except (jsonschema_rs.ReferencingError, ValueError) as exc:
-        raise ConfigError(source, "", _clip(str(exc))) from None
+        raise ConfigError(source, "", clip(str(exc))) from None
 
 
 def _regex_options() -> jsonschema_rs.RegexOptions:
@@ -272,12 +301,12 @@ def _walk(node: Any, pointer: str, base: str) -> Iterator[tuple[str, dict[str, A
         base = _resolve(base, node_id)
     yield pointer, node, base
     for key, value in node.items():
-        here = f"{pointer}/{_escape(key)}"
+        here = f"{pointer}/{escape(key)}"
         if key in _DATA_KEYWORDS:
             continue
         if key in _SCHEMA_MAPS and isinstance(value, dict):
             for name, sub in value.items():
-                yield from _walk(sub, f"{here}/{_escape(name)}", base)
+                yield from _walk(sub, f"{here}/{escape(name)}", base)
         elif isinstance(value, list):  # allOf/anyOf/oneOf/prefixItems, or unknown keywords
             for index, sub in enumerate(value):
                 yield from _walk(sub, f"{here}/{index}", base)
@@ -290,118 +319,3 @@ def _resolve(base: str, reference: str) -> str:
     if urlsplit(reference).scheme or not base:
         return reference
     return urljoin(base, reference)
-
-
-# --- error messages ------------------------------------------------------------------------------
-
-
-def _describe(error: jsonschema_rs.ValidationError) -> list[PointerError]:
-    """Turn one engine error into pointer errors whose text never contains the payload's values."""
-    path = list(error.instance_path)
-    kind = error.kind
-    if isinstance(kind, Kind.AdditionalProperties | Kind.UnevaluatedProperties):
-        message = f"property is not allowed here ({kind.name})"
-        return [PointerError(_pointer([*path, name]), message) for name in kind.unexpected]
-    if isinstance(kind, Kind.UnevaluatedItems):
-        # The engine lists these items by their JSON text, not their index: payload values,
-        # never pointer tokens. The array itself is pointed at instead.
-        count = len(kind.unexpected)
-        message = f"has {count} item(s) that are not allowed here (unevaluatedItems)"
-        return [PointerError(_pointer(path), message)]
-    return [PointerError(_pointer(path), _clip(_message(kind, error.instance)))]
-
-
-def _message(kind: Kind, instance: Any) -> str:
-    """The message for one kind, built from the keyword and the schema's constraint only."""
-    match kind:
-        case Kind.Type(types=types):
-            return f"must be of type {' or '.join(types)}, not {_json_type(instance)}"
-        case Kind.Required(property=name):
-            return f"required property {json.dumps(name)} is missing"
-        case Kind.Format(format=fmt):
-            return f"must be a valid {json.dumps(fmt)} (format)"
-        case Kind.Pattern(pattern=pattern):
-            return f"must match the pattern {json.dumps(pattern)}"
-        case Kind.Enum(options=options):
-            return f"must be one of {_values(options)} (enum)"
-        case Kind.Constant(expected_value=expected):
-            return f"must be {_values([expected])} (const)"
-        case Kind.MinLength(limit=n):
-            return f"must be at least {n} characters long (minLength)"
-        case Kind.MaxLength(limit=n):
-            return f"must be at most {n} characters long (maxLength)"
-        case Kind.MinItems(limit=n):
-            return f"must have at least {n} items (minItems)"
-        case Kind.MaxItems(limit=n) | Kind.AdditionalItems(limit=n):
-            return f"must have at most {n} items ({kind.name})"
-        case Kind.MinProperties(limit=n):
-            return f"must have at least {n} properties (minProperties)"
-        case Kind.MaxProperties(limit=n):
-            return f"must have at most {n} properties (maxProperties)"
-        case Kind.Minimum(limit=n):
-            return f"must be >= {n} (minimum)"
-        case Kind.Maximum(limit=n):
-            return f"must be <= {n} (maximum)"
-        case Kind.ExclusiveMinimum(limit=n):
-            return f"must be > {n} (exclusiveMinimum)"
-        case Kind.ExclusiveMaximum(limit=n):
-            return f"must be < {n} (exclusiveMaximum)"
-        case Kind.MultipleOf(multiple_of=n):
-            return f"must be a multiple of {n} (multipleOf)"
-        case Kind.PropertyNames(error=inner):
-            return (
-                f"has a property name that {_message(inner.kind, inner.instance)} (propertyNames)"
-            )
-    return _STATIC_MESSAGES.get(kind.name, f"does not satisfy the {json.dumps(kind.name)} keyword")
-
-
-_STATIC_MESSAGES = {
-    "uniqueItems": "items must be unique (uniqueItems)",
-    "contains": "must contain the required number of matching items (contains)",
-    "not": "must not match the schema under 'not'",
-    "anyOf": "does not match any of the allowed alternatives (anyOf)",
-    "oneOf": "must match exactly one of the alternatives (oneOf)",
-    "falseSchema": "no value is allowed here",
-    "contentEncoding": "is not in the declared encoding (contentEncoding)",
-    "contentMediaType": "is not of the declared media type (contentMediaType)",
-}
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
-def _values(values: list[Any]) -> str:
-    """Schema-side values (enum options, const), clipped: never payload data."""
-    shown = ", ".join(json.dumps(v, ensure_ascii=False) for v in values[:10])
-    return shown + (", ..." if len(values) > 10 else "")
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
-
-
-def _escape(token: str | int) -> str:
-    return str(token).replace("~", "~0").replace("/", "~1")
-
-
-def _pointer(path: list[str | int]) -> str:
-    """RFC 6901 JSON Pointer for a path; the root is the empty string."""
-    return "".join(f"/{_escape(part)}" for part in path)
-
-
-def _sort_key(error: PointerError) -> tuple[tuple[tuple[int, int, str], ...], str]:
-    """Document order-ish: array indexes compare as numbers (``/2`` before ``/10``)."""
-    parts = error.pointer.split("/")[1:]
-    key = tuple((0, int(p), "") if p.isascii() and p.isdigit() else (1, 0, p) for p in parts)
-    return key, error.message
