@@ -255,6 +255,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _until_group_gone(pgid: int, timeout: float = 10) -> None:
+    """Wait until no live process of group ``pgid`` is left (zombies count as gone).
+
+    SIGKILL is delivered to each process when it next leaves the kernel: an appender inside
+    fsync finishes it first. A test that opened the log while it was still there read the
+    wal-index of before that commit, and the commit (durable in the WAL) showed up only at the
+    next open: the records counted after a kill -9 were too few."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive = True
+                break
+        if not alive:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"processes of group {pgid} still alive {timeout} s after SIGKILL")
+
+
 class ServerProcess:
     """`gateway serve` as a real process (own process group, so kill -9 takes its workers too)."""
 
@@ -322,6 +348,7 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+        _until_group_gone(self.proc.pid)
         if self.proc.stdout:
             self.proc.stdout.close()
         self._stderr.close()
