@@ -22,6 +22,7 @@ from tests.support import (
     ServerProcess,
     audit_records,
     example,
+    group_members,
     make_deployment,
     running_provider,
 )
@@ -70,22 +71,6 @@ async def test_a_signal_to_every_gateway_process_lets_in_flight_exchanges_finish
     assert {doc["exchange_id"] for _, doc in answers} <= delivered
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``, from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def test_workers_and_the_appender_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     """SIGKILL (or the OOM killer) on the supervisor alone: its children must not go on serving
     unsupervised on the port, nor hold the log; they get the stop signal from the kernel."""
@@ -96,15 +81,15 @@ def test_workers_and_the_appender_stop_when_the_supervisor_is_killed(tmp_path: P
     server = ServerProcess(cfg, workers=2, stdout_to_file=True)
     try:
         pgid = server.proc.pid
-        assert len(_group_members(pgid)) == 4  # supervisor, appender, two workers
+        assert len(group_members(pgid)) == 4  # supervisor, appender, two workers
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(timeout=10)
         deadline = time.monotonic() + 30
-        while _group_members(pgid) and time.monotonic() < deadline:
+        while group_members(pgid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _group_members(pgid) == [], "children outlived their supervisor"
+        assert group_members(pgid) == [], "children outlived their supervisor"
     finally:
-        if _group_members(pgid):  # a failed run must not leave them serving
+        if group_members(pgid):  # a failed run must not leave them serving
             os.killpg(pgid, signal.SIGKILL)
         log = server.stop()
     assert "Traceback" not in log, log[-3000:]
