@@ -93,6 +93,11 @@ def _stop_before_serving(signum: int, _: Any) -> None:
     raise SystemExit(0)  # nothing is in flight yet
 
 
+APPENDER_DRAIN_SECONDS = 20.0
+"""How long a stopping appender goes on serving workers still connected: more than a worker's
+shutdown timeout (10 s, gateway.http.serving), less than the supervisor's STOP_SECONDS."""
+
+
 def _run_appender(
     dep: config_mod.Deployment, address: str, ready: Connection, supervisor: int
 ) -> None:
@@ -120,7 +125,14 @@ def _run_appender(
     try:
         store = open_store(dep, appends=True)
         publisher = periodic_publisher(dep, store)
-        serve(store, address, ready=started, publisher=publisher, stop_signals=(STOP_SIGNAL,))
+        serve(
+            store,
+            address,
+            ready=started,
+            publisher=publisher,
+            stop_signals=(STOP_SIGNAL,),
+            drain_seconds=APPENDER_DRAIN_SECONDS,
+        )
     except Exception as e:
         import structlog
 

@@ -56,6 +56,45 @@ async def test_concurrent_appends_from_two_workers_are_gap_free_and_match_the_tr
     await b.aclose()
 
 
+async def test_a_stopping_appender_serves_connected_workers_until_they_hang_up(
+    tmp_path: Path,
+) -> None:
+    """With ``drain_seconds``, stopping closes the door to new workers but the connected ones
+    still get their records committed, and the appender ends once the last one hangs up (the
+    kernel stops every child at once when the supervisor is killed)."""
+    address = new_address()
+    ready, stop = threading.Event(), threading.Event()
+    store = SqliteAuditStore(str(tmp_path / "audit.db"))
+    t = threading.Thread(
+        target=serve,
+        args=(store, address),
+        kwargs={"ready": ready.set, "stop_event": stop, "drain_seconds": 30.0},
+    )
+    t.start()
+    try:
+        assert ready.wait(10)
+        w = await RemoteAppender.connect(address)
+        assert (await w.append(b'{"n":0}')).index == 0
+        stop.set()
+        for _ in range(100):  # until the listener is closed: a new worker is refused
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(address)
+                except OSError:
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("a stopping appender still takes new workers")
+        assert (await w.append(b'{"n":1}')).index == 1  # the connected worker is still served
+        assert t.is_alive()
+        await w.aclose()
+        await asyncio.to_thread(t.join, 10)
+        assert not t.is_alive(), "the appender did not end when its last worker hung up"
+    finally:
+        stop.set()
+        t.join(40)
+
+
 async def test_a_frame_larger_than_one_read_arrives_whole(appender: str) -> None:
     """The appender reads 64 KiB at a time: a bigger frame is assembled over several reads."""
     w = await RemoteAppender.connect(appender)

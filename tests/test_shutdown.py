@@ -175,3 +175,37 @@ def test_the_stop_signal_during_start_up_closes_every_resource_once_in_order(
         "outer closed",
         "exited",
     ]
+
+
+async def test_in_flight_exchanges_finish_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) on the supervisor while exchanges wait at their provider:
+    the kernel stops every child at once (PR_SET_PDEATHSIG), with nobody left to stop the
+    workers before the appender. The appender must outlast the workers still finishing,
+    or their exchanges, delivered, are answered 503 for want of their outcome records."""
+    import os
+
+    async with running_provider(Provider(mode="slow", delay=1.5)) as provider:
+        cfg = make_deployment(tmp_path / "dep", provider_port=provider.port, timeout=10)
+        server = ServerProcess(cfg, workers=2, stdout_to_file=True)
+        token = (cfg.parent / "participants/hcm.quan-1/token").read_text().strip()
+        try:
+            calls = [asyncio.create_task(_exchange(server.url, token)) for _ in range(IN_FLIGHT)]
+            for _ in range(200):  # until every exchange waits at the provider
+                if len(provider.received) == IN_FLIGHT:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(provider.received) == IN_FLIGHT
+            os.kill(server.proc.pid, signal.SIGKILL)
+            answers = await asyncio.gather(*calls)
+            for _ in range(300):  # until the children are gone
+                if not group_members(server.proc.pid):
+                    break
+                await asyncio.sleep(0.05)
+            assert group_members(server.proc.pid) == [], "children outlived their supervisor"
+        finally:
+            log = server.stop()
+    assert [status for status, _ in answers] == [200] * IN_FLIGHT, answers
+    assert "Traceback" not in log, log[-3000:]
+    records = audit_records(cfg.parent)
+    delivered = {r["exchange_id"] for r in records if r["event"] == "exchange.delivered"}
+    assert {doc["exchange_id"] for _, doc in answers} <= delivered

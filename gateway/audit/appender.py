@@ -26,6 +26,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,11 +110,19 @@ def serve(
     stop_event: threading.Event | None = None,
     publisher: PublisherThread | None = None,
     stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+    drain_seconds: float = 0.0,
 ) -> None:
     """Run the appender until one of ``stop_signals`` (main thread) or ``stop_event``. Blocking.
 
     ``publisher`` (the periodic checkpoint publisher) runs beside it on the same store, from
     when the store is open until before it is closed.
+
+    ``drain_seconds``: once told to stop, take no new connection but go on serving the
+    connected workers until they have all hung up, for at most that long. Why: when the
+    supervisor is killed (SIGKILL, the OOM killer), the kernel signals every child at once;
+    workers still finishing delivered exchanges then found the appender gone and answered
+    them 503 ("retry"), so a client's retry delivered them twice. Normally the supervisor
+    stops the appender after the workers have exited, and it stops at once.
     """
     listener = _listen(address)
     sel = selectors.DefaultSelector()
@@ -135,8 +144,15 @@ def serve(
     conns: dict[int, _Conn] = {}
     index_pending = getattr(store, "index_pending", None)  # deferred search indexing (SQLite)
     behind = index_pending is not None
+    drain_until: float | None = None
     try:
-        while not stop and not (stop_event is not None and stop_event.is_set()):
+        while True:
+            if drain_until is None and (stop or (stop_event is not None and stop_event.is_set())):
+                drain_until = time.monotonic() + drain_seconds
+                sel.unregister(listener)
+                listener.close()  # no new worker; the connected ones may finish
+            if drain_until is not None and (not conns or time.monotonic() >= drain_until):
+                break
             events = sel.select(timeout=0.005 if behind else 0.5)
             if not events and behind and index_pending is not None:
                 behind = _index_some(index_pending)  # idle for 5 ms: then look at the sockets again
