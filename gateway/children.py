@@ -23,8 +23,14 @@ STOP_SIGNAL = signal.SIGUSR2
 KillMode=control-group) and a terminal's Ctrl-C send those to every process of the gateway at
 once. The appender then stopped while workers still finished their exchanges (delivered, but
 answered 503 for want of their outcome record), and each worker got the signal twice (the
-second broke its cleanup half way). The children ignore SIGTERM/SIGINT; the supervisor
+second broke its cleanup half way). The children ignore STOPPED_BY; the supervisor
 stops the workers first, then the appender, whichever way it was told to stop."""
+
+STOPPED_BY = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""The signals that stop the gateway gracefully; the supervisor takes them, the children
+ignore them. SIGHUP too: a terminal that hangs up (an ssh session lost) sends it to every
+process of the foreground group, and its default action killed the children at once,
+their in-flight exchanges cut off, where SIGTERM would have let them finish."""
 
 STOP_SECONDS = 30.0
 """How long a child told to stop may take (a worker finishes its in-flight exchanges within
@@ -38,7 +44,7 @@ def _say(msg: str) -> None:
 
 
 class Children:
-    """The supervisor's children; :meth:`on_signal` is its SIGTERM/SIGINT handler.
+    """The supervisor's children; :meth:`on_signal` is its handler of STOPPED_BY.
 
     The handler is in place before the first fork: a gateway stopped while its appender was
     still starting used to ignore Ctrl-C until the start-up wait ran out.

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import config as config_mod
-from gateway.children import STOP_SIGNAL, Children, how_it_ended, signal_child
+from gateway.children import STOP_SIGNAL, STOPPED_BY, Children, how_it_ended, signal_child
 from gateway.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _err, _load
 from gateway.ratelimit_shared import SharedBuckets
 
@@ -67,8 +67,8 @@ def _take_over_signals(supervisor: int) -> None:
     its own handler in place), the supervisor's stop signal ends it at once, cleanly. Its
     default action would kill it: a worker still starting up when the gateway was stopped
     made the supervisor exit 1. And the stop signal comes when the supervisor dies."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in STOPPED_BY:
+        signal.signal(signum, signal.SIG_IGN)
     signal.signal(STOP_SIGNAL, _stop_before_serving)
     _stop_with(supervisor)
 
@@ -276,8 +276,8 @@ def _supervise(
     """
     ctx = multiprocessing.get_context("fork")
     children = Children()
-    signal.signal(signal.SIGTERM, children.on_signal)
-    signal.signal(signal.SIGINT, children.on_signal)
+    for signum in STOPPED_BY:
+        signal.signal(signum, children.on_signal)
     try:
         address = _start_appender(ctx, dep, children)
         if address is not None:

@@ -42,7 +42,7 @@ async def _exchange(url: str, token: str) -> tuple[int, dict[str, str]]:
         return r.status, await r.json(content_type=None)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 async def test_a_signal_to_every_gateway_process_lets_in_flight_exchanges_finish(
     tmp_path: Path, signum: signal.Signals
 ) -> None:

@@ -98,7 +98,7 @@ def run(
         ssl_context=ssl_context,
         access_log=None,  # one structured line per exchange instead (handlers.py)
         print=None,
-        handle_signals=False,  # stop() instead: SIGTERM/SIGINT are the supervisor's
+        handle_signals=False,  # stop() instead: SIGTERM, SIGINT, SIGHUP are the supervisor's
         shutdown_timeout=10,
         keepalive_timeout=idle_timeout,
         loop=loop,
