@@ -290,6 +290,7 @@ class RemoteAppender:
         self._outbox: list[list[Any]] = []
         self._flush_scheduled = False
         self._in_flight = 0  # records sent and not yet answered
+        self._sent_at: float | None = None  # monotonic time the frame in flight was sent
         self._broken: str | None = None
         self._task = self._loop.create_task(self._receive())
 
@@ -336,13 +337,27 @@ class RemoteAppender:
         body = orjson.dumps(self._outbox)
         self._in_flight += len(self._outbox)
         self._outbox = []
+        self._sent_at = time.monotonic()
         self._writer.write(_LEN.pack(len(body)) + body)
 
     def _answered(self, rows: list[Any]) -> None:
         """An answer came: once everything sent is answered, send what waited meanwhile."""
         self._in_flight = max(0, self._in_flight - len(rows))
-        if not self._in_flight and self._outbox:
-            self._flush()
+        if not self._in_flight:
+            self._sent_at = None
+            if self._outbox:
+                self._flush()
+
+    def trouble(self, now: float, patience: float) -> str | None:
+        """Why records cannot be committed now, or None: the connection is gone, or the
+        frame in flight has waited over ``patience`` s for its answer (a stalled appender).
+        For /readyz, which said ok while every exchange waited for a stalled appender."""
+        if self._broken is not None:
+            return self._broken
+        sent = self._sent_at
+        if sent is not None and now - sent > patience:
+            return f"records unanswered for {now - sent:.1f} s"
+        return None
 
     async def _receive(self) -> None:
         try:
