@@ -189,6 +189,30 @@ def test_a_worker_killed_with_sigkill_stops_the_gateway_cleanly_naming_it(tmp_pa
     assert [r["event"] for r in records].count("exchange.delivered") == 1
 
 
+def test_an_appender_killed_with_sigkill_stops_the_gateway_and_the_log_stays_whole(
+    tmp_path: Path,
+) -> None:
+    """Without its appender no worker can have an exchange audited: the gateway stops at
+    once, exits 1 naming the appender, and what was acknowledged is in the log."""
+    cfg = make_deployment(tmp_path / "dep")
+    server = ServerProcess(cfg, workers=2, stdout_to_file=True)
+    token = (cfg.parent / "participants/hcm.quan-1/token").read_text().strip()
+    try:
+        assert post_citizen_lookup(server.url, token) == 200
+        os.kill(_until_started(server.proc.pid, "gw-appender"), signal.SIGKILL)
+        server.proc.wait(timeout=60)
+    finally:
+        log = server.stop()
+    assert server.proc.returncode == 1, log[-3000:]
+    assert "appender (killed by SIGKILL) exited unexpectedly; stopping the gateway" in log
+    assert _no_one_left(server.proc.pid) == []
+    records = audit_records(cfg.parent)
+    assert [r["event"] for r in records].count("exchange.delivered") == 1
+    verify = [sys.executable, "-m", "gateway.cli", "audit", "verify", "--config", str(cfg)]
+    checked = subprocess.run(verify, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_a_worker_that_does_not_stop_is_killed_and_the_gateway_still_exits(
     tmp_path: Path,
 ) -> None:
