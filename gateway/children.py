@@ -32,12 +32,6 @@ ignore them. SIGHUP too: a terminal that hangs up (an ssh session lost) sends it
 process of the foreground group, and its default action killed the children at once,
 their in-flight exchanges cut off, where SIGTERM would have let them finish."""
 
-STOP_SECONDS = 30.0
-"""How long a child told to stop may take (a worker finishes its in-flight exchanges within
-its own 10 s shutdown timeout) before it is killed. Without a bound, a hung child kept the
-supervisor waiting for ever (multiprocessing joins every child at exit), and the PDEATHSIG
-that would have stopped it never came."""
-
 
 def _say(msg: str) -> None:
     print(f"gateway: {msg}", file=sys.stderr, flush=True)
@@ -50,7 +44,12 @@ class Children:
     still starting used to ignore Ctrl-C until the start-up wait ran out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stop_seconds: float) -> None:
+        """``stop_seconds``: how long a child told to stop may take before it is killed.
+        Without a bound, a hung child kept the supervisor waiting for ever (multiprocessing
+        joins every child at exit), and the PDEATHSIG that would have stopped it never
+        came."""
+        self.stop_seconds = stop_seconds
         self.supervisor = os.getpid()
         self.appender: ForkProcess | None = None
         self.workers: list[ForkProcess] = []
@@ -85,12 +84,12 @@ class Children:
         from gateway.metrics import mark_worker_dead
 
         for p in self.workers:
-            _end(p)
+            _end(p, self.stop_seconds)
             if metrics_dir is not None and p.pid and p.exitcode is not None:
                 mark_worker_dead(metrics_dir, p.pid)
         if self.appender is not None:
             signal_child(self.appender, STOP_SIGNAL)
-            _end(self.appender)
+            _end(self.appender, self.stop_seconds)
 
 
 def signal_child(p: ForkProcess, signum: int) -> None:
@@ -100,13 +99,13 @@ def signal_child(p: ForkProcess, signum: int) -> None:
             os.kill(p.pid, signum)
 
 
-def _end(p: ForkProcess) -> None:
-    """Wait up to STOP_SECONDS for ``p`` (already told to stop), then kill it; reap it."""
-    p.join(timeout=STOP_SECONDS)
+def _end(p: ForkProcess, seconds: float) -> None:
+    """Wait up to ``seconds`` for ``p`` (already told to stop), then kill it; reap it."""
+    p.join(timeout=seconds)
     if p.exitcode is None:
-        _say(f"{p.name} did not stop within {STOP_SECONDS:g} s; killing it")
+        _say(f"{p.name} did not stop within {seconds:g} s; killing it")
         signal_child(p, signal.SIGKILL)
-        p.join(timeout=STOP_SECONDS)
+        p.join(timeout=seconds)
 
 
 def how_it_ended(p: ForkProcess) -> str:

@@ -93,9 +93,19 @@ def _stop_before_serving(signum: int, _: Any) -> None:
     raise SystemExit(0)  # nothing is in flight yet
 
 
-APPENDER_DRAIN_SECONDS = 20.0
-"""How long a stopping appender goes on serving workers still connected: more than a worker's
-shutdown timeout (10 s, gateway.http.serving), less than the supervisor's STOP_SECONDS."""
+def stop_times(limits: config_mod.Limits) -> tuple[float, float, float]:
+    """How long stopping may take: (a worker's grace, the appender's drain, the supervisor's
+    patience with a child), from the configured delivery timeout.
+
+    The grace lets an in-flight exchange finish its delivery, then its outcome record and
+    state write (10 s). aiohttp's own grace was a fixed 10 s, after which it waited as long
+    again before it cancelled the handler: a delivery allowed longer than that was cut off
+    by a stop, delivered but unanswered. A worker may thus take twice its grace; the
+    appender serves connected workers a little longer than that, and the supervisor kills
+    a child only after longer still.
+    """
+    grace = limits.delivery_timeout_seconds + 10.0
+    return grace, 2 * grace + 10.0, 2 * grace + 20.0
 
 
 def _run_appender(
@@ -131,7 +141,7 @@ def _run_appender(
             ready=started,
             publisher=publisher,
             stop_signals=(STOP_SIGNAL,),
-            drain_seconds=APPENDER_DRAIN_SECONDS,
+            drain_seconds=stop_times(dep.config.limits)[1],
         )
     except Exception as e:
         import structlog
@@ -204,6 +214,7 @@ def _serve_as_worker(
         server_ssl_context(dep),
         STOP_SIGNAL,
         idle_timeout=dep.config.limits.idle_timeout_seconds,
+        grace=stop_times(dep.config.limits)[0],
     )
 
 
@@ -275,7 +286,7 @@ def _supervise(
     appender.
     """
     ctx = multiprocessing.get_context("fork")
-    children = Children()
+    children = Children(stop_seconds=stop_times(dep.config.limits)[2])
     for signum in STOPPED_BY:
         signal.signal(signum, children.on_signal)
     try:

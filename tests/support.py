@@ -302,7 +302,7 @@ class ServerProcess:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signum)
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=60)
             except Exception:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)

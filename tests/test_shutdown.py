@@ -31,10 +31,10 @@ SERVICE = "budget-proposal.v1"
 IN_FLIGHT = 6
 
 
-async def _exchange(url: str, token: str) -> tuple[int, dict[str, str]]:
+async def _exchange(url: str, token: str, timeout: float = 20) -> tuple[int, dict[str, str]]:
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
         s.post(
             f"{url}/v1/exchange/{SERVICE}", data=orjson.dumps(example(SERVICE)), headers=headers
         ) as r,
@@ -209,3 +209,32 @@ async def test_in_flight_exchanges_finish_when_the_supervisor_is_killed(tmp_path
     records = audit_records(cfg.parent)
     delivered = {r["exchange_id"] for r in records if r["event"] == "exchange.delivered"}
     assert {doc["exchange_id"] for _, doc in answers} <= delivered
+
+
+@pytest.mark.slow
+async def test_a_stop_waits_for_a_delivery_as_long_as_the_delivery_timeout_allows(
+    tmp_path: Path,
+) -> None:
+    """With a delivery timeout above aiohttp's fixed grace (10 s to finish, 10 s more before
+    the handler was cancelled), a delivery still running when the gateway was told to stop
+    was cut off: the provider had the request, the client a dropped connection and no
+    outcome record. The grace now follows the configured delivery timeout."""
+    async with running_provider(Provider(mode="slow", delay=28)) as provider:
+        cfg = make_deployment(tmp_path / "dep", provider_port=provider.port, timeout=40)
+        server = ServerProcess(cfg, workers=1, stdout_to_file=True)
+        token = (cfg.parent / "participants/hcm.quan-1/token").read_text().strip()
+        call = asyncio.create_task(_exchange(server.url, token, timeout=60))
+        for _ in range(200):  # until the exchange waits at the provider
+            if provider.received:
+                break
+            await asyncio.sleep(0.05)
+        assert len(provider.received) == 1
+        stopping = asyncio.get_running_loop().run_in_executor(None, server.stop, signal.SIGTERM)
+        try:
+            status, doc = await call
+        finally:
+            log = await stopping
+    assert status == 200, doc
+    assert server.proc.returncode == 0, log[-3000:]
+    delivered = [r for r in audit_records(cfg.parent) if r["event"] == "exchange.delivered"]
+    assert [r["exchange_id"] for r in delivered] == [doc["exchange_id"]]

@@ -52,15 +52,15 @@ if fault.startswith("appender-"):
     import gateway.audit.appender
     gateway.audit.appender.serve = {"fails": fail, "hangs": hang, "deaf": hang_deaf}[fault[9:]]
 if fault == "appender-deaf":
-    import gateway.children, gateway.cli_serve
+    import gateway.cli_serve
     gateway.cli_serve.APPENDER_START_SECONDS = 1
-    gateway.children.STOP_SECONDS = 1
+    gateway.cli_serve.stop_times = lambda limits: (20.0, 50.0, 1.0)
 if fault == "worker-fails":
     import gateway.http.serving
     gateway.http.serving.run = fail
 if fault == "short-stop":
-    import gateway.children
-    gateway.children.STOP_SECONDS = 2
+    import gateway.cli_serve
+    gateway.cli_serve.stop_times = lambda limits: (20.0, 50.0, 2.0)
 
 from gateway.cli import main
 sys.exit(main(sys.argv[2:]))

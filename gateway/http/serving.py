@@ -52,6 +52,7 @@ def run(
     stop_signal: int,
     *,
     idle_timeout: float,
+    grace: float = 10.0,
 ) -> None:
     """Serve ``app`` on an already bound socket (one worker process) until ``stop_signal``, the
     supervisor's (see gateway.cli_serve).
@@ -61,7 +62,10 @@ def run(
     opened or after its last response: a silent or trickling client cannot hold a connection
     (and a file descriptor) for aiohttp's default of an hour. Streams (the audit SSE tail) are
     responses in progress, which it leaves alone; request bodies have their own limit
-    (gateway.http.bodies)."""
+    (gateway.http.bodies).
+
+    ``grace``: how long in-flight requests get to finish once told to stop (aiohttp's
+    shutdown timeout); the supervisor derives it from the delivery timeout."""
     route_server_log()
     loop = asyncio.new_event_loop()
     stopping = False
@@ -99,7 +103,7 @@ def run(
         access_log=None,  # one structured line per exchange instead (handlers.py)
         print=None,
         handle_signals=False,  # stop() instead: SIGTERM, SIGINT, SIGHUP are the supervisor's
-        shutdown_timeout=10,
+        shutdown_timeout=grace,
         keepalive_timeout=idle_timeout,
         loop=loop,
     )
