@@ -295,6 +295,9 @@ def _supervise(
             _serve_workers(ctx, dep, sock, workers, address, metrics_dir, children)
         elif not children.asked_to_stop:
             return EXIT_FAILED  # the cause is said
+    except BaseException:  # a fork that failed: the children started must not be left
+        children.stop()
+        raise
     finally:
         children.join_all(metrics_dir)
     failed = children.failed()
@@ -324,8 +327,9 @@ def _serve_workers(
         if children.asked_to_stop:  # while forking: the rest need not start
             break
         args = (dep, sock, i, appender, metrics_dir, rate, children.supervisor)
-        children.workers.append(ctx.Process(target=_run_worker, args=args, name=f"worker-{i}"))
-        children.workers[-1].start()
+        worker = ctx.Process(target=_run_worker, args=args, name=f"worker-{i}")
+        worker.start()  # then counted: a fork that failed leaves nothing to join
+        children.workers.append(worker)
     sock.close()
     if children.asked_to_stop:
         children.stop()  # also the workers forked after the signal came
@@ -358,8 +362,8 @@ def _start_appender(ctx: ForkContext, dep: config_mod.Deployment, children: Chil
     appender = ctx.Process(
         target=_run_appender, args=(dep, address, writer, children.supervisor), name="appender"
     )
-    children.appender = appender
     appender.start()
+    children.appender = appender
     writer.close()  # the child holds the only other copy: its death is an EOF here
     word: object = _NO_WORD
     try:

@@ -58,6 +58,16 @@ if fault == "appender-deaf":
 if fault == "worker-fails":
     import gateway.http.serving
     gateway.http.serving.run = fail
+if fault == "second-fork-fails":  # EAGAIN: the user's (or the container's) process limit
+    import errno, multiprocessing.context
+    start = multiprocessing.context.ForkProcess.start
+
+    def limited(self):
+        if self.name == "worker-1":
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        start(self)
+
+    multiprocessing.context.ForkProcess.start = limited
 if fault == "short-stop":
     import gateway.cli_serve
     gateway.cli_serve.stop_times = lambda limits: (20.0, 50.0, 2.0)
@@ -164,6 +174,16 @@ def test_a_worker_that_fails_to_start_stops_the_gateway_naming_it(tmp_path: Path
     assert "(exit status 1) exited unexpectedly; stopping the gateway" in err
     assert '"event":"worker.failed"' in err  # in the JSON log, not multiprocessing's traceback
     assert "Process worker-" not in err
+    assert _no_one_left(proc.pid) == []
+
+
+def test_a_fork_that_fails_stops_the_children_already_started(tmp_path: Path) -> None:
+    """The process limit reached while forking the workers: the appender and the workers
+    already forked were left serving, and the supervisor waited for them for ever at exit."""
+    proc = _serve(make_deployment(tmp_path / "dep"), "second-fork-fails")
+    err = _ended(proc, timeout=60)
+    assert proc.returncode != 0, err
+    assert "Resource temporarily unavailable" in err
     assert _no_one_left(proc.pid) == []
 
 
