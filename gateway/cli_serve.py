@@ -328,7 +328,12 @@ def _serve_workers(
             break
         args = (dep, sock, i, appender, metrics_dir, rate, children.supervisor)
         worker = ctx.Process(target=_run_worker, args=args, name=f"worker-{i}")
-        worker.start()  # then counted: a fork that failed leaves nothing to join
+        try:
+            worker.start()  # then counted: a fork that failed leaves nothing to join
+        except OSError as e:  # EAGAIN at the process limit, ENOMEM
+            _err(f"cannot start {worker.name}: {e.strerror or e}; stopping the gateway")
+            children.stop()
+            return
         children.workers.append(worker)
     sock.close()
     if children.asked_to_stop:
@@ -362,7 +367,11 @@ def _start_appender(ctx: ForkContext, dep: config_mod.Deployment, children: Chil
     appender = ctx.Process(
         target=_run_appender, args=(dep, address, writer, children.supervisor), name="appender"
     )
-    appender.start()
+    try:
+        appender.start()
+    except OSError as e:
+        _err(f"cannot start the audit appender: {e.strerror or e}")
+        return None
     children.appender = appender
     writer.close()  # the child holds the only other copy: its death is an EOF here
     word: object = _NO_WORD
