@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -365,3 +366,26 @@ async def test_a_malformed_frame_drops_its_connection_and_the_appender_serves_on
     result = await asyncio.wait_for(w.append(b'{"a":1}'), 5)
     assert result.index == 0
     await w.aclose()
+
+
+def test_a_trickled_frame_from_a_half_closed_peer_is_answered(appender: str) -> None:
+    """A frame sent a few bytes at a time, then the peer's write side shut: the appender
+    waits for the whole frame (serving others meanwhile), commits it and answers before it
+    sees the end of the stream."""
+    body = orjson.dumps([[1, '{"n":1}', None, 0.0, 0.0]])
+    frame = struct.pack(">I", len(body)) + body
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+        peer.connect(appender)
+        peer.settimeout(10)
+        for i in range(0, len(frame), 3):
+            peer.sendall(frame[i : i + 3])
+            time.sleep(0.01)
+        peer.shutdown(socket.SHUT_WR)
+        answer = b""
+        for _ in range(100):  # until the appender closes its end
+            chunk = peer.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    (n,) = struct.unpack(">I", answer[:4])
+    assert orjson.loads(answer[4 : 4 + n]) == [[1, 0, merkle.leaf_hash(b'{"n":1}').hex(), None]]
