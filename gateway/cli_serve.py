@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import config as config_mod
+from gateway.children import STOP_SIGNAL, STOPPED_BY, Children, how_it_ended, signal_child
 from gateway.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _err, _http_base, _load
 from gateway.ratelimit_shared import SharedBuckets
 
 if TYPE_CHECKING:  # fork contexts do not exist on every platform
-    from multiprocessing.context import ForkContext, ForkProcess
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import ForkContext
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -58,13 +60,6 @@ def _name_process(name: str) -> None:
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-STOP_SIGNAL = signal.SIGUSR2
-"""How the supervisor stops a worker or the appender. Not SIGTERM/SIGINT: systemd (its default
-KillMode=control-group) and a terminal's Ctrl-C send those to every process of the gateway at
-once. The appender then stopped while workers still finished their exchanges (delivered, but
-answered 503 for want of their outcome record), and each worker got the signal twice (the
-second broke its cleanup half way). The children ignore SIGTERM/SIGINT; the supervisor
-stops the workers first, then the appender, whichever way it was told to stop."""
 
 
 def _take_over_signals(supervisor: int) -> None:
@@ -72,8 +67,8 @@ def _take_over_signals(supervisor: int) -> None:
     its own handler in place), the supervisor's stop signal ends it at once, cleanly. Its
     default action would kill it: a worker still starting up when the gateway was stopped
     made the supervisor exit 1. And the stop signal comes when the supervisor dies."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in STOPPED_BY:
+        signal.signal(signum, signal.SIG_IGN)
     signal.signal(STOP_SIGNAL, _stop_before_serving)
     _stop_with(supervisor)
 
@@ -98,8 +93,30 @@ def _stop_before_serving(signum: int, _: Any) -> None:
     raise SystemExit(0)  # nothing is in flight yet
 
 
-def _run_appender(dep: config_mod.Deployment, address: str, ready: Any, supervisor: int) -> None:
-    """The audit appender process: the only writer of audit records while the gateway runs."""
+def stop_times(limits: config_mod.Limits) -> tuple[float, float, float]:
+    """How long stopping may take: (a worker's grace, the appender's drain, the supervisor's
+    patience with a child), from the configured delivery timeout.
+
+    The grace lets an in-flight exchange finish its delivery, then its outcome record and
+    state write (10 s). aiohttp's own grace was a fixed 10 s, after which it waited as long
+    again before it cancelled the handler: a delivery allowed longer than that was cut off
+    by a stop, delivered but unanswered. A worker may thus take twice its grace; the
+    appender serves connected workers a little longer than that, and the supervisor kills
+    a child only after longer still.
+    """
+    grace = limits.delivery_timeout_seconds + 10.0
+    return grace, 2 * grace + 10.0, 2 * grace + 20.0
+
+
+def _run_appender(
+    dep: config_mod.Deployment, address: str, ready: Connection, supervisor: int
+) -> None:
+    """The audit appender process: the only writer of audit records while the gateway runs.
+
+    It tells the supervisor over ``ready`` that its store is open (``None``) or why it could
+    not open it (the error's text), so the supervisor learns either at once: it used to wait
+    60 s for an appender that had died, with a bare "did not start".
+    """
     from gateway.audit.appender import serve
     from gateway.audit.factory import open_store, periodic_publisher
     from gateway.logging import configure
@@ -107,9 +124,35 @@ def _run_appender(dep: config_mod.Deployment, address: str, ready: Any, supervis
     _take_over_signals(supervisor)
     _name_process("gw-appender")
     configure(dep.config.logging.level, process="appender")
-    store = open_store(dep, appends=True)
-    publisher = periodic_publisher(dep, store)
-    serve(store, address, ready=ready.set, publisher=publisher, stop_signals=(STOP_SIGNAL,))
+    serving = False
+
+    def started() -> None:
+        nonlocal serving
+        serving = True
+        with contextlib.suppress(OSError):  # the supervisor gave up waiting: it stops us
+            ready.send(None)
+
+    try:
+        store = open_store(dep, appends=True)
+        publisher = periodic_publisher(dep, store)
+        serve(
+            store,
+            address,
+            ready=started,
+            publisher=publisher,
+            stop_signals=(STOP_SIGNAL,),
+            drain_seconds=stop_times(dep.config.limits)[1],
+        )
+    except Exception as e:
+        import structlog
+
+        structlog.get_logger("gateway.appender").exception(
+            "appender.failed" if serving else "appender.start_failed"
+        )
+        if not serving:
+            with contextlib.suppress(OSError):
+                ready.send(f"{type(e).__name__}: {e}")
+        raise SystemExit(1) from None
 
 
 def _run_worker(
@@ -123,14 +166,31 @@ def _run_worker(
 ) -> None:
     """One worker process: its own event loop and app; the shared socket, appender, metrics
     directory and rate buckets."""
-    from gateway.http.app import create_app, server_ssl_context
-    from gateway.http.serving import run
     from gateway.logging import configure
-    from gateway.metrics import use_multiprocess_dir
 
     _take_over_signals(supervisor)
     _name_process(f"gw-worker-{worker}")
     configure(dep.config.logging.level, process=f"worker-{worker}")
+    try:
+        _serve_as_worker(dep, sock, appender, metrics_dir, rate)
+    except Exception:  # one JSON log line (redacted as all are), not a bare traceback
+        import structlog
+
+        structlog.get_logger("gateway.worker").exception("worker.failed")
+        raise SystemExit(1) from None
+
+
+def _serve_as_worker(
+    dep: config_mod.Deployment,
+    sock: socket.socket,
+    appender: str,
+    metrics_dir: Path | None,
+    rate: SharedBuckets,
+) -> None:
+    from gateway.http.app import create_app, server_ssl_context
+    from gateway.http.serving import run
+    from gateway.metrics import use_multiprocess_dir
+
     if metrics_dir is not None:  # before create_app builds the metrics
         use_multiprocess_dir(metrics_dir)
     # Helper threads (reads for proofs and search, the state store) need the GIL for a few
@@ -154,6 +214,7 @@ def _run_worker(
         server_ssl_context(dep),
         STOP_SIGNAL,
         idle_timeout=dep.config.limits.idle_timeout_seconds,
+        grace=stop_times(dep.config.limits)[0],
     )
 
 
@@ -210,87 +271,128 @@ def _metrics_dir(workers: int) -> Iterator[Path | None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+APPENDER_START_SECONDS = 60.0
+"""How long the appender may take to open its store (a PostgreSQL server slow to answer)."""
+
+
 def _supervise(
     dep: config_mod.Deployment, sock: socket.socket, workers: int, metrics_dir: Path | None
 ) -> int:
     """Fork the appender, then the workers; if any dies, stop all and exit non-zero.
 
-    Stop order matters: workers first (they finish in-flight exchanges, whose audit records the
-    appender still commits), then the appender.
+    No child is restarted: a worker or appender that died unasked is a fault (a crash, the OOM
+    killer) that the service manager (systemd's Restart=on-failure) should see and count,
+    rather than a loop of restarts hidden inside the gateway. Stop order: workers first (they
+    finish in-flight exchanges, whose audit records the appender still commits), then the
+    appender.
     """
+    ctx = multiprocessing.get_context("fork")
+    children = Children(stop_seconds=stop_times(dep.config.limits)[2])
+    for signum in STOPPED_BY:
+        signal.signal(signum, children.on_signal)
+    try:
+        address = _start_appender(ctx, dep, children)
+        if address is not None:
+            _serve_workers(ctx, dep, sock, workers, address, metrics_dir, children)
+        elif not children.asked_to_stop:
+            return EXIT_FAILED  # the cause is said
+    except BaseException:  # a fork that failed: the children started must not be left
+        children.stop()
+        raise
+    finally:
+        children.join_all(metrics_dir)
+    failed = children.failed()
+    if failed:
+        _err(f"not stopped cleanly: {', '.join(failed)}")
+    return EXIT_OK if children.asked_to_stop and not failed else EXIT_FAILED
+
+
+def _serve_workers(
+    ctx: ForkContext,
+    dep: config_mod.Deployment,
+    sock: socket.socket,
+    workers: int,
+    appender: str,
+    metrics_dir: Path | None,
+    children: Children,
+) -> None:
+    """Fork the workers; return once one child ended (and, unasked, all were told to stop)."""
     from multiprocessing.connection import wait
 
-    ctx = multiprocessing.get_context("fork")
-    started = _start_appender(ctx, dep)
-    if started is None:
-        return EXIT_FAILED
-    appender, address = started
     limits = dep.config.limits
     # One set of buckets for all workers: the configured rate is the gateway's, not a worker's.
     rate = SharedBuckets(
         (p.id for p in dep.config.participants), limits.rate_per_second, limits.rate_burst
     )
-    procs = [
-        ctx.Process(
-            target=_run_worker,
-            args=(dep, sock, i, address, metrics_dir, rate, os.getpid()),
-            name=f"worker-{i}",
-        )
-        for i in range(workers)
-    ]
-    for p in procs:
-        p.start()
+    for i in range(workers):
+        if children.asked_to_stop:  # while forking: the rest need not start
+            break
+        args = (dep, sock, i, appender, metrics_dir, rate, children.supervisor)
+        worker = ctx.Process(target=_run_worker, args=args, name=f"worker-{i}")
+        try:
+            worker.start()  # then counted: a fork that failed leaves nothing to join
+        except OSError as e:  # EAGAIN at the process limit, ENOMEM
+            _err(f"cannot start {worker.name}: {e.strerror or e}; stopping the gateway")
+            children.stop()
+            return
+        children.workers.append(worker)
     sock.close()
-    stopping = False
-
-    def stop(signum: int, _: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for p in procs:
-            if p.is_alive() and p.pid:
-                os.kill(p.pid, STOP_SIGNAL)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    wait([p.sentinel for p in [*procs, appender]])
-    if not stopping:
-        _err("a gateway process exited unexpectedly; stopping the others")
-        stop(signal.SIGTERM, None)
-    _join_all(procs, appender, metrics_dir)
-    failed = [f"{p.name} ({p.exitcode})" for p in [*procs, appender] if p.exitcode != 0]
-    if failed:
-        _err(f"not stopped cleanly, with exit codes: {', '.join(failed)}")
-    return EXIT_OK if stopping and not failed else EXIT_FAILED
+    if children.asked_to_stop:
+        children.stop()  # also the workers forked after the signal came
+    ended = wait([p.sentinel for p in children.all()])
+    if children.asked_to_stop:
+        return
+    dead = [p for p in children.all() if p.sentinel in ended]
+    for p in dead:
+        p.join(timeout=1)  # reaped, so its exit status is known
+    said = ", ".join(f"{p.name} ({how_it_ended(p)})" for p in dead)
+    _err(f"{said} exited unexpectedly; stopping the gateway")
+    children.stop()
 
 
-def _start_appender(ctx: ForkContext, dep: config_mod.Deployment) -> tuple[ForkProcess, str] | None:
-    """Fork the appender and wait until its store is open; None (said on stderr) if it fails."""
+_NO_WORD = object()
+
+
+def _start_appender(ctx: ForkContext, dep: config_mod.Deployment, children: Children) -> str | None:
+    """Fork the appender and wait until its store is open: its address, or None (the cause
+    said on stderr) if it failed, died, hung, or the gateway was asked to stop meanwhile.
+
+    Waits on the appender's word and its death together: either is seen at once (it used to
+    wait 60 s for an appender that had died, then said only "did not start")."""
+    from multiprocessing.connection import wait
+
     from gateway.audit.appender import new_address
 
     address = new_address()
-    ready = ctx.Event()
+    reader, writer = ctx.Pipe(duplex=False)
     appender = ctx.Process(
-        target=_run_appender, args=(dep, address, ready, os.getpid()), name="appender"
+        target=_run_appender, args=(dep, address, writer, children.supervisor), name="appender"
     )
-    appender.start()
-    if not ready.wait(60) or not appender.is_alive():
-        _err("the audit appender did not start")
-        appender.terminate()
+    try:
+        appender.start()
+    except OSError as e:
+        _err(f"cannot start the audit appender: {e.strerror or e}")
         return None
-    return appender, address
-
-
-def _join_all(procs: list[ForkProcess], appender: ForkProcess, metrics_dir: Path | None) -> None:
-    """Wait for the workers (already told to stop), then stop the appender and wait for it.
-
-    Each worker that exited is marked dead in the metrics directory, as prometheus_client's
-    multiprocess mode asks (its live gauges go; its counts stay in the sums)."""
-    from gateway.metrics import mark_worker_dead
-
-    for p in procs:
-        p.join(timeout=30)
-        if metrics_dir is not None and p.pid and p.exitcode is not None:
-            mark_worker_dead(metrics_dir, p.pid)
-    if appender.is_alive() and appender.pid:
-        os.kill(appender.pid, STOP_SIGNAL)
-    appender.join(timeout=30)
+    children.appender = appender
+    writer.close()  # the child holds the only other copy: its death is an EOF here
+    word: object = _NO_WORD
+    try:
+        if wait([reader, appender.sentinel], timeout=APPENDER_START_SECONDS):
+            with contextlib.suppress(EOFError, OSError):
+                word = reader.recv()
+    finally:
+        reader.close()
+    if children.asked_to_stop:
+        signal_child(appender, STOP_SIGNAL)  # join_all waits for it
+        return None
+    if word is None:
+        return address
+    if isinstance(word, str):
+        _err(f"the audit appender could not start: {word}")
+    elif appender.is_alive():
+        _err(f"the audit appender did not start within {APPENDER_START_SECONDS:g} s")
+        signal_child(appender, STOP_SIGNAL)
+    else:
+        appender.join(timeout=1)
+        _err(f"the audit appender exited while starting ({how_it_ended(appender)})")
+    return None

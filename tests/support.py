@@ -361,7 +361,7 @@ class ServerProcess:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signum)
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=60)
             except Exception:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
@@ -437,3 +437,26 @@ def until_every_worker_serves(
             if len(workers_of(server.stderr_path.read_text(), sender)) == workers:
                 return
     raise AssertionError(f"not every one of {workers} workers served")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc."""
+    return [pid for pid, _ in group_processes(pgid)]
+
+
+def group_processes(pgid: int) -> list[tuple[int, str]]:
+    """(pid, name) of each live (not zombie) process of process group ``pgid``, from /proc;
+    the name is what ``ps -o comm`` shows (``gw-worker-0``, ``gw-appender``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        head, tail = stat.rsplit(")", 1)
+        fields = tail.split()  # after "(comm)": state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append((int(entry.name), head.split("(", 1)[1]))
+    return found

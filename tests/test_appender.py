@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,45 @@ async def test_concurrent_appends_from_two_workers_are_gap_free_and_match_the_tr
     store.close()
     await a.aclose()
     await b.aclose()
+
+
+async def test_a_stopping_appender_serves_connected_workers_until_they_hang_up(
+    tmp_path: Path,
+) -> None:
+    """With ``drain_seconds``, stopping closes the door to new workers but the connected ones
+    still get their records committed, and the appender ends once the last one hangs up (the
+    kernel stops every child at once when the supervisor is killed)."""
+    address = new_address()
+    ready, stop = threading.Event(), threading.Event()
+    store = SqliteAuditStore(str(tmp_path / "audit.db"))
+    t = threading.Thread(
+        target=serve,
+        args=(store, address),
+        kwargs={"ready": ready.set, "stop_event": stop, "drain_seconds": 30.0},
+    )
+    t.start()
+    try:
+        assert ready.wait(10)
+        w = await RemoteAppender.connect(address)
+        assert (await w.append(b'{"n":0}')).index == 0
+        stop.set()
+        for _ in range(100):  # until the listener is closed: a new worker is refused
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(address)
+                except OSError:
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("a stopping appender still takes new workers")
+        assert (await w.append(b'{"n":1}')).index == 1  # the connected worker is still served
+        assert t.is_alive()
+        await w.aclose()
+        await asyncio.to_thread(t.join, 10)
+        assert not t.is_alive(), "the appender did not end when its last worker hung up"
+    finally:
+        stop.set()
+        t.join(40)
 
 
 async def test_a_frame_larger_than_one_read_arrives_whole(appender: str) -> None:
@@ -326,3 +366,26 @@ async def test_a_malformed_frame_drops_its_connection_and_the_appender_serves_on
     result = await asyncio.wait_for(w.append(b'{"a":1}'), 5)
     assert result.index == 0
     await w.aclose()
+
+
+def test_a_trickled_frame_from_a_half_closed_peer_is_answered(appender: str) -> None:
+    """A frame sent a few bytes at a time, then the peer's write side shut: the appender
+    waits for the whole frame (serving others meanwhile), commits it and answers before it
+    sees the end of the stream."""
+    body = orjson.dumps([[1, '{"n":1}', None, 0.0, 0.0]])
+    frame = struct.pack(">I", len(body)) + body
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+        peer.connect(appender)
+        peer.settimeout(10)
+        for i in range(0, len(frame), 3):
+            peer.sendall(frame[i : i + 3])
+            time.sleep(0.01)
+        peer.shutdown(socket.SHUT_WR)
+        answer = b""
+        for _ in range(100):  # until the appender closes its end
+            chunk = peer.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    (n,) = struct.unpack(">I", answer[:4])
+    assert orjson.loads(answer[4 : 4 + n]) == [[1, 0, merkle.leaf_hash(b'{"n":1}').hex(), None]]

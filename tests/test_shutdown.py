@@ -22,6 +22,7 @@ from tests.support import (
     ServerProcess,
     audit_records,
     example,
+    group_members,
     make_deployment,
     running_provider,
 )
@@ -30,10 +31,10 @@ SERVICE = "budget-proposal.v1"
 IN_FLIGHT = 6
 
 
-async def _exchange(url: str, token: str) -> tuple[int, dict[str, str]]:
+async def _exchange(url: str, token: str, timeout: float = 20) -> tuple[int, dict[str, str]]:
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
         s.post(
             f"{url}/v1/exchange/{SERVICE}", data=orjson.dumps(example(SERVICE)), headers=headers
         ) as r,
@@ -41,7 +42,7 @@ async def _exchange(url: str, token: str) -> tuple[int, dict[str, str]]:
         return r.status, await r.json(content_type=None)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 async def test_a_signal_to_every_gateway_process_lets_in_flight_exchanges_finish(
     tmp_path: Path, signum: signal.Signals
 ) -> None:
@@ -70,22 +71,6 @@ async def test_a_signal_to_every_gateway_process_lets_in_flight_exchanges_finish
     assert {doc["exchange_id"] for _, doc in answers} <= delivered
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``, from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def test_workers_and_the_appender_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     """SIGKILL (or the OOM killer) on the supervisor alone: its children must not go on serving
     unsupervised on the port, nor hold the log; they get the stop signal from the kernel."""
@@ -96,15 +81,15 @@ def test_workers_and_the_appender_stop_when_the_supervisor_is_killed(tmp_path: P
     server = ServerProcess(cfg, workers=2, stdout_to_file=True)
     try:
         pgid = server.proc.pid
-        assert len(_group_members(pgid)) == 4  # supervisor, appender, two workers
+        assert len(group_members(pgid)) == 4  # supervisor, appender, two workers
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(timeout=10)
         deadline = time.monotonic() + 30
-        while _group_members(pgid) and time.monotonic() < deadline:
+        while group_members(pgid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _group_members(pgid) == [], "children outlived their supervisor"
+        assert group_members(pgid) == [], "children outlived their supervisor"
     finally:
-        if _group_members(pgid):  # a failed run must not leave them serving
+        if group_members(pgid):  # a failed run must not leave them serving
             os.killpg(pgid, signal.SIGKILL)
         log = server.stop()
     assert "Traceback" not in log, log[-3000:]
@@ -190,3 +175,66 @@ def test_the_stop_signal_during_start_up_closes_every_resource_once_in_order(
         "outer closed",
         "exited",
     ]
+
+
+async def test_in_flight_exchanges_finish_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) on the supervisor while exchanges wait at their provider:
+    the kernel stops every child at once (PR_SET_PDEATHSIG), with nobody left to stop the
+    workers before the appender. The appender must outlast the workers still finishing,
+    or their exchanges, delivered, are answered 503 for want of their outcome records."""
+    import os
+
+    async with running_provider(Provider(mode="slow", delay=1.5)) as provider:
+        cfg = make_deployment(tmp_path / "dep", provider_port=provider.port, timeout=10)
+        server = ServerProcess(cfg, workers=2, stdout_to_file=True)
+        token = (cfg.parent / "participants/hcm.quan-1/token").read_text().strip()
+        try:
+            calls = [asyncio.create_task(_exchange(server.url, token)) for _ in range(IN_FLIGHT)]
+            for _ in range(200):  # until every exchange waits at the provider
+                if len(provider.received) == IN_FLIGHT:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(provider.received) == IN_FLIGHT
+            os.kill(server.proc.pid, signal.SIGKILL)
+            answers = await asyncio.gather(*calls)
+            for _ in range(300):  # until the children are gone
+                if not group_members(server.proc.pid):
+                    break
+                await asyncio.sleep(0.05)
+            assert group_members(server.proc.pid) == [], "children outlived their supervisor"
+        finally:
+            log = server.stop()
+    assert [status for status, _ in answers] == [200] * IN_FLIGHT, answers
+    assert "Traceback" not in log, log[-3000:]
+    records = audit_records(cfg.parent)
+    delivered = {r["exchange_id"] for r in records if r["event"] == "exchange.delivered"}
+    assert {doc["exchange_id"] for _, doc in answers} <= delivered
+
+
+@pytest.mark.slow
+async def test_a_stop_waits_for_a_delivery_as_long_as_the_delivery_timeout_allows(
+    tmp_path: Path,
+) -> None:
+    """With a delivery timeout above aiohttp's fixed grace (10 s to finish, 10 s more before
+    the handler was cancelled), a delivery still running when the gateway was told to stop
+    was cut off: the provider had the request, the client a dropped connection and no
+    outcome record. The grace now follows the configured delivery timeout."""
+    async with running_provider(Provider(mode="slow", delay=28)) as provider:
+        cfg = make_deployment(tmp_path / "dep", provider_port=provider.port, timeout=40)
+        server = ServerProcess(cfg, workers=1, stdout_to_file=True)
+        token = (cfg.parent / "participants/hcm.quan-1/token").read_text().strip()
+        call = asyncio.create_task(_exchange(server.url, token, timeout=60))
+        for _ in range(200):  # until the exchange waits at the provider
+            if provider.received:
+                break
+            await asyncio.sleep(0.05)
+        assert len(provider.received) == 1
+        stopping = asyncio.get_running_loop().run_in_executor(None, server.stop, signal.SIGTERM)
+        try:
+            status, doc = await call
+        finally:
+            log = await stopping
+    assert status == 200, doc
+    assert server.proc.returncode == 0, log[-3000:]
+    delivered = [r for r in audit_records(cfg.parent) if r["event"] == "exchange.delivered"]
+    assert [r["exchange_id"] for r in delivered] == [doc["exchange_id"]]

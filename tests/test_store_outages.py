@@ -144,3 +144,40 @@ async def test_readyz_names_a_failing_store_without_its_error_text(tmp_path: Pat
     checks = orjson.loads(body)["checks"]
     assert checks["state"].startswith("failed"), checks
     assert str(tmp_path) not in body and "state.db" not in body, body
+
+
+async def test_readyz_is_not_ready_while_the_appender_leaves_records_unanswered(
+    tmp_path: Path,
+) -> None:
+    """The appender stalls (here SIGSTOP; a hung disk or store does the same): exchanges wait
+    for their records, and /readyz said ok all along, since it only read the log on the
+    worker's own connection, so a load balancer kept sending traffic into the stall."""
+    import os
+    import signal
+
+    from tests.support import group_processes
+
+    d = tmp_path / "dep"
+    init_deployment(d)
+    token = (d / "participants/hcm.quan-1/token").read_text().strip()
+    server = ServerProcess(d / "gateway.toml")
+    appender = next(p for p, name in group_processes(server.proc.pid) if name == "gw-appender")
+    try:
+        assert await _exchange(server.url, token) == (200, "application/json")
+        os.kill(appender, signal.SIGSTOP)
+        try:
+            waiting = asyncio.create_task(_exchange(server.url, token))
+            status = 200
+            for _ in range(100):  # until the stall shows (at most 10 s)
+                status = await _ready(server.url)
+                if status == 503:
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 503
+            assert not waiting.done()  # the record is merely late: nothing is answered yet
+        finally:
+            os.kill(appender, signal.SIGCONT)
+        assert await waiting == (200, "application/json")
+        assert await _ready(server.url) == 200
+    finally:
+        server.stop()

@@ -26,6 +26,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,11 +110,19 @@ def serve(
     stop_event: threading.Event | None = None,
     publisher: PublisherThread | None = None,
     stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+    drain_seconds: float = 0.0,
 ) -> None:
     """Run the appender until one of ``stop_signals`` (main thread) or ``stop_event``. Blocking.
 
     ``publisher`` (the periodic checkpoint publisher) runs beside it on the same store, from
     when the store is open until before it is closed.
+
+    ``drain_seconds``: once told to stop, take no new connection but go on serving the
+    connected workers until they have all hung up, for at most that long. Why: when the
+    supervisor is killed (SIGKILL, the OOM killer), the kernel signals every child at once;
+    workers still finishing delivered exchanges then found the appender gone and answered
+    them 503 ("retry"), so a client's retry delivered them twice. Normally the supervisor
+    stops the appender after the workers have exited, and it stops at once.
     """
     listener = _listen(address)
     sel = selectors.DefaultSelector()
@@ -135,8 +144,15 @@ def serve(
     conns: dict[int, _Conn] = {}
     index_pending = getattr(store, "index_pending", None)  # deferred search indexing (SQLite)
     behind = index_pending is not None
+    drain_until: float | None = None
     try:
-        while not stop and not (stop_event is not None and stop_event.is_set()):
+        while True:
+            if drain_until is None and (stop or (stop_event is not None and stop_event.is_set())):
+                drain_until = time.monotonic() + drain_seconds
+                sel.unregister(listener)
+                listener.close()  # no new worker; the connected ones may finish
+            if drain_until is not None and (not conns or time.monotonic() >= drain_until):
+                break
             events = sel.select(timeout=0.005 if behind else 0.5)
             if not events and behind and index_pending is not None:
                 behind = _index_some(index_pending)  # idle for 5 ms: then look at the sockets again
@@ -274,6 +290,7 @@ class RemoteAppender:
         self._outbox: list[list[Any]] = []
         self._flush_scheduled = False
         self._in_flight = 0  # records sent and not yet answered
+        self._sent_at: float | None = None  # monotonic time the frame in flight was sent
         self._broken: str | None = None
         self._task = self._loop.create_task(self._receive())
 
@@ -320,13 +337,27 @@ class RemoteAppender:
         body = orjson.dumps(self._outbox)
         self._in_flight += len(self._outbox)
         self._outbox = []
+        self._sent_at = time.monotonic()
         self._writer.write(_LEN.pack(len(body)) + body)
 
     def _answered(self, rows: list[Any]) -> None:
         """An answer came: once everything sent is answered, send what waited meanwhile."""
         self._in_flight = max(0, self._in_flight - len(rows))
-        if not self._in_flight and self._outbox:
-            self._flush()
+        if not self._in_flight:
+            self._sent_at = None
+            if self._outbox:
+                self._flush()
+
+    def trouble(self, now: float, patience: float) -> str | None:
+        """Why records cannot be committed now, or None: the connection is gone, or the
+        frame in flight has waited over ``patience`` s for its answer (a stalled appender).
+        For /readyz, which said ok while every exchange waited for a stalled appender."""
+        if self._broken is not None:
+            return self._broken
+        sent = self._sent_at
+        if sent is not None and now - sent > patience:
+            return f"records unanswered for {now - sent:.1f} s"
+        return None
 
     async def _receive(self) -> None:
         try:

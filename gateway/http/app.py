@@ -58,6 +58,8 @@ METRICS = web.AppKey("metrics", ExchangeMetrics)
 ANCHORS = web.AppKey("anchors", pki.TrustAnchors)
 # Published in the JWKS beside the keyring's keys: the audit log's checkpoint (note) key.
 NOTE_KEYS = web.AppKey("note_keys", tuple[dict[str, Any], ...])
+# Under `gateway serve` only: the worker's connection to the appender process.
+APPENDER = web.AppKey("appender", RemoteAppender)
 
 
 def build_keyring(dep: Deployment) -> Keyring:
@@ -350,6 +352,8 @@ def _resources(
             await stack.enter_async_context(_started(stages.connectors))
             app[AUDIT] = audit
             app[STATE] = state
+            if remote is not None:
+                app[APPENDER] = remote
             sink = remote if remote is not None else audit
             app[PIPELINE] = _build_pipeline(
                 dep, stages, audit=sink, state=state, clock=clock, rate=rate

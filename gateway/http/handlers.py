@@ -286,6 +286,10 @@ async def readyz(request: web.Request) -> web.Response:
     await _check(checks, "audit", _raises_or_true(app[keys.AUDIT].tree_head()))
     if ago is not None:  # reads work, writes did not (see RecentOutage)
         checks["writes"] = f"failing: an exchange could not be audited {ago:.1f} s ago"
+    remote = app.get(keys.APPENDER)
+    if remote is not None:  # under `gateway serve`: records go to the appender process
+        trouble = remote.trouble(time.monotonic(), READY_CHECK_SECONDS)
+        checks["appender"] = "ok" if trouble is None else f"failed: {trouble}"
     checks["keys"] = "ok"
     for sid, c in app[keys.CONNECTORS].items():
         await _check(checks, f"connector:{sid}", c.ready())

@@ -55,6 +55,7 @@ def run(
     stop_signal: int,
     *,
     idle_timeout: float,
+    grace: float = 10.0,
 ) -> None:
     """Serve ``app`` on an already bound socket (one worker process) until ``stop_signal``, the
     supervisor's (see gateway.cli_serve).
@@ -64,7 +65,10 @@ def run(
     opened or after its last response: a silent or trickling client cannot hold a connection
     (and a file descriptor) for aiohttp's default of an hour. Streams (the audit SSE tail) are
     responses in progress, which it leaves alone; request bodies have their own limit
-    (gateway.http.bodies)."""
+    (gateway.http.bodies).
+
+    ``grace``: how long in-flight requests get to finish once told to stop (aiohttp's
+    shutdown timeout); the supervisor derives it from the delivery timeout."""
     route_server_log()
     loop = asyncio.new_event_loop()
     stopping = False
@@ -98,8 +102,8 @@ def run(
     runner = GatewayRunner(  # web.run_app's, with problem answers to unparsable requests
         app,
         access_log=None,  # one structured line per exchange instead (handlers.py)
-        handle_signals=False,  # stop() instead: SIGTERM/SIGINT are the supervisor's
-        shutdown_timeout=10,
+        handle_signals=False,  # stop() instead: SIGTERM, SIGINT, SIGHUP are the supervisor's
+        shutdown_timeout=grace,
         keepalive_timeout=idle_timeout,
     )
     main = loop.create_task(_serve(runner, sock, ssl_context))
