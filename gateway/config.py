@@ -90,7 +90,9 @@ class Limits(_Model):
     # Exchanges one worker reads or processes at once; beyond, a 503 before the body is read.
     # Bounds a worker's request memory near max_concurrent_exchanges x max_body_bytes.
     max_concurrent_exchanges: int = Field(default=512, ge=1, le=100_000)
-    rate_per_second: float = Field(default=200.0, gt=0)
+    # At least one exchange a day: a rate near zero (1e-320) made the Retry-After of a 429
+    # overflow into a 500, and a limit that admits nothing is a refusal in disguise.
+    rate_per_second: float = Field(default=200.0, ge=1 / 86400)
     rate_burst: int = Field(default=400, ge=1)
 
     @model_validator(mode="after")

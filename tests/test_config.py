@@ -109,6 +109,12 @@ def test_the_init_deployment_loads_and_builds(cfg: Path) -> None:
             "unknown connector",
         ),
         ("max_json_depth = 64", "max_json_depth = 100000", "limits.max_json_depth", "less than"),
+        (
+            "max_json_depth = 64",
+            "max_json_depth = 64\nrate_per_second = 1e-320",
+            "limits.rate_per_second",
+            "greater than or equal",
+        ),
         (  # RFC 8785 canonicalization stops at 200 and the envelope nests the payload once more
             "max_json_depth = 64",
             "max_json_depth = 200",

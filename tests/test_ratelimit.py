@@ -31,6 +31,7 @@ def test_spend_refills_at_the_rate_up_to_the_burst_and_says_how_long_to_wait() -
     assert spend(0.0, 0.0, 0.5, 1.0, 2.0) == (0.5, 1)  # half a token: wait for the rest
     assert spend(0.0, 0.0, 100.0, 1.0, 2.0) == (1.0, 0)  # refilled to the burst, not beyond
     assert spend(0.0, 0.0, 0.0, 0.25, 2.0) == (0.0, 4)  # a token every 4 s
+    assert spend(0.0, 0.0, 0.0, 1 / 86400, 1.0) == (0.0, 86400)  # the slowest rate allowed
     assert spend(0.5, 10.0, 9.0, 1.0, 2.0) == (0.5, 1)  # a clock read older than the last update
 
 
