@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +56,9 @@ CONNECTORS = web.AppKey("connectors", dict[str, Connector])
 METRICS = web.AppKey("metrics", ExchangeMetrics)
 # Built once at start-up (CRLs checked against the clock then): authn, roles and /v1/verify.
 ANCHORS = web.AppKey("anchors", pki.TrustAnchors)
+# The registry's participants as the exchange authenticator knows them; the audit routes'
+# principal resolver takes the same mapping (certificates pinned and checked once).
+PARTICIPANTS: web.AppKey[Mapping[str, ParticipantAuth]] = web.AppKey("participants")
 # Published in the JWKS beside the keyring's keys: the audit log's checkpoint (note) key.
 NOTE_KEYS = web.AppKey("note_keys", tuple[dict[str, Any], ...])
 # Under `gateway serve` only: the worker's connection to the appender process.
@@ -397,6 +400,7 @@ def create_app(
     app[DEPLOYMENT] = dep
     app[KEYRING] = stages.keyring
     app[ANCHORS] = stages.anchors
+    app[PARTICIPANTS] = stages.participants
     app[NOTE_KEYS] = build_note_keys(dep, stages.keyring)
     app[CONNECTORS] = stages.connectors
     app[METRICS] = ExchangeMetrics(dep.services, multiprocess_dir=metrics_dir)

@@ -278,7 +278,7 @@ def add_routes(app: web.Application, *, clock: Callable[[], datetime] | None = N
     try:
         app[RESOLVER] = PrincipalResolver(
             dep.config.roles,
-            keys.build_participants(dep),
+            app[keys.PARTICIPANTS],
             app[keys.ANCHORS],
             development=dep.config.gateway.development,
         )
