@@ -265,20 +265,10 @@ def _until_group_gone(pgid: int, timeout: float = 10) -> None:
     import time
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = False
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # gone meanwhile
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                alive = True
-                break
-        if not alive:
-            return
+    while group_members(pgid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes of group {pgid} alive {timeout} s after SIGKILL")
         time.sleep(0.02)
-    raise AssertionError(f"processes of group {pgid} still alive {timeout} s after SIGKILL")
 
 
 class ServerProcess:
