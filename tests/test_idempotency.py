@@ -60,6 +60,23 @@ async def test_a_finished_exchange_is_replayed_with_its_answer(store: StateStore
     assert again.headers["Idempotent-Replayed"] == "true"
 
 
+async def test_an_accepted_async_exchange_is_replayed_with_its_202(store: StateStore) -> None:
+    """The stored status is handed out again, not a 200: a retry of an async exchange must
+    still read "accepted, come back at Location", not "done"."""
+    assert await _begin(store) is None
+    body = orjson.dumps({"exchange_id": "x-2", "status": "queued"})
+    await finish(store, ExchangeResult(status=202, body=body))
+    again = await _begin(store)
+    assert isinstance(again, ExchangeResult)
+    assert (again.status, again.body, again.exchange_id) == (202, body, "x-2")
+    # The request's canonical log line names the replay, its sender and its service.
+    assert again.log == {
+        "event": "exchange.idempotent_replay",
+        "sender": "hcm.quan-1",
+        "service": "svc.v1",
+    }
+
+
 async def test_another_body_with_the_same_key_is_a_conflict(store: StateStore) -> None:
     assert await _begin(store) is None
     err = await _begin(store, sha="h2")
