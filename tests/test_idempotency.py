@@ -77,6 +77,20 @@ async def test_an_accepted_async_exchange_is_replayed_with_its_202(store: StateS
     }
 
 
+@pytest.mark.parametrize(("status", "kept"), [(199, False), (200, True), (299, True), (300, False)])
+async def test_only_a_2xx_answer_is_kept_for_retries(
+    store: StateStore, status: int, kept: bool
+) -> None:
+    """Exactly 200..299 is an answer to give again; anything else releases the key."""
+    assert await _begin(store) is None
+    await finish(store, ExchangeResult(status=status, body=b'{"exchange_id":"x-3"}'))
+    again = await _begin(store)
+    if kept:
+        assert isinstance(again, ExchangeResult) and again.status == status
+    else:
+        assert again is None  # released: the retry is processed afresh
+
+
 async def test_another_body_with_the_same_key_is_a_conflict(store: StateStore) -> None:
     assert await _begin(store) is None
     err = await _begin(store, sha="h2")
