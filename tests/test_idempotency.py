@@ -91,6 +91,31 @@ async def test_only_a_2xx_answer_is_kept_for_retries(
         assert again is None  # released: the retry is processed afresh
 
 
+async def test_a_released_key_hands_the_store_neither_status_nor_body() -> None:
+    """Releasing is ``status=None, body=None``; a refusal's body must not reach the store."""
+    calls: list[tuple[int | None, bytes | None]] = []
+
+    class Recording:
+        async def idempotency_begin(self, *args: Any) -> Any:
+            raise AssertionError("not reached")
+
+        async def idempotency_finish(
+            self,
+            sender: str,
+            service: str,
+            key: str,
+            status: int | None,
+            body: bytes | None,
+            **kwargs: Any,
+        ) -> None:
+            calls.append((status, body))
+
+    assert await finish(Recording(), ExchangeResult(status=409, body=b'{"refused":1}'))
+    assert await finish(Recording(), None)
+    assert await finish(Recording(), ExchangeResult(status=200, body=b'{"ok":1}'))
+    assert calls == [(None, None), (None, None), (200, b'{"ok":1}')]
+
+
 async def test_another_body_with_the_same_key_is_a_conflict(store: StateStore) -> None:
     assert await _begin(store) is None
     err = await _begin(store, sha="h2")
