@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,15 @@ async def test_a_released_key_hands_the_store_neither_status_nor_body() -> None:
     assert await finish(Recording(), None)
     assert await finish(Recording(), ExchangeResult(status=200, body=b'{"ok":1}'))
     assert calls == [(None, None), (None, None), (200, b'{"ok":1}')]
+
+
+def test_the_provider_key_is_a_digest_scoped_to_sender_and_service() -> None:
+    """Two senders' equal keys must be two keys to the provider; no key, no provider key."""
+    expected = hashlib.sha256(b"hcm.quan-1\nsvc.v1\nkey-1").hexdigest()
+    assert idempotency.provider_key("hcm.quan-1", "svc.v1", "key-1") == expected
+    assert idempotency.provider_key("hcm.quan-2", "svc.v1", "key-1") != expected
+    assert idempotency.provider_key("hcm.quan-1", "svc.v2", "key-1") != expected
+    assert idempotency.provider_key("hcm.quan-1", "svc.v1", None) is None
 
 
 async def test_another_body_with_the_same_key_is_a_conflict(store: StateStore) -> None:
