@@ -268,6 +268,30 @@ def test_inclusion_in_single_leaf_tree_is_leaf_equals_root() -> None:
         merkle.verify_inclusion(b"", 0, 1, [], b"")  # Wrong hash sizes.
 
 
+def test_a_hash_of_the_wrong_length_is_refused_and_named() -> None:
+    """Every input hash is checked for 32 bytes first, and the refusal says which one: the
+    verify API reports "exactly why not". A 31-byte leaf equal to a 31-byte root is no tree."""
+    index, size, proof = INCLUSION_PROOFS[2]  # Leaf 5 of 8: three proof hashes.
+    lh, p, r = LEAF_HASHES[index], _hex(proof), ROOTS[size]
+    assert len(p) == 3
+    short = b"\x00" * 31
+    with pytest.raises(ProofError, match=r"^leaf hash is 31 bytes"):
+        merkle.verify_inclusion(short, 0, 1, [], short)
+    with pytest.raises(ProofError, match=r"^root is 33 bytes"):
+        merkle.verify_inclusion(lh, index, size, p, r + b"\x00")
+    with pytest.raises(ProofError, match=r"^proof\[1\] is 31 bytes"):
+        merkle.verify_inclusion(lh, index, size, [p[0], p[1][:31], *p[2:]], r)
+    with pytest.raises(ProofError, match=r"^root1 is 31 bytes"):
+        merkle.verify_consistency(3, 3, [], short, short)
+    with pytest.raises(ProofError, match=r"^root2 is 31 bytes"):
+        merkle.verify_consistency(3, 3, [], ROOTS[3], ROOTS[3][:31])
+    c = _hex(CONSISTENCY_PROOFS[2][2])
+    s1, s2 = CONSISTENCY_PROOFS[2][0], CONSISTENCY_PROOFS[2][1]
+    assert len(c) == 3
+    with pytest.raises(ProofError, match=r"^proof\[1\] is 31 bytes"):
+        merkle.consistency_roots(s1, s2, [c[0], c[1][:31], *c[2:]], ROOTS[s1])
+
+
 @pytest.mark.parametrize(("index", "size"), [(0, 0), (1, 0), (2, 1), (-1, 1)])
 def test_inclusion_outside_the_tree_is_rejected(index: int, size: int) -> None:
     with pytest.raises(ProofError):
