@@ -224,6 +224,20 @@ def test_rule_lookup_is_deny_by_default_and_head_follows_get() -> None:
     ]
 
 
+def test_the_dashboard_prefix_is_public_for_get_and_head_only() -> None:
+    """The page and its static files need no credentials; no other method is served there."""
+    for template in ("/dashboard", "/dashboard/", "/dashboard/{filename}"):
+        assert authz.rule_for("GET", template) is authz.PUBLIC
+        assert authz.rule_for("HEAD", template) is authz.PUBLIC
+        assert authz.rule_for("POST", template) is None
+
+
+_OPERATOR = authz.Principal("role", "dtc-operator", "operator")
+_AUDITOR = authz.Principal("role", "dtc-auditor", "auditor")
+_ADMIN = authz.Principal("role", "dtc-admin", "admin")
+_UNIT = authz.Principal("participant", SENDER_ID)
+
+
 def test_participant_tokens_only_in_development_role_tokens_always(tmp_path: Path) -> None:
     """A participant's bearer token is a development convenience; a role token is a credential."""
     cfg = make_deployment(tmp_path / "dep")
