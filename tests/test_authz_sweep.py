@@ -24,7 +24,7 @@ from aiohttp import web
 
 from gateway import authz
 from gateway.config import load
-from gateway.errors import ConfigError, Unauthenticated
+from gateway.errors import ConfigError, Forbidden, Unauthenticated
 from gateway.http import app as keys
 from gateway.http import audit_api
 from gateway.http.app import create_app
@@ -236,6 +236,33 @@ _OPERATOR = authz.Principal("role", "dtc-operator", "operator")
 _AUDITOR = authz.Principal("role", "dtc-auditor", "auditor")
 _ADMIN = authz.Principal("role", "dtc-admin", "admin")
 _UNIT = authz.Principal("participant", SENDER_ID)
+
+
+@pytest.mark.parametrize(
+    ("route", "allowed"),
+    [
+        (("GET", "/v1/audit/checkpoint"), {_OPERATOR, _AUDITOR, _ADMIN, _UNIT}),
+        (("POST", "/v1/exchange/{service}"), {_OPERATOR, _AUDITOR, _ADMIN, _UNIT}),
+        (("GET", "/v1/audit/records"), {_OPERATOR, _AUDITOR, _ADMIN}),
+        (("GET", "/v1/audit/export"), {_AUDITOR, _ADMIN}),
+        (("POST", "/v1/audit/checkpoint"), {_ADMIN}),
+        (("GET", "/v1/exchanges/{exchange_id}"), {_OPERATOR, _ADMIN, _UNIT}),
+    ],
+)
+def test_authorize_lets_in_exactly_whom_the_rule_names(
+    route: tuple[str, str], allowed: set[authz.Principal]
+) -> None:
+    """authorize() on its own, without the middleware's shortcut for public routes: a public
+    or self-authenticating rule lets anyone through, any other only its roles (and, where the
+    rule says so, participants); everyone else gets a 403 naming who is allowed."""
+    rule = authz.RULES[route]
+    for principal in (_OPERATOR, _AUDITOR, _ADMIN, _UNIT):
+        if principal in allowed:
+            assert authz.authorize(rule, principal) is None
+            continue
+        with pytest.raises(Forbidden) as e:
+            authz.authorize(rule, principal)
+        assert e.value.detail.startswith(f"this route is for {rule.describe()};")
 
 
 def test_participant_tokens_only_in_development_role_tokens_always(tmp_path: Path) -> None:
