@@ -265,6 +265,16 @@ def test_authorize_lets_in_exactly_whom_the_rule_names(
         assert e.value.detail.startswith(f"this route is for {rule.describe()};")
 
 
+def test_a_403_says_in_words_who_may_use_the_route() -> None:
+    assert authz.PUBLIC.describe() == "anyone"
+    assert authz.RULES[("GET", "/v1/audit/export")].describe() == "auditor, admin"
+    assert (
+        authz.RULES[("GET", "/v1/exchanges/{exchange_id}")].describe()
+        == "operator, admin, the participant concerned"
+    )
+    assert authz.Rule().describe() == "nobody"
+
+
 def test_participant_tokens_only_in_development_role_tokens_always(tmp_path: Path) -> None:
     """A participant's bearer token is a development convenience; a role token is a credential."""
     cfg = make_deployment(tmp_path / "dep")
