@@ -24,7 +24,7 @@ from aiohttp import web
 
 from gateway import authz
 from gateway.config import load
-from gateway.errors import ConfigError, Forbidden, Unauthenticated
+from gateway.errors import ConfigError, Forbidden, NotFound, Unauthenticated
 from gateway.http import app as keys
 from gateway.http import audit_api
 from gateway.http.app import create_app
@@ -273,6 +273,16 @@ def test_a_403_says_in_words_who_may_use_the_route() -> None:
         == "operator, admin, the participant concerned"
     )
     assert authz.Rule().describe() == "nobody"
+
+
+def test_a_participant_sees_only_what_it_sent_and_others_get_not_found() -> None:
+    """Another sender's exchange answers exactly like one that does not exist (no oracle)."""
+    assert authz.require_visible(_UNIT, SENDER_ID) is None
+    for sender in ("hcm.someone-else", None):
+        with pytest.raises(NotFound) as e:
+            authz.require_visible(_UNIT, sender)
+        assert e.value.detail == authz.NOT_VISIBLE_DETAIL
+    assert authz.require_visible(_OPERATOR, "hcm.someone-else") is None
 
 
 def test_participant_tokens_only_in_development_role_tokens_always(tmp_path: Path) -> None:
