@@ -292,6 +292,18 @@ def test_a_hash_of_the_wrong_length_is_refused_and_named() -> None:
         merkle.consistency_roots(s1, s2, [c[0], c[1][:31], *c[2:]], ROOTS[s1])
 
 
+def test_a_proof_one_hash_too_long_is_refused_as_longer_than_the_path() -> None:
+    """The RFC's own check (step 4a / 6a), not merely a root mismatch further on."""
+    index, size, proof = INCLUSION_PROOFS[2]
+    p = _hex(proof)
+    with pytest.raises(ProofError, match="longer than the path"):
+        merkle.verify_inclusion(LEAF_HASHES[index], index, size, [*p, SOME_HASH], ROOTS[size])
+    s1, s2, cproof = CONSISTENCY_PROOFS[2]
+    c = _hex(cproof)
+    with pytest.raises(ProofError, match="longer than the path"):
+        merkle.verify_consistency(s1, s2, [*c, SOME_HASH], ROOTS[s1], ROOTS[s2])
+
+
 @pytest.mark.parametrize(("index", "size"), [(0, 0), (1, 0), (2, 1), (-1, 1)])
 def test_inclusion_outside_the_tree_is_rejected(index: int, size: int) -> None:
     with pytest.raises(ProofError):
