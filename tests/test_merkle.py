@@ -304,6 +304,16 @@ def test_a_proof_one_hash_too_long_is_refused_as_longer_than_the_path() -> None:
         merkle.verify_consistency(s1, s2, [*c, SOME_HASH], ROOTS[s1], ROOTS[s2])
 
 
+@pytest.mark.parametrize(("size1", "size2"), [(2, 1), (-1, 2), (0, -1), (-2, -1)])
+def test_consistency_between_sizes_that_go_backwards_or_below_zero_is_refused(
+    size1: int, size2: int
+) -> None:
+    """Including "from the empty tree to size -1", which the empty-tree shortcut would pass."""
+    e = merkle.EMPTY_ROOT
+    with pytest.raises(ProofError, match="sizes go backwards or are negative"):
+        merkle.verify_consistency(size1, size2, [], e, e)
+
+
 @pytest.mark.parametrize(("index", "size"), [(0, 0), (1, 0), (2, 1), (-1, 1)])
 def test_inclusion_outside_the_tree_is_rejected(index: int, size: int) -> None:
     with pytest.raises(ProofError):
