@@ -314,6 +314,13 @@ def test_consistency_between_sizes_that_go_backwards_or_below_zero_is_refused(
         merkle.verify_consistency(size1, size2, [], e, e)
 
 
+@pytest.mark.parametrize(("size1", "size2"), [(0, 3), (3, 3), (4, 3), (-1, 3)])
+def test_consistency_roots_exist_only_for_a_real_step(size1: int, size2: int) -> None:
+    """consistency_roots (the witness's tool) has no trivial cases: those are the caller's."""
+    with pytest.raises(ProofError, match="no consistency proof between sizes"):
+        merkle.consistency_roots(size1, size2, [SOME_HASH, SOME_HASH], SOME_HASH)
+
+
 @pytest.mark.parametrize(("index", "size"), [(0, 0), (1, 0), (2, 1), (-1, 1)])
 def test_inclusion_outside_the_tree_is_rejected(index: int, size: int) -> None:
     with pytest.raises(ProofError):
