@@ -321,6 +321,12 @@ def test_consistency_roots_exist_only_for_a_real_step(size1: int, size2: int) ->
         merkle.consistency_roots(size1, size2, [SOME_HASH, SOME_HASH], SOME_HASH)
 
 
+@pytest.mark.parametrize(("m", "n"), [(3, 2), (-1, 2), (1, 9), (9, 9)])
+def test_a_reference_consistency_proof_outside_the_leaves_is_a_value_error(m: int, n: int) -> None:
+    with pytest.raises(ValueError, match="need 0 <= m <= n <= 8"):
+        merkle.consistency_proof(m, n, LEAF_HASHES)
+
+
 @pytest.mark.parametrize(("index", "size"), [(0, 0), (1, 0), (2, 1), (-1, 1)])
 def test_inclusion_outside_the_tree_is_rejected(index: int, size: int) -> None:
     with pytest.raises(ProofError):
