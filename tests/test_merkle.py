@@ -394,6 +394,15 @@ def test_trivial_consistency_cases_are_strict() -> None:
             merkle.verify_consistency(s1, s2, p, r1, r2)
 
 
+def test_a_frontier_equals_only_a_frontier_and_prints_its_size_not_its_hashes() -> None:
+    f = Frontier()
+    f.append(LEAF_HASHES[0])
+    assert f == Frontier.from_bytes(f.to_bytes())
+    assert f != Frontier()
+    assert f != f.to_bytes()  # Another type: not equal, and no AttributeError.
+    assert repr(f) == "Frontier(size=1)"
+
+
 def test_frontier_serialization_roundtrip_and_validation() -> None:
     f = Frontier()
     for lh in LEAF_HASHES[:7]:
