@@ -209,6 +209,60 @@ def test_every_malformed_note_of_go_open_is_refused() -> None:
             pytest.fail(f"malformed note {i} opened")
 
 
+def _peter_line(text: bytes) -> bytes:
+    """Peter's signature line over any text, built from the spec (em dash, name, base64 of key
+    id || Ed25519 signature) with Go's private key, so it passes no check of ours."""
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(
+        base64.b64decode(PETER_SKEY.split("+", 4)[4])[1:]
+    )
+    return (
+        "— PeterNeumann ".encode()
+        + base64.b64encode(bytes.fromhex("c74f20a3") + key.sign(text))
+        + b"\n"
+    )
+
+
+def _sized(total: int) -> bytes:
+    """A note correctly signed by Peter, ``total`` bytes long."""
+    text = b"x" * (total - 2 - len(_peter_line(b"x\n"))) + b"\n"
+    note = text + b"\n" + _peter_line(text)
+    assert len(note) == total
+    return note
+
+
+_CTRL, _CRLF = b"\x01" + TEXT, TEXT.replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize(
+    ("note", "reason"),
+    [
+        (TEXT, "no blank line before its signatures"),
+        (TEXT + b"\n", "must end with a signature line and a newline"),
+        (TEXT + b"\n" + PETER_SIG[:-1], "must end with a signature line and a newline"),
+        (TEXT + b"\n" + PETER_SIG + b"\n", "must end with a signature line and a newline"),
+        (_CTRL + b"\n" + _peter_line(_CTRL), "control character U\\+0001"),
+        (_CRLF + b"\n" + _peter_line(_CRLF), "control character U\\+000D"),
+        (TEXT + b"\n" + PETER_SIG + b"Unexpected line.\n", "does not start with an em dash"),
+        (TEXT + b"\n" + PETER_SIG.replace("—".encode(), b"--"), "does not start with an em dash"),
+        (TEXT + b"\n" + PETER_SIG.replace(b"Peter", b"Pe+ter"), "malformed signature line"),
+        (TEXT + b"\n" + "— PeterNeumann\n".encode(), "malformed signature line"),
+        (TEXT + b"\n" + PETER_SIG.replace(b"Neumann ", b"Neumann  "), "not valid base64"),
+        (TEXT + b"\n" + "— PeterNeumann AAAA\n".encode(), "signature is too short"),
+        (TEXT + b"\n" + PETER_SIG * 101, "more than 100 signatures"),
+        (_sized(cpm.MAX_NOTE_BYTES + 1), "larger than 1048576 bytes"),
+    ],
+)
+def test_a_malformed_note_is_refused_as_malformed_even_when_its_signature_verifies(
+    note: bytes, reason: str
+) -> None:
+    """Go's note.Open calls these malformed. Refusing them only because a signature then fails
+    is not enough: where the signature is good, the syntax alone must refuse the note."""
+    peter = NoteVerifier.from_vkey(PETER_VKEY)
+    with pytest.raises(NoteError, match=reason) as e:
+        open_note(note, [peter])
+    assert str(e.value) == e.value.reason
+
+
 def test_a_signature_that_does_not_verify_rejects_the_whole_note() -> None:
     """Go: "ABCD" spliced into Peter's signature; and a bad line next to a good one."""
     peter, enoch = NoteVerifier.from_vkey(PETER_VKEY), NoteVerifier.from_vkey(ENOCH_VKEY)
