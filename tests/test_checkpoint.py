@@ -263,6 +263,14 @@ def test_a_malformed_note_is_refused_as_malformed_even_when_its_signature_verifi
     assert str(e.value) == e.value.reason
 
 
+def test_a_note_at_the_limits_opens() -> None:
+    """Exactly MAX_NOTE_BYTES, and exactly 100 signature lines, are still notes."""
+    peter = NoteVerifier.from_vkey(PETER_VKEY)
+    assert _peter_line(TEXT) == PETER_SIG  # The helper is Go's signer, byte for byte.
+    assert open_note(_sized(cpm.MAX_NOTE_BYTES), [peter]).verified
+    assert open_note(TEXT + b"\n" + PETER_SIG * 100, [peter]).verified
+
+
 def test_a_signature_that_does_not_verify_rejects_the_whole_note() -> None:
     """Go: "ABCD" spliced into Peter's signature; and a bad line next to a good one."""
     peter, enoch = NoteVerifier.from_vkey(PETER_VKEY), NoteVerifier.from_vkey(ENOCH_VKEY)
