@@ -39,6 +39,7 @@ from gateway.audit.checkpoint import (
     verify_cosignature,
     verify_note,
 )
+from gateway.audit.signed_note import note_verifiers
 from gateway.crypto.keys import SigningKey
 
 # -- golang.org/x/mod/sumdb/note vectors -----------------------------------------------------
@@ -143,6 +144,13 @@ def test_vkeys_of_both_types_parse_and_their_key_ids_are_recomputed() -> None:
     plain = NoteVerifier.from_vkey(ED25519_VKEY_WITH_PLUS)  # base64 with "+" in it.
     assert (plain.key_id, plain.sig_type) == (0x7997405C, 0x01)
     assert plain.vkey() == ED25519_VKEY_WITH_PLUS
+
+
+def test_several_vkeys_parse_in_order_and_a_bad_one_is_named_by_position() -> None:
+    got = note_verifiers([PETER_VKEY, COSIG_VKEY])
+    assert [v.vkey() for v in got] == [PETER_VKEY, COSIG_VKEY]
+    with pytest.raises(NoteError, match=r"^verifier key #1: malformed verifier key$"):
+        note_verifiers([PETER_VKEY, "PeterNeumann+c74f20a3"])
 
 
 def test_cosignature_line_layout_matches_the_spec_example() -> None:
