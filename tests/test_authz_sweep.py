@@ -11,6 +11,7 @@ certificate that carries a role (a `[[roles]]` entry with `participant`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -313,6 +314,44 @@ def test_participant_tokens_only_in_development_role_tokens_always(tmp_path: Pat
     ):
         with pytest.raises(Unauthenticated) as e:
             prod.resolve(creds, now=now)
+        assert e.value.detail == Unauthenticated.PUBLIC_DETAIL
+
+
+def test_a_client_certificate_resolves_only_as_the_registry_allows(tmp_path: Path) -> None:
+    """A valid certificate is not enough: its participant must be registered, match its pinned
+    certificate, and may use mTLS; a role bound to the participant wins over all of that."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from gateway.authn import ParticipantAuth
+    from gateway.config import Role
+
+    dep = load(make_deployment(tmp_path / "dep"))
+    anchors = keys.build_anchors(dep)
+    pem = (tmp_path / f"dep/participants/{SENDER_ID}/cert.pem").read_bytes()
+    der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+    fingerprint = hashlib.sha256(der).hexdigest()
+    creds, now = authz.Credentials(None, der), datetime.now(UTC)
+
+    def resolve(roles: list[Role], *participants: ParticipantAuth) -> authz.Principal:
+        known = {p.id: p for p in participants}
+        return authz.PrincipalResolver(roles, known, anchors, development=False).resolve(
+            creds, now=now
+        )
+
+    mtls = frozenset({"mtls"})
+    assert resolve([], ParticipantAuth(SENDER_ID, mtls)) == _UNIT
+    assert resolve([], ParticipantAuth(SENDER_ID, mtls, fingerprint)) == _UNIT
+    auditor = Role(id="dtc-auditor", role="auditor", participant=SENDER_ID)
+    token_only = ParticipantAuth(SENDER_ID, frozenset({"token"}))
+    assert resolve([auditor], token_only) == authz.Principal("role", "dtc-auditor", "auditor")
+    for refused in (
+        [ParticipantAuth("hcm.quan-2", mtls)],  # Not registered.
+        [ParticipantAuth(SENDER_ID, mtls, "0" * 64)],  # Another certificate is pinned.
+        [token_only],  # May not use mTLS.
+    ):
+        with pytest.raises(Unauthenticated) as e:
+            resolve([], *refused)
         assert e.value.detail == Unauthenticated.PUBLIC_DETAIL
 
 
