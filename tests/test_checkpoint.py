@@ -277,6 +277,9 @@ def test_a_note_at_the_limits_opens() -> None:
     assert _peter_line(TEXT) == PETER_SIG  # The helper is Go's signer, byte for byte.
     assert open_note(_sized(cpm.MAX_NOTE_BYTES), [peter]).verified
     assert open_note(TEXT + b"\n" + PETER_SIG * 100, [peter]).verified
+    # The shortest signature line: a key id and one byte (an unknown key's, so ignored).
+    _, [sig] = parse_note(TEXT + b"\n" + "— Someone AAAAAAA=\n".encode())
+    assert (sig.name, sig.key_id, sig.signature) == ("Someone", 0, b"\x00")
 
 
 def test_a_signature_that_does_not_verify_rejects_the_whole_note() -> None:
@@ -439,8 +442,12 @@ def test_signer_refuses_bad_names_texts_and_non_ed25519_keys() -> None:
         with pytest.raises(NoteError):
             NoteSigner(name, key)
     signer = NoteSigner("ok", key)
-    for text in [b"no newline", b"bad\x01\n", b"\xff\n"]:
-        with pytest.raises(NoteError):
+    for text, reason in [
+        (b"no newline", "note text must end with a newline"),
+        (b"bad\x01\n", "^note text contains control character U\\+0001"),
+        (b"\xff\n", "note text is not UTF-8"),
+    ]:
+        with pytest.raises(NoteError, match=reason):
             signer.sign(text)
     with pytest.raises(NoteError):
         NoteSigner("ok", SigningKey(ec.generate_private_key(ec.SECP256R1())))
