@@ -188,6 +188,37 @@ def test_every_mangling_of_a_vkey_is_refused() -> None:
             NoteVerifier.from_vkey(bad)
 
 
+def test_a_bad_verifier_key_is_refused_for_its_own_reason() -> None:
+    """Each check of NoteVerifier holds on its own, also for one built without a vkey."""
+    peter = NoteVerifier.from_vkey(PETER_VKEY)
+    long_key = base64.b64encode(b"\x01" + peter.public_key + b"\x00").decode()
+    for vkey, reason in [
+        (f"PeterNeumann+c74f20a3+{long_key}", "must be a type byte and a 32-byte Ed25519 key"),
+        (
+            "PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+            "unsupported signature type 0x65",
+        ),
+        (
+            "PeterNeumann+00000000+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+            "key id does not match",
+        ),
+        (
+            "Peter Neumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+            "malformed verifier key",
+        ),
+    ]:
+        with pytest.raises(NoteError, match=reason):
+            NoteVerifier.from_vkey(vkey)
+    key = peter.public_key
+    for name, kid, sig_type, public, reason in [
+        ("Peter Neumann", peter.key_id, 0x01, key, "invalid key name"),
+        ("PeterNeumann", peter.key_id, 0x01, key[:31], "public key is 32 bytes"),
+        ("PeterNeumann", peter.key_id, 0x02, key, "unsupported signature type 0x02"),
+    ]:
+        with pytest.raises(NoteError, match=reason):
+            NoteVerifier(name, kid, sig_type, public)
+
+
 # -- malformed notes -------------------------------------------------------------------------
 
 
