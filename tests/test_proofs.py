@@ -205,6 +205,29 @@ def test_consistency_nodes_have_the_rfc_shape_at_any_size(size2: int, data: st.D
     assert nodes.fold([_span(n) for n in nodes.ids], _join) == expected
 
 
+def test_a_compact_range_is_the_aligned_subtrees_tiling_it() -> None:
+    """[3, 11) = leaf 3, leaves 4-7, leaves 8-9, leaf 10: each node starts at a multiple of
+    its size (worked out by hand from the definition, not by this code)."""
+    assert proofs.range_nodes(3, 11) == [(0, 3), (2, 1), (1, 4), (0, 10)]
+    assert proofs.range_nodes(4, 12) == [(2, 1), (2, 2)]  # Aligned: not (3, 0) = leaves 0-7.
+    assert proofs.range_nodes(0, 6) == [(2, 0), (1, 2)]
+    assert proofs.range_nodes(5, 5) == []
+    for begin, end in [(-1, 2), (3, 2)]:
+        with pytest.raises(ValueError):
+            proofs.range_nodes(begin, end)
+
+
+@given(st.integers(0, 2**62), st.integers(0, 2**62))
+def test_range_nodes_tile_any_range_with_aligned_maximal_subtrees(a: int, b: int) -> None:
+    begin, end = sorted((a, b))
+    ids = proofs.range_nodes(begin, end)
+    spans = [_span(n) for n in ids]
+    assert [lo for lo, _ in spans] == [begin, *(hi for _, hi in spans[:-1])][: len(spans)]
+    assert (spans[-1][1] if spans else begin) == end
+    for (l1, i1), (l2, i2) in itertools.pairwise(ids):
+        assert not (l1 == l2 and i1 % 2 == 0 and i2 == i1 + 1)  # Siblings would be one node.
+
+
 @given(st.integers(0, 2**62))
 def test_root_nodes_tile_the_tree_largest_first(size: int) -> None:
     spans = [_span(n) for n in proofs.root_nodes(size)]
