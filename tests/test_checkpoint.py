@@ -206,6 +206,7 @@ def test_a_bad_verifier_key_is_refused_for_its_own_reason() -> None:
             "Peter Neumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
             "malformed verifier key",
         ),
+        ("PeterNeumann+c74f20a3+!!!!", "^verifier key is not valid base64"),
     ]:
         with pytest.raises(NoteError, match=reason):
             NoteVerifier.from_vkey(vkey)
@@ -279,14 +280,15 @@ _CTRL, _CRLF = b"\x01" + TEXT, TEXT.replace(b"\n", b"\r\n")
         (TEXT + b"\n", "must end with a signature line and a newline"),
         (TEXT + b"\n" + PETER_SIG[:-1], "must end with a signature line and a newline"),
         (TEXT + b"\n" + PETER_SIG + b"\n", "must end with a signature line and a newline"),
-        (_CTRL + b"\n" + _peter_line(_CTRL), "control character U\\+0001"),
+        (_CTRL + b"\n" + _peter_line(_CTRL), "^note contains control character U\\+0001"),
         (_CRLF + b"\n" + _peter_line(_CRLF), "control character U\\+000D"),
         (TEXT + b"\n" + PETER_SIG + b"Unexpected line.\n", "does not start with an em dash"),
         (TEXT + b"\n" + PETER_SIG.replace("—".encode(), b"--"), "does not start with an em dash"),
         (TEXT + b"\n" + PETER_SIG.replace(b"Peter", b"Pe+ter"), "malformed signature line"),
         (TEXT + b"\n" + "— PeterNeumann\n".encode(), "malformed signature line"),
-        (TEXT + b"\n" + PETER_SIG.replace(b"Neumann ", b"Neumann  "), "not valid base64"),
+        (TEXT + b"\n" + PETER_SIG.replace(b"Neumann ", b"Neumann  "), "^signature is not valid"),
         (TEXT + b"\n" + "— PeterNeumann AAAA\n".encode(), "signature is too short"),
+        (TEXT + b"\n" + "— PeterNeumann AAAAAA==\n".encode(), "signature is too short"),
         (TEXT + b"\n" + PETER_SIG * 101, "more than 100 signatures"),
         (_sized(cpm.MAX_NOTE_BYTES + 1), "larger than 1048576 bytes"),
     ],
@@ -311,6 +313,8 @@ def test_a_note_at_the_limits_opens() -> None:
     # The shortest signature line: a key id and one byte (an unknown key's, so ignored).
     _, [sig] = parse_note(TEXT + b"\n" + "— Someone AAAAAAA=\n".encode())
     assert (sig.name, sig.key_id, sig.signature) == ("Someone", 0, b"\x00")
+    # The shortest text: one empty line (Go's note.Open splits at the last blank line too).
+    assert open_note(b"\n\n" + _peter_line(b"\n"), [peter]).text == b"\n"
 
 
 def test_a_signature_that_does_not_verify_rejects_the_whole_note() -> None:
