@@ -560,6 +560,22 @@ def test_a_cosignature_with_a_timestamp_beyond_2_63_is_refused() -> None:
         verify_cosignature(body, line, cosigner)
 
 
+def test_a_cosignature_is_a_timestamp_and_a_signature_and_may_be_dated_2_63_minus_1() -> None:
+    """tlog-cosignature: 8 + 64 bytes after the key id, the time at most 2^63 - 1 inclusive."""
+    witness = _signer("w")
+    cosigner = NoteVerifier.for_signer(witness, cosignature=True)
+    body = Checkpoint("o", 1, ROOT).body()
+
+    def line(ts: int, cut: int = 0) -> bytes:
+        sig = witness._raw_sign(b"cosignature/v1\ntime %d\n" % ts + body)
+        value = cosigner.key_id.to_bytes(4, "big") + ts.to_bytes(8, "big") + sig
+        return f"— w {base64.b64encode(value[: len(value) - cut]).decode()}\n".encode()
+
+    assert verify_cosignature(body, line(2**63 - 1), cosigner) == 2**63 - 1
+    with pytest.raises(NoteError, match=r"^invalid cosignature length for key w"):
+        verify_cosignature(body, line(5, cut=1), cosigner)
+
+
 def test_a_checkpoint_carrying_only_cosignatures_is_not_a_verified_checkpoint() -> None:
     """A cosignature is a witness's statement about the log's checkpoint, not the log's own:
     a note whose only known-key line is a cosignature (the log's line stripped, or never
