@@ -20,6 +20,7 @@ Provenance of the known answers (copied verbatim, not produced by this code):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 
 import pytest
@@ -218,6 +219,16 @@ def test_a_bad_verifier_key_is_refused_for_its_own_reason() -> None:
     ]:
         with pytest.raises(NoteError, match=reason):
             NoteVerifier(name, kid, sig_type, public)
+
+
+def test_keys_and_verified_signatures_cannot_be_altered() -> None:
+    """A verifier's key id is checked against its key once, at construction; what open_note
+    reports as verified is final too."""
+    peter = NoteVerifier.from_vkey(PETER_VKEY)
+    opened = open_note(TEXT + b"\n" + PETER_SIG, [peter])
+    for obj, field in [(peter, "public_key"), (opened.verified[0], "name"), (opened, "text")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, b"")
 
 
 # -- malformed notes -------------------------------------------------------------------------
