@@ -220,9 +220,9 @@ def test_rule_lookup_is_deny_by_default_and_head_follows_get() -> None:
     assert authz.rule_for("DELETE", "/v1/audit/records") is None
     assert authz.rule_for("GET", "/v1/audit/records/") is None
     assert authz.rule_for("GET", "/dashboardx") is None
-    assert authz.missing_rules([("GET", "/healthz"), ("PUT", "/x"), ("OPTIONS", "/y")]) == [
-        "PUT /x"
-    ]
+    assert authz.missing_rules(
+        [("GET", "/healthz"), ("PUT", "/x"), ("OPTIONS", "/y"), ("*", "/z")]
+    ) == ["PUT /x"]
 
 
 def test_the_dashboard_prefix_is_public_for_get_and_head_only() -> None:
