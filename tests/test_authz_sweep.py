@@ -355,6 +355,34 @@ def test_a_client_certificate_resolves_only_as_the_registry_allows(tmp_path: Pat
         assert e.value.detail == Unauthenticated.PUBLIC_DETAIL
 
 
+def test_the_resolver_refuses_ambiguous_roles_and_tokens_of_participants_without_token_auth(
+    tmp_path: Path,
+) -> None:
+    """A participant's token opens the API only (in development) if it may use tokens at all;
+    a token shared with a role, or a participant holding two roles, is a configuration error
+    (which one would the request be?)."""
+    from gateway.authn import ParticipantAuth
+    from gateway.config import Role, token_hash
+
+    anchors = keys.build_anchors(load(make_deployment(tmp_path / "dep")))
+    now = datetime.now(UTC)
+    unit_hash, role_hash = token_hash("unit-token"), token_hash("role-token")
+    mtls_only = ParticipantAuth(SENDER_ID, frozenset({"mtls"}), token_sha256=unit_hash)
+    resolver = authz.PrincipalResolver([], {SENDER_ID: mtls_only}, anchors, development=True)
+    with pytest.raises(Unauthenticated):
+        resolver.resolve(authz.Credentials("Bearer unit-token"), now=now)
+    with_token = ParticipantAuth(SENDER_ID, frozenset({"token"}), token_sha256=role_hash)
+    auditor = Role(id="dtc-auditor", role="auditor", token_sha256=role_hash)
+    with pytest.raises(ValueError, match=f"participant {SENDER_ID} has the token of a role"):
+        authz.PrincipalResolver([auditor], {SENDER_ID: with_token}, anchors, development=True)
+    two = [
+        Role(id="dtc-auditor", role="auditor", participant=SENDER_ID),
+        Role(id="dtc-admin", role="admin", participant=SENDER_ID),
+    ]
+    with pytest.raises(ValueError, match=f"participant {SENDER_ID} carries two roles"):
+        authz.PrincipalResolver(two, {}, anchors, development=False)
+
+
 def test_a_bearer_token_that_is_not_utf8_is_unauthenticated_for_the_api_too(
     tmp_path: Path,
 ) -> None:
