@@ -11,6 +11,7 @@ certificate that carries a role (a `[[roles]]` entry with `participant`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import AsyncIterator
@@ -381,6 +382,13 @@ def test_the_resolver_refuses_ambiguous_roles_and_tokens_of_participants_without
     ]
     with pytest.raises(ValueError, match=f"participant {SENDER_ID} carries two roles"):
         authz.PrincipalResolver(two, {}, anchors, development=False)
+
+
+def test_rules_and_credentials_cannot_be_altered() -> None:
+    """RULES is shared by every request: a rule changed at run time would change the table."""
+    for obj, field in [(authz.PUBLIC, "public"), (authz.Credentials(), "authorization")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, None)
 
 
 def test_a_bearer_token_that_is_not_utf8_is_unauthenticated_for_the_api_too(
