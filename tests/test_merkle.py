@@ -400,6 +400,12 @@ def test_a_frontier_equals_only_a_frontier_and_prints_its_size_not_its_hashes() 
     assert f == Frontier.from_bytes(f.to_bytes())
     assert f != Frontier()
     assert f != f.to_bytes()  # Another type: not equal, and no AttributeError.
+    assert (f == f.to_bytes()) is False
+    other = Frontier()
+    other.append(LEAF_HASHES[1])
+    assert f != other  # Same size, another leaf.
+    size_2 = Frontier.from_bytes((2).to_bytes(8, "big") + LEAF_HASHES[0])
+    assert size_2.hashes == f.hashes and f != size_2  # Same hashes, another size.
     assert repr(f) == "Frontier(size=1)"
 
 
