@@ -14,6 +14,7 @@ Provenance of the known-answer vectors (hex copied verbatim, not recomputed here
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -407,6 +408,15 @@ def test_a_frontier_equals_only_a_frontier_and_prints_its_size_not_its_hashes() 
     size_2 = Frontier.from_bytes((2).to_bytes(8, "big") + LEAF_HASHES[0])
     assert size_2.hashes == f.hashes and f != size_2  # Same hashes, another size.
     assert repr(f) == "Frontier(size=1)"
+
+
+def test_a_completed_subtree_reported_by_the_frontier_cannot_be_altered() -> None:
+    """A store persists what append() reports; the report itself stays as computed."""
+    f = Frontier()
+    f.append(LEAF_HASHES[0])
+    [completed] = f.append(LEAF_HASHES[1])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        completed.hash = SOME_HASH  # type: ignore[misc]
 
 
 def test_frontier_serialization_roundtrip_and_validation() -> None:
