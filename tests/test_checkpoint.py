@@ -439,6 +439,23 @@ def test_checkpoint_fields_are_validated_on_construction() -> None:
     assert Checkpoint("o", 2**64 - 1, ROOT).size == 2**64 - 1
 
 
+def test_each_checkpoint_field_is_refused_for_its_own_reason() -> None:
+    """Origin and extension lines are single lines of text; the body ends in a newline (else
+    its last line would be read short); the root is canonical base64."""
+    for args, reason in [
+        (("o\x01", 1, ROOT), "^checkpoint origin contains control character"),
+        (("o", 1, ROOT, ("a\nb",)), "extension lines must be non-empty single lines"),
+        (("o", 1, ROOT, ("a\x01",)), "^checkpoint extension line contains control character"),
+    ]:
+        with pytest.raises(NoteError, match=reason):
+            Checkpoint(*args)  # type: ignore[arg-type]
+    body = Checkpoint("o", 1, ROOT, ("ext",)).body()
+    with pytest.raises(NoteError, match="must end with a newline"):
+        parse_checkpoint(body[:-1])
+    with pytest.raises(NoteError, match=r"^checkpoint root is not valid base64"):
+        parse_checkpoint(b"o\n1\n!!!!\n")
+
+
 def test_sign_and_verify_round_trip() -> None:
     signer = _signer()
     cp = Checkpoint("gw.example/audit", 42, ROOT)
