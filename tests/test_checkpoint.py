@@ -575,6 +575,38 @@ def test_cosign_refuses_timestamps_out_of_range_and_bodies_that_are_not_checkpoi
         cosign(TEXT, witness, timestamp=1)
 
 
+def _cosig_line(signer: NoteSigner, name: str, key_id: int, text: bytes, ts: int) -> bytes:
+    """A tlog-cosignature/v1 line built from the spec by hand, over any text, under any name."""
+    sig = signer._raw_sign(b"cosignature/v1\ntime %d\n" % ts + text)
+    value = key_id.to_bytes(4, "big") + ts.to_bytes(8, "big") + sig
+    return f"— {name} {base64.b64encode(value).decode()}\n".encode()
+
+
+def test_verify_cosignature_refuses_each_wrong_input_for_its_own_reason() -> None:
+    """Each check holds on its own: a line that is correctly signed by the witness's key but
+    is over a text that is no checkpoint, under another key name, not one line, or checked
+    with a note (0x01) key, is refused, and says why."""
+    witness = _signer("w")
+    cosigner = NoteVerifier.for_signer(witness, cosignature=True)
+    body = Checkpoint("o", 1, ROOT).body()
+    good = _cosig_line(witness, "w", cosigner.key_id, body, 7)
+    assert verify_cosignature(body, good, cosigner) == 7
+    assert verify_cosignature(body, cosign(body, witness, timestamp=0), cosigner) == 0
+    other = NoteVerifier.for_signer(_signer("x"), cosignature=True)
+    for text, line, verifier, reason in [
+        (TEXT, _cosig_line(witness, "w", cosigner.key_id, TEXT, 7), cosigner, "checkpoint"),
+        (body, _cosig_line(witness, "x", other.key_id, body, 7), cosigner, "not a cosignature by"),
+        (body, good[:-1], cosigner, "^expected one signature line ending in a newline"),
+        (body, good + good, cosigner, "^expected one signature line ending in a newline"),
+        (body, good + b"\n", cosigner, "^expected one signature line ending in a newline"),
+        (body, b"\xff" + good, cosigner, "^signature line is not UTF-8"),
+        (body, good.replace(b"w", b"w\x01", 1), cosigner, "^signature line contains control"),
+        (body, witness.sign(body), NoteVerifier.for_signer(witness), "^not a cosignature verifier"),
+    ]:
+        with pytest.raises(NoteError, match=reason):
+            verify_cosignature(text, line, verifier)
+
+
 def test_a_cosignature_with_a_timestamp_beyond_2_63_is_refused() -> None:
     """Spec: the timestamp MUST NOT exceed 2^63 - 1, whatever the signature says."""
     witness = _signer("w")
