@@ -456,6 +456,16 @@ def test_each_checkpoint_field_is_refused_for_its_own_reason() -> None:
         parse_checkpoint(b"o\n1\n!!!!\n")
 
 
+def test_a_checkpoint_and_a_verified_note_cannot_be_altered() -> None:
+    """A Checkpoint is validated once, at construction; verify_note's answer is final."""
+    log = _signer()
+    cp = Checkpoint("o", 1, ROOT)
+    verified = verify_note(sign_checkpoint(cp, log), [NoteVerifier.for_signer(log)])
+    for obj, field in [(cp, "size"), (verified, "checkpoint")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, None)
+
+
 def test_sign_and_verify_round_trip() -> None:
     signer = _signer()
     cp = Checkpoint("gw.example/audit", 42, ROOT)
