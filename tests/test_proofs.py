@@ -118,7 +118,8 @@ def test_preconditions_are_value_errors() -> None:
     for index, size in [(0, 0), (5, 5), (-1, 3)]:
         with pytest.raises(ValueError):
             proofs.inclusion_nodes(index, size)
-    for size1, size2 in [(3, 2), (-1, 2)]:
+    # (0, -1) and (-1, -1) would otherwise pass as "empty tree" and "same size": empty proofs.
+    for size1, size2 in [(3, 2), (-1, 2), (0, -1), (-1, -1)]:
         with pytest.raises(ValueError):
             proofs.consistency_nodes(size1, size2)
     with pytest.raises(ValueError):
