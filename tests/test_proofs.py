@@ -11,6 +11,7 @@ corruptConsistencyProof), run on many random trees instead of one.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable, Iterator
@@ -136,6 +137,14 @@ def test_rehash_refuses_a_wrong_number_of_hashes() -> None:
         nodes.rehash(hashes[:-1])
     with pytest.raises(ValueError):
         nodes.rehash([*hashes, hashes[0]])
+
+
+def test_the_nodes_of_a_proof_cannot_be_altered_between_fetch_and_rehash() -> None:
+    """The ids fetched from the store and the fold range applied to their hashes are one
+    value: changing either in between would fold the wrong nodes."""
+    nodes = proofs.inclusion_nodes(3, 7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        nodes.begin = 0  # type: ignore[misc]
 
 
 def test_trivial_consistency_needs_no_node() -> None:
