@@ -11,6 +11,8 @@ certificate that carries a role (a `[[roles]]` entry with `participant`).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -24,7 +26,7 @@ from aiohttp import web
 
 from gateway import authz
 from gateway.config import load
-from gateway.errors import ConfigError, Unauthenticated
+from gateway.errors import ConfigError, Forbidden, NotFound, Unauthenticated
 from gateway.http import app as keys
 from gateway.http import audit_api
 from gateway.http.app import create_app
@@ -219,9 +221,73 @@ def test_rule_lookup_is_deny_by_default_and_head_follows_get() -> None:
     assert authz.rule_for("DELETE", "/v1/audit/records") is None
     assert authz.rule_for("GET", "/v1/audit/records/") is None
     assert authz.rule_for("GET", "/dashboardx") is None
-    assert authz.missing_rules([("GET", "/healthz"), ("PUT", "/x"), ("OPTIONS", "/y")]) == [
-        "PUT /x"
-    ]
+    assert authz.missing_rules(
+        [("GET", "/healthz"), ("PUT", "/x"), ("OPTIONS", "/y"), ("*", "/z")]
+    ) == ["PUT /x"]
+
+
+def test_the_dashboard_prefix_is_public_for_get_and_head_only() -> None:
+    """The page and its static files need no credentials; no other method is served there."""
+    for template in ("/dashboard", "/dashboard/", "/dashboard/{filename}"):
+        assert authz.rule_for("GET", template) is authz.PUBLIC
+        assert authz.rule_for("HEAD", template) is authz.PUBLIC
+        assert authz.rule_for("POST", template) is None
+
+
+_OPERATOR = authz.Principal("role", "dtc-operator", "operator")
+_AUDITOR = authz.Principal("role", "dtc-auditor", "auditor")
+_ADMIN = authz.Principal("role", "dtc-admin", "admin")
+_UNIT = authz.Principal("participant", SENDER_ID)
+
+
+@pytest.mark.parametrize(
+    ("route", "allowed"),
+    [
+        (("GET", "/v1/audit/checkpoint"), {_OPERATOR, _AUDITOR, _ADMIN, _UNIT}),
+        (("POST", "/v1/exchange/{service}"), {_OPERATOR, _AUDITOR, _ADMIN, _UNIT}),
+        (("GET", "/v1/audit/records"), {_OPERATOR, _AUDITOR, _ADMIN}),
+        (("GET", "/v1/audit/export"), {_AUDITOR, _ADMIN}),
+        (("POST", "/v1/audit/checkpoint"), {_ADMIN}),
+        (("GET", "/v1/exchanges/{exchange_id}"), {_OPERATOR, _ADMIN, _UNIT}),
+    ],
+)
+def test_authorize_lets_in_exactly_whom_the_rule_names(
+    route: tuple[str, str], allowed: set[authz.Principal]
+) -> None:
+    """authorize() on its own, without the middleware's shortcut for public routes: a public
+    or self-authenticating rule lets anyone through, any other only its roles (and, where the
+    rule says so, participants); everyone else gets a 403 naming who is allowed."""
+    rule = authz.RULES[route]
+    for principal in (_OPERATOR, _AUDITOR, _ADMIN, _UNIT):
+        if principal in allowed:
+            assert authz.authorize(rule, principal) is None
+            continue
+        with pytest.raises(Forbidden) as e:
+            authz.authorize(rule, principal)
+        held = principal.role or "participant"
+        assert e.value.detail == (
+            f"this route is for {rule.describe()}; the credentials presented hold {held}"
+        )
+
+
+def test_a_403_says_in_words_who_may_use_the_route() -> None:
+    assert authz.PUBLIC.describe() == "anyone"
+    assert authz.RULES[("GET", "/v1/audit/export")].describe() == "auditor, admin"
+    assert (
+        authz.RULES[("GET", "/v1/exchanges/{exchange_id}")].describe()
+        == "operator, admin, the participant concerned"
+    )
+    assert authz.Rule().describe() == "nobody"
+
+
+def test_a_participant_sees_only_what_it_sent_and_others_get_not_found() -> None:
+    """Another sender's exchange answers exactly like one that does not exist (no oracle)."""
+    assert authz.require_visible(_UNIT, SENDER_ID) is None
+    for sender in ("hcm.someone-else", None):
+        with pytest.raises(NotFound) as e:
+            authz.require_visible(_UNIT, sender)
+        assert e.value.detail == authz.NOT_VISIBLE_DETAIL
+    assert authz.require_visible(_OPERATOR, "hcm.someone-else") is None
 
 
 def test_participant_tokens_only_in_development_role_tokens_always(tmp_path: Path) -> None:
@@ -250,6 +316,79 @@ def test_participant_tokens_only_in_development_role_tokens_always(tmp_path: Pat
         with pytest.raises(Unauthenticated) as e:
             prod.resolve(creds, now=now)
         assert e.value.detail == Unauthenticated.PUBLIC_DETAIL
+
+
+def test_a_client_certificate_resolves_only_as_the_registry_allows(tmp_path: Path) -> None:
+    """A valid certificate is not enough: its participant must be registered, match its pinned
+    certificate, and may use mTLS; a role bound to the participant wins over all of that."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from gateway.authn import ParticipantAuth
+    from gateway.config import Role
+
+    dep = load(make_deployment(tmp_path / "dep"))
+    anchors = keys.build_anchors(dep)
+    pem = (tmp_path / f"dep/participants/{SENDER_ID}/cert.pem").read_bytes()
+    der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+    fingerprint = hashlib.sha256(der).hexdigest()
+    creds, now = authz.Credentials(None, der), datetime.now(UTC)
+
+    def resolve(roles: list[Role], *participants: ParticipantAuth) -> authz.Principal:
+        known = {p.id: p for p in participants}
+        return authz.PrincipalResolver(roles, known, anchors, development=False).resolve(
+            creds, now=now
+        )
+
+    mtls = frozenset({"mtls"})
+    assert resolve([], ParticipantAuth(SENDER_ID, mtls)) == _UNIT
+    assert resolve([], ParticipantAuth(SENDER_ID, mtls, fingerprint)) == _UNIT
+    auditor = Role(id="dtc-auditor", role="auditor", participant=SENDER_ID)
+    token_only = ParticipantAuth(SENDER_ID, frozenset({"token"}))
+    assert resolve([auditor], token_only) == authz.Principal("role", "dtc-auditor", "auditor")
+    for refused in (
+        [ParticipantAuth("hcm.quan-2", mtls)],  # Not registered.
+        [ParticipantAuth(SENDER_ID, mtls, "0" * 64)],  # Another certificate is pinned.
+        [token_only],  # May not use mTLS.
+    ):
+        with pytest.raises(Unauthenticated) as e:
+            resolve([], *refused)
+        assert e.value.detail == Unauthenticated.PUBLIC_DETAIL
+
+
+def test_the_resolver_refuses_ambiguous_roles_and_tokens_of_participants_without_token_auth(
+    tmp_path: Path,
+) -> None:
+    """A participant's token opens the API only (in development) if it may use tokens at all;
+    a token shared with a role, or a participant holding two roles, is a configuration error
+    (which one would the request be?)."""
+    from gateway.authn import ParticipantAuth
+    from gateway.config import Role, token_hash
+
+    anchors = keys.build_anchors(load(make_deployment(tmp_path / "dep")))
+    now = datetime.now(UTC)
+    unit_hash, role_hash = token_hash("unit-token"), token_hash("role-token")
+    mtls_only = ParticipantAuth(SENDER_ID, frozenset({"mtls"}), token_sha256=unit_hash)
+    resolver = authz.PrincipalResolver([], {SENDER_ID: mtls_only}, anchors, development=True)
+    with pytest.raises(Unauthenticated):
+        resolver.resolve(authz.Credentials("Bearer unit-token"), now=now)
+    with_token = ParticipantAuth(SENDER_ID, frozenset({"token"}), token_sha256=role_hash)
+    auditor = Role(id="dtc-auditor", role="auditor", token_sha256=role_hash)
+    with pytest.raises(ValueError, match=f"participant {SENDER_ID} has the token of a role"):
+        authz.PrincipalResolver([auditor], {SENDER_ID: with_token}, anchors, development=True)
+    two = [
+        Role(id="dtc-auditor", role="auditor", participant=SENDER_ID),
+        Role(id="dtc-admin", role="admin", participant=SENDER_ID),
+    ]
+    with pytest.raises(ValueError, match=f"participant {SENDER_ID} carries two roles"):
+        authz.PrincipalResolver(two, {}, anchors, development=False)
+
+
+def test_rules_and_credentials_cannot_be_altered() -> None:
+    """RULES is shared by every request: a rule changed at run time would change the table."""
+    for obj, field in [(authz.PUBLIC, "public"), (authz.Credentials(), "authorization")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, None)
 
 
 def test_a_bearer_token_that_is_not_utf8_is_unauthenticated_for_the_api_too(

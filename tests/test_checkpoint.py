@@ -20,6 +20,7 @@ Provenance of the known answers (copied verbatim, not produced by this code):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 
 import pytest
@@ -39,6 +40,7 @@ from gateway.audit.checkpoint import (
     verify_cosignature,
     verify_note,
 )
+from gateway.audit.signed_note import note_verifiers
 from gateway.crypto.keys import SigningKey
 
 # -- golang.org/x/mod/sumdb/note vectors -----------------------------------------------------
@@ -145,6 +147,13 @@ def test_vkeys_of_both_types_parse_and_their_key_ids_are_recomputed() -> None:
     assert plain.vkey() == ED25519_VKEY_WITH_PLUS
 
 
+def test_several_vkeys_parse_in_order_and_a_bad_one_is_named_by_position() -> None:
+    got = note_verifiers([PETER_VKEY, COSIG_VKEY])
+    assert [v.vkey() for v in got] == [PETER_VKEY, COSIG_VKEY]
+    with pytest.raises(NoteError, match=r"^verifier key #1: malformed verifier key$"):
+        note_verifiers([PETER_VKEY, "PeterNeumann+c74f20a3"])
+
+
 def test_cosignature_line_layout_matches_the_spec_example() -> None:
     """tlog-cosignature: key id (4) || timestamp (8, big-endian) || Ed25519 signature (64)."""
     _, [sig] = parse_note(b"x\n\n" + SPEC_COSIG_LINE)
@@ -180,6 +189,48 @@ def test_every_mangling_of_a_vkey_is_refused() -> None:
             NoteVerifier.from_vkey(bad)
 
 
+def test_a_bad_verifier_key_is_refused_for_its_own_reason() -> None:
+    """Each check of NoteVerifier holds on its own, also for one built without a vkey."""
+    peter = NoteVerifier.from_vkey(PETER_VKEY)
+    long_key = base64.b64encode(b"\x01" + peter.public_key + b"\x00").decode()
+    for vkey, reason in [
+        (f"PeterNeumann+c74f20a3+{long_key}", "must be a type byte and a 32-byte Ed25519 key"),
+        (
+            "PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+            "unsupported signature type 0x65",
+        ),
+        (
+            "PeterNeumann+00000000+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+            "key id does not match",
+        ),
+        (
+            "Peter Neumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+            "malformed verifier key",
+        ),
+        ("PeterNeumann+c74f20a3+!!!!", "^verifier key is not valid base64"),
+    ]:
+        with pytest.raises(NoteError, match=reason):
+            NoteVerifier.from_vkey(vkey)
+    key = peter.public_key
+    for name, kid, sig_type, public, reason in [
+        ("Peter Neumann", peter.key_id, 0x01, key, "invalid key name"),
+        ("PeterNeumann", peter.key_id, 0x01, key[:31], "public key is 32 bytes"),
+        ("PeterNeumann", peter.key_id, 0x02, key, "unsupported signature type 0x02"),
+    ]:
+        with pytest.raises(NoteError, match=reason):
+            NoteVerifier(name, kid, sig_type, public)
+
+
+def test_keys_and_verified_signatures_cannot_be_altered() -> None:
+    """A verifier's key id is checked against its key once, at construction; what open_note
+    reports as verified is final too."""
+    peter = NoteVerifier.from_vkey(PETER_VKEY)
+    opened = open_note(TEXT + b"\n" + PETER_SIG, [peter])
+    for obj, field in [(peter, "public_key"), (opened.verified[0], "name"), (opened, "text")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, b"")
+
+
 # -- malformed notes -------------------------------------------------------------------------
 
 
@@ -207,6 +258,74 @@ def test_every_malformed_note_of_go_open_is_refused() -> None:
         with pytest.raises(NoteError):
             open_note(note, [peter])
             pytest.fail(f"malformed note {i} opened")
+
+
+def _peter_line(text: bytes) -> bytes:
+    """Peter's signature line over any text, built from the spec (em dash, name, base64 of key
+    id || Ed25519 signature) with Go's private key, so it passes no check of ours."""
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(
+        base64.b64decode(PETER_SKEY.split("+", 4)[4])[1:]
+    )
+    return (
+        "— PeterNeumann ".encode()
+        + base64.b64encode(bytes.fromhex("c74f20a3") + key.sign(text))
+        + b"\n"
+    )
+
+
+def _sized(total: int) -> bytes:
+    """A note correctly signed by Peter, ``total`` bytes long."""
+    text = b"x" * (total - 2 - len(_peter_line(b"x\n"))) + b"\n"
+    note = text + b"\n" + _peter_line(text)
+    assert len(note) == total
+    return note
+
+
+_CTRL, _CRLF = b"\x01" + TEXT, TEXT.replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize(
+    ("note", "reason"),
+    [
+        (TEXT, "no blank line before its signatures"),
+        (TEXT + b"\n", "must end with a signature line and a newline"),
+        (TEXT + b"\n" + PETER_SIG[:-1], "must end with a signature line and a newline"),
+        (TEXT + b"\n" + PETER_SIG + b"\n", "must end with a signature line and a newline"),
+        (_CTRL + b"\n" + _peter_line(_CTRL), "^note contains control character U\\+0001"),
+        (_CRLF + b"\n" + _peter_line(_CRLF), "control character U\\+000D"),
+        (TEXT + b"\n" + PETER_SIG + b"Unexpected line.\n", "does not start with an em dash"),
+        (TEXT + b"\n" + PETER_SIG.replace("—".encode(), b"--"), "does not start with an em dash"),
+        (TEXT + b"\n" + PETER_SIG.replace(b"Peter", b"Pe+ter"), "malformed signature line"),
+        (TEXT + b"\n" + "— PeterNeumann\n".encode(), "malformed signature line"),
+        (TEXT + b"\n" + PETER_SIG.replace(b"Neumann ", b"Neumann  "), "^signature is not valid"),
+        (TEXT + b"\n" + "— PeterNeumann AAAA\n".encode(), "signature is too short"),
+        (TEXT + b"\n" + "— PeterNeumann AAAAAA==\n".encode(), "signature is too short"),
+        (TEXT + b"\n" + PETER_SIG * 101, "more than 100 signatures"),
+        (_sized(cpm.MAX_NOTE_BYTES + 1), "larger than 1048576 bytes"),
+    ],
+)
+def test_a_malformed_note_is_refused_as_malformed_even_when_its_signature_verifies(
+    note: bytes, reason: str
+) -> None:
+    """Go's note.Open calls these malformed. Refusing them only because a signature then fails
+    is not enough: where the signature is good, the syntax alone must refuse the note."""
+    peter = NoteVerifier.from_vkey(PETER_VKEY)
+    with pytest.raises(NoteError, match=reason) as e:
+        open_note(note, [peter])
+    assert str(e.value) == e.value.reason
+
+
+def test_a_note_at_the_limits_opens() -> None:
+    """Exactly MAX_NOTE_BYTES, and exactly 100 signature lines, are still notes."""
+    peter = NoteVerifier.from_vkey(PETER_VKEY)
+    assert _peter_line(TEXT) == PETER_SIG  # The helper is Go's signer, byte for byte.
+    assert open_note(_sized(cpm.MAX_NOTE_BYTES), [peter]).verified
+    assert open_note(TEXT + b"\n" + PETER_SIG * 100, [peter]).verified
+    # The shortest signature line: a key id and one byte (an unknown key's, so ignored).
+    _, [sig] = parse_note(TEXT + b"\n" + "— Someone AAAAAAA=\n".encode())
+    assert (sig.name, sig.key_id, sig.signature) == ("Someone", 0, b"\x00")
+    # The shortest text: one empty line (Go's note.Open splits at the last blank line too).
+    assert open_note(b"\n\n" + _peter_line(b"\n"), [peter]).text == b"\n"
 
 
 def test_a_signature_that_does_not_verify_rejects_the_whole_note() -> None:
@@ -320,6 +439,33 @@ def test_checkpoint_fields_are_validated_on_construction() -> None:
     assert Checkpoint("o", 2**64 - 1, ROOT).size == 2**64 - 1
 
 
+def test_each_checkpoint_field_is_refused_for_its_own_reason() -> None:
+    """Origin and extension lines are single lines of text; the body ends in a newline (else
+    its last line would be read short); the root is canonical base64."""
+    for args, reason in [
+        (("o\x01", 1, ROOT), "^checkpoint origin contains control character"),
+        (("o", 1, ROOT, ("a\nb",)), "extension lines must be non-empty single lines"),
+        (("o", 1, ROOT, ("a\x01",)), "^checkpoint extension line contains control character"),
+    ]:
+        with pytest.raises(NoteError, match=reason):
+            Checkpoint(*args)  # type: ignore[arg-type]
+    body = Checkpoint("o", 1, ROOT, ("ext",)).body()
+    with pytest.raises(NoteError, match="must end with a newline"):
+        parse_checkpoint(body[:-1])
+    with pytest.raises(NoteError, match=r"^checkpoint root is not valid base64"):
+        parse_checkpoint(b"o\n1\n!!!!\n")
+
+
+def test_a_checkpoint_and_a_verified_note_cannot_be_altered() -> None:
+    """A Checkpoint is validated once, at construction; verify_note's answer is final."""
+    log = _signer()
+    cp = Checkpoint("o", 1, ROOT)
+    verified = verify_note(sign_checkpoint(cp, log), [NoteVerifier.for_signer(log)])
+    for obj, field in [(cp, "size"), (verified, "checkpoint")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, None)
+
+
 def test_sign_and_verify_round_trip() -> None:
     signer = _signer()
     cp = Checkpoint("gw.example/audit", 42, ROOT)
@@ -369,8 +515,12 @@ def test_signer_refuses_bad_names_texts_and_non_ed25519_keys() -> None:
         with pytest.raises(NoteError):
             NoteSigner(name, key)
     signer = NoteSigner("ok", key)
-    for text in [b"no newline", b"bad\x01\n", b"\xff\n"]:
-        with pytest.raises(NoteError):
+    for text, reason in [
+        (b"no newline", "note text must end with a newline"),
+        (b"bad\x01\n", "^note text contains control character U\\+0001"),
+        (b"\xff\n", "note text is not UTF-8"),
+    ]:
+        with pytest.raises(NoteError, match=reason):
             signer.sign(text)
     with pytest.raises(NoteError):
         NoteSigner("ok", SigningKey(ec.generate_private_key(ec.SECP256R1())))
@@ -435,6 +585,38 @@ def test_cosign_refuses_timestamps_out_of_range_and_bodies_that_are_not_checkpoi
         cosign(TEXT, witness, timestamp=1)
 
 
+def _cosig_line(signer: NoteSigner, name: str, key_id: int, text: bytes, ts: int) -> bytes:
+    """A tlog-cosignature/v1 line built from the spec by hand, over any text, under any name."""
+    sig = signer._raw_sign(b"cosignature/v1\ntime %d\n" % ts + text)
+    value = key_id.to_bytes(4, "big") + ts.to_bytes(8, "big") + sig
+    return f"— {name} {base64.b64encode(value).decode()}\n".encode()
+
+
+def test_verify_cosignature_refuses_each_wrong_input_for_its_own_reason() -> None:
+    """Each check holds on its own: a line that is correctly signed by the witness's key but
+    is over a text that is no checkpoint, under another key name, not one line, or checked
+    with a note (0x01) key, is refused, and says why."""
+    witness = _signer("w")
+    cosigner = NoteVerifier.for_signer(witness, cosignature=True)
+    body = Checkpoint("o", 1, ROOT).body()
+    good = _cosig_line(witness, "w", cosigner.key_id, body, 7)
+    assert verify_cosignature(body, good, cosigner) == 7
+    assert verify_cosignature(body, cosign(body, witness, timestamp=0), cosigner) == 0
+    other = NoteVerifier.for_signer(_signer("x"), cosignature=True)
+    for text, line, verifier, reason in [
+        (TEXT, _cosig_line(witness, "w", cosigner.key_id, TEXT, 7), cosigner, "checkpoint"),
+        (body, _cosig_line(witness, "x", other.key_id, body, 7), cosigner, "not a cosignature by"),
+        (body, good[:-1], cosigner, "^expected one signature line ending in a newline"),
+        (body, good + good, cosigner, "^expected one signature line ending in a newline"),
+        (body, good + b"\n", cosigner, "^expected one signature line ending in a newline"),
+        (body, b"\xff" + good, cosigner, "^signature line is not UTF-8"),
+        (body, good.replace(b"w", b"w\x01", 1), cosigner, "^signature line contains control"),
+        (body, witness.sign(body), NoteVerifier.for_signer(witness), "^not a cosignature verifier"),
+    ]:
+        with pytest.raises(NoteError, match=reason):
+            verify_cosignature(text, line, verifier)
+
+
 def test_a_cosignature_with_a_timestamp_beyond_2_63_is_refused() -> None:
     """Spec: the timestamp MUST NOT exceed 2^63 - 1, whatever the signature says."""
     witness = _signer("w")
@@ -446,6 +628,22 @@ def test_a_cosignature_with_a_timestamp_beyond_2_63_is_refused() -> None:
     line = f"— w {base64.b64encode(value).decode()}\n".encode()
     with pytest.raises(NoteError, match="timestamp"):
         verify_cosignature(body, line, cosigner)
+
+
+def test_a_cosignature_is_a_timestamp_and_a_signature_and_may_be_dated_2_63_minus_1() -> None:
+    """tlog-cosignature: 8 + 64 bytes after the key id, the time at most 2^63 - 1 inclusive."""
+    witness = _signer("w")
+    cosigner = NoteVerifier.for_signer(witness, cosignature=True)
+    body = Checkpoint("o", 1, ROOT).body()
+
+    def line(ts: int, cut: int = 0) -> bytes:
+        sig = witness._raw_sign(b"cosignature/v1\ntime %d\n" % ts + body)
+        value = cosigner.key_id.to_bytes(4, "big") + ts.to_bytes(8, "big") + sig
+        return f"— w {base64.b64encode(value[: len(value) - cut]).decode()}\n".encode()
+
+    assert verify_cosignature(body, line(2**63 - 1), cosigner) == 2**63 - 1
+    with pytest.raises(NoteError, match=r"^invalid cosignature length for key w"):
+        verify_cosignature(body, line(5, cut=1), cosigner)
 
 
 def test_a_checkpoint_carrying_only_cosignatures_is_not_a_verified_checkpoint() -> None:

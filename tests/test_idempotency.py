@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,71 @@ async def test_a_finished_exchange_is_replayed_with_its_answer(store: StateStore
     assert isinstance(again, ExchangeResult)
     assert (again.status, again.body, again.exchange_id) == (200, body, "x-1")
     assert again.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_an_accepted_async_exchange_is_replayed_with_its_202(store: StateStore) -> None:
+    """The stored status is handed out again, not a 200: a retry of an async exchange must
+    still read "accepted, come back at Location", not "done"."""
+    assert await _begin(store) is None
+    body = orjson.dumps({"exchange_id": "x-2", "status": "queued"})
+    await finish(store, ExchangeResult(status=202, body=body))
+    again = await _begin(store)
+    assert isinstance(again, ExchangeResult)
+    assert (again.status, again.body, again.exchange_id) == (202, body, "x-2")
+    # The request's canonical log line names the replay, its sender and its service.
+    assert again.log == {
+        "event": "exchange.idempotent_replay",
+        "sender": "hcm.quan-1",
+        "service": "svc.v1",
+    }
+
+
+@pytest.mark.parametrize(("status", "kept"), [(199, False), (200, True), (299, True), (300, False)])
+async def test_only_a_2xx_answer_is_kept_for_retries(
+    store: StateStore, status: int, kept: bool
+) -> None:
+    """Exactly 200..299 is an answer to give again; anything else releases the key."""
+    assert await _begin(store) is None
+    await finish(store, ExchangeResult(status=status, body=b'{"exchange_id":"x-3"}'))
+    again = await _begin(store)
+    if kept:
+        assert isinstance(again, ExchangeResult) and again.status == status
+    else:
+        assert again is None  # released: the retry is processed afresh
+
+
+async def test_a_released_key_hands_the_store_neither_status_nor_body() -> None:
+    """Releasing is ``status=None, body=None``; a refusal's body must not reach the store."""
+    calls: list[tuple[int | None, bytes | None]] = []
+
+    class Recording:
+        async def idempotency_begin(self, *args: Any) -> Any:
+            raise AssertionError("not reached")
+
+        async def idempotency_finish(
+            self,
+            sender: str,
+            service: str,
+            key: str,
+            status: int | None,
+            body: bytes | None,
+            **kwargs: Any,
+        ) -> None:
+            calls.append((status, body))
+
+    assert await finish(Recording(), ExchangeResult(status=409, body=b'{"refused":1}'))
+    assert await finish(Recording(), None)
+    assert await finish(Recording(), ExchangeResult(status=200, body=b'{"ok":1}'))
+    assert calls == [(None, None), (None, None), (200, b'{"ok":1}')]
+
+
+def test_the_provider_key_is_a_digest_scoped_to_sender_and_service() -> None:
+    """Two senders' equal keys must be two keys to the provider; no key, no provider key."""
+    expected = hashlib.sha256(b"hcm.quan-1\nsvc.v1\nkey-1").hexdigest()
+    assert idempotency.provider_key("hcm.quan-1", "svc.v1", "key-1") == expected
+    assert idempotency.provider_key("hcm.quan-2", "svc.v1", "key-1") != expected
+    assert idempotency.provider_key("hcm.quan-1", "svc.v2", "key-1") != expected
+    assert idempotency.provider_key("hcm.quan-1", "svc.v1", None) is None
 
 
 async def test_another_body_with_the_same_key_is_a_conflict(store: StateStore) -> None:

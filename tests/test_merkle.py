@@ -14,6 +14,7 @@ Provenance of the known-answer vectors (hex copied verbatim, not recomputed here
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -268,6 +269,65 @@ def test_inclusion_in_single_leaf_tree_is_leaf_equals_root() -> None:
         merkle.verify_inclusion(b"", 0, 1, [], b"")  # Wrong hash sizes.
 
 
+def test_a_hash_of_the_wrong_length_is_refused_and_named() -> None:
+    """Every input hash is checked for 32 bytes first, and the refusal says which one: the
+    verify API reports "exactly why not". A 31-byte leaf equal to a 31-byte root is no tree."""
+    index, size, proof = INCLUSION_PROOFS[2]  # Leaf 5 of 8: three proof hashes.
+    lh, p, r = LEAF_HASHES[index], _hex(proof), ROOTS[size]
+    assert len(p) == 3
+    short = b"\x00" * 31
+    with pytest.raises(ProofError, match=r"^leaf hash is 31 bytes"):
+        merkle.verify_inclusion(short, 0, 1, [], short)
+    with pytest.raises(ProofError, match=r"^root is 33 bytes"):
+        merkle.verify_inclusion(lh, index, size, p, r + b"\x00")
+    with pytest.raises(ProofError, match=r"^proof\[1\] is 31 bytes"):
+        merkle.verify_inclusion(lh, index, size, [p[0], p[1][:31], *p[2:]], r)
+    with pytest.raises(ProofError, match=r"^root1 is 31 bytes"):
+        merkle.verify_consistency(3, 3, [], short, short)
+    with pytest.raises(ProofError, match=r"^root2 is 31 bytes"):
+        merkle.verify_consistency(3, 3, [], ROOTS[3], ROOTS[3][:31])
+    c = _hex(CONSISTENCY_PROOFS[2][2])
+    s1, s2 = CONSISTENCY_PROOFS[2][0], CONSISTENCY_PROOFS[2][1]
+    assert len(c) == 3
+    with pytest.raises(ProofError, match=r"^proof\[1\] is 31 bytes"):
+        merkle.consistency_roots(s1, s2, [c[0], c[1][:31], *c[2:]], ROOTS[s1])
+
+
+def test_a_proof_one_hash_too_long_is_refused_as_longer_than_the_path() -> None:
+    """The RFC's own check (step 4a / 6a), not merely a root mismatch further on."""
+    index, size, proof = INCLUSION_PROOFS[2]
+    p = _hex(proof)
+    with pytest.raises(ProofError, match="longer than the path"):
+        merkle.verify_inclusion(LEAF_HASHES[index], index, size, [*p, SOME_HASH], ROOTS[size])
+    s1, s2, cproof = CONSISTENCY_PROOFS[2]
+    c = _hex(cproof)
+    with pytest.raises(ProofError, match="longer than the path"):
+        merkle.verify_consistency(s1, s2, [*c, SOME_HASH], ROOTS[s1], ROOTS[s2])
+
+
+@pytest.mark.parametrize(("size1", "size2"), [(2, 1), (-1, 2), (0, -1), (-2, -1)])
+def test_consistency_between_sizes_that_go_backwards_or_below_zero_is_refused(
+    size1: int, size2: int
+) -> None:
+    """Including "from the empty tree to size -1", which the empty-tree shortcut would pass."""
+    e = merkle.EMPTY_ROOT
+    with pytest.raises(ProofError, match="sizes go backwards or are negative"):
+        merkle.verify_consistency(size1, size2, [], e, e)
+
+
+@pytest.mark.parametrize(("size1", "size2"), [(0, 3), (3, 3), (4, 3), (-1, 3)])
+def test_consistency_roots_exist_only_for_a_real_step(size1: int, size2: int) -> None:
+    """consistency_roots (the witness's tool) has no trivial cases: those are the caller's."""
+    with pytest.raises(ProofError, match="no consistency proof between sizes"):
+        merkle.consistency_roots(size1, size2, [SOME_HASH, SOME_HASH], SOME_HASH)
+
+
+@pytest.mark.parametrize(("m", "n"), [(3, 2), (-1, 2), (1, 9), (9, 9)])
+def test_a_reference_consistency_proof_outside_the_leaves_is_a_value_error(m: int, n: int) -> None:
+    with pytest.raises(ValueError, match="need 0 <= m <= n <= 8"):
+        merkle.consistency_proof(m, n, LEAF_HASHES)
+
+
 @pytest.mark.parametrize(("index", "size"), [(0, 0), (1, 0), (2, 1), (-1, 1)])
 def test_inclusion_outside_the_tree_is_rejected(index: int, size: int) -> None:
     with pytest.raises(ProofError):
@@ -333,6 +393,30 @@ def test_trivial_consistency_cases_are_strict() -> None:
     for s1, s2, p, r1, r2 in bad:
         with pytest.raises(ProofError):
             merkle.verify_consistency(s1, s2, p, r1, r2)
+
+
+def test_a_frontier_equals_only_a_frontier_and_prints_its_size_not_its_hashes() -> None:
+    f = Frontier()
+    f.append(LEAF_HASHES[0])
+    assert f == Frontier.from_bytes(f.to_bytes())
+    assert f != Frontier()
+    assert f != f.to_bytes()  # Another type: not equal, and no AttributeError.
+    assert (f == f.to_bytes()) is False
+    other = Frontier()
+    other.append(LEAF_HASHES[1])
+    assert f != other  # Same size, another leaf.
+    size_2 = Frontier.from_bytes((2).to_bytes(8, "big") + LEAF_HASHES[0])
+    assert size_2.hashes == f.hashes and f != size_2  # Same hashes, another size.
+    assert repr(f) == "Frontier(size=1)"
+
+
+def test_a_completed_subtree_reported_by_the_frontier_cannot_be_altered() -> None:
+    """A store persists what append() reports; the report itself stays as computed."""
+    f = Frontier()
+    f.append(LEAF_HASHES[0])
+    [completed] = f.append(LEAF_HASHES[1])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        completed.hash = SOME_HASH  # type: ignore[misc]
 
 
 def test_frontier_serialization_roundtrip_and_validation() -> None:

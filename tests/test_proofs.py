@@ -11,6 +11,7 @@ corruptConsistencyProof), run on many random trees instead of one.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable, Iterator
@@ -118,7 +119,8 @@ def test_preconditions_are_value_errors() -> None:
     for index, size in [(0, 0), (5, 5), (-1, 3)]:
         with pytest.raises(ValueError):
             proofs.inclusion_nodes(index, size)
-    for size1, size2 in [(3, 2), (-1, 2)]:
+    # (0, -1) and (-1, -1) would otherwise pass as "empty tree" and "same size": empty proofs.
+    for size1, size2 in [(3, 2), (-1, 2), (0, -1), (-1, -1)]:
         with pytest.raises(ValueError):
             proofs.consistency_nodes(size1, size2)
     with pytest.raises(ValueError):
@@ -135,6 +137,14 @@ def test_rehash_refuses_a_wrong_number_of_hashes() -> None:
         nodes.rehash(hashes[:-1])
     with pytest.raises(ValueError):
         nodes.rehash([*hashes, hashes[0]])
+
+
+def test_the_nodes_of_a_proof_cannot_be_altered_between_fetch_and_rehash() -> None:
+    """The ids fetched from the store and the fold range applied to their hashes are one
+    value: changing either in between would fold the wrong nodes."""
+    nodes = proofs.inclusion_nodes(3, 7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        nodes.begin = 0  # type: ignore[misc]
 
 
 def test_trivial_consistency_needs_no_node() -> None:
@@ -203,6 +213,29 @@ def test_consistency_nodes_have_the_rfc_shape_at_any_size(size2: int, data: st.D
     assert len(nodes.ids) <= 2 * size2.bit_length()
     expected = [] if size1 == size2 else _subproof(size1, 0, size2, True)
     assert nodes.fold([_span(n) for n in nodes.ids], _join) == expected
+
+
+def test_a_compact_range_is_the_aligned_subtrees_tiling_it() -> None:
+    """[3, 11) = leaf 3, leaves 4-7, leaves 8-9, leaf 10: each node starts at a multiple of
+    its size (worked out by hand from the definition, not by this code)."""
+    assert proofs.range_nodes(3, 11) == [(0, 3), (2, 1), (1, 4), (0, 10)]
+    assert proofs.range_nodes(4, 12) == [(2, 1), (2, 2)]  # Aligned: not (3, 0) = leaves 0-7.
+    assert proofs.range_nodes(0, 6) == [(2, 0), (1, 2)]
+    assert proofs.range_nodes(5, 5) == []
+    for begin, end in [(-1, 2), (3, 2)]:
+        with pytest.raises(ValueError):
+            proofs.range_nodes(begin, end)
+
+
+@given(st.integers(0, 2**62), st.integers(0, 2**62))
+def test_range_nodes_tile_any_range_with_aligned_maximal_subtrees(a: int, b: int) -> None:
+    begin, end = sorted((a, b))
+    ids = proofs.range_nodes(begin, end)
+    spans = [_span(n) for n in ids]
+    assert [lo for lo, _ in spans] == [begin, *(hi for _, hi in spans[:-1])][: len(spans)]
+    assert (spans[-1][1] if spans else begin) == end
+    for (l1, i1), (l2, i2) in itertools.pairwise(ids):
+        assert not (l1 == l2 and i1 % 2 == 0 and i2 == i1 + 1)  # Siblings would be one node.
 
 
 @given(st.integers(0, 2**62))
