@@ -59,6 +59,7 @@ from connectors._http11 import (
 )
 from connectors._http_settings import CONTENT_TYPES, parse_settings
 from gateway.connector import (
+    ANSWER_MAX_DEPTH,
     ConnectorContext,
     DeliveryFailed,
     DeliveryResult,
@@ -115,8 +116,11 @@ def _parse_json(body: bytes) -> Any:
     """Strict RFC 8259 (the gateway's parser): UTF-8, no duplicate keys, no NaN/Infinity."""
     try:
         return parse_json(body)
-    except ValueError:
-        raise DeliveryFailed("provider answer is not valid JSON (strict parse)") from None
+    except ValueError:  # what is wrong where is the answer's shape: the sender sees the message
+        raise DeliveryFailed(
+            "provider answer is not valid JSON (strict parse: UTF-8, no duplicate keys, no "
+            f"NaN or Infinity, nested at most {ANSWER_MAX_DEPTH} deep)"
+        ) from None
 
 
 class HttpConnector:

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 from gateway.strictjson import loads as _strict_loads
 
 __all__ = [
+    "ANSWER_MAX_DEPTH",
     "Connector",
     "ConnectorContext",
     "ConnectorError",
@@ -106,12 +107,19 @@ class ConnectorFactory(Protocol):
     def __call__(self, settings: Mapping[str, Any], context: ConnectorContext) -> Connector: ...
 
 
+ANSWER_MAX_DEPTH = 199
+"""How deep a provider's answer may nest: as deep as the gateway can sign (RFC 8785
+canonicalization stops at 200, ``gateway.crypto.canonical.MAX_DEPTH``, and a stored answer sits
+one level down). Not ``limits.max_json_depth``, which bounds what senders send: the answer's
+shape is the response schema's to decide, and its size is capped by the connector."""
+
+
 def parse_json(data: bytes) -> Any:
     """Parse a provider's answer with the gateway's own strict JSON parser; ``ValueError`` if not.
 
     Why offered to plugins: an answer is validated, hashed and signed into the receipt, so it must
-    be read exactly as the gateway reads requests (UTF-8, no duplicate keys, no NaN/Infinity,
-    nesting at most 64 deep: see ``gateway.strictjson``). It is also the fast path: orjson with
-    whole-buffer checks, several times cheaper than ``json.loads`` with hooks.
+    be read exactly as the gateway reads requests (UTF-8, no duplicate keys, no NaN/Infinity: see
+    ``gateway.strictjson``), nested at most :data:`ANSWER_MAX_DEPTH` deep. It is also the fast
+    path: orjson with whole-buffer checks, several times cheaper than ``json.loads`` with hooks.
     """
-    return _strict_loads(data)
+    return _strict_loads(data, max_depth=ANSWER_MAX_DEPTH)

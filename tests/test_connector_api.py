@@ -7,6 +7,7 @@ import gateway.connector as api
 
 def test_public_connector_api_names_are_pinned() -> None:
     assert sorted(api.__all__) == [
+        "ANSWER_MAX_DEPTH",
         "Connector",
         "ConnectorContext",
         "ConnectorError",

@@ -159,6 +159,8 @@ class Provider:
             "broken": b'{"status":',
             "latin1": '{"name":"Nguyễn"}'.encode("utf-16"),
             "ok": b'{"status":"found"}',
+            "deep": b'{"a":' * 150 + b"1" + b"}" * 150,
+            "too-deep": b'{"a":' * 200 + b"1" + b"}" * 200,
         }
         return web.Response(
             body=bodies[request.match_info["kind"]], content_type="application/json"
@@ -314,6 +316,25 @@ async def test_json_is_parsed_strictly(provider, connect, kind):
     _, server = provider
     connector = await connect({"url": str(server.make_url(f"/raw/{kind}"))})
     with pytest.raises(DeliveryFailed, match="not valid JSON"):
+        await connector.deliver(message())
+
+
+async def test_an_answer_may_nest_as_deep_as_the_gateway_can_sign_and_no_deeper(provider, connect):
+    """Answers were read with the senders' default depth (64): a provider's deeper answer was
+    "not valid JSON", an error that sent operators looking for a broken provider. Now the
+    limit is what canonicalization (and so the receipt) can take, and the message names it."""
+    from gateway.connector import ANSWER_MAX_DEPTH
+    from gateway.crypto.canonical import MAX_DEPTH
+
+    assert ANSWER_MAX_DEPTH == MAX_DEPTH - 1
+    _, server = provider
+    connector = await connect({"url": str(server.make_url("/raw/deep"))})
+    answer = (await connector.deliver(message())).response
+    for _ in range(150):
+        answer = answer["a"]
+    assert answer == 1
+    connector = await connect({"url": str(server.make_url("/raw/too-deep"))})
+    with pytest.raises(DeliveryFailed, match=f"nested at most {ANSWER_MAX_DEPTH} deep"):
         await connector.deliver(message())
 
 
