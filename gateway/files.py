@@ -9,10 +9,41 @@ is durable only then).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["replace_durably", "write_new"]
+__all__ = ["Busy", "exclusive", "replace_durably", "write_new"]
+
+
+class Busy(Exception):
+    """Another command holds the deployment's lock (:func:`exclusive`)."""
+
+
+@contextlib.contextmanager
+def exclusive(directory: Path) -> Iterator[None]:
+    """Hold the deployment directory's lock while a command reads, edits and rewrites its files.
+
+    Why: ``gateway keys rotate`` and ``gateway keys revoke`` read a file, change it and write it
+    back. Two at once (two operators, a cron job beside a person) each wrote its edit over the
+    other's: a revocation silently lost from the CRL, or a retired key dropped from the config.
+    ``flock`` on the directory itself leaves no lock file behind, and the kernel releases it
+    when the process dies. Raises :class:`Busy` at once rather than queueing behind the other.
+    """
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(
+                f"another `gateway keys` command is changing {directory}; run this one when it "
+                "is done"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_new(path: Path, data: bytes, *, mode: int, durable_name: bool = True) -> None:

@@ -31,7 +31,7 @@ from gateway.crypto import devpki, pki
 from gateway.crypto.keys import CryptoError, PrivateKey, load_certificates
 from gateway.crypto.revocation import is_crl_of, issued_by
 from gateway.devinit import DEV_CA_KEY, DevCaUnreadable, load_dev_ca
-from gateway.files import replace_durably
+from gateway.files import Busy, exclusive, replace_durably
 
 __all__ = ["DEV_CA_KEY", "NotApplicable", "RevocationError", "RevokeResult", "revoke"]
 
@@ -105,6 +105,16 @@ def revoke(
 
     Raises NotApplicable, RevocationError or ConfigError; on any of them the CRL is unchanged.
     """
+    try:
+        with exclusive(config_path.resolve().parent):
+            return _revoke(config_path, participant, now=now, reason=reason)
+    except Busy as e:
+        raise RevocationError(str(e)) from None
+
+
+def _revoke(
+    config_path: Path, participant: str | None, *, now: datetime, reason: str | None
+) -> RevokeResult:
     dep = config_mod.load(config_path)
     try:
         ca_key, ca_cert = _dev_ca(dep)

@@ -60,7 +60,7 @@ from gateway.crypto.keys import (
 )
 from gateway.devinit import DEV_CA_KEY, DevCaUnreadable, load_dev_ca
 from gateway.errors import ConfigError
-from gateway.files import replace_durably, write_new
+from gateway.files import Busy, exclusive, replace_durably, write_new
 
 __all__ = ["DEV_CA_KEY", "RotationError", "RotationResult", "edit_gateway_section", "rotate"]
 
@@ -129,6 +129,16 @@ def rotate(
     Without: issue with the development CA if present, else write a key and a CSR only.
     Raises :class:`RotationError` or ``ConfigError``; on either, the config is unchanged.
     """
+    try:
+        with exclusive(config_path.resolve().parent):
+            return _rotate(config_path, now=now, key=key, certificate=certificate)
+    except Busy as e:
+        raise RotationError(str(e)) from None
+
+
+def _rotate(
+    config_path: Path, *, now: datetime, key: Path | None, certificate: Path | None
+) -> RotationResult:
     dep = config_mod.load(config_path)
     old = _current(dep)
     if certificate is not None or key is not None:

@@ -249,6 +249,28 @@ def test_a_revoked_certificate_is_refused_before_the_config_points_at_it(tmp_pat
     create_app(load(config))  # the deployment still starts, with its current key
 
 
+def test_keys_commands_on_one_deployment_do_not_run_at_once(tmp_path: Path) -> None:
+    """keys rotate and keys revoke read a file, edit it and write it back: two at once (two
+    operators, a cron job) each wrote over the other's edit, losing a revocation from the CRL
+    or a retired key from the config. While one holds the deployment, the other is refused
+    and changes nothing; once it is done, the other runs."""
+    from gateway.files import exclusive
+    from gateway.keyrevocation import RevocationError, revoke
+
+    config = make_deployment(tmp_path / "dep")
+    before, crl = config.read_text(), (config.parent / "pki/ca.crl").read_bytes()
+    now = datetime.now(UTC)
+    with exclusive(config.parent):
+        with pytest.raises(RotationError, match="another `gateway keys` command"):
+            rotate(config, now=now)
+        with pytest.raises(RevocationError, match="another `gateway keys` command"):
+            revoke(config, "hcm.quan-1", now=now)
+    assert config.read_text() == before
+    assert (config.parent / "pki/ca.crl").read_bytes() == crl
+    rotate(config, now=now)
+    assert revoke(config, "hcm.quan-1", now=now).serial is not None
+
+
 # -- the config edit ---------------------------------------------------------------------------
 
 
