@@ -90,6 +90,7 @@ class RawRequest:
     body_malformed: str | None = None  # why the body could not be decoded (a fixed text)
     repeated_header: str | None = None  # a one-value header (Authorization...) given twice
     charset: str | None = None  # the Content-Type's charset parameter, when it has one
+    content_encoding: str | None = None  # the Content-Encoding header, when there is one
 
     @property
     def received(self) -> str:

@@ -161,6 +161,7 @@ async def _exchange(
         body=body.data,
         content_type=request.content_type,
         charset=request.charset,
+        content_encoding=fields.get("Content-Encoding"),
         received_at=received_at,
         received_text=rfc3339(received_at),
         peer_cert_der=peer_certificate(request),
