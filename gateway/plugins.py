@@ -2,26 +2,72 @@
 
 Fail closed: a service naming a connector nobody installed, or settings the connector refuses,
 stops start-up with the file and field named, so a typo never routes an exchange nowhere.
+The same holds for a plugin that is broken, which is third-party code: only the entry points a
+service names are imported (an unused plugin that fails to import stops nothing), and whatever
+goes wrong importing or building one (an import error, a factory's KeyError, a name two
+distributions register, an object whose methods are not async) is a ConfigError naming the
+service's field, never a traceback that names nothing.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from gateway.connector import Connector, ConnectorContext, ConnectorFactory, SettingsError
 from gateway.errors import ConfigError
 
 GROUP = "gateway.connectors"
+_METHODS = ("start", "deliver", "ready", "close")
+
+
+def installed() -> dict[str, list[EntryPoint]]:
+    """Every connector entry point by name, not loaded; a name may come from several."""
+    found: dict[str, list[EntryPoint]] = {}
+    for ep in entry_points(group=GROUP):
+        same = found.setdefault(ep.name, [])
+        if all(other.value != ep.value for other in same):  # one package seen twice is one
+            same.append(ep)
+    return found
 
 
 def available() -> dict[str, ConnectorFactory]:
-    """Every installed connector factory by name."""
-    found: dict[str, ConnectorFactory] = {}
-    for ep in entry_points(group=GROUP):
-        found[ep.name] = ep.load()
-    return found
+    """Every installed connector factory by name, loaded (raises what a broken one raises);
+    a name registered by several packages is left out, as :func:`build` refuses it."""
+    return {name: eps[0].load() for name, eps in installed().items() if len(eps) == 1}
+
+
+def _load(kind: str, source: str, field: str) -> ConnectorFactory | None:
+    """The factory registered as ``kind``, None if nobody registered it."""
+    eps = installed().get(kind)
+    if not eps:
+        return None
+    if len(eps) > 1:
+        targets = ", ".join(sorted(_origin(ep) for ep in eps))
+        raise ConfigError(
+            source,
+            field,
+            f"connector {kind!r} is registered by more than one package ({targets}): "
+            "uninstall all but one, so no package can take over another's name",
+        )
+    try:
+        factory: ConnectorFactory = eps[0].load()
+    except Exception as e:
+        raise ConfigError(
+            source, field, f"connector {kind!r} ({_origin(eps[0])}) cannot be loaded: {_why(e)}"
+        ) from None
+    return factory
+
+
+def _origin(ep: EntryPoint) -> str:
+    dist = ep.dist.name if ep.dist is not None else "?"
+    return f"{ep.value} from {dist}"
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
 
 
 def build(
@@ -33,16 +79,37 @@ def build(
     field: str,
     factories: Mapping[str, ConnectorFactory] | None = None,
 ) -> Connector:
-    """Instantiate one connector or raise ConfigError naming ``source`` and ``field``."""
-    table = available() if factories is None else factories
-    factory = table.get(kind)
+    """Instantiate one connector or raise ConfigError naming ``source`` and ``field``.
+
+    ``factories`` replaces the installed entry points (tests); without it only ``kind``'s
+    entry point is imported."""
+    if factories is None:
+        factory = _load(kind, source, field)
+        names = sorted(installed())
+    else:
+        factory, names = factories.get(kind), sorted(factories)
     if factory is None:
-        names = ", ".join(sorted(table)) or "none installed"
-        raise ConfigError(source, field, f"unknown connector {kind!r} (installed: {names})")
+        listed = ", ".join(names) or "none installed"
+        raise ConfigError(source, field, f"unknown connector {kind!r} (installed: {listed})")
     try:
         connector = factory(settings, context)
     except SettingsError as e:
         raise ConfigError(source, field + "_settings", str(e)) from None
+    except Exception as e:  # a plugin's bug: name the service rather than print a traceback
+        raise ConfigError(source, field, f"connector {kind!r} failed to build: {_why(e)}") from None
+    _check_api(connector, kind, source, field)
+    return connector
+
+
+def _check_api(connector: object, kind: str, source: str, field: str) -> None:
+    """The Protocol's isinstance sees method names only; every method is awaited, so each must
+    be async, or the gateway would fail at start-up, on each exchange or each probe instead."""
     if not isinstance(connector, Connector):
         raise ConfigError(source, field, f"connector {kind!r} does not implement the API")
-    return connector
+    for name in _METHODS:
+        if not inspect.iscoroutinefunction(getattr(connector, name)):
+            raise ConfigError(
+                source,
+                field,
+                f"connector {kind!r} does not implement the API: {name}() is not an async method",
+            )

@@ -154,7 +154,6 @@ def build_schemas(dep: Deployment) -> dict[str, tuple[CompiledSchema, CompiledSc
 
 
 def build_connectors(dep: Deployment) -> dict[str, Connector]:
-    factories = plugins.available()
     out = {}
     for i, (sid, loaded) in enumerate(dep.services.items()):
         spec = loaded.spec
@@ -165,7 +164,6 @@ def build_connectors(dep: Deployment) -> dict[str, Connector]:
             ctx,
             source=str(dep.path),
             field=f"services[{i}].connector",
-            factories=factories,
         )
     return out
 
