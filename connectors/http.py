@@ -138,6 +138,9 @@ class HttpConnector:
         self._clock = clock
         s = self._settings
         self._breaker = _Breaker(s.failure_threshold, s.open_seconds, clock)
+        # Loaded now, not in start(): the gateway builds connectors in its start-up check (the
+        # parent of `gateway serve`), so a wrong path is refused there, naming the setting.
+        self._tls = self._ssl_context()
         self._pool: Http11Pool | None = None
 
     async def start(self) -> None:
@@ -147,7 +150,7 @@ class HttpConnector:
         s = self._settings
         self._pool = Http11Pool(
             s.origin,
-            ssl_context=self._ssl_context(),
+            ssl_context=self._tls,
             limit=s.max_connections,
             connect_timeout=s.connect_timeout,
         )

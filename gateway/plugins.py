@@ -11,13 +11,19 @@ service's field, never a traceback that names nothing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+import structlog
+
 from gateway.connector import Connector, ConnectorContext, ConnectorFactory, SettingsError
 from gateway.errors import ConfigError
+
+log = structlog.get_logger("gateway.plugins")
 
 GROUP = "gateway.connectors"
 _METHODS = ("start", "deliver", "ready", "close")
@@ -113,3 +119,39 @@ def _check_api(connector: object, kind: str, source: str, field: str) -> None:
                 field,
                 f"connector {kind!r} does not implement the API: {name}() is not an async method",
             )
+
+
+CLOSE_SECONDS = 5.0
+"""How long one connector's close() may take at shutdown. The connectors close first, then the
+audit log and the state store: a plugin whose close hangs would hold all of them for ever."""
+
+
+@contextlib.asynccontextmanager
+async def started(connectors: Mapping[str, Connector], *, source: str) -> AsyncIterator[None]:
+    """Start the connectors in turn (``connectors`` in the config's service order); close the
+    ones that started, the last first, each within :data:`CLOSE_SECONDS`.
+
+    A start that fails is a ConfigError naming the service (``services[i].connector``, or
+    ``..._settings`` for a SettingsError); a close that fails or hangs is logged and skipped,
+    so the resources opened before the connectors still close."""
+    async with contextlib.AsyncExitStack() as stack:
+        for i, (sid, c) in enumerate(connectors.items()):
+            field = f"services[{i}].connector"
+            try:
+                await c.start()
+            except SettingsError as e:
+                raise ConfigError(source, field + "_settings", str(e)) from None
+            except Exception as e:
+                raise ConfigError(source, field, f"{sid}: failed to start: {_why(e)}") from None
+            stack.push_async_callback(_close, sid, c)
+        yield
+
+
+async def _close(service: str, connector: Connector) -> None:
+    try:
+        async with asyncio.timeout(CLOSE_SECONDS):
+            await connector.close()
+    except TimeoutError:
+        log.warning("connector.close_timed_out", service=service, seconds=CLOSE_SECONDS)
+    except Exception as e:
+        log.warning("connector.close_failed", service=service, error=_why(e))
