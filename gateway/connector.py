@@ -55,7 +55,12 @@ class OutboundMessage:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
-    """The provider's answer: a JSON value, plus transport metadata for the audit record."""
+    """The provider's answer: a JSON value, plus how it was obtained.
+
+    ``attempts`` (an ``int`` from 1 to 2**53 - 1, how many times the provider was called) is
+    written to the outcome record; any other value makes the exchange a 502. ``metadata``
+    (str to str, transport details such as an HTTP status) is for the plugin's own tests and
+    tools: the gateway neither logs nor audits it, so it can never carry data there."""
 
     response: Any
     status: int = 200
