@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from gateway.connector import Connector, DeliveryFailed, DeliveryResult, DeliveryTimeout
+from gateway.connector import Connector, ConnectorError, DeliveryResult, DeliveryTimeout
 from gateway.connector import OutboundMessage as Message
 from gateway.errors import ProviderFailed, ProviderTimeout
 
@@ -35,7 +35,7 @@ async def deliver(
             result = await connector.deliver(message)
     except (TimeoutError, DeliveryTimeout):
         raise ProviderTimeout(f"{provider} did not answer within {seconds:g} s") from None
-    except DeliveryFailed as e:
+    except ConnectorError as e:  # DeliveryFailed, or the base the contract also lets out
         raise ProviderFailed(f"{provider} could not be reached or failed: {e}") from None
     except asyncio.CancelledError:
         task = asyncio.current_task()

@@ -19,7 +19,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from gateway.config import load
-from gateway.connector import DeliveryResult, OutboundMessage
+from gateway.connector import ConnectorError, DeliveryResult, OutboundMessage, SettingsError
 from gateway.http import app as keys
 from gateway.http.app import create_app
 from gateway.http.protocol import GatewayRunner
@@ -129,3 +129,22 @@ async def test_a_connector_raising_cancelled_error_of_its_own_is_an_audited_502(
         ("exchange.failed", "provider-failed"),
     ]
     assert any(e["event"] == "exchange.connector_crashed" for e in logs), logs
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ConnectorError("provider quota used up"), SettingsError("provider quota used up")],
+    ids=["ConnectorError", "SettingsError"],
+)
+async def test_any_connector_error_from_deliver_is_a_provider_failure_with_its_cause(
+    tmp_path: Path, error: ConnectorError
+) -> None:
+    """The contract (gateway.testing) lets any ConnectorError leave ``deliver``, and the kit
+    passes a connector raising the base class; the pipeline caught DeliveryFailed only, so
+    such an error was logged as a crash with a traceback and the sender told "failed
+    unexpectedly" instead of the cause the plugin gave."""
+    status, doc, records, logs = await exchange_through(tmp_path, Returning(error))
+    assert status == 502 and doc["type"].endswith(":provider-failed"), doc
+    assert "provider quota used up" in doc["detail"]
+    assert records[-1]["event"] == "exchange.failed"
+    assert not any(e["event"] == "exchange.connector_crashed" for e in logs), logs
