@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import inspect
 from collections.abc import AsyncIterator, Mapping
 from importlib.metadata import EntryPoint, entry_points
@@ -97,8 +98,8 @@ def build(
     if factory is None:
         listed = ", ".join(names) or "none installed"
         raise ConfigError(source, field, f"unknown connector {kind!r} (installed: {listed})")
-    try:
-        connector = factory(settings, context)
+    try:  # a copy: the Deployment's table is built from again in each worker after the fork
+        connector = factory(copy.deepcopy(dict(settings)), context)
     except SettingsError as e:
         raise ConfigError(source, field + "_settings", str(e)) from None
     except Exception as e:  # a plugin's bug: name the service rather than print a traceback

@@ -142,3 +142,37 @@ def test_build_connectors_names_the_service_whose_plugin_is_broken(
     with pytest.raises(ConfigError) as caught:
         build_connectors(load(cfg))
     assert caught.value.field == "services[0].connector"
+
+
+POPPING = '''
+from gateway.testing import FakeConnector
+
+
+def factory(settings, context):
+    """The "pop what you know, refuse what is left" idiom: it empties its settings table."""
+    answer = settings.pop("answer")
+    if settings:
+        raise ValueError(f"unknown settings {sorted(settings)}")
+    return FakeConnector({"answer": answer})
+'''
+
+
+def test_a_factory_that_consumes_its_settings_leaves_the_deployment_unchanged(
+    site: Path, tmp_path: Path
+) -> None:
+    """Factories were handed the deployment's own settings dict. `gateway serve` builds
+    every connector once in the parent (its start-up check) and again in each forked worker
+    from the same Deployment: a factory that popped its keys (a common way to find unknown
+    ones) passed the check, then every worker found its table empty and died. Each factory
+    now gets a copy of its table."""
+    install(site, "popping-plugin", {"popping": "fakeplugin_popping_plugin:factory"}, POPPING)
+    cfg = make_deployment(tmp_path / "dep")
+    text = cfg.read_text().replace(
+        'connector = "demo"', 'connector = "popping"\nconnector_settings = { answer = 42 }', 1
+    )
+    cfg.write_text(text)
+    dep = load(cfg)
+    first = build_connectors(dep)  # the parent's check
+    again = build_connectors(dep)  # a worker, after the fork
+    assert first.keys() == again.keys()
+    assert next(iter(dep.services.values())).spec.connector_settings == {"answer": 42}
