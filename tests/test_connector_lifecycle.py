@@ -114,3 +114,44 @@ async def test_a_connector_whose_close_fails_or_hangs_does_not_hold_shutdown(
         await audit.tree_head()
     events = [e for e in logs if e["event"].startswith("connector.close")]
     assert [e["service"] for e in events] == [SERVICES[1]], logs
+
+
+async def test_readyz_asks_every_connector_at_once(tmp_path: Path) -> None:
+    """/readyz awaited each connector's ready() in turn, each given READY_CHECK_SECONDS: with
+    providers down and plugins whose ready() pings them, the probe took that many seconds
+    per service (a probe of 20 services: 40 s, far past any orchestrator's probe timeout,
+    one more pending handler per probe period). The checks now run together. Pinned without
+    a clock: each connector is ready only once all three are being asked at the same time."""
+    import aiohttp
+    from aiohttp import web
+
+    arrived = 0
+    everyone = asyncio.Event()
+
+    class Rendezvous(FakeConnector):
+        async def ready(self) -> bool:
+            nonlocal arrived
+            arrived += 1
+            if arrived == len(SERVICES):
+                everyone.set()
+            await everyone.wait()
+            return True
+
+    app = create_app(load(make_deployment(tmp_path / "dep")))
+    for sid in SERVICES:
+        app[keys.CONNECTORS][sid] = Rendezvous()
+    runner = GatewayRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/readyz"
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as r:
+            status, doc = r.status, await r.json()
+    finally:
+        await runner.cleanup()
+    assert status == 200, doc
+    assert [k for k in doc["checks"] if k.startswith("connector:")] == [
+        f"connector:{sid}" for sid in SERVICES
+    ]
