@@ -114,7 +114,9 @@ def _check_api(connector: object, kind: str, source: str, field: str) -> None:
     if not isinstance(connector, Connector):
         raise ConfigError(source, field, f"connector {kind!r} does not implement the API")
     for name in _METHODS:
-        if not inspect.iscoroutinefunction(getattr(connector, name)):
+        method = getattr(connector, name)
+        # Through functools.wraps decorators too: a sync wrapper returning the coroutine works.
+        if not inspect.iscoroutinefunction(inspect.unwrap(method)):
             raise ConfigError(
                 source,
                 field,

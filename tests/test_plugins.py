@@ -176,3 +176,23 @@ def test_a_factory_that_consumes_its_settings_leaves_the_deployment_unchanged(
     again = build_connectors(dep)  # a worker, after the fork
     assert first.keys() == again.keys()
     assert next(iter(dep.services.values())).spec.connector_settings == {"answer": 42}
+
+
+def test_a_connector_whose_async_methods_are_wrapped_by_a_decorator_is_accepted() -> None:
+    """The start-up check for async methods must not refuse a working plugin: a tracing
+    decorator (functools.wraps around a plain function returning the coroutine) leaves a
+    method that awaits fine but that inspect alone does not call a coroutine function."""
+    import functools
+
+    def traced(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    class Traced(FakeConnector):
+        ready = traced(FakeConnector.ready)
+        deliver = traced(FakeConnector.deliver)
+
+    assert isinstance(build("mine", {"mine": lambda s, c: Traced()}), Connector)
