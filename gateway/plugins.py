@@ -109,19 +109,21 @@ def build(
 
 
 def _check_api(connector: object, kind: str, source: str, field: str) -> None:
-    """The Protocol's isinstance sees method names only; every method is awaited, so each must
-    be async, or the gateway would fail at start-up, on each exchange or each probe instead."""
-    if not isinstance(connector, Connector):
-        raise ConfigError(source, field, f"connector {kind!r} does not implement the API")
+    """Each of the four methods present and async. The Protocol's isinstance sees names only
+    (and not which is missing); every method is awaited, so a plain function would fail at
+    start-up, on each exchange or on each probe instead of here."""
     for name in _METHODS:
-        method = getattr(connector, name)
+        method = getattr(connector, name, None)
+        if method is None:
+            problem = f"has no {name}() method"
         # Through functools.wraps decorators too: a sync wrapper returning the coroutine works.
-        if not inspect.iscoroutinefunction(inspect.unwrap(method)):
-            raise ConfigError(
-                source,
-                field,
-                f"connector {kind!r} does not implement the API: {name}() is not an async method",
-            )
+        elif not inspect.iscoroutinefunction(inspect.unwrap(method)):
+            problem = f"{name}() is not an async method"
+        else:
+            continue
+        raise ConfigError(
+            source, field, f"connector {kind!r} does not implement the API: {problem}"
+        )
 
 
 CLOSE_SECONDS = 5.0

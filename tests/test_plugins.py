@@ -196,3 +196,20 @@ def test_a_connector_whose_async_methods_are_wrapped_by_a_decorator_is_accepted(
         deliver = traced(FakeConnector.deliver)
 
     assert isinstance(build("mine", {"mine": lambda s, c: Traced()}), Connector)
+
+
+def test_a_connector_missing_a_method_is_refused_naming_the_method() -> None:
+    """The refusal "does not implement the API" left a plugin author to guess which of the
+    four methods the gateway wanted."""
+
+    class NoClose:
+        async def start(self) -> None: ...
+
+        async def deliver(self, message: Any) -> Any: ...
+
+        async def ready(self) -> bool:
+            return True
+
+    with pytest.raises(ConfigError) as caught:
+        build("mine", {"mine": lambda s, c: NoClose()})
+    assert "close()" in caught.value.problem
