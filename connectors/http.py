@@ -37,7 +37,9 @@ Circuit breaker: after ``failure_threshold`` consecutive failures (4xx answers d
 provider is up and refusing that request) the breaker opens and calls fail at once for
 ``open_seconds``; then one trial call is let through (half-open): success closes the breaker,
 failure opens it again. This keeps a dead provider from holding every request for the full
-timeout and from being hammered while it recovers.
+timeout and from being hammered while it recovers. A breaker is per service and per worker
+process (each builds its own connector): with W workers a provider sees up to W times
+``failure_threshold`` failing calls before every breaker is open, and W trial calls after.
 """
 
 from __future__ import annotations

@@ -107,7 +107,14 @@ class Connector(Protocol):
 
 
 class ConnectorFactory(Protocol):
-    """The entry point's target: called with the settings table and the context."""
+    """The entry point's target: called with the settings table and the context.
+
+    Called more than once per service: `gateway serve` builds every connector in its start-up
+    check, then again in each worker process after the fork (so each worker has its own
+    connector, and its own circuit breaker or pool). So a factory checks its settings (raise
+    ``SettingsError``) and loads what it needs (files), but opens nothing (no sockets, threads
+    or tasks): ``start`` does, in the process that serves. The table is the factory's own copy.
+    """
 
     def __call__(self, settings: Mapping[str, Any], context: ConnectorContext) -> Connector: ...
 
