@@ -37,7 +37,9 @@ Circuit breaker: after ``failure_threshold`` consecutive failures (4xx answers d
 provider is up and refusing that request) the breaker opens and calls fail at once for
 ``open_seconds``; then one trial call is let through (half-open): success closes the breaker,
 failure opens it again. This keeps a dead provider from holding every request for the full
-timeout and from being hammered while it recovers.
+timeout and from being hammered while it recovers. A breaker is per service and per worker
+process (each builds its own connector): with W workers a provider sees up to W times
+``failure_threshold`` failing calls before every breaker is open, and W trial calls after.
 """
 
 from __future__ import annotations
@@ -138,6 +140,9 @@ class HttpConnector:
         self._clock = clock
         s = self._settings
         self._breaker = _Breaker(s.failure_threshold, s.open_seconds, clock)
+        # Loaded now, not in start(): the gateway builds connectors in its start-up check (the
+        # parent of `gateway serve`), so a wrong path is refused there, naming the setting.
+        self._tls = self._ssl_context()
         self._pool: Http11Pool | None = None
 
     async def start(self) -> None:
@@ -147,7 +152,7 @@ class HttpConnector:
         s = self._settings
         self._pool = Http11Pool(
             s.origin,
-            ssl_context=self._ssl_context(),
+            ssl_context=self._tls,
             limit=s.max_connections,
             connect_timeout=s.connect_timeout,
         )

@@ -55,7 +55,12 @@ class OutboundMessage:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
-    """The provider's answer: a JSON value, plus transport metadata for the audit record."""
+    """The provider's answer: a JSON value, plus how it was obtained.
+
+    ``attempts`` (an ``int`` from 1 to 2**53 - 1, how many times the provider was called) is
+    written to the outcome record; any other value makes the exchange a 502. ``metadata``
+    (str to str, transport details such as an HTTP status) is for the plugin's own tests and
+    tools: the gateway neither logs nor audits it, so it can never carry data there."""
 
     response: Any
     status: int = 200
@@ -102,7 +107,14 @@ class Connector(Protocol):
 
 
 class ConnectorFactory(Protocol):
-    """The entry point's target: called with the settings table and the context."""
+    """The entry point's target: called with the settings table and the context.
+
+    Called more than once per service: `gateway serve` builds every connector in its start-up
+    check, then again in each worker process after the fork (so each worker has its own
+    connector, and its own circuit breaker or pool). So a factory checks its settings (raise
+    ``SettingsError``) and loads what it needs (files), but opens nothing (no sockets, threads
+    or tasks): ``start`` does, in the process that serves. The table is the factory's own copy.
+    """
 
     def __call__(self, settings: Mapping[str, Any], context: ConnectorContext) -> Connector: ...
 

@@ -17,7 +17,6 @@ Stages are injected, so this module knows nothing of aiohttp, SQLite or files.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -26,26 +25,19 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
-import structlog
 
-from gateway import idempotency, records
+from gateway import delivery, idempotency, records
 from gateway.acl import AccessList, Grant
 from gateway.audit.log import ClaimRefused
 from gateway.audit.store import Claim
 from gateway.authn import Authenticator
-from gateway.connector import (
-    Connector,
-    DeliveryFailed,
-    DeliveryTimeout,
-    OutboundMessage,
-)
+from gateway.connector import Connector, OutboundMessage
 from gateway.crypto.canonical import Canonical, canonical, canonicalize
 from gateway.errors import (
     BadRequest,
     GatewayError,
     ProviderContractBroken,
     ProviderFailed,
-    ProviderTimeout,
     Replay,
     SchemaInvalid,
     UnknownService,
@@ -56,8 +48,6 @@ from gateway.parse import parse_request
 from gateway.ratelimit import RateLimiter, TokenBuckets
 from gateway.records import sha256_hex
 from gateway.validation import CompiledSchema
-
-log = structlog.get_logger("gateway.exchange")
 
 ENVELOPE_TYP = "envelope+jws"
 RECEIPT_TYP = "receipt+jws"
@@ -326,22 +316,12 @@ class Pipeline:
     ) -> tuple[Any, int]:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._limits.delivery_timeout):
-                result = await svc.connector.deliver(message)
-        except (TimeoutError, DeliveryTimeout):
-            raise ProviderTimeout(
-                f"{svc.provider} did not answer within {self._limits.delivery_timeout:g} s"
-            ) from None
-        except DeliveryFailed as e:
-            raise ProviderFailed(f"{svc.provider} could not be reached or failed: {e}") from None
-        except Exception:  # a connector's bug: audit an outcome, or it stays "accepted" for ever
-            log.exception("exchange.connector_crashed", exchange_id=message.exchange_id)
-            raise ProviderFailed(
-                f"the connector to {svc.provider} failed unexpectedly; the error was logged"
-            ) from None
+            seconds = self._limits.delivery_timeout
+            return await delivery.deliver(
+                svc.connector, message, provider=svc.provider, seconds=seconds
+            )
         finally:
             spent.upstream += time.perf_counter() - started
-        return result.response, result.attempts
 
     async def _failed(
         self,

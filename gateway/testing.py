@@ -47,6 +47,7 @@ from gateway.connector import (
     parse_json,
 )
 from gateway.crypto.canonical import canonicalize
+from gateway.delivery import MAX_ATTEMPTS
 from gateway.models import uuid7
 
 __all__ = [
@@ -194,7 +195,10 @@ class ConnectorContract:
         assert isinstance(result, DeliveryResult), f"deliver returned {type(result).__name__}"
         assert parse_json(orjson.dumps(result.response)) == result.response
         canonicalize(result.response)  # raises for NaN, big integers, lone surrogates
-        assert result.attempts >= 1
+        attempts = result.attempts  # what the gateway accepts (gateway.delivery): else a 502
+        assert type(attempts) is int and 1 <= attempts <= MAX_ATTEMPTS, (
+            f"attempts is {attempts!r}: it must be an int from 1 to 2**53 - 1"
+        )
         assert isinstance(result.metadata, Mapping)
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in result.metadata.items())
 

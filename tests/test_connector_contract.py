@@ -129,3 +129,36 @@ def test_the_contract_catches_connectors_that_break_it() -> None:
         broken.test_only_connector_errors_escape_deliver_even_after_close()
     with pytest.raises((AssertionError, ValueError)):  # NaN is not JSON the gateway can sign
         broken.test_an_answer_is_json_the_gateway_can_validate_hash_and_sign()
+
+
+class _Miscounting(FakeConnector):
+    """Breaks the contract: its attempt count is not one the gateway can record."""
+
+    def __init__(self, attempts: Any) -> None:
+        super().__init__({"status": "ok"})
+        self.attempts = attempts
+
+    async def deliver(self, message: Any) -> Any:
+        from gateway.connector import DeliveryResult
+
+        result = await super().deliver(message)
+        return DeliveryResult(result.response, attempts=self.attempts)
+
+
+def test_the_contract_catches_an_attempt_count_the_gateway_refuses() -> None:
+    """The kit checked only ``attempts >= 1``: True and 2**70 passed it, yet the gateway
+    answers 502 for them (a bool is no count; 2**70 cannot be written in an audit record as
+    I-JSON). A connector the kit passes must be one the gateway accepts."""
+    import pytest
+
+    for attempts in (True, 2**70, 1.0):
+
+        class Contract(ConnectorContract):
+            @contextlib.asynccontextmanager
+            async def connector(
+                self, behaviour: Behaviour, n: Any = attempts
+            ) -> AsyncIterator[Connector]:
+                yield _Miscounting(n)
+
+        with pytest.raises(AssertionError, match="attempts"):
+            Contract().test_an_answer_is_json_the_gateway_can_validate_hash_and_sign()

@@ -652,12 +652,12 @@ async def test_tls_with_an_unknown_server_ca_fails(tls_provider, pki, connect):
         await connector.deliver(message())
 
 
-async def test_missing_tls_files_are_a_settings_error_at_start(pki):
-    connector = HttpConnector(
-        {"url": "https://127.0.0.1/x", "ca_file": "missing.pem"}, context(config_dir=str(pki))
-    )
+def test_missing_tls_files_are_a_settings_error_when_the_connector_is_built(pki):
+    """Built, not started: the start-up check of `gateway serve` builds connectors only."""
     with pytest.raises(SettingsError, match="TLS files"):
-        await connector.start()
+        HttpConnector(
+            {"url": "https://127.0.0.1/x", "ca_file": "missing.pem"}, context(config_dir=str(pki))
+        )
 
 
 # --- demo ---------------------------------------------------------------------------------------

@@ -154,7 +154,6 @@ def build_schemas(dep: Deployment) -> dict[str, tuple[CompiledSchema, CompiledSc
 
 
 def build_connectors(dep: Deployment) -> dict[str, Connector]:
-    factories = plugins.available()
     out = {}
     for i, (sid, loaded) in enumerate(dep.services.items()):
         spec = loaded.spec
@@ -165,7 +164,6 @@ def build_connectors(dep: Deployment) -> dict[str, Connector]:
             ctx,
             source=str(dep.path),
             field=f"services[{i}].connector",
-            factories=factories,
         )
     return out
 
@@ -319,16 +317,6 @@ async def _checkpoint_publisher(
         await publisher.stop()
 
 
-@contextlib.asynccontextmanager
-async def _started(connectors: dict[str, Connector]) -> AsyncIterator[None]:
-    """Start the connectors in turn; close the ones that started (the last started, first)."""
-    async with contextlib.AsyncExitStack() as stack:
-        for c in connectors.values():
-            await c.start()
-            stack.push_async_callback(c.close)
-        yield
-
-
 def _resources(
     dep: Deployment,
     stages: _Stages,
@@ -352,7 +340,9 @@ def _resources(
             await stack.enter_async_context(
                 _checkpoint_publisher(app, dep, audit, periodic=remote is None)
             )
-            await stack.enter_async_context(_started(stages.connectors))
+            await stack.enter_async_context(
+                plugins.started(stages.connectors, source=str(dep.path))
+            )
             app[AUDIT] = audit
             app[STATE] = state
             if remote is not None:
