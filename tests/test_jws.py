@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jws as jwcrypto_jws
 
-from gateway.crypto import devpki
+from gateway.crypto import devpki, jws_rules
 from gateway.crypto.jws import (
     PayloadInvalid,
     SignatureInvalid,
@@ -225,7 +225,10 @@ def test_extra_member_is_refused() -> None:
         ("protected", "e yJ", "not base64url"),
         ("payload", "abcde", "impossible length"),
         ("payload", "QR", "trailing bits"),
+        ("payload", "QE", "trailing bits"),  # 'QQ' is canonical: 'E' sets bit 2 of the last 4
+        ("payload", "QUJ", "trailing bits"),  # 'QUI' is canonical: 'J' sets the last bit
         ("payload", 12, "must be a base64url string"),
+        ("protected", ["eyJ9"], "must be a base64url string"),  # not a cache key: no crash
     ],
 )
 def test_non_base64url_is_refused(member: str, bad: Any, reason: str) -> None:
@@ -243,6 +246,20 @@ def test_protected_header_not_strict_json_is_refused() -> None:
     _refused(_forge('{"alg":"ES256"}'.encode("utf-16")), "not strict JSON")
 
 
+def test_a_protected_header_of_65536_characters_verifies_and_one_more_is_refused_for_size() -> None:
+    """The bound on the protected header is exactly 65536 base64url characters: a correctly
+    signed header of that length verifies, and a longer one is refused for its size before it is
+    decoded (65537 characters is also an impossible base64url length: the size reason must win).
+    """
+    signer, _, _ = _signer()
+    base = len(json.dumps(_header(pad="")).encode())
+    header = _header(pad="x" * (65536 * 3 // 4 - base))
+    token = _forge(header, sign_with=signer.sign)
+    assert len(token["protected"]) == 65536
+    verify(token, _anchors(), now=NOW, expected_typ=TYP)
+    _refused(dict(token, protected="A" * 65537), "the protected header exceeds 65536 characters")
+
+
 def test_duplicate_header_key_is_refused() -> None:
     raw = json.dumps(_header())[:-1] + ', "alg": "none"}'
     _refused(_forge(raw.encode()), "duplicate key 'alg'")
@@ -251,8 +268,11 @@ def test_duplicate_header_key_is_refused() -> None:
 # --- refusals: header rules ---------------------------------------------------------------------
 
 
-def test_alg_none_is_refused() -> None:
-    _refused(_forge(_header(alg="none"), sign_with=lambda _: b""), "alg 'none'")
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
+def test_alg_none_in_any_case_is_refused_as_an_unsigned_jws(alg: str) -> None:
+    _refused(
+        _forge(_header(alg=alg), sign_with=lambda _: b""), "(an unsigned JWS) is never accepted"
+    )
 
 
 def test_alg_hs256_is_refused() -> None:
@@ -509,9 +529,23 @@ def test_payload_must_be_canonical_by_default() -> None:
 
 
 def test_untrusted_values_are_cut_short_in_reasons() -> None:
-    """Reasons go to logs: an attacker's 10 kB typ must not be copied there."""
+    """Reasons go to logs: an attacker's 10 kB typ must not be copied there (80 characters of
+    its repr at most, the last three an ellipsis)."""
     reason = _refused(_forge(_header(typ="x" * 10_000)), "is not the expected")
-    assert len(reason) < 200
+    assert reason == f"typ '{'x' * 76}... is not the expected 'request+jws'"
+    reason = _refused(_forge(_header(typ="x" * 78)), "is not the expected")
+    assert reason == f"typ '{'x' * 78}' is not the expected 'request+jws'"
+
+
+def test_the_parsed_header_cache_holds_at_most_1024_headers() -> None:
+    """Headers are parsed (and cached) before any signature check, so anyone can add entries:
+    the cache is emptied when it reaches 1024, never grows past it."""
+    jws_rules._HEADER_CACHE.clear()
+    sizes = []
+    for n in range(1030):
+        jws_rules.parse_header(_b64u(json.dumps({"n": n}).encode()))
+        sizes.append(len(jws_rules._HEADER_CACHE))
+    assert max(sizes) == 1024 and sizes[1024] == 1
 
 
 def test_signer_with_cached_headers_is_byte_identical_to_sign() -> None:
