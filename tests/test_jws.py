@@ -234,7 +234,7 @@ def test_extra_member_is_refused() -> None:
 def test_non_base64url_is_refused(member: str, bad: Any, reason: str) -> None:
     signer, chain, _ = _signer()
     token = sign_bytes(PAYLOAD, signer, chain, typ=TYP)
-    _refused(dict(token, **{member: bad}), reason)
+    assert _refused(dict(token, **{member: bad}), reason).startswith(f"{member} ")
 
 
 def test_protected_header_not_an_object_is_refused() -> None:
@@ -342,6 +342,33 @@ def test_a_missing_kid_is_refused() -> None:
 def test_wrong_x5t_s256_is_refused() -> None:
     signer, _, _ = _signer()
     _refused(_forge(_header(**{"x5t#S256": "AAAA"}), sign_with=signer.sign), "x5t#S256")
+
+
+def test_a_matching_x5t_s256_is_accepted() -> None:
+    """x5t#S256 is optional (RFC 7515 4.1.8): the SHA-256 of the leaf's DER, base64url."""
+    signer, chain, _ = _signer()
+    thumbprint = _b64u(chain[0].fingerprint(hashes.SHA256()))
+    token = _forge(_header(**{"x5t#S256": thumbprint}), sign_with=signer.sign)
+    assert verify(token, _anchors(), now=NOW, expected_typ=TYP).payload == PAYLOAD
+
+
+def test_a_protected_header_nested_too_deeply_for_the_parser_is_refused_not_a_crash() -> None:
+    _refused(
+        _forge(b"[" * 40_000), "the protected header is not strict JSON: JSON nested too deeply"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key_type", "alg"),
+    [("ed25519", "ES256"), ("rsa", "ES256"), ("ec", "EdDSA"), ("ec", "PS256"), ("ec", "RS256")],
+)
+def test_check_signature_refuses_an_alg_that_does_not_fit_the_key(key_type: str, alg: str) -> None:
+    """The last line of defence if the alg/key pairing check upstream were skipped: no alg
+    ever runs with another algorithm's key type, and no path returns without verifying."""
+    signer, chain, _ = _signer(key_type)
+    data = b"header.payload"
+    with pytest.raises(SignatureInvalid, match=f"alg {alg} does not fit the leaf key"):
+        jws_rules.check_signature(chain[0].public_key(), alg, signer.sign(data), data)  # type: ignore[arg-type]
 
 
 # --- refusals: keys and signatures --------------------------------------------------------------
