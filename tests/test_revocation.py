@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from gateway.crypto import devpki
@@ -319,6 +319,23 @@ def test_issued_by_is_true_only_for_the_ca_whose_key_signed_the_certificate(
     _, forged = devpki.make_ca("hcm issuing", now=NOW, issuer=(pki.root_key, pki.root))
     assert forged.subject == pki.inter.subject
     assert issued_by(pki.leaf, forged) is False  # the name chains, the key did not sign
+
+
+def test_a_certificate_whose_key_cannot_sign_never_signed_a_crl(pki: SimpleNamespace) -> None:
+    """An X25519 key (key agreement only) under the CRL's issuer name: not its signer."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x25519 holder")])
+    holder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(pki.root.subject)
+        .public_key(x25519.X25519PrivateKey.generate().public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .sign(pki.root_key, hashes.SHA256())
+    )
+    crl = x509.load_der_x509_crl(_signed_crl(pki.other_key, name))
+    assert signed_by(crl, holder) is False
 
 
 def test_a_crl_signature_check_that_raises_means_not_signed(pki: SimpleNamespace) -> None:
