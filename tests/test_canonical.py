@@ -278,6 +278,16 @@ def test_depth_cap_and_cycles() -> None:
         canonicalize(cycle)
 
 
+def test_nesting_of_200_containers_is_canonicalized_and_201_refused() -> None:
+    """The depth cap is 200 containers (arrays and objects alike), below orjson's own 254."""
+    value: Any = 1
+    for level in range(200):
+        value = [value] if level % 2 else {"k": value}
+    assert canonicalize(value) == rfc8785.dumps(value)
+    with pytest.raises(ValueError, match="nesting deeper than 200"):
+        canonicalize({"k": value})
+
+
 def test_input_is_not_modified() -> None:
     """Rewrites happen on copies; the caller's value is untouched."""
     value: Any = {"b": [1.0, {"\U0001f600": 2.5}], "a": {"x": 0.5}}
@@ -377,3 +387,16 @@ def test_trusted_fast_path_is_checked_against_the_full_algorithm_in_tests() -> N
         c.canonicalize_trusted({"n": 1.0})  # a float: JCS prints 1, orjson 1.0
     with pytest.raises(TypeError):
         c.canonicalize_trusted({"n": object()})
+
+
+def test_trusted_fast_path_refuses_a_non_canonical_object_without_the_test_only_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In production VERIFY_TRUSTED is off: the orjson default hook alone must refuse an object
+    that is not a Canonical (returning from it would let orjson write ``null``)."""
+    from gateway.crypto import canonical as c
+
+    monkeypatch.setattr(c, "VERIFY_TRUSTED", False)
+    with pytest.raises(TypeError):
+        c.canonicalize_trusted({"n": object()})
+    assert c.canonicalize_trusted({"n": c.canonical({"b": 1.0, "a": 2})}) == b'{"n":{"a":2,"b":1}}'
