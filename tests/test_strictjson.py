@@ -330,13 +330,21 @@ def test_integer_digit_cap() -> None:
         loads(b"[" + b"9" * (MAX_INT_DIGITS + 1) + b"]")
 
 
+def test_the_integer_digit_cap_is_cpythons_default_4300_digits_signs_not_counted() -> None:
+    """The cap is CPython's default int/str conversion limit (4300 digits), fixed whatever the
+    host process sets, and a minus sign is not a digit."""
+    assert loads(b"[-" + b"9" * 4300 + b"]") == [-int("9" * 4300)]
+    with pytest.raises(JsonError, match="integer longer than 4300 digits at offset 1"):
+        loads(b"[-" + b"9" * 4301 + b"]")
+
+
 # --- API surface ----------------------------------------------------------------------------------
 
 
 def test_bytes_like_accepted_and_str_refused() -> None:
     assert loads(bytearray(b"[1]")) == [1]
     assert loads(memoryview(b'{"a":1}')) == {"a": 1}
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"strictjson\.loads expects bytes, not str"):
         loads("[1]")  # type: ignore[arg-type]
 
 
