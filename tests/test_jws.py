@@ -227,6 +227,7 @@ def test_extra_member_is_refused() -> None:
         ("payload", "QR", "trailing bits"),
         ("payload", "QE", "trailing bits"),  # 'QQ' is canonical: 'E' sets bit 2 of the last 4
         ("payload", "QUJ", "trailing bits"),  # 'QUI' is canonical: 'J' sets the last bit
+        ("payload", "QU!!!!JD", "not base64url"),  # not skipped: 'QUJD' is valid
         ("payload", 12, "must be a base64url string"),
         ("protected", ["eyJ9"], "must be a base64url string"),  # not a cache key: no crash
     ],
@@ -372,6 +373,20 @@ def test_check_signature_refuses_an_alg_that_does_not_fit_the_key(key_type: str,
 
 
 # --- refusals: keys and signatures --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key_type", "alg", "expected"), ALG_CASES)
+def test_a_signature_over_other_bytes_is_refused_for_every_algorithm(
+    key_type: str, alg: str | None, expected: str
+) -> None:
+    """Each algorithm's verify call is what refuses: a valid signature of the signer over other
+    bytes (the payload changed in transit) must fail under ES256, EdDSA, PS256 and RS256."""
+    signer, chain, _ = _signer(key_type, alg)
+    token = sign_bytes(PAYLOAD, signer, chain, typ=TYP)
+    other = sign_bytes(PAYLOAD.replace(b"demo.v1", b"demo.v2"), signer, chain, typ=TYP)
+    assert token["protected"] == other["protected"]
+    reason = _refused(dict(token, signature=other["signature"]), "signature does not verify")
+    assert reason.startswith(f"the {expected} signature")
 
 
 def test_tampered_payload_is_refused() -> None:
