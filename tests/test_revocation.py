@@ -219,6 +219,7 @@ def test_find_without_any_crl_is_an_empty_tuple(pki: SimpleNamespace) -> None:
         ("renamed", "not signed by any trust anchor or configured intermediate"),
         ("no-crl-sign", "the CRL issuer CN=no crl sign has no cRLSign key usage"),
         ("malformed-extension", "the CRL is malformed"),
+        ("empty-issuer", "the CRL of (empty issuer) is not signed by any trust anchor"),
     ],
 )
 def test_a_crl_that_is_malformed_foreign_or_expired_is_refused(
@@ -233,6 +234,7 @@ def test_a_crl_that_is_malformed_foreign_or_expired_is_refused(
             pki.root_key, pki.root, now=NOW - timedelta(days=30, minutes=30)
         ),
         "renamed": _signed_crl(pki.inter_key, pki.other.subject),
+        "empty-issuer": _signed_crl(pki.other_key, x509.Name([])),
         "no-crl-sign": _signed_crl(pki.no_crl_sign_key, pki.no_crl_sign.subject),
         "malformed-extension": _signed_crl(
             pki.inter_key,
@@ -255,6 +257,57 @@ def _signed_crl(key: Any, issuer: x509.Name, *extensions: x509.ExtensionType) ->
     for ext in extensions:
         builder = builder.add_extension(ext, critical=False)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def _der_items(der: bytes) -> list[bytes]:
+    """The TLV elements (whole, header included) inside the DER SEQUENCE ``der``."""
+
+    def header(i: int) -> tuple[int, int]:  # (header length, value length) of the TLV at i
+        first = der[i + 1]
+        if first < 0x80:
+            return 2, first
+        n = first & 0x7F
+        return 2 + n, int.from_bytes(der[i + 2 : i + 2 + n], "big")
+
+    skip, _ = header(0)
+    items, i = [], skip
+    while i < len(der):
+        head, size = header(i)
+        items.append(der[i : i + head + size])
+        i += head + size
+    return items
+
+
+def _der_sequence(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    size = (
+        bytes([n])
+        if n < 0x80
+        else bytes([0x80 | ((n.bit_length() + 7) // 8)])
+        + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    )
+    return bytes([tag]) + size + content
+
+
+def test_a_crl_without_next_update_is_refused(pki: SimpleNamespace) -> None:
+    """nextUpdate is optional in X.509 but a CRL without one could never be found stale: a
+    revocation list frozen for ever. cryptography cannot build one, so it is re-signed by hand
+    from a normal CRL with its nextUpdate removed from the TBSCertList."""
+    der = x509.load_pem_x509_crl(_crl(pki.inter_key, pki.inter)).public_bytes(
+        serialization.Encoding.DER
+    )
+    tbs, algorithm, _ = _der_items(der)
+    fields = _der_items(tbs)  # version, signature, issuer, thisUpdate, nextUpdate, extensions
+    assert fields[3][0] == fields[4][0] == 0x17  # UTCTime, UTCTime
+    unsigned = _der_sequence(0x30, b"".join(fields[:4] + fields[5:]))
+    signature = pki.inter_key.sign(unsigned, ec.ECDSA(hashes.SHA256()))
+    data = _der_sequence(0x30, unsigned + algorithm + _der_sequence(0x03, b"\x00" + signature))
+    crl = x509.load_der_x509_crl(data)
+    assert crl.next_update_utc is None and crl.is_signature_valid(pki.inter.public_key())
+    with pytest.raises(
+        CrlInvalid, match=r"the CRL of CN=hcm issuing DEVELOPMENT CA.* has no nextUpdate"
+    ):
+        load_crl(data, [pki.inter], now=NOW, allow_stale=True)
 
 
 def test_an_expired_crl_loads_when_stale_crls_are_allowed(pki: SimpleNamespace) -> None:
