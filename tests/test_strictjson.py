@@ -137,6 +137,8 @@ def test_jsontestsuite(name: str) -> None:
         (b'{"a":{"b":{"c":{"d":{"e":0,"e":0}}}}}', 'duplicate key "e" at offset 27'),
         (b'{"a":1,"\\u0061":2}', 'duplicate key "a" at offset 7'),  # equal after unescaping
         (b'{"a:":1,"a\\u003a":2}', 'duplicate key "a:" at offset 8'),  # escaped colon
+        # Both colons escaped: raw colon counts agree, so only the escape check catches it.
+        (b'{"a\\u003a":1,"a\\u003A":2}', 'duplicate key "a:" at offset 13'),
         (b'{"\xc3\xa9":1,"b":{},"\xc3\xa9":2}', 'duplicate key "\\u00e9" at offset 15'),
     ],
 )
@@ -145,6 +147,23 @@ def test_duplicate_keys_refused_at_any_depth(doc: bytes, message: str) -> None:
     with pytest.raises(JsonError) as err:
         loads(doc)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("doc", "loggable"),
+    [
+        (b'{"secret-name":1,"secret-name":2}', "duplicate key at offset 17"),
+        (b"[1e400]", "number overflows a double at offset 1"),
+    ],
+)
+def test_the_loggable_text_of_a_refusal_quotes_nothing_from_the_body(
+    doc: bytes, loggable: str
+) -> None:
+    """Keys and numbers are payload: the message for the sender names them, the log line not."""
+    with pytest.raises(JsonError) as err:
+        loads(doc)
+    assert err.value.loggable == loggable
+    assert str(err.value) != loggable
 
 
 def test_same_key_in_sibling_objects_is_fine() -> None:
