@@ -74,7 +74,11 @@ def _custom_leaf(
     key = key or ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
-        .subject_name(subject or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .subject_name(
+            subject
+            if subject is not None
+            else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        )
         .issuer_name(issuer.subject)
         .public_key(key.public_key())  # type: ignore[attr-defined]
         .serial_number(x509.random_serial_number())
@@ -554,15 +558,12 @@ def test_a_now_whose_tzinfo_has_no_utc_offset_is_a_programming_error(pki: Simple
 
 def test_a_long_subject_is_cut_to_120_characters_in_reasons(pki: SimpleNamespace) -> None:
     """Certificates come from untrusted senders and reasons end up in logs."""
-    subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, "x" * 60)]
-        + [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "y" * 60)] * 2
-    )
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x" * 57)] * 2)
     leaf = _custom_leaf(pki.inter_key, pki.inter, subject=subject, key_usage=None)
     with pytest.raises(ChainInvalid) as e:
         verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
     text = subject.rfc4514_string()
-    assert len(text) > 120
+    assert len(text) == 121
     cut = text[:117] + "..."
     assert e.value.reason == f"leaf {cut} has no keyUsage: signing needs digitalSignature"
     exact = x509.Name(
@@ -579,6 +580,15 @@ def test_a_long_subject_is_cut_to_120_characters_in_reasons(pki: SimpleNamespace
         e.value.reason
         == f"leaf {exact.rfc4514_string()} has no keyUsage: signing needs digitalSignature"
     )
+
+
+def test_a_leaf_with_an_empty_subject_is_named_as_such_in_reasons(pki: SimpleNamespace) -> None:
+    leaf = _custom_leaf(
+        pki.inter_key, pki.inter, subject=x509.Name([]), san_uris=("urn:x",), key_usage=None
+    )
+    with pytest.raises(ChainInvalid) as e:
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+    assert e.value.reason == "leaf (empty subject) has no keyUsage: signing needs digitalSignature"
 
 
 def test_trust_anchors_must_be_ca_certificates(pki: SimpleNamespace) -> None:
