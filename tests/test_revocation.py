@@ -48,11 +48,11 @@ def pki() -> SimpleNamespace:
     return SimpleNamespace(**locals())
 
 
-def _ca_without_crl_sign() -> tuple[Any, x509.Certificate]:
-    """A self-signed CA whose keyUsage allows keyCertSign but not cRLSign."""
+def _ca_without_crl_sign(*, key_usage: bool = True) -> tuple[Any, x509.Certificate]:
+    """A self-signed CA whose keyUsage allows keyCertSign but not cRLSign (or has no keyUsage)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "no crl sign")])
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -61,13 +61,13 @@ def _ca_without_crl_sign() -> tuple[Any, x509.Certificate]:
         .not_valid_before(NOW - timedelta(days=1))
         .not_valid_after(NOW + timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
+    )
+    if key_usage:
+        builder = builder.add_extension(
             x509.KeyUsage(False, False, False, False, False, True, False, False, False),
             critical=True,
         )
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
+    return key, builder.sign(key, hashes.SHA256())
 
 
 def _crl(key: Any, ca: x509.Certificate, *serials: int, at: datetime = NOW) -> bytes:
@@ -308,6 +308,14 @@ def test_a_crl_without_next_update_is_refused(pki: SimpleNamespace) -> None:
         CrlInvalid, match=r"the CRL of CN=hcm issuing DEVELOPMENT CA.* has no nextUpdate"
     ):
         load_crl(data, [pki.inter], now=NOW, allow_stale=True)
+
+
+def test_a_crl_issuer_without_key_usage_may_sign_crls(pki: SimpleNamespace) -> None:
+    """keyUsage limits a key only when present (RFC 5280 4.2.1.3): cRLSign is required of an
+    issuer that has keyUsage, not of one without."""
+    key, ca = _ca_without_crl_sign(key_usage=False)
+    crl = load_crl(_signed_crl(key, ca.subject), [ca], now=NOW)
+    assert crl.issuer_name == "CN=no crl sign" and crl.revoked == {}
 
 
 def test_an_expired_crl_loads_when_stale_crls_are_allowed(pki: SimpleNamespace) -> None:
