@@ -156,7 +156,9 @@ def test_floats_use_ecmascript_formatting(value: Any, expected: bytes) -> None:
 
 @pytest.mark.parametrize("n", [0, 1, -1, 2**53 - 1, -(2**53 - 1), 2**31, -(2**32)])
 def test_integers_within_ijson_range(n: int) -> None:
+    """Top level, in an array and as an object member: each has its own range check."""
     assert canonicalize(n) == str(n).encode() == canonicalize([n])[1:-1]
+    assert canonicalize({"a": n}) == b'{"a":' + str(n).encode() + b"}"
 
 
 @pytest.mark.parametrize("n", [2**53, -(2**53), 2**63, 2**64, -(2**70), 10**400])
