@@ -280,14 +280,16 @@ def test_depth_cap_and_cycles() -> None:
         canonicalize(cycle)
 
 
-def test_nesting_of_200_containers_is_canonicalized_and_201_refused() -> None:
+@pytest.mark.parametrize("innermost", ["array", "object"])
+def test_nesting_of_200_containers_is_canonicalized_and_201_refused(innermost: str) -> None:
     """The depth cap is 200 containers (arrays and objects alike), below orjson's own 254."""
     value: Any = 1
     for level in range(200):
-        value = [value] if level % 2 else {"k": value}
+        value = [value] if (level % 2 == 0) == (innermost == "array") else {"k": value}
     assert canonicalize(value) == rfc8785.dumps(value)
-    with pytest.raises(ValueError, match="nesting deeper than 200"):
-        canonicalize({"k": value})
+    for deeper in ({"k": value}, [value]):
+        with pytest.raises(ValueError, match="nesting deeper than 200"):
+            canonicalize(deeper)
 
 
 def test_input_is_not_modified() -> None:
