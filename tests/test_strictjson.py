@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,19 @@ def test_depth_64_accepted_65_refused(mixed: bool) -> None:
         loads(nest(65, mixed))
 
 
+@pytest.mark.parametrize("mixed", [False, True])
+def test_the_reference_parser_alone_accepts_depth_64_and_refuses_65(mixed: bool) -> None:
+    """loads answers depth from orjson's output when it can; the reference must agree by itself
+    (it decides every document the fast path passes on), brackets inside strings not counted."""
+    assert _reference_loads(nest(64, mixed), 64) == json.loads(nest(64, mixed))
+    padded = b'["[[[[{{{{", ' + nest(63, mixed) + b"]"
+    assert _reference_loads(padded, 64) == json.loads(padded)
+    with pytest.raises(JsonError, match="nesting deeper than 64 at offset 64"):
+        _reference_loads(b"[" * 65 + b"]" * 65, 64)
+    with pytest.raises(JsonError, match="nesting deeper than 64 at offset 67"):
+        _reference_loads(b"[[]," + b"[" * 64 + b"]" * 64 + b"]", 64)
+
+
 def test_depth_limit_is_a_parameter() -> None:
     """max_depth changes the limit; 0 allows scalars only; large limits reach the reference."""
     assert loads(b"[[1]]", max_depth=2) == [[1]]
@@ -287,6 +301,19 @@ def test_surrogate_pairs_and_escaped_backslashes_accepted() -> None:
 
 
 @pytest.mark.parametrize(
+    ("doc", "value"),
+    [
+        (b'["\\ud83d\\ude00", "\\uD834\\uDD1E"]', ["\U0001f600", "\U0001d11e"]),
+        (b'"\\udbff\\udfff\\ud800\\udc00"', "\U0010ffff\U00010000"),  # the range ends
+        (b'"\\\\ud800 \\ud83d\\ude00"', "\\ud800 \U0001f600"),
+    ],
+)
+def test_the_reference_parser_accepts_surrogate_pairs(doc: bytes, value: Any) -> None:
+    """Valid pairs never reach the reference through loads (orjson takes them): checked here."""
+    assert _reference_loads(doc, 64) == value
+
+
+@pytest.mark.parametrize(
     ("doc", "pattern"),
     [
         (b"", "empty input"),
@@ -365,6 +392,27 @@ def test_bytes_like_accepted_and_str_refused() -> None:
     assert loads(memoryview(b'{"a":1}')) == {"a": 1}
     with pytest.raises(TypeError, match=r"strictjson\.loads expects bytes, not str"):
         loads("[1]")  # type: ignore[arg-type]
+
+
+def test_a_key_is_echoed_whole_up_to_40_characters_and_cut_after() -> None:
+    """Messages echo untrusted keys, so at most 40 characters of one."""
+    for key, shown in (("k" * 40, "k" * 40), ("k" * 41, "k" * 40 + "...")):
+        doc = b'{"' + key.encode() + b'": 1, "' + key.encode() + b'": 2}'
+        with pytest.raises(JsonError) as err:
+            loads(doc)
+        assert str(err.value) == f'duplicate key "{shown}" at offset {len(key) + 8}'
+
+
+def test_a_host_int_limit_below_the_cap_is_still_a_jsonerror() -> None:
+    """sys.set_int_max_str_digits is process-wide: a host that lowers it below 4300 makes int()
+    refuse; that must still be a JsonError (a 400), not a bare ValueError."""
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(1000)
+    try:
+        with pytest.raises(JsonError, match="number out of range"):
+            loads(b"[" + b"9" * 2000 + b"]")
+    finally:
+        sys.set_int_max_str_digits(old)
 
 
 def test_jsonerror_is_a_valueerror() -> None:
