@@ -140,6 +140,8 @@ def test_jsontestsuite(name: str) -> None:
         (b'{"a:":1,"a\\u003a":2}', 'duplicate key "a:" at offset 8'),  # escaped colon
         # Both colons escaped: raw colon counts agree, so only the escape check catches it.
         (b'{"a\\u003a":1,"a\\u003A":2}', 'duplicate key "a:" at offset 13'),
+        (b'{"a\\u003a":1,"a\\u003a":2}', 'duplicate key "a:" at offset 13'),
+        (b'{"a\\u003A":1,"a\\u003A":2}', 'duplicate key "a:" at offset 13'),
         (b'{"\xc3\xa9":1,"b":{},"\xc3\xa9":2}', 'duplicate key "\\u00e9" at offset 15'),
     ],
 )
@@ -287,6 +289,12 @@ def test_invalid_utf8_refused_with_offset(doc: bytes, offset: int) -> None:
         b'["\\ud800", "\\udc00"]',  # halves in different strings do not pair
         b'{"\\ud83d": 1}',
         b'"\\ud800\\\\udc00"',  # the second is an escaped backslash, not an escape
+        b'"\\udfff"',  # the last low surrogate
+        b'"\\ud800\\udbff"',  # a high one followed by a high one, not a pair
+        b'"\\ud800\\ue000"',  # followed by the first code point above the low range
+        b'"\\ud83d\\ude00\\ud800"',  # a lone one after a valid pair
+        b'"\\ud800\\ud800\\udc00"',  # a lone high one before a valid pair
+        b'"\\udc00\\udc00"',  # two lone low ones
     ],
 )
 def test_lone_surrogate_escapes_refused(doc: bytes) -> None:
@@ -306,6 +314,8 @@ def test_surrogate_pairs_and_escaped_backslashes_accepted() -> None:
         (b'["\\ud83d\\ude00", "\\uD834\\uDD1E"]', ["\U0001f600", "\U0001d11e"]),
         (b'"\\udbff\\udfff\\ud800\\udc00"', "\U0010ffff\U00010000"),  # the range ends
         (b'"\\\\ud800 \\ud83d\\ude00"', "\\ud800 \U0001f600"),
+        # The code points around the surrogates, beside a pair so that the scan runs.
+        (b'"\\ud7ff\\ue000\\ud83d\\ude00"', "\ud7ff\ue000\U0001f600"),
     ],
 )
 def test_the_reference_parser_accepts_surrogate_pairs(doc: bytes, value: Any) -> None:
@@ -318,6 +328,7 @@ def test_the_reference_parser_accepts_surrogate_pairs(doc: bytes, value: Any) ->
     [
         (b"", "empty input"),
         (b" \r\n\t", "empty input"),
+        (b"X", r"^Expecting value at offset 0$"),  # not whitespace: not "empty input"
         (b"[1] x", "trailing data at offset 4"),
         (b"{} {}", "trailing data at offset 3"),
         (b"1 2", "trailing data at offset 2"),
@@ -401,6 +412,17 @@ def test_a_key_is_echoed_whole_up_to_40_characters_and_cut_after() -> None:
         with pytest.raises(JsonError) as err:
             loads(doc)
         assert str(err.value) == f'duplicate key "{shown}" at offset {len(key) + 8}'
+
+
+def test_the_integer_cap_refusal_names_the_first_integer_over_it() -> None:
+    with pytest.raises(JsonError, match=r"^integer longer than 4300 digits at offset 4302$"):
+        loads(b"[" + b"9" * 4300 + b"," + b"9" * 4301 + b"]")
+
+
+def test_a_refusal_without_quoted_body_logs_its_message_as_is() -> None:
+    with pytest.raises(JsonError) as err:
+        loads(b" ")
+    assert err.value.loggable == str(err.value) == "empty input"
 
 
 def test_a_host_int_limit_below_the_cap_is_still_a_jsonerror() -> None:
