@@ -156,7 +156,9 @@ def test_floats_use_ecmascript_formatting(value: Any, expected: bytes) -> None:
 
 @pytest.mark.parametrize("n", [0, 1, -1, 2**53 - 1, -(2**53 - 1), 2**31, -(2**32)])
 def test_integers_within_ijson_range(n: int) -> None:
+    """Top level, in an array and as an object member: each has its own range check."""
     assert canonicalize(n) == str(n).encode() == canonicalize([n])[1:-1]
+    assert canonicalize({"a": n}) == b'{"a":' + str(n).encode() + b"}"
 
 
 @pytest.mark.parametrize("n", [2**53, -(2**53), 2**63, 2**64, -(2**70), 10**400])
@@ -278,6 +280,18 @@ def test_depth_cap_and_cycles() -> None:
         canonicalize(cycle)
 
 
+@pytest.mark.parametrize("innermost", ["array", "object"])
+def test_nesting_of_200_containers_is_canonicalized_and_201_refused(innermost: str) -> None:
+    """The depth cap is 200 containers (arrays and objects alike), below orjson's own 254."""
+    value: Any = 1
+    for level in range(200):
+        value = [value] if (level % 2 == 0) == (innermost == "array") else {"k": value}
+    assert canonicalize(value) == rfc8785.dumps(value)
+    for deeper in ({"k": value}, [value]):
+        with pytest.raises(ValueError, match="nesting deeper than 200"):
+            canonicalize(deeper)
+
+
 def test_input_is_not_modified() -> None:
     """Rewrites happen on copies; the caller's value is untouched."""
     value: Any = {"b": [1.0, {"\U0001f600": 2.5}], "a": {"x": 0.5}}
@@ -377,3 +391,16 @@ def test_trusted_fast_path_is_checked_against_the_full_algorithm_in_tests() -> N
         c.canonicalize_trusted({"n": 1.0})  # a float: JCS prints 1, orjson 1.0
     with pytest.raises(TypeError):
         c.canonicalize_trusted({"n": object()})
+
+
+def test_trusted_fast_path_refuses_a_non_canonical_object_without_the_test_only_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In production VERIFY_TRUSTED is off: the orjson default hook alone must refuse an object
+    that is not a Canonical (returning from it would let orjson write ``null``)."""
+    from gateway.crypto import canonical as c
+
+    monkeypatch.setattr(c, "VERIFY_TRUSTED", False)
+    with pytest.raises(TypeError):
+        c.canonicalize_trusted({"n": object()})
+    assert c.canonicalize_trusted({"n": c.canonical({"b": 1.0, "a": 2})}) == b'{"n":{"a":2,"b":1}}'

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jws as jwcrypto_jws
 
-from gateway.crypto import devpki
+from gateway.crypto import devpki, jws_rules
 from gateway.crypto.jws import (
     PayloadInvalid,
     SignatureInvalid,
@@ -225,13 +225,17 @@ def test_extra_member_is_refused() -> None:
         ("protected", "e yJ", "not base64url"),
         ("payload", "abcde", "impossible length"),
         ("payload", "QR", "trailing bits"),
+        ("payload", "QE", "trailing bits"),  # 'QQ' is canonical: 'E' sets bit 2 of the last 4
+        ("payload", "QUJ", "trailing bits"),  # 'QUI' is canonical: 'J' sets the last bit
+        ("payload", "QU!!!!JD", "not base64url"),  # not skipped: 'QUJD' is valid
         ("payload", 12, "must be a base64url string"),
+        ("protected", ["eyJ9"], "must be a base64url string"),  # not a cache key: no crash
     ],
 )
 def test_non_base64url_is_refused(member: str, bad: Any, reason: str) -> None:
     signer, chain, _ = _signer()
     token = sign_bytes(PAYLOAD, signer, chain, typ=TYP)
-    _refused(dict(token, **{member: bad}), reason)
+    assert _refused(dict(token, **{member: bad}), reason).startswith(f"{member} ")
 
 
 def test_protected_header_not_an_object_is_refused() -> None:
@@ -243,6 +247,20 @@ def test_protected_header_not_strict_json_is_refused() -> None:
     _refused(_forge('{"alg":"ES256"}'.encode("utf-16")), "not strict JSON")
 
 
+def test_a_protected_header_of_65536_characters_verifies_and_one_more_is_refused_for_size() -> None:
+    """The bound on the protected header is exactly 65536 base64url characters: a correctly
+    signed header of that length verifies, and a longer one is refused for its size before it is
+    decoded (65537 characters is also an impossible base64url length: the size reason must win).
+    """
+    signer, _, _ = _signer()
+    base = len(json.dumps(_header(pad="")).encode())
+    header = _header(pad="x" * (65536 * 3 // 4 - base))
+    token = _forge(header, sign_with=signer.sign)
+    assert len(token["protected"]) == 65536
+    verify(token, _anchors(), now=NOW, expected_typ=TYP)
+    _refused(dict(token, protected="A" * 65537), "the protected header exceeds 65536 characters")
+
+
 def test_duplicate_header_key_is_refused() -> None:
     raw = json.dumps(_header())[:-1] + ', "alg": "none"}'
     _refused(_forge(raw.encode()), "duplicate key 'alg'")
@@ -251,8 +269,11 @@ def test_duplicate_header_key_is_refused() -> None:
 # --- refusals: header rules ---------------------------------------------------------------------
 
 
-def test_alg_none_is_refused() -> None:
-    _refused(_forge(_header(alg="none"), sign_with=lambda _: b""), "alg 'none'")
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
+def test_alg_none_in_any_case_is_refused_as_an_unsigned_jws(alg: str) -> None:
+    _refused(
+        _forge(_header(alg=alg), sign_with=lambda _: b""), "(an unsigned JWS) is never accepted"
+    )
 
 
 def test_alg_hs256_is_refused() -> None:
@@ -324,7 +345,48 @@ def test_wrong_x5t_s256_is_refused() -> None:
     _refused(_forge(_header(**{"x5t#S256": "AAAA"}), sign_with=signer.sign), "x5t#S256")
 
 
+def test_a_matching_x5t_s256_is_accepted() -> None:
+    """x5t#S256 is optional (RFC 7515 4.1.8): the SHA-256 of the leaf's DER, base64url."""
+    signer, chain, _ = _signer()
+    thumbprint = _b64u(chain[0].fingerprint(hashes.SHA256()))
+    token = _forge(_header(**{"x5t#S256": thumbprint}), sign_with=signer.sign)
+    assert verify(token, _anchors(), now=NOW, expected_typ=TYP).payload == PAYLOAD
+
+
+def test_a_protected_header_nested_too_deeply_for_the_parser_is_refused_not_a_crash() -> None:
+    _refused(
+        _forge(b"[" * 40_000), "the protected header is not strict JSON: JSON nested too deeply"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key_type", "alg"),
+    [("ed25519", "ES256"), ("rsa", "ES256"), ("ec", "EdDSA"), ("ec", "PS256"), ("ec", "RS256")],
+)
+def test_check_signature_refuses_an_alg_that_does_not_fit_the_key(key_type: str, alg: str) -> None:
+    """The last line of defence if the alg/key pairing check upstream were skipped: no alg
+    ever runs with another algorithm's key type, and no path returns without verifying."""
+    signer, chain, _ = _signer(key_type)
+    data = b"header.payload"
+    with pytest.raises(SignatureInvalid, match=f"alg {alg} does not fit the leaf key"):
+        jws_rules.check_signature(chain[0].public_key(), alg, signer.sign(data), data)  # type: ignore[arg-type]
+
+
 # --- refusals: keys and signatures --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key_type", "alg", "expected"), ALG_CASES)
+def test_a_signature_over_other_bytes_is_refused_for_every_algorithm(
+    key_type: str, alg: str | None, expected: str
+) -> None:
+    """Each algorithm's verify call is what refuses: a valid signature of the signer over other
+    bytes (the payload changed in transit) must fail under ES256, EdDSA, PS256 and RS256."""
+    signer, chain, _ = _signer(key_type, alg)
+    token = sign_bytes(PAYLOAD, signer, chain, typ=TYP)
+    other = sign_bytes(PAYLOAD.replace(b"demo.v1", b"demo.v2"), signer, chain, typ=TYP)
+    assert token["protected"] == other["protected"]
+    reason = _refused(dict(token, signature=other["signature"]), "signature does not verify")
+    assert reason.startswith(f"the {expected} signature")
 
 
 def test_tampered_payload_is_refused() -> None:
@@ -509,9 +571,23 @@ def test_payload_must_be_canonical_by_default() -> None:
 
 
 def test_untrusted_values_are_cut_short_in_reasons() -> None:
-    """Reasons go to logs: an attacker's 10 kB typ must not be copied there."""
+    """Reasons go to logs: an attacker's 10 kB typ must not be copied there (80 characters of
+    its repr at most, the last three an ellipsis)."""
     reason = _refused(_forge(_header(typ="x" * 10_000)), "is not the expected")
-    assert len(reason) < 200
+    assert reason == f"typ '{'x' * 76}... is not the expected 'request+jws'"
+    reason = _refused(_forge(_header(typ="x" * 78)), "is not the expected")
+    assert reason == f"typ '{'x' * 78}' is not the expected 'request+jws'"
+
+
+def test_the_parsed_header_cache_holds_at_most_1024_headers() -> None:
+    """Headers are parsed (and cached) before any signature check, so anyone can add entries:
+    the cache is emptied when it reaches 1024, never grows past it."""
+    jws_rules._HEADER_CACHE.clear()
+    sizes = []
+    for n in range(1030):
+        jws_rules.parse_header(_b64u(json.dumps({"n": n}).encode()))
+        sizes.append(len(jws_rules._HEADER_CACHE))
+    assert max(sizes) == 1024 and sizes[1024] == 1
 
 
 def test_signer_with_cached_headers_is_byte_identical_to_sign() -> None:

@@ -13,15 +13,16 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from gateway.crypto import devpki
 from gateway.crypto.keys import KeyInvalid, encode_x5c, load_certificates
@@ -33,6 +34,7 @@ from gateway.crypto.pki import (
     participant_id,
     verify_chain,
 )
+from gateway.crypto.pki_rules import extension as extension_of
 
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 
@@ -66,12 +68,17 @@ def _custom_leaf(
     eku: list[x509.ObjectIdentifier] | None = None,
     cn: str = "hcm.quan-1",
     san_uris: tuple[str, ...] = (),
+    subject: x509.Name | None = None,
 ) -> x509.Certificate:
     """A leaf built by hand: what devpki refuses to make (no digitalSignature, RSA-1024...)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .subject_name(
+            subject
+            if subject is not None
+            else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        )
         .issuer_name(issuer.subject)
         .public_key(key.public_key())  # type: ignore[attr-defined]
         .serial_number(x509.random_serial_number())
@@ -286,10 +293,11 @@ def test_server_cert_valid_for_server_auth_only(pki: SimpleNamespace) -> None:
 
 
 def test_client_cert_refused_for_server_auth(pki: SimpleNamespace) -> None:
-    with pytest.raises(ChainInvalid, match="serverAuth"):
+    with pytest.raises(ChainInvalid) as e:
         verify_chain(
             [pki.leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="server_auth"
         )
+    assert e.value.reason == "leaf CN=hcm.quan-1 extendedKeyUsage does not include serverAuth"
 
 
 def test_expired_leaf_is_refused(pki: SimpleNamespace) -> None:
@@ -306,6 +314,15 @@ def test_not_yet_valid_leaf_is_refused(pki: SimpleNamespace) -> None:
         )
 
 
+def test_a_certificate_is_valid_at_the_exact_instants_of_its_not_before_and_not_after(
+    pki: SimpleNamespace,
+) -> None:
+    """RFC 5280 4.1.2.5: the validity period includes both of its ends."""
+    anchors = TrustAnchors([pki.root])
+    for now in (pki.leaf.not_valid_before_utc, pki.leaf.not_valid_after_utc):
+        assert verify_chain([pki.leaf, pki.inter], anchors, now=now, purpose="signing") == pki.leaf
+
+
 def test_expired_intermediate_is_refused(pki: SimpleNamespace) -> None:
     _, short_inter = devpki.make_ca("short", now=NOW, days=2, issuer=(pki.root_key, pki.root))
     later = NOW + timedelta(days=3)
@@ -315,9 +332,13 @@ def test_expired_intermediate_is_refused(pki: SimpleNamespace) -> None:
         )
 
 
-def test_chain_to_another_anchor_is_refused(pki: SimpleNamespace) -> None:
-    with pytest.raises(ChainInvalid, match="not one of the trust anchors"):
+def test_chain_to_another_anchor_is_refused_naming_where_it_ends(pki: SimpleNamespace) -> None:
+    with pytest.raises(ChainInvalid) as e:
         verify_chain([pki.leaf, pki.inter], TrustAnchors([pki.other]), now=NOW, purpose="signing")
+    assert e.value.reason == (
+        f"the chain ends at {pki.inter.subject.rfc4514_string()}, issued by "
+        f"{pki.root.subject.rfc4514_string()}, which is not one of the trust anchors"
+    )
 
 
 def test_missing_intermediate_is_refused(pki: SimpleNamespace) -> None:
@@ -340,15 +361,33 @@ def test_out_of_order_chain_is_refused(pki: SimpleNamespace) -> None:
         )
 
 
+def test_a_chain_whose_last_link_does_not_chain_is_refused_as_out_of_order(
+    pki: SimpleNamespace,
+) -> None:
+    """Every link is checked, the last one too: a stray certificate appended after the
+    intermediate is named, not silently ignored."""
+    with pytest.raises(ChainInvalid) as e:
+        verify_chain(
+            [pki.leaf, pki.inter, pki.other], TrustAnchors([pki.root]), now=NOW, purpose="signing"
+        )
+    assert e.value.reason.startswith(
+        f"the chain is out of order: certificate 2 ({pki.other.subject.rfc4514_string()}) is not "
+        "the issuer of certificate 1"
+    )
+
+
 def test_empty_chain_is_refused(pki: SimpleNamespace) -> None:
     with pytest.raises(ChainInvalid, match="empty"):
         verify_chain([], TrustAnchors([pki.root]), now=NOW, purpose="signing")
 
 
-def test_leaf_without_digital_signature_is_refused(pki: SimpleNamespace) -> None:
+def test_leaf_without_digital_signature_is_refused_naming_it(pki: SimpleNamespace) -> None:
+    """Refused before the library runs, with a reason naming the leaf (the library's own text
+    names neither the certificate nor the usage in words)."""
     leaf = _custom_leaf(pki.inter_key, pki.inter, key_usage=_ku(digital_signature=False))
-    with pytest.raises(ChainInvalid, match="digitalSignature"):
+    with pytest.raises(ChainInvalid) as e:
         verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="client_auth")
+    assert e.value.reason == "leaf CN=hcm.quan-1 keyUsage does not include digitalSignature"
 
 
 def test_signing_leaf_without_key_usage_is_refused(pki: SimpleNamespace) -> None:
@@ -369,6 +408,121 @@ def test_rsa_1024_leaf_is_refused(pki: SimpleNamespace) -> None:
         verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
 
 
+def test_an_rsa_2048_leaf_is_accepted(pki: SimpleNamespace) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    leaf = _custom_leaf(pki.inter_key, pki.inter, key=key, key_usage=_ku(digital_signature=True))
+    assert (
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+        == leaf
+    )
+
+
+def test_a_leaf_without_basic_constraints_is_accepted(pki: SimpleNamespace) -> None:
+    """RFC 5280 4.2.1.9: an absent basicConstraints means not a CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hcm.quan-1")]))
+        .issuer_name(pki.inter.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(_ku(digital_signature=True), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.inter_key.public_key()),
+            critical=False,
+        )
+        .sign(pki.inter_key, hashes.SHA256())
+    )
+    assert (
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+        == leaf
+    )
+
+
+def test_a_chain_with_an_ed25519_signed_certificate_is_refused_not_a_crash() -> None:
+    """An Ed25519 signature has no separate hash (signature_hash_algorithm is None): the
+    weak-hash check must let it through to path validation, which refuses Ed25519 issuers."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed25519 root")])
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(key, None)
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hcm.quan-1")]))
+        .issuer_name(name)
+        .public_key(leaf_key.public_key())
+        .serial_number(2)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_ku(digital_signature=True), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+        )
+        .sign(key, None)
+    )
+    assert leaf.signature_hash_algorithm is None
+    with pytest.raises(ChainInvalid, match="path validation"):
+        verify_chain([leaf, root], TrustAnchors([root]), now=NOW, purpose="signing")
+
+
+def test_a_leaf_whose_key_usage_does_not_parse_is_refused_naming_it(pki: SimpleNamespace) -> None:
+    """cryptography parses extensions lazily: a keyUsage that is not a BIT STRING must be a
+    refused chain, never read as an absent extension."""
+    garbage = x509.UnrecognizedExtension(ExtensionOID.KEY_USAGE, b"\x05\x00")
+    leaf = _custom_leaf(pki.inter_key, pki.inter, key_usage=garbage)  # type: ignore[arg-type]
+    with pytest.raises(ChainInvalid, match=r"certificate CN=hcm\.quan-1 has malformed extensions"):
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="client_auth")
+
+
+def test_a_leaf_whose_key_usage_includes_key_cert_sign_is_refused(pki: SimpleNamespace) -> None:
+    """A leaf that may sign certificates is a CA in disguise, whatever its basicConstraints say:
+    refused for every purpose."""
+    usage = x509.KeyUsage(True, False, False, False, False, True, False, False, False)
+    leaf = _custom_leaf(
+        pki.inter_key, pki.inter, key_usage=usage, eku=[ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    for purpose in ("signing", "client_auth"):
+        with pytest.raises(
+            ChainInvalid, match="leaf keyUsage must include digitalSignature and not keyCertSign"
+        ):
+            verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose=purpose)
+
+
+@pytest.mark.parametrize(
+    ("make_key", "name"),
+    [
+        (ed448.Ed448PrivateKey.generate, "Ed448PublicKey"),
+        (lambda: dsa.generate_private_key(2048), "DSAPublicKey"),
+    ],
+)
+def test_a_leaf_with_a_key_type_the_gateway_does_not_verify_is_refused_naming_it(
+    pki: SimpleNamespace, make_key: Callable[[], Any], name: str
+) -> None:
+    leaf = _custom_leaf(
+        pki.inter_key, pki.inter, key=make_key(), key_usage=_ku(digital_signature=True)
+    )
+    with pytest.raises(ChainInvalid) as e:
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+    assert e.value.reason == f"leaf CN=hcm.quan-1 holds an unsupported {name} key"
+
+
 def test_naive_now_is_a_programming_error(pki: SimpleNamespace) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         verify_chain(
@@ -377,6 +531,64 @@ def test_naive_now_is_a_programming_error(pki: SimpleNamespace) -> None:
             now=NOW.replace(tzinfo=None),
             purpose="signing",
         )
+
+
+class _NoOffset(tzinfo):
+    """A tzinfo that knows no UTC offset: a datetime carrying it is aware in name only."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        return None
+
+
+def test_a_now_whose_tzinfo_has_no_utc_offset_is_a_programming_error(pki: SimpleNamespace) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        verify_chain(
+            [pki.leaf, pki.inter],
+            TrustAnchors([pki.root]),
+            now=NOW.replace(tzinfo=_NoOffset()),
+            purpose="signing",
+        )
+
+
+def test_a_long_subject_is_cut_to_120_characters_in_reasons(pki: SimpleNamespace) -> None:
+    """Certificates come from untrusted senders and reasons end up in logs."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x" * 57)] * 2)
+    leaf = _custom_leaf(pki.inter_key, pki.inter, subject=subject, key_usage=None)
+    with pytest.raises(ChainInvalid) as e:
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+    text = subject.rfc4514_string()
+    assert len(text) == 121
+    cut = text[:117] + "..."
+    assert e.value.reason == f"leaf {cut} has no keyUsage: signing needs digitalSignature"
+    exact = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "z" * 57),
+            x509.NameAttribute(NameOID.COMMON_NAME, "z" * 56),
+        ]
+    )
+    assert len(exact.rfc4514_string()) == 120  # not cut: at most 120 is kept whole
+    leaf = _custom_leaf(pki.inter_key, pki.inter, subject=exact, key_usage=None)
+    with pytest.raises(ChainInvalid) as e:
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+    assert (
+        e.value.reason
+        == f"leaf {exact.rfc4514_string()} has no keyUsage: signing needs digitalSignature"
+    )
+
+
+def test_a_leaf_with_an_empty_subject_is_named_as_such_in_reasons(pki: SimpleNamespace) -> None:
+    leaf = _custom_leaf(
+        pki.inter_key, pki.inter, subject=x509.Name([]), san_uris=("urn:x",), key_usage=None
+    )
+    with pytest.raises(ChainInvalid) as e:
+        verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=NOW, purpose="signing")
+    assert e.value.reason == "leaf (empty subject) has no keyUsage: signing needs digitalSignature"
 
 
 def test_trust_anchors_must_be_ca_certificates(pki: SimpleNamespace) -> None:
@@ -601,6 +813,69 @@ def test_issuer_eku_constrains_the_purpose(pki: SimpleNamespace) -> None:
         verify_chain([both, ca], anchors, now=NOW, purpose="client_auth")
 
 
+def test_an_issuer_with_any_extended_key_usage_may_issue_for_every_purpose(
+    pki: SimpleNamespace,
+) -> None:
+    """anyExtendedKeyUsage on an intermediate (RFC 5280 4.2.1.12) restricts nothing: its
+    client and server certificates validate for their purposes."""
+    ca_key, ca = _ca_with_eku(pki, [ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE])
+    _, both = devpki.issue(
+        ca_key, ca, "hcm.ttcds", now=NOW, purposes=("client_auth", "server_auth")
+    )
+    anchors = TrustAnchors([pki.root])
+    assert verify_chain([both, ca], anchors, now=NOW, purpose="client_auth") == both
+    assert verify_chain([both, ca], anchors, now=NOW, purpose="server_auth") == both
+
+
+def test_a_tls_client_certificate_without_key_usage_is_accepted_for_client_auth(
+    pki: SimpleNamespace,
+) -> None:
+    """keyUsage is required for signing only; for TLS it is checked when present (pki doc)."""
+    leaf = _custom_leaf(pki.inter_key, pki.inter, eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    anchors = TrustAnchors([pki.root])
+    assert verify_chain([leaf, pki.inter], anchors, now=NOW, purpose="client_auth") == leaf
+    with pytest.raises(ChainInvalid, match="no keyUsage"):
+        verify_chain([leaf, pki.inter], anchors, now=NOW, purpose="signing")
+
+
+def test_a_certificate_without_extended_key_usage_is_accepted_for_every_purpose(
+    pki: SimpleNamespace,
+) -> None:
+    """extendedKeyUsage is checked when present (pki doc): a leaf without one is not limited."""
+    _, leaf = devpki.issue(pki.inter_key, pki.inter, "hcm.quan-1", now=NOW, purposes=("signing",))
+    assert extension_of(leaf, x509.ExtendedKeyUsage) is None
+    anchors = TrustAnchors([pki.root])
+    for purpose in ("signing", "client_auth", "server_auth"):
+        assert verify_chain([leaf, pki.inter], anchors, now=NOW, purpose=purpose) == leaf
+
+
+def _ca_ladder(pki: SimpleNamespace, depth: int) -> tuple[Any, list[x509.Certificate]]:
+    """``depth`` intermediates below the root, each issued by the previous: (last key, certs
+    lowest first)."""
+    issuer = (pki.root_key, pki.root)
+    certs: list[x509.Certificate] = []
+    for level in range(depth):
+        issuer = devpki.make_ca(f"level {level}", now=NOW, issuer=issuer)
+        certs.insert(0, issuer[1])
+    return issuer[0], certs
+
+
+def test_a_chain_of_8_certificates_validates_and_one_of_9_is_refused_for_its_length(
+    pki: SimpleNamespace,
+) -> None:
+    """MAX_CHAIN_LENGTH is 8 certificates presented (leaf, intermediates, root): the bound on
+    path building work an unauthenticated sender can ask for."""
+    anchors = TrustAnchors([pki.root])
+    key, ladder = _ca_ladder(pki, 6)
+    _, leaf = devpki.issue(key, ladder[0], "hcm.quan-1", now=NOW)
+    assert verify_chain([leaf, *ladder, pki.root], anchors, now=NOW, purpose="signing") == leaf
+    key, ladder = _ca_ladder(pki, 7)
+    _, leaf = devpki.issue(key, ladder[0], "hcm.quan-1", now=NOW)
+    with pytest.raises(ChainInvalid) as e:
+        verify_chain([leaf, *ladder, pki.root], anchors, now=NOW, purpose="signing")
+    assert e.value.reason == "the chain has 9 certificates; at most 8"
+
+
 # --- a lone TLS client certificate: the path is completed from configured intermediates ---------
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
@@ -715,6 +990,32 @@ def test_a_sha1_signed_certificate_is_refused_naming_it_and_the_algorithm(
         verify_chain([leaf, pki.inter], TrustAnchors([pki.root]), now=now, purpose="signing")
     assert e.value.reason == (
         "certificate 0 (CN=hcm.quan-1) is signed with SHA-1 (1.2.840.10045.4.1): "
+        "signatures need SHA-256 or stronger"
+    )
+
+
+def test_an_md5_signed_certificate_is_refused_naming_it_and_the_algorithm(tmp_path: Path) -> None:
+    """MD5 (RFC 6151: collisions in seconds) is refused like SHA-1, with its name in words."""
+    subprocess.run(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -subj /CN=md5-ca -days 10 "
+        "-sha256 -addext basicConstraints=critical,CA:TRUE "
+        "-addext keyUsage=critical,keyCertSign,cRLSign -out ca.crt && "
+        "openssl req -new -newkey rsa:2048 -nodes -keyout leaf.key -subj /CN=hcm.quan-1 "
+        "-out leaf.csr && openssl x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -md5 -days 10 "
+        "-set_serial 7 -out leaf.crt",
+        shell=True,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    ca = load_certificates((tmp_path / "ca.crt").read_bytes())[0]
+    leaf = load_certificates((tmp_path / "leaf.crt").read_bytes())[0]
+    now = leaf.not_valid_before_utc + timedelta(minutes=1)
+    with pytest.raises(ChainInvalid) as e:
+        verify_chain([leaf, ca], TrustAnchors([ca]), now=now, purpose="signing")
+    assert e.value.reason == (
+        "certificate 0 (CN=hcm.quan-1) is signed with MD5 (1.2.840.113549.1.1.4): "
         "signatures need SHA-256 or stronger"
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,10 @@ def test_jsontestsuite(name: str) -> None:
         (b'{"a":{"b":{"c":{"d":{"e":0,"e":0}}}}}', 'duplicate key "e" at offset 27'),
         (b'{"a":1,"\\u0061":2}', 'duplicate key "a" at offset 7'),  # equal after unescaping
         (b'{"a:":1,"a\\u003a":2}', 'duplicate key "a:" at offset 8'),  # escaped colon
+        # Both colons escaped: raw colon counts agree, so only the escape check catches it.
+        (b'{"a\\u003a":1,"a\\u003A":2}', 'duplicate key "a:" at offset 13'),
+        (b'{"a\\u003a":1,"a\\u003a":2}', 'duplicate key "a:" at offset 13'),
+        (b'{"a\\u003A":1,"a\\u003A":2}', 'duplicate key "a:" at offset 13'),
         (b'{"\xc3\xa9":1,"b":{},"\xc3\xa9":2}', 'duplicate key "\\u00e9" at offset 15'),
     ],
 )
@@ -145,6 +150,23 @@ def test_duplicate_keys_refused_at_any_depth(doc: bytes, message: str) -> None:
     with pytest.raises(JsonError) as err:
         loads(doc)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("doc", "loggable"),
+    [
+        (b'{"secret-name":1,"secret-name":2}', "duplicate key at offset 17"),
+        (b"[1e400]", "number overflows a double at offset 1"),
+    ],
+)
+def test_the_loggable_text_of_a_refusal_quotes_nothing_from_the_body(
+    doc: bytes, loggable: str
+) -> None:
+    """Keys and numbers are payload: the message for the sender names them, the log line not."""
+    with pytest.raises(JsonError) as err:
+        loads(doc)
+    assert err.value.loggable == loggable
+    assert str(err.value) != loggable
 
 
 def test_same_key_in_sibling_objects_is_fine() -> None:
@@ -165,6 +187,19 @@ def test_depth_64_accepted_65_refused(mixed: bool) -> None:
     assert loads(nest(64, mixed)) == json.loads(nest(64, mixed))
     with pytest.raises(JsonError, match="nesting deeper than 64 at offset"):
         loads(nest(65, mixed))
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_the_reference_parser_alone_accepts_depth_64_and_refuses_65(mixed: bool) -> None:
+    """loads answers depth from orjson's output when it can; the reference must agree by itself
+    (it decides every document the fast path passes on), brackets inside strings not counted."""
+    assert _reference_loads(nest(64, mixed), 64) == json.loads(nest(64, mixed))
+    padded = b'["[[[[{{{{", ' + nest(63, mixed) + b"]"
+    assert _reference_loads(padded, 64) == json.loads(padded)
+    with pytest.raises(JsonError, match="nesting deeper than 64 at offset 64"):
+        _reference_loads(b"[" * 65 + b"]" * 65, 64)
+    with pytest.raises(JsonError, match="nesting deeper than 64 at offset 67"):
+        _reference_loads(b"[[]," + b"[" * 64 + b"]" * 64 + b"]", 64)
 
 
 def test_depth_limit_is_a_parameter() -> None:
@@ -254,6 +289,12 @@ def test_invalid_utf8_refused_with_offset(doc: bytes, offset: int) -> None:
         b'["\\ud800", "\\udc00"]',  # halves in different strings do not pair
         b'{"\\ud83d": 1}',
         b'"\\ud800\\\\udc00"',  # the second is an escaped backslash, not an escape
+        b'"\\udfff"',  # the last low surrogate
+        b'"\\ud800\\udbff"',  # a high one followed by a high one, not a pair
+        b'"\\ud800\\ue000"',  # followed by the first code point above the low range
+        b'"\\ud83d\\ude00\\ud800"',  # a lone one after a valid pair
+        b'"\\ud800\\ud800\\udc00"',  # a lone high one before a valid pair
+        b'"\\udc00\\udc00"',  # two lone low ones
     ],
 )
 def test_lone_surrogate_escapes_refused(doc: bytes) -> None:
@@ -268,10 +309,26 @@ def test_surrogate_pairs_and_escaped_backslashes_accepted() -> None:
 
 
 @pytest.mark.parametrize(
+    ("doc", "value"),
+    [
+        (b'["\\ud83d\\ude00", "\\uD834\\uDD1E"]', ["\U0001f600", "\U0001d11e"]),
+        (b'"\\udbff\\udfff\\ud800\\udc00"', "\U0010ffff\U00010000"),  # the range ends
+        (b'"\\\\ud800 \\ud83d\\ude00"', "\\ud800 \U0001f600"),
+        # The code points around the surrogates, beside a pair so that the scan runs.
+        (b'"\\ud7ff\\ue000\\ud83d\\ude00"', "\ud7ff\ue000\U0001f600"),
+    ],
+)
+def test_the_reference_parser_accepts_surrogate_pairs(doc: bytes, value: Any) -> None:
+    """Valid pairs never reach the reference through loads (orjson takes them): checked here."""
+    assert _reference_loads(doc, 64) == value
+
+
+@pytest.mark.parametrize(
     ("doc", "pattern"),
     [
         (b"", "empty input"),
         (b" \r\n\t", "empty input"),
+        (b"X", r"^Expecting value at offset 0$"),  # not whitespace: not "empty input"
         (b"[1] x", "trailing data at offset 4"),
         (b"{} {}", "trailing data at offset 3"),
         (b"1 2", "trailing data at offset 2"),
@@ -330,14 +387,54 @@ def test_integer_digit_cap() -> None:
         loads(b"[" + b"9" * (MAX_INT_DIGITS + 1) + b"]")
 
 
+def test_the_integer_digit_cap_is_cpythons_default_4300_digits_signs_not_counted() -> None:
+    """The cap is CPython's default int/str conversion limit (4300 digits), fixed whatever the
+    host process sets, and a minus sign is not a digit."""
+    assert loads(b"[-" + b"9" * 4300 + b"]") == [-int("9" * 4300)]
+    with pytest.raises(JsonError, match="integer longer than 4300 digits at offset 1"):
+        loads(b"[-" + b"9" * 4301 + b"]")
+
+
 # --- API surface ----------------------------------------------------------------------------------
 
 
 def test_bytes_like_accepted_and_str_refused() -> None:
     assert loads(bytearray(b"[1]")) == [1]
     assert loads(memoryview(b'{"a":1}')) == {"a": 1}
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"strictjson\.loads expects bytes, not str"):
         loads("[1]")  # type: ignore[arg-type]
+
+
+def test_a_key_is_echoed_whole_up_to_40_characters_and_cut_after() -> None:
+    """Messages echo untrusted keys, so at most 40 characters of one."""
+    for key, shown in (("k" * 40, "k" * 40), ("k" * 41, "k" * 40 + "...")):
+        doc = b'{"' + key.encode() + b'": 1, "' + key.encode() + b'": 2}'
+        with pytest.raises(JsonError) as err:
+            loads(doc)
+        assert str(err.value) == f'duplicate key "{shown}" at offset {len(key) + 8}'
+
+
+def test_the_integer_cap_refusal_names_the_first_integer_over_it() -> None:
+    with pytest.raises(JsonError, match=r"^integer longer than 4300 digits at offset 4302$"):
+        loads(b"[" + b"9" * 4300 + b"," + b"9" * 4301 + b"]")
+
+
+def test_a_refusal_without_quoted_body_logs_its_message_as_is() -> None:
+    with pytest.raises(JsonError) as err:
+        loads(b" ")
+    assert err.value.loggable == str(err.value) == "empty input"
+
+
+def test_a_host_int_limit_below_the_cap_is_still_a_jsonerror() -> None:
+    """sys.set_int_max_str_digits is process-wide: a host that lowers it below 4300 makes int()
+    refuse; that must still be a JsonError (a 400), not a bare ValueError."""
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(1000)
+    try:
+        with pytest.raises(JsonError, match="number out of range"):
+            loads(b"[" + b"9" * 2000 + b"]")
+    finally:
+        sys.set_int_max_str_digits(old)
 
 
 def test_jsonerror_is_a_valueerror() -> None:
