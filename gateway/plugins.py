@@ -46,9 +46,11 @@ def available() -> dict[str, ConnectorFactory]:
     return {name: eps[0].load() for name, eps in installed().items() if len(eps) == 1}
 
 
-def _load(kind: str, source: str, field: str) -> ConnectorFactory | None:
-    """The factory registered as ``kind``, None if nobody registered it."""
-    eps = installed().get(kind)
+def _load(
+    kind: str, table: Mapping[str, list[EntryPoint]], source: str, field: str
+) -> ConnectorFactory | None:
+    """The factory ``table`` (:func:`installed`) registers as ``kind``, None if none does."""
+    eps = table.get(kind)
     if not eps:
         return None
     if len(eps) > 1:
@@ -91,8 +93,8 @@ def build(
     ``factories`` replaces the installed entry points (tests); without it only ``kind``'s
     entry point is imported."""
     if factories is None:
-        factory = _load(kind, source, field)
-        names = sorted(installed())
+        table = installed()  # one scan of the entry points serves the lookup and the message
+        factory, names = _load(kind, table, source, field), sorted(table)
     else:
         factory, names = factories.get(kind), sorted(factories)
     if factory is None:
