@@ -170,22 +170,63 @@ def audit_records(deployment_dir: Path) -> list[dict[str, Any]]:
 
 
 @asynccontextmanager
+async def serving(
+    app: web.Application, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[str]:
+    """``app`` served on 127.0.0.1 (a free port) as `gateway serve` runs it; its base URL.
+
+    For tests that change the app before it serves (a connector swapped for a misbehaving
+    one); :func:`running_gateway` builds the app from a config and serves it with this."""
+    runner = GatewayRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    await site.start()
+    scheme = "https" if ssl_context else "http"
+    try:
+        yield f"{scheme}://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
 async def running_gateway(
     config: Path, *, clock: Callable[[], datetime] | None = None
 ) -> AsyncIterator[Gateway]:
     dep = load(config)
     app = create_app(dep, clock=clock)
-    runner = GatewayRunner(app, access_log=None)  # as `gateway serve` runs it
-    await runner.setup()
-    ctx = server_ssl_context(dep)
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await site.start()
-    port = runner.addresses[0][1]
-    scheme = "https" if ctx else "http"
-    try:
-        yield Gateway(f"{scheme}://127.0.0.1:{port}", config, app)
-    finally:
-        await runner.cleanup()
+    async with serving(app, server_ssl_context(dep)) as url:
+        yield Gateway(url, config, app)
+
+
+async def exchange_through(
+    tmp_path: Path, connector: Any, service: str = "citizen-lookup.v1"
+) -> tuple[int, dict[str, Any], list[dict[str, Any]], list[Any]]:
+    """POST ``service``'s example (bearer token of hcm.quan-1) through a fresh deployment's
+    gateway whose connector for it is ``connector``: the status, the answer's JSON, that
+    exchange's audit records, and the structured log lines of the exchange."""
+    import aiohttp
+    from structlog.testing import capture_logs
+
+    from gateway.http import app as keys
+
+    cfg = make_deployment(tmp_path / "dep")
+    app = create_app(load(cfg))
+    app[keys.CONNECTORS][service] = connector  # the dict the pipeline uses too
+    token = (cfg.parent / "participants" / "hcm.quan-1" / "token").read_text().strip()
+    async with serving(app) as base:
+        with capture_logs() as logs:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
+                s.post(
+                    f"{base}/v1/exchange/{service}",
+                    json=example(service),
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as r,
+            ):
+                status, doc = r.status, await r.json(content_type=None)
+    xid = doc.get("exchange_id")
+    records = [r for r in audit_records(cfg.parent) if r["exchange_id"] == xid]
+    return status, doc, records, logs
 
 
 def signed_request(

@@ -459,12 +459,11 @@ async def test_a_readiness_check_that_hangs_is_reported_failed_not_waited_for(
     probe) and named nothing; the check is given READY_CHECK_SECONDS and reported by name."""
     import asyncio
 
-    from aiohttp import web
-
     from gateway.config import load
     from gateway.http import app as keys
     from gateway.http.app import create_app
     from gateway.testing import FakeConnector
+    from tests.support import serving
 
     class Hanging(FakeConnector):
         async def ready(self) -> bool:
@@ -474,17 +473,10 @@ async def test_a_readiness_check_that_hangs_is_reported_failed_not_waited_for(
     cfg = make_deployment(tmp_path / "dep", provider_port=provider.port)
     app = create_app(load(cfg))
     app[keys.CONNECTORS]["budget-proposal.v1"] = Hanging()  # the dict the pipeline uses too
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/readyz"
+    async with serving(app) as base:
         timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as r:
+        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(f"{base}/readyz") as r:
             status, doc = r.status, await r.json()
-    finally:
-        await runner.cleanup()
     assert status == 503
     assert doc["checks"]["connector:budget-proposal.v1"].startswith("failed: no answer within")
     assert doc["checks"]["connector:citizen-lookup.v1"] == "ok"

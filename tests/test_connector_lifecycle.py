@@ -22,7 +22,7 @@ from gateway.http import app as keys
 from gateway.http.app import create_app
 from gateway.http.protocol import GatewayRunner
 from gateway.testing import FakeConnector
-from tests.support import make_deployment
+from tests.support import make_deployment, serving
 
 SERVICES = ("citizen-lookup.v1", "pilot-progress-report.v1", "budget-proposal.v1")
 
@@ -123,7 +123,6 @@ async def test_readyz_asks_every_connector_at_once(tmp_path: Path) -> None:
     one more pending handler per probe period). The checks now run together. Pinned without
     a clock: each connector is ready only once all three are being asked at the same time."""
     import aiohttp
-    from aiohttp import web
 
     arrived = 0
     everyone = asyncio.Event()
@@ -140,17 +139,10 @@ async def test_readyz_asks_every_connector_at_once(tmp_path: Path) -> None:
     app = create_app(load(make_deployment(tmp_path / "dep")))
     for sid in SERVICES:
         app[keys.CONNECTORS][sid] = Rendezvous()
-    runner = GatewayRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/readyz"
+    async with serving(app) as base:
         timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url) as r:
+        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(f"{base}/readyz") as r:
             status, doc = r.status, await r.json()
-    finally:
-        await runner.cleanup()
     assert status == 200, doc
     assert [k for k in doc["checks"] if k.startswith("connector:")] == [
         f"connector:{sid}" for sid in SERVICES

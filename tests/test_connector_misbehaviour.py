@@ -13,18 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
-from structlog.testing import capture_logs
 
-from gateway.config import load
 from gateway.connector import ConnectorError, DeliveryResult, OutboundMessage, SettingsError
-from gateway.http import app as keys
-from gateway.http.app import create_app
-from gateway.http.protocol import GatewayRunner
 from gateway.testing import FakeConnector
-from tests.support import audit_records, example, make_deployment
+from tests.support import exchange_through
 
 CITIZEN = "citizen-lookup.v1"
 # Valid under the citizen-lookup.v1 response schema: a "not-found" answer.
@@ -42,36 +35,6 @@ class Returning(FakeConnector):
         if isinstance(self.value, BaseException):
             raise self.value
         return self.value
-
-
-async def exchange_through(
-    tmp_path: Path, connector: Any
-) -> tuple[int, dict[str, Any], list[dict[str, Any]], list[Any]]:
-    """POST one citizen lookup through a gateway whose citizen-lookup.v1 connector is
-    ``connector``; its status, problem, that exchange's audit records and the logs."""
-    cfg = make_deployment(tmp_path / "dep")
-    app = create_app(load(cfg))
-    app[keys.CONNECTORS][CITIZEN] = connector
-    runner = GatewayRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/exchange/{CITIZEN}"
-        token = (cfg.parent / "participants" / "hcm.quan-1" / "token").read_text().strip()
-        with capture_logs() as logs:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s,
-                s.post(
-                    url, json=example(CITIZEN), headers={"Authorization": f"Bearer {token}"}
-                ) as r,
-            ):
-                status, doc = r.status, await r.json(content_type=None)
-    finally:
-        await runner.cleanup()
-    xid = doc.get("exchange_id")
-    records = [r for r in audit_records(cfg.parent) if r["exchange_id"] == xid]
-    return status, doc, records, logs
 
 
 def _broken_results() -> Iterator[Any]:

@@ -829,42 +829,16 @@ async def test_a_connector_that_crashes_leaves_an_outcome_record_and_an_exchange
     exchange whose audit trail stopped at "accepted", forever in flight for auditors and for
     GET /v1/exchanges/{id}. Now its outcome is audited (``exchange.failed``, 502
     ``provider-failed``, as any failure to deliver) and the problem names the exchange."""
-    from aiohttp import web
-    from structlog.testing import capture_logs
-
-    from gateway.http import app as keys
-    from gateway.http.app import create_app
-    from gateway.http.protocol import GatewayRunner
     from gateway.testing import FakeConnector
-    from tests.support import audit_records
+    from tests.support import exchange_through
 
     class Crashing(FakeConnector):
         async def deliver(self, message: Any) -> Any:
             raise KeyError("a bug in the plugin")
 
-    cfg = make_deployment(tmp_path / "dep")
-    app = create_app(load(cfg))
-    app[keys.CONNECTORS][CITIZEN] = Crashing()
-    runner = GatewayRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/exchange/{CITIZEN}"
-        token = (cfg.parent / "participants" / "hcm.quan-1" / "token").read_text().strip()
-        with capture_logs() as logs:
-            async with (
-                aiohttp.ClientSession() as s,
-                s.post(
-                    url, json=example(CITIZEN), headers={"Authorization": f"Bearer {token}"}
-                ) as r,
-            ):
-                status, doc = r.status, await r.json(content_type=None)
-    finally:
-        await runner.cleanup()
+    status, doc, records, logs = await exchange_through(tmp_path, Crashing())
     assert status == 502 and doc["type"].endswith(":provider-failed"), doc
     assert "KeyError" not in doc["detail"]
-    records = [r for r in audit_records(cfg.parent) if r["exchange_id"] == doc["exchange_id"]]
     assert [(r["event"], r.get("cause")) for r in records] == [
         ("exchange.accepted", None),
         ("exchange.failed", "provider-failed"),
