@@ -248,7 +248,7 @@ class Authenticator:
             # as for a plain body, whatever the way the sender authenticates.
             req = loads(verified.payload, max_depth=self._max_depth + 1)
         except JsonError as e:
-            if e.loggable.startswith("nesting deeper than"):  # counted from the request object
+            if e.too_deep:  # counted from the request object
                 raise MalformedJson(
                     f"the payload nests deeper than {self._max_depth} (the request object "
                     "around it not counted)"

@@ -102,12 +102,16 @@ class JsonError(ValueError):
     Offsets are byte offsets into the input (e.g. ``duplicate key "a" at offset 17``), given
     whenever the position is known. ``loggable`` is the same without what the message quotes
     from the body (a duplicate key, an overflowing number): keys are payload too, so that is
-    for the sender's eyes, not for the structured log.
+    for the sender's eyes, not for the structured log. ``too_deep``: the refusal is the
+    ``max_depth`` limit, which a caller that parses a wrapper around the payload words itself.
     """
 
-    def __init__(self, message: str, *, loggable: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, loggable: str | None = None, too_deep: bool = False
+    ) -> None:
         super().__init__(message)
         self.loggable = message if loggable is None else loggable
+        self.too_deep = too_deep
 
 
 def loads(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
@@ -317,9 +321,8 @@ def _check_depth(text: str, max_depth: int) -> None:
         if match["open"]:
             depth += 1
             if depth > max_depth:
-                raise JsonError(
-                    f"nesting deeper than {max_depth} at offset {_byte_offset(text, match.start())}"
-                )
+                where = _byte_offset(text, match.start())
+                raise JsonError(f"nesting deeper than {max_depth} at offset {where}", too_deep=True)
         elif match["close"]:
             depth -= 1
 
